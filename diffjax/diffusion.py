@@ -1,0 +1,308 @@
+"""The closed-form Gaussian diffusion process: forward marginals, posteriors, predictions.
+
+Everything is written in terms of the marginal's scale and noise level,
+x_t = alpha_t x_0 + sigma_t eps with alpha_t = sqrt(abar_t), sigma_t = sqrt(1 - abar_t),
+so that the prediction conversions work unchanged for continuous-time schedules: they take
+``alpha`` and ``sigma`` arrays, and :func:`alpha_sigma` reads them off a discrete schedule.
+
+Shapes: ``x`` is ``[B, ...]`` (NHWC images or any rank); ``t`` is int32 ``[B]`` (0-based) or
+a scalar; coefficients are gathered at ``t`` and broadcast over the trailing axes. Outputs keep
+the dtype of ``x`` (float32 or bfloat16); schedule constants stay float32 until that cast.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffjax.schedules import DiffusionSchedule
+
+__all__ = [
+    "PREDICTION_TYPES",
+    "VARIANCE_TYPES",
+    "PosteriorMeanVariance",
+    "alpha_sigma",
+    "check_prediction_type",
+    "eps_from_v",
+    "eps_from_x0",
+    "extract",
+    "p_mean_variance",
+    "predict_x0_and_eps",
+    "prediction_target",
+    "q_mean_variance",
+    "q_posterior_mean_variance",
+    "q_sample",
+    "v_from_x0_eps",
+    "x0_from_eps",
+    "x0_from_v",
+]
+
+PREDICTION_TYPES: tuple[str, ...] = ("eps", "x0", "v")
+VARIANCE_TYPES: tuple[str, ...] = ("small", "large")
+
+
+class PosteriorMeanVariance(NamedTuple):
+    """Mean ``[B, ...]``, variance and log-variance (``[B, 1, ...]``, broadcastable) of a Gaussian,
+    plus the x0 estimate it was built from (``[B, ...]``; equal to x0 for the true posterior)."""
+
+    mean: jnp.ndarray
+    variance: jnp.ndarray
+    log_variance: jnp.ndarray
+    pred_x0: jnp.ndarray
+
+
+def check_prediction_type(prediction_type: str) -> None:
+    """Raises ``ValueError`` unless ``prediction_type`` is one of :data:`PREDICTION_TYPES`."""
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(
+            f"Unknown prediction_type {prediction_type!r}; expected one of {PREDICTION_TYPES}."
+        )
+
+
+def _check_t(schedule: DiffusionSchedule, t, batch_size: int) -> jnp.ndarray:
+    """Validates ``t`` where possible without tracing and returns it as an int array."""
+    t = jnp.asarray(t)
+    if not jnp.issubdtype(t.dtype, jnp.integer):
+        raise TypeError(f"t must be an integer timestep array, got dtype {t.dtype}.")
+    if t.ndim > 1 or (t.ndim == 1 and t.shape[0] != batch_size):
+        raise ValueError(
+            f"t must be a scalar or have shape [B] = [{batch_size}], got shape {t.shape}."
+        )
+    if not isinstance(t, jax.core.Tracer):
+        values = np.asarray(t)
+        num_timesteps = schedule.num_timesteps
+        if values.size and (values.min() < 0 or values.max() >= num_timesteps):
+            raise ValueError(
+                f"t must lie in [0, {num_timesteps}) for a schedule of T={num_timesteps} steps; "
+                f"got values in [{values.min()}, {values.max()}]."
+            )
+    return t
+
+
+def extract(values: jnp.ndarray, t: jnp.ndarray, ndim: int) -> jnp.ndarray:
+    """Gathers ``values[t]`` and reshapes it to broadcast against a rank-``ndim`` array.
+
+    Args:
+      values: ``[T]`` per-timestep constants.
+      t: int ``[B]`` or scalar.
+      ndim: rank of the array the result multiplies (e.g. 4 for NHWC).
+
+    Returns:
+      ``[B, 1, ..., 1]`` (rank ``ndim``) or, for scalar ``t``, a scalar.
+    """
+    gathered = values[t]
+    if gathered.ndim == 0:
+        return gathered
+    return gathered.reshape(gathered.shape + (1,) * (ndim - 1))
+
+
+def alpha_sigma(
+    schedule: DiffusionSchedule, t, ndim: int, dtype=jnp.float32
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """The marginal's scale alpha_t = sqrt(abar_t) and noise level sigma_t = sqrt(1 - abar_t).
+
+    Args:
+      schedule: the discrete schedule.
+      t: int ``[B]`` or scalar, 0-based.
+      ndim: rank of the data the coefficients will multiply.
+      dtype: dtype of the returned coefficients.
+
+    Returns:
+      ``(alpha, sigma)``, each ``[B, 1, ..., 1]`` (or scalar) of ``dtype``.
+    """
+    alpha = extract(schedule.sqrt_alphas_cumprod, t, ndim).astype(dtype)
+    sigma = extract(schedule.sqrt_one_minus_alphas_cumprod, t, ndim).astype(dtype)
+    return alpha, sigma
+
+
+def q_sample(schedule: DiffusionSchedule, x0: jnp.ndarray, t, noise: jnp.ndarray) -> jnp.ndarray:
+    """Samples the forward marginal q(x_t | x_0) (Ho et al. 2020, eq. 4).
+
+    x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps
+
+    Args:
+      schedule: the discrete schedule.
+      x0: clean data ``[B, ...]``.
+      t: int32 ``[B]`` (or scalar), 0-based.
+      noise: eps ~ N(0, I), same shape as ``x0``.
+
+    Returns:
+      x_t, ``[B, ...]`` in the dtype of ``x0``.
+    """
+    if noise.shape != x0.shape:
+        raise ValueError(f"noise shape {noise.shape} must equal x0 shape {x0.shape}.")
+    t = _check_t(schedule, t, x0.shape[0])
+    alpha, sigma = alpha_sigma(schedule, t, x0.ndim, x0.dtype)
+    return alpha * x0 + sigma * noise.astype(x0.dtype)
+
+
+def q_mean_variance(
+    schedule: DiffusionSchedule, x0: jnp.ndarray, t
+) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+    """Mean, variance and log-variance of q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I).
+
+    Args:
+      schedule: the discrete schedule.
+      x0: ``[B, ...]``.
+      t: int32 ``[B]`` (or scalar).
+
+    Returns:
+      ``(mean [B, ...], variance [B, 1, ...], log_variance [B, 1, ...])``; the variance is
+      > 0 for every t because beta_0 > 0, so the log-variance is finite.
+    """
+    t = _check_t(schedule, t, x0.shape[0])
+    alpha = extract(schedule.sqrt_alphas_cumprod, t, x0.ndim).astype(x0.dtype)
+    variance = extract(1.0 - schedule.alphas_cumprod, t, x0.ndim).astype(x0.dtype)
+    return alpha * x0, variance, jnp.log(variance)
+
+
+def q_posterior_mean_variance(
+    schedule: DiffusionSchedule, x0: jnp.ndarray, x_t: jnp.ndarray, t
+) -> PosteriorMeanVariance:
+    """The forward-process posterior q(x_{t-1} | x_t, x_0) (Ho et al. 2020, eqs. 6-7).
+
+    mu~_t = beta_t sqrt(abar_{t-1}) / (1 - abar_t) x_0 + (1 - abar_{t-1}) sqrt(alpha_t) / (1 - abar_t) x_t,
+    beta~_t = beta_t (1 - abar_{t-1}) / (1 - abar_t).
+
+    Args:
+      schedule: the discrete schedule.
+      x0: ``[B, ...]``.
+      x_t: ``[B, ...]``.
+      t: int32 ``[B]`` (or scalar). At t = 0 the variance is 0 and the log-variance is clipped.
+
+    Returns:
+      :class:`PosteriorMeanVariance` with ``pred_x0 = x0``.
+    """
+    if x0.shape != x_t.shape:
+        raise ValueError(f"x0 shape {x0.shape} must equal x_t shape {x_t.shape}.")
+    t = _check_t(schedule, t, x0.shape[0])
+    dtype = x_t.dtype
+    coef1 = extract(schedule.posterior_mean_coef1, t, x0.ndim).astype(dtype)
+    coef2 = extract(schedule.posterior_mean_coef2, t, x0.ndim).astype(dtype)
+    variance = extract(schedule.posterior_variance, t, x0.ndim).astype(dtype)
+    log_variance = extract(schedule.posterior_log_variance_clipped, t, x0.ndim).astype(dtype)
+    mean = coef1 * x0.astype(dtype) + coef2 * x_t
+    return PosteriorMeanVariance(mean, variance, log_variance, x0)
+
+
+def x0_from_eps(x_t: jnp.ndarray, eps: jnp.ndarray, alpha, sigma) -> jnp.ndarray:
+    """x_0 = (x_t - sigma_t eps) / alpha_t (Ho et al. 2020, eq. 15). Undefined where alpha = 0."""
+    return (x_t - sigma * eps) / alpha
+
+
+def eps_from_x0(x_t: jnp.ndarray, x0: jnp.ndarray, alpha, sigma) -> jnp.ndarray:
+    """eps = (x_t - alpha_t x_0) / sigma_t (inverse of eq. 4)."""
+    return (x_t - alpha * x0) / sigma
+
+
+def v_from_x0_eps(x0: jnp.ndarray, eps: jnp.ndarray, alpha, sigma) -> jnp.ndarray:
+    """The velocity target v = alpha_t eps - sigma_t x_0 (Salimans & Ho 2022, Sec. 4)."""
+    return alpha * eps - sigma * x0
+
+
+def x0_from_v(x_t: jnp.ndarray, v: jnp.ndarray, alpha, sigma) -> jnp.ndarray:
+    """x_0 = alpha_t x_t - sigma_t v (Salimans & Ho 2022; uses alpha^2 + sigma^2 = 1)."""
+    return alpha * x_t - sigma * v
+
+
+def eps_from_v(x_t: jnp.ndarray, v: jnp.ndarray, alpha, sigma) -> jnp.ndarray:
+    """eps = sigma_t x_t + alpha_t v (Salimans & Ho 2022; uses alpha^2 + sigma^2 = 1)."""
+    return sigma * x_t + alpha * v
+
+
+def predict_x0_and_eps(
+    prediction: jnp.ndarray, x_t: jnp.ndarray, alpha, sigma, prediction_type: str
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Converts a model output of any ``prediction_type`` into the pair (x0, eps).
+
+    Args:
+      prediction: model output ``[B, ...]``, an eps-, x0- or v-prediction.
+      x_t: the noisy input ``[B, ...]``.
+      alpha, sigma: the marginal's coefficients at t, broadcastable to ``x_t``
+        (:func:`alpha_sigma`).
+      prediction_type: ``'eps' | 'x0' | 'v'``.
+
+    Returns:
+      ``(x0, eps)``, each ``[B, ...]``.
+    """
+    check_prediction_type(prediction_type)
+    if prediction_type == "eps":
+        return x0_from_eps(x_t, prediction, alpha, sigma), prediction
+    if prediction_type == "x0":
+        return prediction, eps_from_x0(x_t, prediction, alpha, sigma)
+    return x0_from_v(x_t, prediction, alpha, sigma), eps_from_v(x_t, prediction, alpha, sigma)
+
+
+def prediction_target(
+    x0: jnp.ndarray, eps: jnp.ndarray, alpha, sigma, prediction_type: str
+) -> jnp.ndarray:
+    """The regression target for ``prediction_type``: eps, x0, or v = alpha eps - sigma x0.
+
+    Args:
+      x0, eps: ``[B, ...]``.
+      alpha, sigma: broadcastable coefficients at t.
+      prediction_type: ``'eps' | 'x0' | 'v'``.
+
+    Returns:
+      ``[B, ...]``.
+    """
+    check_prediction_type(prediction_type)
+    if prediction_type == "eps":
+        return eps
+    if prediction_type == "x0":
+        return x0
+    return v_from_x0_eps(x0, eps, alpha, sigma)
+
+
+def p_mean_variance(
+    schedule: DiffusionSchedule,
+    model_output: jnp.ndarray,
+    x_t: jnp.ndarray,
+    t,
+    prediction_type: str = "eps",
+    variance: str = "small",
+    clip_x0: bool = False,
+) -> PosteriorMeanVariance:
+    """The reverse step p(x_{t-1} | x_t) = q(x_{t-1} | x_t, x0_hat) with a fixed variance.
+
+    x0_hat comes from the model output (optionally clipped to [-1, 1]); the mean is the posterior
+    mean of eq. 7 at x0_hat. Variance 'small' is beta~_t, 'large' is beta_t (with beta~_1 at
+    t = 0 so the log stays finite), the two choices of Ho et al. 2020, Sec. 3.2.
+
+    Args:
+      schedule: the discrete schedule.
+      model_output: ``[B, ...]`` prediction of type ``prediction_type``.
+      x_t: ``[B, ...]``.
+      t: int32 ``[B]`` (or scalar).
+      prediction_type: ``'eps' | 'x0' | 'v'``.
+      variance: ``'small' | 'large'``.
+      clip_x0: clip x0_hat to [-1, 1] before forming the mean.
+
+    Returns:
+      :class:`PosteriorMeanVariance`.
+    """
+    check_prediction_type(prediction_type)
+    if variance not in VARIANCE_TYPES:
+        raise ValueError(f"Unknown variance {variance!r}; expected one of {VARIANCE_TYPES}.")
+    if model_output.shape != x_t.shape:
+        raise ValueError(
+            f"model_output shape {model_output.shape} must equal x_t shape {x_t.shape}."
+        )
+    t = _check_t(schedule, t, x_t.shape[0])
+    alpha, sigma = alpha_sigma(schedule, t, x_t.ndim, x_t.dtype)
+    pred_x0, _ = predict_x0_and_eps(model_output.astype(x_t.dtype), x_t, alpha, sigma, prediction_type)
+    if clip_x0:
+        pred_x0 = jnp.clip(pred_x0, -1.0, 1.0)
+    posterior = q_posterior_mean_variance(schedule, pred_x0, x_t, t)
+    if variance == "small":
+        return posterior._replace(pred_x0=pred_x0)
+    large = jnp.concatenate([schedule.posterior_variance[1:2], schedule.betas[1:]])
+    if schedule.num_timesteps == 1:
+        large = schedule.betas
+    large_variance = extract(large, t, x_t.ndim).astype(x_t.dtype)
+    return PosteriorMeanVariance(
+        posterior.mean, large_variance, jnp.log(large_variance), pred_x0
+    )
