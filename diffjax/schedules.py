@@ -222,7 +222,7 @@ def make_schedule(betas) -> DiffusionSchedule:
         index = int(np.argmax(bad))
         raise ValueError(
             f"betas must lie in (0, 1) (only the last may be exactly 1, for zero terminal SNR); "
-            f"got betas[{index}] = {betas[index]!r}."
+            f"got betas[{index}] = {float(betas[index])!r}."
         )
     alphas = 1.0 - betas
     alphas_cumprod = np.cumprod(alphas)
