@@ -1,0 +1,532 @@
+"""The input pipeline: image datasets per host, preprocessed, batched, resumable.
+
+Sources (the ``name`` argument, ``config.data.name``):
+
+- ``"fashion_mnist"`` (the offline default): Fashion-MNIST prepared by the project's own TFDS
+  builder from the original IDX files (:mod:`diffjax.training.datasets.fashion_mnist`), taken
+  from ``manual_dir`` / ``$DIFFJAX_FASHION_MNIST_DIR`` / ``/usr/share/datasets/fashion-mnist``
+  (``apt-get install dataset-fashion-mnist``) or downloaded when none has them.
+- any other TFDS image dataset (``"mnist"``, ``"cifar10"``, ``"celeb_a"``,
+  ``"oxford_flowers102"``, ``"downsampled_imagenet/64x64"``, ...) through ``as_data_source``;
+  reading needs no TensorFlow, preparing one does (``pip install "diffjax[tf]"``).
+- ``"folder"``: the PNG/JPEG images under ``data_dir``, optionally in class subfolders.
+
+The pipeline is a ``grain.MapDataset`` over the random-access source::
+
+    this host's contiguous slice of example indices -> shuffle(seed) -> repeat -> batch
+      -> read the batch (one batched read) -> center crop + resize -> random flip
+      -> uint8 to float32 in [-1, 1] -> thread prefetch
+
+Every batch is a pure function of its position (shuffle is an index permutation, the flips are
+drawn from a generator seeded by the batch index), so the output does not depend on thread
+timing, and the position of an iterator is one integer: :meth:`DataIterator.get_state` returns
+it as a small JSON-serialisable dict, and :meth:`DataIterator.set_state` resumes with exactly
+the batches an uninterrupted run would have produced.
+
+Example::
+
+    dataset = create_dataset(name="fashion_mnist", image_size=28, batch_size=64, seed=0)
+    iterator = iter(dataset)
+    batch = next(iterator)   # {"image": float32 [64, 28, 28, 1] in [-1, 1], "label": int32 [64]}
+    state = iterator.get_state()          # store in the checkpoint (JSON)
+    iterator.set_state(state)             # after restoring it
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+
+from diffjax.training.datasets import DatasetUnavailableError, preprocess
+
+if TYPE_CHECKING:
+    import grain
+
+__all__ = [
+    "FOLDER_NAME",
+    "DEFAULT_NAME",
+    "DataIterator",
+    "Dataset",
+    "DatasetUnavailableError",
+    "DatasetInfo",
+    "create_dataset",
+    "get_dataset_info",
+]
+
+DEFAULT_NAME = "fashion_mnist"
+FOLDER_NAME = "folder"
+_STATE_VERSION = 1
+
+
+class DatasetInfo(NamedTuple):
+    """What a dataset yields, known before any batch is read.
+
+    Attributes:
+      name: the dataset name as given.
+      split: the split as given.
+      num_examples: examples in the split over all hosts, or None when a TFDS dataset is not
+        prepared yet (:func:`create_dataset` prepares it; its ``info`` always has the count).
+      num_classes: number of labels, or None for an unlabelled dataset (then batches have no
+        ``"label"``).
+      class_names: label names, or None.
+      image_shape: ``(H, W, C)`` of every preprocessed image: ``(image_size, image_size, C)``
+        with C = 1 for grayscale, 3 for RGB.
+    """
+
+    name: str
+    split: str
+    num_examples: int | None
+    num_classes: int | None
+    class_names: tuple[str, ...] | None
+    image_shape: tuple[int, int, int]
+
+    @property
+    def channels(self) -> int:
+        """C, the channel count of the preprocessed images."""
+        return self.image_shape[-1]
+
+
+def _check_int(name: str, value: Any, minimum: int, maximum: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {value!r} of type {type(value).__name__}.")
+    if value < minimum or (maximum is not None and value > maximum):
+        upper = "" if maximum is None else f" and <= {maximum}"
+        raise ValueError(f"{name} must be >= {minimum}{upper}, got {value}.")
+
+
+def _check_name_and_split(name: Any, split: Any) -> None:
+    if not isinstance(name, str) or not name:
+        raise TypeError(
+            f"name must be a non-empty str: {DEFAULT_NAME!r}, {FOLDER_NAME!r} or a TFDS dataset "
+            f"name, got {name!r}."
+        )
+    if not isinstance(split, str) or not split:
+        raise TypeError(f"split must be a non-empty str such as 'train', got {split!r}.")
+    if name == FOLDER_NAME and split != "train":
+        raise ValueError(
+            f"The {FOLDER_NAME!r} dataset has a single split, 'train'; got split={split!r}."
+        )
+
+
+def _open_folder(
+    split: str, image_size: int, data_dir: str | os.PathLike | None
+) -> tuple[Sequence[dict[str, Any]], DatasetInfo]:
+    """Lists the image folder (cheap: no image but the first is decoded) and describes it."""
+    from diffjax.training.datasets import folder  # Pillow only when needed
+
+    if data_dir is None:
+        raise ValueError(
+            f"The {FOLDER_NAME!r} dataset needs data_dir (config.data.data_dir): the folder of "
+            f"images, got None."
+        )
+    source = folder.ImageFolderSource(data_dir)
+    info = DatasetInfo(
+        FOLDER_NAME,
+        split,
+        len(source),
+        source.num_classes,
+        source.class_names,
+        (image_size, image_size, source.channels),
+    )
+    return source, info
+
+
+def _tfds_info(
+    name: str, split: str, image_size: int, description: Any, num_examples: int | None
+) -> DatasetInfo:
+    return DatasetInfo(
+        name,
+        split,
+        num_examples,
+        description.num_classes,
+        description.class_names,
+        (image_size, image_size, description.channels),
+    )
+
+
+def _describe(
+    name: str, split: str, image_size: int, data_dir: str | os.PathLike | None
+) -> DatasetInfo:
+    """Builds the DatasetInfo of a source without preparing or reading its data."""
+    if name == FOLDER_NAME:
+        return _open_folder(split, image_size, data_dir)[1]
+    from diffjax.training.datasets import tfds_source  # tensorflow-datasets only when needed
+
+    builder = None
+    if name == DEFAULT_NAME:
+        from diffjax.training.datasets import fashion_mnist
+
+        builder = fashion_mnist.FashionMnistIdx(data_dir=data_dir, file_format="array_record")
+    description = tfds_source.describe_tfds_dataset(
+        name, split=split, data_dir=data_dir, builder=builder
+    )
+    return _tfds_info(name, split, image_size, description, description.num_examples)
+
+
+def get_dataset_info(
+    *,
+    name: str = DEFAULT_NAME,
+    split: str = "train",
+    image_size: int,
+    data_dir: str | os.PathLike | None = None,
+) -> DatasetInfo:
+    """Describes a dataset (channels, classes, size) without preparing or iterating it.
+
+    Cheap (no data is read or downloaded), so the training program can validate its config
+    (channels and number of classes of the model) before building anything.
+
+    Args:
+      name: ``"fashion_mnist"``, ``"folder"`` or a TFDS name (``"cifar10"``,
+        ``"downsampled_imagenet/32x32"``, ...).
+      split: TFDS split, slicing allowed (``"train[:10%]"``); ``"train"`` for ``"folder"``.
+      image_size: side S of the square images the pipeline produces.
+      data_dir: TFDS data directory (default ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``);
+        for ``"folder"``, the image folder.
+
+    Returns:
+      The :class:`DatasetInfo`; ``num_examples`` is None for a TFDS dataset not prepared yet.
+
+    Raises:
+      TypeError, ValueError: a bad argument, an unknown dataset name or split.
+    """
+    _check_name_and_split(name, split)
+    _check_int("image_size", image_size, 1)
+    return _describe(name, split, image_size, data_dir)
+
+
+def _open_source(
+    name: str,
+    split: str,
+    image_size: int,
+    data_dir: str | os.PathLike | None,
+    manual_dir: str | os.PathLike | None,
+    download: bool,
+) -> tuple[Sequence[dict[str, Any]], DatasetInfo]:
+    """Opens (preparing if needed) the random-access source and describes it."""
+    if name == FOLDER_NAME:
+        return _open_folder(split, image_size, data_dir)
+    from diffjax.training.datasets import tfds_source
+
+    if name == DEFAULT_NAME:
+        from diffjax.training.datasets import fashion_mnist
+
+        builder = fashion_mnist.prepare_fashion_mnist(
+            data_dir=data_dir, idx_dir=manual_dir, download=download
+        )
+        description = tfds_source.describe_tfds_dataset(
+            name, split=split, data_dir=data_dir, builder=builder
+        )
+        source = builder.as_data_source(split=split)
+    else:
+        source, description = tfds_source.open_tfds_dataset(
+            name, split=split, data_dir=data_dir, manual_dir=manual_dir, download=download
+        )
+    return source, _tfds_info(name, split, image_size, description, len(source))
+
+
+def _host_slice(num_examples: int, process_index: int, process_count: int) -> slice:
+    """Contiguous, near-equal slices: together they cover every example exactly once."""
+    return slice(
+        num_examples * process_index // process_count,
+        num_examples * (process_index + 1) // process_count,
+    )
+
+
+class _BatchLoader:
+    """Reads and preprocesses one batch from a batch of example indices.
+
+    Reading a whole batch at once lets ArrayRecord sources fetch the records in parallel
+    (``__getitems__``), about 6x faster than one random read per example.
+    """
+
+    def __init__(
+        self,
+        source: Sequence[dict[str, Any]],
+        *,
+        image_size: int,
+        labelled: bool,
+        random_flip: bool,
+    ):
+        self._source = source
+        self._image_size = image_size
+        self._labelled = labelled
+        self._random_flip = random_flip
+
+    def __call__(self, indices: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        keys = [int(index) for index in indices]
+        if hasattr(self._source, "__getitems__"):
+            examples = self._source.__getitems__(keys)
+        else:
+            examples = [self._source[key] for key in keys]
+        images = np.stack(
+            [
+                preprocess.center_crop_resize(np.asarray(example["image"]), self._image_size)
+                for example in examples
+            ]
+        )
+        if self._random_flip:
+            images = preprocess.random_flip_left_right(images, rng)
+        batch = {"image": preprocess.to_model_range(images)}
+        if self._labelled:
+            batch["label"] = np.asarray([example["label"] for example in examples], np.int32)
+        return batch
+
+
+class DataIterator(Iterator[dict]):
+    """An endless (or ``num_epochs``-long) iterator of host-local batches with a resumable position.
+
+    Yields ``{"image": float32 [b, S, S, C] in [-1, 1], "label": int32 [b]}`` (``"label"`` only
+    for labelled datasets), ``b`` the per-host batch size. Created by ``iter(dataset)``.
+    """
+
+    def __init__(self, grain_dataset: grain.IterDataset, pipeline: dict[str, Any]):
+        self._iterator = iter(grain_dataset)
+        self._pipeline = pipeline
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        return next(self._iterator)
+
+    def get_state(self) -> dict[str, Any]:
+        """The position: a small JSON-serialisable dict to store in a checkpoint.
+
+        Returns:
+          ``{"version": 1, "grain": {...}, "pipeline": {...}}``: grain's iterator state (the
+          index of the next batch) and the arguments that define the batch sequence, checked
+          by :meth:`set_state`.
+        """
+        return {
+            "version": _STATE_VERSION,
+            "grain": self._iterator.get_state(),
+            "pipeline": dict(self._pipeline),
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Moves to a position taken by :meth:`get_state`, possibly in another process.
+
+        The next batch is the one an uninterrupted iterator would have produced after the
+        state was taken. Batches prefetched for the old position are dropped.
+
+        Args:
+          state: a dict returned by :meth:`get_state` (after a JSON round trip is fine).
+
+        Raises:
+          ValueError: the state is malformed or was taken from a pipeline with other
+            arguments (dataset, split, batch size, seed, host slice, ...), which would make
+            the resumed sequence differ.
+        """
+        if not isinstance(state, dict) or state.get("version") != _STATE_VERSION:
+            raise ValueError(
+                f"Not an input-pipeline state of version {_STATE_VERSION}: expected the dict "
+                f"from DataIterator.get_state(), got {state!r}."
+            )
+        saved = state.get("pipeline", {})
+        differences = {
+            key: (saved.get(key), value)
+            for key, value in self._pipeline.items()
+            if saved.get(key) != value
+        }
+        if differences:
+            detail = ", ".join(
+                f"{key}={old!r} in the state but {new!r} here"
+                for key, (old, new) in differences.items()
+            )
+            raise ValueError(
+                f"The input-pipeline state was taken with other arguments ({detail}); resuming "
+                f"it would not continue the same batch sequence. Use the arguments of the run "
+                f"that saved it."
+            )
+        self._iterator.set_state(state["grain"])
+
+    def close(self) -> None:
+        """Stops the prefetch threads."""
+        self._iterator.close()
+
+    def __enter__(self) -> DataIterator:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+class Dataset:
+    """One host's view of a dataset: its info and a factory of resumable batch iterators.
+
+    Create with :func:`create_dataset`. Iterating twice gives two independent iterators that
+    both start at the first batch.
+
+    Attributes:
+      info: the :class:`DatasetInfo` (``num_examples`` counts all hosts).
+      batch_size: b, the per-host batch size.
+      process_index, process_count: this host's slice of ``process_count`` slices.
+      host_num_examples: examples in this host's slice.
+    """
+
+    def __init__(
+        self,
+        info: DatasetInfo,
+        grain_dataset: grain.IterDataset,
+        pipeline: dict[str, Any],
+        host_num_examples: int,
+    ):
+        self.info = info
+        self._grain_dataset = grain_dataset
+        self._pipeline = pipeline
+        self.batch_size: int = pipeline["batch_size"]
+        self.process_index: int = pipeline["process_index"]
+        self.process_count: int = pipeline["process_count"]
+        self.host_num_examples = host_num_examples
+
+    def __iter__(self) -> DataIterator:
+        return DataIterator(self._grain_dataset, self._pipeline)
+
+    def __repr__(self) -> str:
+        return (
+            f"Dataset({self.info.name!r}, split={self.info.split!r}, "
+            f"image_shape={self.info.image_shape}, batch_size={self.batch_size}, "
+            f"host {self.process_index} of {self.process_count}: "
+            f"{self.host_num_examples} examples)"
+        )
+
+
+def _derived_seeds(seed: int, process_index: int) -> tuple[int, int]:
+    """Independent uint32 seeds for the shuffle and the flips of one host."""
+    shuffle_seed, flip_seed = np.random.SeedSequence([seed, process_index]).generate_state(2)
+    return int(shuffle_seed), int(flip_seed)
+
+
+def create_dataset(
+    *,
+    name: str = DEFAULT_NAME,
+    split: str = "train",
+    image_size: int,
+    batch_size: int,
+    seed: int,
+    data_dir: str | os.PathLike | None = None,
+    manual_dir: str | os.PathLike | None = None,
+    download: bool = True,
+    random_flip: bool = False,
+    shuffle: bool = True,
+    num_epochs: int | None = None,
+    drop_remainder: bool = True,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    num_threads: int = 4,
+    prefetch_batches: int = 4,
+) -> Dataset:
+    """Builds this host's input pipeline for an image dataset.
+
+    The host reads only its contiguous slice ``[N * i // n, N * (i + 1) // n)`` of the split
+    (``i`` = process index, ``n`` = process count; the slices of all hosts are disjoint and
+    cover the split, as ``tfds.split_for_jax_process`` does), shuffles it with a seed derived
+    from ``(seed, i)`` (a new permutation every epoch), repeats it, center-crops and resizes
+    every image to ``image_size``, optionally flips it, and batches. Batches are prefetched by
+    ``num_threads`` threads; their content never depends on thread timing.
+
+    Args:
+      name: ``"fashion_mnist"`` (default; offline), ``"folder"``, or a TFDS image dataset
+        name (``"mnist"``, ``"cifar10"``, ``"celeb_a"``, ``"oxford_flowers102"``,
+        ``"downsampled_imagenet/64x64"``, ...).
+      split: TFDS split, slicing allowed (``"test[:2000]"``); ``"train"`` for ``"folder"``.
+      image_size: side S of the square output images.
+      batch_size: b, examples per batch on THIS host (the global batch is b * process count).
+      seed: in ``[0, 2**32)``; fixes the order and the flips.
+      data_dir: TFDS data directory where prepared datasets are cached (default
+        ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``); for ``"folder"``, the image folder.
+      manual_dir: folder of manually obtained source files: Fashion-MNIST's four IDX files
+        (default ``$DIFFJAX_FASHION_MNIST_DIR`` or ``/usr/share/datasets/fashion-mnist``), or
+        a stock TFDS dataset's manual downloads.
+      download: whether missing data may be downloaded. With False nothing touches the network.
+      random_flip: mirror each image left-right with probability 1/2.
+      shuffle: shuffle the order (each epoch differently); False reads the slice in order.
+      num_epochs: None repeats forever (training); k stops after k passes (evaluation).
+      drop_remainder: with finite ``num_epochs``, drop the last incomplete batch.
+      process_index: this host's index; default ``jax.process_index()``.
+      process_count: number of hosts; default ``jax.process_count()``.
+      num_threads: threads preparing batches ahead (at most ``prefetch_batches``); 0 makes
+        every batch synchronously in the caller.
+      prefetch_batches: batches prepared ahead (memory: this many batches); 0 disables
+        prefetching.
+
+    Returns:
+      A :class:`Dataset`; ``iter(dataset)`` yields dicts of host-local NumPy arrays
+      ``{"image": float32 [b, S, S, C] in [-1, 1], "label": int32 [b]}`` (no ``"label"`` for
+      unlabelled data).
+
+    Raises:
+      TypeError, ValueError: a bad argument (raised before any data is touched).
+      DatasetUnavailableError: the data is not here and cannot be obtained; the message names
+        the install command and the config key for a local copy.
+    """
+    _check_name_and_split(name, split)
+    _check_int("image_size", image_size, 1)
+    _check_int("batch_size", batch_size, 1)
+    _check_int("seed", seed, 0, 2**32 - 1)
+    _check_int("num_threads", num_threads, 0)
+    _check_int("prefetch_batches", prefetch_batches, 0)
+    if num_epochs is not None:
+        _check_int("num_epochs", num_epochs, 1)
+    if (process_index is None) != (process_count is None):
+        raise ValueError(
+            f"Give both process_index and process_count or neither (then JAX's are used), got "
+            f"process_index={process_index!r}, process_count={process_count!r}."
+        )
+    if process_index is None:
+        import jax
+
+        process_index, process_count = jax.process_index(), jax.process_count()
+    _check_int("process_count", process_count, 1)
+    _check_int("process_index", process_index, 0, process_count - 1)
+
+    source, info = _open_source(name, split, image_size, data_dir, manual_dir, download)
+    host_slice = _host_slice(info.num_examples, process_index, process_count)
+    host_num_examples = host_slice.stop - host_slice.start
+    if host_num_examples == 0:
+        raise ValueError(
+            f"Split {split!r} of {name!r} has {info.num_examples} examples, too few for "
+            f"{process_count} hosts: host {process_index} would get none."
+        )
+    shuffle_seed, flip_seed = _derived_seeds(seed, process_index)
+    import grain  # imports orbax too: loaded only when a pipeline is built
+
+    # The pipeline runs on example indices and reads whole batches at the end, so every batch is
+    # a pure function of its position: (shuffled) indices, then flips drawn from a generator
+    # that grain seeds with (flip_seed, batch index).
+    indices = grain.MapDataset.range(host_slice.start, host_slice.stop)
+    if shuffle:
+        indices = indices.shuffle(seed=shuffle_seed)
+    if num_epochs != 1:
+        indices = indices.repeat(num_epochs)
+    # Batching after repeat: an endless run never meets a short batch (one may straddle two
+    # epochs).
+    dataset = indices.batch(batch_size, drop_remainder=drop_remainder).random_map(
+        _BatchLoader(
+            source,
+            image_size=image_size,
+            labelled=info.num_classes is not None,
+            random_flip=random_flip,
+        ),
+        seed=flip_seed,
+    )
+    grain_dataset = dataset.to_iter_dataset(
+        grain.ReadOptions(
+            num_threads=min(num_threads, prefetch_batches),
+            prefetch_buffer_size=prefetch_batches if num_threads else 0,
+        )
+    )
+    pipeline = {
+        "name": name,
+        "split": split,
+        "image_size": int(image_size),
+        "batch_size": int(batch_size),
+        "seed": int(seed),
+        "random_flip": bool(random_flip),
+        "shuffle": bool(shuffle),
+        "num_epochs": None if num_epochs is None else int(num_epochs),
+        "drop_remainder": bool(drop_remainder),
+        "process_index": int(process_index),
+        "process_count": int(process_count),
+    }
+    return Dataset(info, grain_dataset, pipeline, host_num_examples)
