@@ -1,0 +1,31 @@
+"""Neural networks for diffusion: the DDPM UNet (Flax Linen) and its building blocks."""
+
+from diffjax.models.layers import (
+    AttentionBlock,
+    Downsample,
+    ResBlock,
+    TimeEmbedding,
+    Upsample,
+    sinusoidal_embedding,
+)
+from diffjax.models.unet import (
+    UNet,
+    check_attn_resolutions,
+    check_image_size,
+    count_params,
+    feature_map_sizes,
+)
+
+__all__ = [
+    "AttentionBlock",
+    "Downsample",
+    "ResBlock",
+    "TimeEmbedding",
+    "UNet",
+    "Upsample",
+    "check_attn_resolutions",
+    "check_image_size",
+    "count_params",
+    "feature_map_sizes",
+    "sinusoidal_embedding",
+]

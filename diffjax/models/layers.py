@@ -1,0 +1,299 @@
+"""Building blocks of the DDPM UNet: time embedding, ResNet block, self-attention, resampling.
+
+The structure follows Ho et al. 2020, "Denoising Diffusion Probabilistic Models"
+(arXiv:2006.11239, Appendix B; their ``diffusion_tf/models/unet.py``). All arrays are NHWC.
+
+Every module computes in ``dtype`` and stores its parameters in ``param_dtype``. The parts whose
+precision matters run in float32 regardless: the sinusoidal embedding (``sin`` of arguments up to
+~1000 in bfloat16 would be mostly rounding error), GroupNorm statistics (flax reduces in float32)
+and the attention softmax (``jax.nn.dot_product_attention`` accumulates logits in float32).
+
+Initialisation follows DDPM: ``variance_scaling(1, "fan_avg", "uniform")`` for every kernel and
+zero for the last layer of each residual branch, so that every block starts as the identity
+(DDPM uses a 1e-10 scale there; zero is the same thing in practice and exact).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax.typing import Dtype
+
+__all__ = [
+    "AttentionBlock",
+    "Downsample",
+    "ResBlock",
+    "TimeEmbedding",
+    "Upsample",
+    "default_kernel_init",
+    "sinusoidal_embedding",
+]
+
+# DDPM's `default_init(scale=1.0)`: Glorot-uniform, i.e. uniform with variance 1 / fan_avg.
+default_kernel_init = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform")
+
+
+def sinusoidal_embedding(t: jnp.ndarray, dim: int, max_period: float = 10000.0) -> jnp.ndarray:
+    """Sinusoidal embedding of (possibly fractional) timesteps.
+
+    Vaswani et al. 2017 positional encoding as used by DDPM (``get_timestep_embedding``):
+    ``emb[b, k] = sin(t_b * w_k)`` and ``emb[b, half + k] = cos(t_b * w_k)`` with
+    ``w_k = max_period ** (-k / (half - 1))``, ``half = dim // 2``, ``k = 0 .. half - 1``.
+    ``t`` is taken as float, so continuous time works: feed it on the same scale the model was
+    trained on (e.g. ``1000 * t`` for ``t`` in ``[0, 1]``).
+
+    Args:
+      t: timesteps ``[B]``, integer or float.
+      dim: embedding width; even and at least 4.
+      max_period: the slowest wavelength, in units of ``t``.
+
+    Returns:
+      ``[B, dim]`` float32 embedding.
+    """
+    if dim % 2 or dim < 4:
+        raise ValueError(f"Embedding dim must be even and >= 4, got {dim}.")
+    half = dim // 2
+    frequencies = jnp.exp(
+        -math.log(max_period) / (half - 1) * jnp.arange(half, dtype=jnp.float32)
+    )
+    angles = t.astype(jnp.float32)[:, None] * frequencies[None, :]
+    return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+
+
+class TimeEmbedding(nn.Module):
+    """Sinusoidal embedding of ``t`` followed by DDPM's 2-layer MLP (Dense, SiLU, Dense).
+
+    Attributes:
+      features: MLP width (DDPM: 4 x base channels).
+      sinusoidal_dim: width of the sinusoidal embedding (DDPM: base channels).
+      dtype: compute dtype.
+      param_dtype: parameter dtype.
+    """
+
+    features: int
+    sinusoidal_dim: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, t: jnp.ndarray) -> jnp.ndarray:
+        """Embeds timesteps.
+
+        Args:
+          t: ``[B]`` integer or float timesteps.
+
+        Returns:
+          ``[B, features]`` embedding in ``dtype`` (before any nonlinearity: each ResBlock
+          applies its own SiLU, as in DDPM).
+        """
+        dense = functools.partial(
+            nn.Dense,
+            self.features,
+            kernel_init=default_kernel_init,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
+        emb = sinusoidal_embedding(t, self.sinusoidal_dim)
+        emb = nn.silu(dense(name="dense_0")(emb))
+        return dense(name="dense_1")(emb)
+
+
+class ResBlock(nn.Module):
+    """DDPM ResNet block with a time-embedding projection (Ho et al. 2020, App. B).
+
+    ``h = conv(SiLU(GN(x))) + Dense(SiLU(temb))``;
+    ``h = conv(dropout(SiLU(GN(h))))`` (zero-initialised);
+    returns ``shortcut(x) + h`` where ``shortcut`` is a 1x1 projection (DDPM's ``nin``) when the
+    channel count changes and the identity otherwise.
+
+    Attributes:
+      out_channels: output channels.
+      dropout: dropout rate before the second convolution.
+      num_groups: GroupNorm groups; must divide both the input and output channel counts.
+      dtype: compute dtype.
+      param_dtype: parameter dtype.
+    """
+
+    out_channels: int
+    dropout: float = 0.0
+    num_groups: int = 32
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, temb: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+        """Applies the block.
+
+        ``train`` is positional so that ``nn.remat(ResBlock, static_argnums=(3,))`` can treat
+        it as static.
+
+        Args:
+          x: ``[B, H, W, C_in]`` features.
+          temb: ``[B, D]`` time (and class) embedding.
+          train: enables dropout (needs a ``'dropout'`` rng).
+
+        Returns:
+          ``[B, H, W, out_channels]`` in ``dtype``.
+        """
+        conv = functools.partial(
+            nn.Conv,
+            self.out_channels,
+            (3, 3),
+            padding="SAME",
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
+        norm = functools.partial(
+            nn.GroupNorm, self.num_groups, dtype=self.dtype, param_dtype=self.param_dtype
+        )
+        h = conv(kernel_init=default_kernel_init, name="conv_0")(nn.silu(norm(name="norm_0")(x)))
+        time_projection = nn.Dense(
+            self.out_channels,
+            kernel_init=default_kernel_init,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="time_projection",
+        )(nn.silu(temb))
+        h = h + time_projection[:, None, None, :]
+        h = nn.silu(norm(name="norm_1")(h))
+        h = nn.Dropout(self.dropout)(h, deterministic=not train)
+        h = conv(kernel_init=nn.initializers.zeros, name="conv_1")(h)
+        if x.shape[-1] != self.out_channels:
+            x = nn.Dense(
+                self.out_channels,
+                kernel_init=default_kernel_init,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name="shortcut",
+            )(x)
+        return x + h
+
+
+class AttentionBlock(nn.Module):
+    """Residual self-attention over all spatial positions (DDPM ``attn_block``).
+
+    ``x + proj(softmax(q k^T / sqrt(d)) v)`` with ``q, k, v`` 1x1 projections of ``GN(x)``;
+    the output projection is zero-initialised. DDPM uses a single head.
+
+    Attributes:
+      num_heads: attention heads; must divide the channel count.
+      num_groups: GroupNorm groups.
+      dtype: compute dtype.
+      param_dtype: parameter dtype.
+    """
+
+    num_heads: int = 1
+    num_groups: int = 32
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        """Applies the block.
+
+        Args:
+          x: ``[B, H, W, C]`` features.
+
+        Returns:
+          ``[B, H, W, C]`` in ``dtype``.
+        """
+        batch, height, width, channels = x.shape
+        if channels % self.num_heads:
+            raise ValueError(
+                f"AttentionBlock: num_heads={self.num_heads} must divide channels={channels}."
+            )
+        h = nn.GroupNorm(
+            self.num_groups, dtype=self.dtype, param_dtype=self.param_dtype, name="norm"
+        )(x)
+        # One fused 1x1 projection for q, k, v: a single matmul instead of three.
+        qkv = nn.Dense(
+            3 * channels,
+            kernel_init=default_kernel_init,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="qkv",
+        )(h)
+        # [B, H, W, 3C] -> [B, HW, 3, heads, C/heads]: a contiguous reshape, no transpose.
+        qkv = qkv.reshape(batch, height * width, 3, self.num_heads, channels // self.num_heads)
+        h = jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2])
+        h = h.reshape(batch, height, width, channels)
+        h = nn.Dense(
+            channels,
+            kernel_init=nn.initializers.zeros,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="proj_out",
+        )(h)
+        return x + h
+
+
+class Downsample(nn.Module):
+    """Halves the spatial size with a stride-2 3x3 convolution (DDPM ``downsample``).
+
+    ``padding="SAME"`` pads (0, 1) on even sizes, exactly as TensorFlow did in DDPM.
+
+    Attributes:
+      dtype: compute dtype.
+      param_dtype: parameter dtype.
+    """
+
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        """Downsamples.
+
+        Args:
+          x: ``[B, H, W, C]`` with even ``H`` and ``W``.
+
+        Returns:
+          ``[B, H/2, W/2, C]`` in ``dtype``.
+        """
+        return nn.Conv(
+            x.shape[-1],
+            (3, 3),
+            strides=(2, 2),
+            padding="SAME",
+            kernel_init=default_kernel_init,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="conv",
+        )(x)
+
+
+class Upsample(nn.Module):
+    """Doubles the spatial size: nearest-neighbour repeat, then a 3x3 convolution.
+
+    Attributes:
+      dtype: compute dtype.
+      param_dtype: parameter dtype.
+    """
+
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        """Upsamples.
+
+        Args:
+          x: ``[B, H, W, C]``.
+
+        Returns:
+          ``[B, 2H, 2W, C]`` in ``dtype``.
+        """
+        x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+        return nn.Conv(
+            x.shape[-1],
+            (3, 3),
+            padding="SAME",
+            kernel_init=default_kernel_init,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="conv",
+        )(x)

@@ -1,0 +1,325 @@
+"""The DDPM UNet (Ho et al. 2020, arXiv:2006.11239, Appendix B), in Flax Linen.
+
+A PixelCNN++-style UNet: ``len(channel_mults)`` resolution levels, each with ``num_res_blocks``
+ResNet blocks (optionally followed by self-attention) and a stride-2 downsampling between
+levels; a res-attn-res middle; a mirrored upsampling path with ``num_res_blocks + 1`` blocks per
+level, each fed the matching skip activation by channel concatenation. The timestep enters every
+ResNet block through a sinusoidal embedding and a 2-layer MLP; an optional class embedding is
+added to it (Dhariwal & Nichol 2021, "Diffusion Models Beat GANs", arXiv:2105.05233).
+
+The default fields are DDPM's CIFAR-10 model (35.7M parameters with 3 output channels).
+
+Typical use with the pure math in :mod:`diffjax` (which only ever sees a ``model_fn``)::
+
+    model = UNet(base_channels=64, channel_mults=(1, 2, 2), attn_resolutions=(14,))
+    params = model.init(key, x, t)["params"]
+    model_fn = lambda x_t, t: model.apply({"params": params}, x_t, t)
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax.typing import Dtype
+
+from diffjax.models.layers import (
+    AttentionBlock,
+    Downsample,
+    ResBlock,
+    TimeEmbedding,
+    Upsample,
+    default_kernel_init,
+)
+
+__all__ = [
+    "UNet",
+    "check_attn_resolutions",
+    "check_image_size",
+    "count_params",
+    "feature_map_sizes",
+]
+
+# `train` (argument 3, counting self) is static: it decides whether dropout runs at all.
+_RematResBlock = nn.remat(ResBlock, static_argnums=(3,))
+
+
+def check_image_size(image_size: int, channel_mults: Sequence[int]) -> None:
+    """Checks that an image side survives the UNet's downsamplings exactly.
+
+    The UNet halves the feature map ``len(channel_mults) - 1`` times and must be able to undo
+    it, so each side must be a multiple of ``2 ** (len(channel_mults) - 1)``.
+
+    Args:
+      image_size: an image side length in pixels (height or width).
+      channel_mults: the UNet's per-level channel multipliers.
+
+    Raises:
+      ValueError: naming the size and the required divisor if the size does not fit.
+    """
+    divisor = 2 ** (len(channel_mults) - 1)
+    if image_size < 1 or image_size % divisor:
+        raise ValueError(
+            f"Image size {image_size} is not supported by channel_mults={tuple(channel_mults)}: "
+            f"the UNet downsamples {len(channel_mults) - 1} times, so every image side must be a "
+            f"positive multiple of 2**{len(channel_mults) - 1} = {divisor}."
+        )
+
+
+def feature_map_sizes(image_size: int, channel_mults: Sequence[int]) -> tuple[int, ...]:
+    """Side lengths of the feature maps at each resolution level.
+
+    Args:
+      image_size: image side length in pixels.
+      channel_mults: the UNet's per-level channel multipliers.
+
+    Returns:
+      ``(image_size, image_size / 2, ...)``, one entry per level.
+
+    Raises:
+      ValueError: if ``image_size`` does not pass :func:`check_image_size`.
+    """
+    check_image_size(image_size, channel_mults)
+    return tuple(image_size // 2**level for level in range(len(channel_mults)))
+
+
+def check_attn_resolutions(
+    image_size: int, channel_mults: Sequence[int], attn_resolutions: Sequence[int]
+) -> None:
+    """Checks that every requested attention resolution occurs in the UNet.
+
+    A resolution that never occurs would silently give a model without attention (a 28x28
+    input with the CIFAR-10 default ``attn_resolutions=(16,)``, say), so it is an error.
+
+    Args:
+      image_size: image side length in pixels (the height, for non-square images).
+      channel_mults: the UNet's per-level channel multipliers.
+      attn_resolutions: feature-map side lengths at which to apply attention.
+
+    Raises:
+      ValueError: naming the missing resolutions and the ones that occur.
+    """
+    sizes = feature_map_sizes(image_size, channel_mults)
+    missing = tuple(r for r in attn_resolutions if r not in sizes)
+    if missing:
+        raise ValueError(
+            f"attn_resolutions {missing} never occur for image size {image_size} with "
+            f"channel_mults={tuple(channel_mults)}; the feature-map sizes are {sizes}."
+        )
+
+
+def count_params(params: Any) -> int:
+    """Total number of parameters in a pytree.
+
+    Works on concrete arrays and on the ``jax.ShapeDtypeStruct`` leaves of
+    ``jax.eval_shape(model.init, ...)``, so large models can be counted without allocating them.
+
+    Args:
+      params: a pytree of arrays or shape/dtype structs.
+
+    Returns:
+      The sum of the leaves' sizes.
+    """
+    return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(params))
+
+
+class UNet(nn.Module):
+    """DDPM UNet predicting an image-shaped output (eps, x0 or v) from ``(x_t, t[, labels])``.
+
+    Attributes:
+      base_channels: channels of the first level; also the sinusoidal embedding width, while
+        the time MLP is ``4 * base_channels`` wide. Must be even and divisible by
+        ``num_groups``.
+      channel_mults: per-level channel multipliers; ``len - 1`` downsamplings.
+      num_res_blocks: ResNet blocks per level on the way down (``+1`` on the way up).
+      attn_resolutions: feature-map side lengths (pixels) at which self-attention follows each
+        ResNet block; each must occur for the input size (checked when called). For non-square
+        inputs the height is matched. The middle block always has attention.
+      dropout: dropout rate inside the ResNet blocks (active only with ``train=True``).
+      out_channels: output channels; ``None`` means the input's channel count.
+      num_classes: enables class conditioning: an embedding table of ``num_classes + 1`` rows
+        added to the time embedding. Label ``num_classes`` is the "null" label used for
+        classifier-free guidance; dropping labels to it during training is the caller's job.
+      num_groups: GroupNorm groups.
+      dtype: compute dtype (e.g. ``jnp.bfloat16``); the output is always float32.
+      param_dtype: parameter dtype.
+      remat: recompute each ResNet block's activations in the backward pass
+        (``nn.remat``) to save memory at the cost of ~1 extra forward pass.
+    """
+
+    base_channels: int = 128
+    channel_mults: Sequence[int] = (1, 2, 2, 2)
+    num_res_blocks: int = 2
+    attn_resolutions: Sequence[int] = (16,)
+    dropout: float = 0.1
+    out_channels: int | None = None
+    num_classes: int | None = None
+    num_groups: int = 32
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    remat: bool = False
+
+    def __post_init__(self) -> None:
+        """Validates the configuration when the module is constructed, before any tracing."""
+        super().__post_init__()
+        if not self.channel_mults or any(
+            not isinstance(m, (int, np.integer)) or m < 1 for m in self.channel_mults
+        ):
+            raise ValueError(
+                f"channel_mults must be a non-empty sequence of positive ints, "
+                f"got {self.channel_mults!r}."
+            )
+        if self.base_channels < 4 or self.base_channels % 2:
+            raise ValueError(
+                f"base_channels must be even and >= 4 (it is the sinusoidal embedding width), "
+                f"got {self.base_channels}."
+            )
+        if self.num_groups < 1 or self.base_channels % self.num_groups:
+            raise ValueError(
+                f"num_groups={self.num_groups} must divide base_channels={self.base_channels} "
+                f"(every GroupNorm input is a multiple of base_channels)."
+            )
+        if self.num_res_blocks < 1:
+            raise ValueError(f"num_res_blocks must be >= 1, got {self.num_res_blocks}.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}.")
+        if self.out_channels is not None and self.out_channels < 1:
+            raise ValueError(f"out_channels must be None or >= 1, got {self.out_channels}.")
+        if self.num_classes is not None and self.num_classes < 1:
+            raise ValueError(f"num_classes must be None or >= 1, got {self.num_classes}.")
+
+    def _check_inputs(
+        self, x: jnp.ndarray, t: Any, labels: Any
+    ) -> tuple[jnp.ndarray, jnp.ndarray | None]:
+        """Validates shapes and dtypes at trace time; returns ``t`` as ``[B]`` and the labels."""
+        if x.ndim != 4:
+            raise ValueError(f"x must be NHWC [B, H, W, C], got shape {x.shape}.")
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            raise TypeError(f"x must be a float array (scaled images), got dtype {x.dtype}.")
+        batch, height, width, _ = x.shape
+        check_image_size(height, self.channel_mults)
+        check_image_size(width, self.channel_mults)
+        check_attn_resolutions(height, self.channel_mults, self.attn_resolutions)
+
+        t = jnp.asarray(t)
+        if t.ndim == 0:
+            t = jnp.broadcast_to(t, (batch,))
+        if t.shape != (batch,):
+            raise ValueError(f"t must be a scalar or have shape [B] = [{batch}], got {t.shape}.")
+
+        if self.num_classes is None:
+            if labels is not None:
+                raise ValueError(
+                    "labels were given but the UNet has num_classes=None (unconditional); "
+                    "set num_classes to enable class conditioning."
+                )
+            return t, None
+        if labels is None:
+            raise ValueError(
+                f"The UNet is class-conditional (num_classes={self.num_classes}) and needs "
+                f"labels int32 [B]; pass labels={self.num_classes} (the null label) for "
+                f"unconditional predictions."
+            )
+        labels = jnp.asarray(labels)
+        if not jnp.issubdtype(labels.dtype, jnp.integer) or labels.shape != (batch,):
+            raise ValueError(
+                f"labels must be an integer array of shape [B] = [{batch}], got dtype "
+                f"{labels.dtype} and shape {labels.shape}."
+            )
+        if not isinstance(labels, jax.core.Tracer):
+            values = np.asarray(labels)
+            if values.size and (values.min() < 0 or values.max() > self.num_classes):
+                raise ValueError(
+                    f"labels must lie in [0, {self.num_classes}] (the last one is the null "
+                    f"label); got values in [{values.min()}, {values.max()}]."
+                )
+        return t, labels
+
+    @nn.compact
+    def __call__(
+        self,
+        x: jnp.ndarray,
+        t: jnp.ndarray,
+        labels: jnp.ndarray | None = None,
+        train: bool = False,
+    ) -> jnp.ndarray:
+        """Runs the UNet.
+
+        Args:
+          x: noisy images ``[B, H, W, C]``, float; ``H`` and ``W`` multiples of
+            ``2 ** (len(channel_mults) - 1)``.
+          t: timesteps ``[B]`` (or a scalar, broadcast), int or float; embedded as given, so
+            continuous time should be fed on the training scale (e.g. ``1000 * t``).
+          labels: int ``[B]`` class labels in ``[0, num_classes]`` (``num_classes`` = null
+            label) if the model is class-conditional, else ``None``.
+          train: enables dropout; then ``apply`` needs ``rngs={'dropout': key}``.
+
+        Returns:
+          ``[B, H, W, out_channels]`` float32 prediction.
+
+        Raises:
+          ValueError: for a bad image size, missing attention resolution, or a mismatch
+            between ``labels`` and ``num_classes``; raised while tracing, before compiling.
+          TypeError: if ``x`` is not a float array (e.g. raw uint8 images).
+        """
+        t, labels = self._check_inputs(x, t, labels)
+        channels = self.base_channels
+        out_channels = x.shape[-1] if self.out_channels is None else self.out_channels
+        num_levels = len(self.channel_mults)
+        common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+
+        temb = TimeEmbedding(4 * channels, channels, name="time_embedding", **common)(t)
+        if labels is not None:
+            temb = temb + nn.Embed(
+                self.num_classes + 1, 4 * channels, name="label_embedding", **common
+            )(labels)
+
+        res_block = functools.partial(
+            _RematResBlock if self.remat else ResBlock,
+            dropout=self.dropout,
+            num_groups=self.num_groups,
+            **common,
+        )
+        attention = functools.partial(AttentionBlock, num_groups=self.num_groups, **common)
+
+        h = nn.Conv(
+            channels, (3, 3), padding="SAME", kernel_init=default_kernel_init,
+            name="conv_in", **common,
+        )(x.astype(self.dtype))
+        skips = [h]
+        for level, mult in enumerate(self.channel_mults):
+            for block in range(self.num_res_blocks):
+                h = res_block(channels * mult, name=f"down_{level}_res_{block}")(h, temb, train)
+                if h.shape[1] in self.attn_resolutions:
+                    h = attention(name=f"down_{level}_attn_{block}")(h)
+                skips.append(h)
+            if level != num_levels - 1:
+                h = Downsample(name=f"down_{level}_downsample", **common)(h)
+                skips.append(h)
+
+        h = res_block(h.shape[-1], name="mid_res_0")(h, temb, train)
+        h = attention(name="mid_attn")(h)
+        h = res_block(h.shape[-1], name="mid_res_1")(h, temb, train)
+
+        for level in reversed(range(num_levels)):
+            for block in range(self.num_res_blocks + 1):
+                h = jnp.concatenate([h, skips.pop()], axis=-1)
+                h = res_block(
+                    channels * self.channel_mults[level], name=f"up_{level}_res_{block}"
+                )(h, temb, train)
+                if h.shape[1] in self.attn_resolutions:
+                    h = attention(name=f"up_{level}_attn_{block}")(h)
+            if level != 0:
+                h = Upsample(name=f"up_{level}_upsample", **common)(h)
+
+        h = nn.silu(nn.GroupNorm(self.num_groups, name="norm_out", **common)(h))
+        h = nn.Conv(
+            out_channels, (3, 3), padding="SAME", kernel_init=nn.initializers.zeros,
+            name="conv_out", **common,
+        )(h)
+        return h.astype(jnp.float32)
