@@ -1,0 +1,80 @@
+"""Tests for diffjax.training.sharding on the 8 fake CPU devices set up by conftest."""
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import AxisType, PartitionSpec
+
+from diffjax.training.sharding import (
+    DATA_AXIS,
+    batch_sharding,
+    check_batch_divisible,
+    host_batch_to_global,
+    make_mesh,
+    process_batch_size,
+    replicated_sharding,
+)
+
+
+def test_make_mesh_spans_all_devices_on_one_auto_axis():
+    mesh = make_mesh()
+    assert mesh.axis_names == (DATA_AXIS,)
+    assert mesh.shape[DATA_AXIS] == jax.device_count() == 8
+    assert mesh.axis_types == (AxisType.Auto,)
+    assert list(mesh.devices.flat) == jax.devices()
+
+
+def test_make_mesh_on_a_subset_and_empty():
+    assert make_mesh(jax.devices()[:1]).shape[DATA_AXIS] == 1
+    with pytest.raises(ValueError, match="at least one device"):
+        make_mesh([])
+
+
+def test_shardings():
+    mesh = make_mesh()
+    assert replicated_sharding(mesh).spec == PartitionSpec()
+    assert batch_sharding(mesh).spec == PartitionSpec(DATA_AXIS)
+    assert replicated_sharding(mesh).mesh is mesh
+
+
+@pytest.mark.parametrize("global_batch_size", [12, 4, 0])
+def test_check_batch_divisible_names_both_numbers(global_batch_size):
+    with pytest.raises(ValueError, match=rf"batch size {global_batch_size} .* devices 8"):
+        check_batch_divisible(global_batch_size, make_mesh())
+    check_batch_divisible(16, make_mesh())
+
+
+def test_process_batch_size_on_one_process():
+    assert process_batch_size(64, make_mesh()) == 64
+    with pytest.raises(ValueError, match="60"):
+        process_batch_size(60, make_mesh())
+
+
+def test_host_batch_to_global_places_rows_device_by_device():
+    mesh = make_mesh()
+    images = np.arange(16 * 2 * 2 * 1, dtype=np.float32).reshape(16, 2, 2, 1)
+    labels = np.arange(16, dtype=np.int32)
+    batch = host_batch_to_global({"image": images, "label": labels}, mesh)
+    assert set(batch) == {"image", "label"}
+    for name, host in (("image", images), ("label", labels)):
+        array = batch[name]
+        assert isinstance(array, jax.Array)
+        assert array.shape == host.shape and array.dtype == host.dtype
+        assert array.sharding.is_equivalent_to(batch_sharding(mesh), array.ndim)
+        np.testing.assert_array_equal(np.asarray(array), host)
+        for shard in array.addressable_shards:
+            # Two rows per device, in device order along the mesh axis.
+            position = list(mesh.devices.flat).index(shard.device)
+            np.testing.assert_array_equal(shard.data, host[2 * position : 2 * position + 2])
+
+
+def test_host_batch_to_global_rejects_bad_batches():
+    mesh = make_mesh()
+    with pytest.raises(ValueError, match=r"batch size 6 .* local devices 8"):
+        host_batch_to_global({"image": np.zeros((6, 2, 2, 1), np.float32)}, mesh)
+    with pytest.raises(ValueError, match="same leading"):
+        host_batch_to_global(
+            {"image": np.zeros((8, 2, 2, 1), np.float32), "label": np.zeros(16, np.int32)}, mesh
+        )
+    with pytest.raises(ValueError, match="empty batch"):
+        host_batch_to_global({}, mesh)

@@ -1,0 +1,365 @@
+"""Tests for diffjax.training.step: learning, sharding equivalence, compilation, multi-process."""
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import train_step_worker
+from diffjax import get_schedule
+from diffjax.diffusion import alpha_sigma, eps_from_x0, v_from_x0_eps
+from diffjax.losses import denoising_loss
+from diffjax.models import UNet
+from diffjax.training import (
+    TrainState,
+    create_train_state,
+    drop_labels,
+    flax_apply_fn,
+    jit_train_step,
+    make_mesh,
+    make_optimizer,
+    make_train_step,
+)
+
+# One SGD step is linear in the gradient; the device layouts differ only in the float32
+# summation order of the gradient reduction over 16 examples x 32 pixels: relative error
+# ~ sqrt(512) * 6e-8 ~ 1.4e-6 of the gradient's magnitude (lr 0.5, |g| <~ 1): atol 1e-5.
+LAYOUT_ATOL = 1e-5
+
+
+@pytest.fixture(autouse=True, scope="module")
+def fast_compiles():
+    """Compile time dominates these tiny steps on CPU; XLA's optimisations are not needed."""
+    previous = jax.config.values["jax_disable_most_optimizations"]
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", previous)
+
+
+@pytest.fixture(scope="module")
+def worker_setup():
+    return train_step_worker.make_setup()
+
+
+def _tiny_unet():
+    return UNet(
+        base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attn_resolutions=(),
+        dropout=0.0, num_groups=4,
+    )
+
+
+def _fixed_images():
+    """Eight 8x8x1 plane waves in [-1, 1]: distinct, smooth images to memorise."""
+    directions = np.random.default_rng(0).uniform(-1, 1, (8, 2))
+    rows, cols = np.mgrid[0:8, 0:8] / 7.0
+    waves = [np.sin(2 * np.pi * (a * cols + b * rows)) for a, b in directions]
+    return np.stack(waves)[..., None].astype(np.float32)
+
+
+def _optimal_denoiser(images, schedule, prediction_type):
+    """The exact denoiser of the 8-image training set: the posterior mean of x0 given x_t,
+    E[x0 | x_t] = sum_i softmax_i(-||x_t - alpha x_i||^2 / (2 sigma^2)) x_i, in any
+    parametrisation. Its loss is the lowest any model can reach."""
+
+    def model_fn(x_t, t):
+        alpha, sigma = alpha_sigma(schedule, t, x_t.ndim)
+        distances = jnp.sum((x_t[:, None] - alpha[:, None] * images[None]) ** 2, axis=(2, 3, 4))
+        weights = jax.nn.softmax(-distances / (2 * sigma[:, 0, 0, 0, None] ** 2), axis=1)
+        x0 = jnp.einsum("bn,nhwc->bhwc", weights, images)
+        eps = eps_from_x0(x_t, x0, alpha, sigma)
+        return {"x0": x0, "eps": eps, "v": v_from_x0_eps(x0, eps, alpha, sigma)}[prediction_type]
+
+    return model_fn
+
+
+@pytest.mark.parametrize("prediction_type", ["eps", "x0", "v"])
+def test_overfits_a_fixed_batch(prediction_type):
+    """200 Adam steps on 8 fixed images close most of the loss gap to the optimal denoiser.
+
+    The gap runs from the zero predictor (the zero-initialised UNet output) to the exact
+    posterior-mean denoiser of the 8 images; both losses and the trained model's are measured
+    on the same 256 fixed (t, eps) draws. Measured (2-core CPU, 200 steps): 88% (eps),
+    90% (x0), 74% (v) of the gap closed; an untrained or broken step closes ~0%.
+    """
+    images = _fixed_images()
+    model = _tiny_unet()
+    schedule = get_schedule("cosine", 100)
+    optimizer = make_optimizer(3e-3, warmup_steps=10)
+    mesh = make_mesh(jax.devices()[:1])
+    sample = jnp.zeros((1, 8, 8, 1))
+
+    def init_fn(key):
+        return model.init(key, sample, jnp.zeros((1,), jnp.int32))["params"]
+
+    state = create_train_state(init_fn, jax.random.key(0), optimizer, mesh)
+    apply_fn = flax_apply_fn(model)
+    train_step = jit_train_step(
+        make_train_step(apply_fn, schedule, optimizer, prediction_type=prediction_type), mesh
+    )
+    eval_images = jnp.tile(images, (32, 1, 1, 1))
+
+    def eval_loss(model_fn):
+        return denoising_loss(
+            model_fn, schedule, eval_images, jax.random.key(9), prediction_type=prediction_type
+        )[0]
+
+    @jax.jit
+    def model_loss(params):
+        return eval_loss(lambda x_t, t: apply_fn(params, x_t, t, None, False, None))
+
+    initial_loss = float(model_loss(state.params))
+    optimal_loss = float(jax.jit(eval_loss, static_argnums=0)(
+        _optimal_denoiser(images, schedule, prediction_type)
+    ))
+    batch = {"image": images}
+    for _ in range(200):
+        state, metrics = train_step(state, batch, jax.random.key(1))
+    final_loss = float(model_loss(state.params))
+    assert bool(metrics["is_finite"])
+    gap_closed = (initial_loss - final_loss) / (initial_loss - optimal_loss)
+    assert gap_closed > 0.5, (initial_loss, final_loss, optimal_loss)
+
+
+def test_sharded_step_matches_single_device_step(worker_setup):
+    """One step on 8 devices equals the same step on 1 device for the same global batch."""
+    single = train_step_worker.run_one_step(
+        worker_setup, make_mesh(jax.devices()[:1]), worker_setup["batch"]
+    )
+    sharded = train_step_worker.run_one_step(worker_setup, make_mesh(), worker_setup["batch"])
+    assert single.keys() == sharded.keys()
+    for name in single:
+        np.testing.assert_allclose(sharded[name], single[name], atol=LAYOUT_ATOL, err_msg=name)
+    # The step really moved the params (lr 0.5): equality is not trivially of untouched state.
+    init_params = worker_setup["init_fn"](worker_setup["init_key"])
+    kernel = np.asarray(init_params["Dense_0"]["kernel"])
+    assert np.abs(single["[0]['Dense_0']['kernel']"] - kernel).max() > 1e-3
+
+
+def test_two_processes_match_one_process(worker_setup, tmp_path):
+    """Two jax.distributed processes x 4 devices, each feeding half of the batch, end with the
+    params of one process x 8 devices fed the whole batch."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = dict(
+        os.environ,
+        XLA_FLAGS="--xla_force_host_platform_device_count=4",
+        JAX_PLATFORMS="cpu",
+        JAX_DISABLE_MOST_OPTIMIZATIONS="1",
+        DIFFJAX_TEST_COMPILATION_CACHE=jax.config.jax_compilation_cache_dir or "",
+    )
+    worker = os.path.join(os.path.dirname(__file__), "train_step_worker.py")
+    processes = [
+        subprocess.Popen(
+            [sys.executable, worker, str(process_id), str(port), str(tmp_path)],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        for process_id in range(2)
+    ]
+    try:
+        outputs = [process.communicate(timeout=240)[0] for process in processes]
+    finally:
+        for process in processes:
+            process.kill()
+    for process, output in zip(processes, outputs):
+        assert process.returncode == 0, output[-3000:]
+    expected = train_step_worker.run_one_step(worker_setup, make_mesh(), worker_setup["batch"])
+    for process_id in range(2):
+        result = np.load(tmp_path / f"process_{process_id}.npz")
+        assert set(result.files) == set(expected)
+        for name in expected:
+            np.testing.assert_allclose(
+                result[name], expected[name], atol=LAYOUT_ATOL, err_msg=f"{process_id}:{name}"
+            )
+
+
+class _CompileCounter(logging.Handler):
+    def __init__(self, name):
+        super().__init__()
+        self.name_fragment, self.count = name, 0
+
+    def emit(self, record):
+        message = record.getMessage()
+        if message.startswith("Compiling") and self.name_fragment in message:
+            self.count += 1
+
+
+def test_second_call_does_not_recompile():
+    # A setup of its own: JAX's caches are keyed on the step function, and the other tests'
+    # compilations of the shared one would hide the first compile from the count.
+    worker_setup = train_step_worker.make_setup()
+    mesh = make_mesh()
+    state = create_train_state(
+        worker_setup["init_fn"], worker_setup["init_key"], worker_setup["optimizer"], mesh
+    )
+    train_step = jit_train_step(worker_setup["train_step"], mesh)
+    counter = _CompileCounter("train_step")
+    logger = logging.getLogger("jax")
+    logger.addHandler(counter)
+    try:
+        with jax.log_compiles(True):
+            compiles = []
+            for _ in range(3):
+                state, metrics = train_step(state, worker_setup["batch"], worker_setup["step_key"])
+                compiles.append(counter.count)
+    finally:
+        logger.removeHandler(counter)
+    assert compiles == [1, 1, 1]
+    assert int(state.step) == 3 and bool(metrics["is_finite"])
+
+
+def _labels_probe(num_classes):
+    """An apply_fn whose x0-prediction is 1 exactly where the label is the null label, so
+    with all-zero images the unweighted MSE metric is the fraction of labels dropped."""
+
+    def apply_fn(params, x_t, t, labels, train, dropout_key):
+        is_null = (labels == num_classes).astype(x_t.dtype)[:, None, None, None]
+        return jnp.zeros_like(x_t) + is_null + 0.0 * params["unused"]
+
+    return apply_fn
+
+
+@pytest.mark.parametrize("label_dropout", [0.0, 0.25])
+def test_label_dropout_reaches_the_model(label_dropout):
+    num_classes, batch_size = 5, 4096
+    optimizer = optax.sgd(0.0)
+    train_step = make_train_step(
+        _labels_probe(num_classes), get_schedule("cosine", 10), optimizer, prediction_type="x0",
+        num_classes=num_classes, label_dropout=label_dropout,
+    )
+    params = {"unused": jnp.zeros(())}
+    state = TrainState(jnp.int32(0), params, params, optimizer.init(params))
+    batch = {
+        "image": jnp.zeros((batch_size, 1, 1, 1)),
+        "label": jnp.asarray(np.arange(batch_size) % num_classes, jnp.int32),
+    }
+    _, metrics = jax.jit(train_step)(state, batch, jax.random.key(0))
+    # Binomial(4096, p) / 4096 has std sqrt(p (1 - p) / 4096) ~ 0.0068 at p = 0.25: 5 std.
+    tolerance = 5 * np.sqrt(label_dropout * (1 - label_dropout) / batch_size)
+    assert abs(float(metrics["mse"]) - label_dropout) <= tolerance
+
+
+def test_drop_labels_only_writes_the_null_label():
+    labels = jnp.arange(1000, dtype=jnp.int32) % 7
+    dropped = drop_labels(jax.random.key(0), labels, 7, 0.5)
+    changed = np.asarray(dropped != labels)
+    np.testing.assert_array_equal(np.asarray(dropped)[changed], 7)
+    assert 0.4 < changed.mean() < 0.6  # Binomial(1000, 0.5)/1000: std 0.016, ~6 std margin
+
+
+@pytest.fixture(scope="module")
+def single_device(worker_setup):
+    """A fresh single-device state per call and one compiled step shared by the tests."""
+    mesh = make_mesh(jax.devices()[:1])
+    state = create_train_state(
+        worker_setup["init_fn"], worker_setup["init_key"], worker_setup["optimizer"], mesh
+    )
+    # The jitted step donates its input state: hand each caller its own copy.
+    return lambda: jax.tree.map(jnp.copy, state), jit_train_step(worker_setup["train_step"], mesh)
+
+
+def test_step_updates_ema_and_counts(worker_setup, single_device):
+    fresh_state, train_step = single_device
+    state = fresh_state()
+    initial_params = jax.tree.map(np.asarray, state.params)
+    new_state, metrics = train_step(state, worker_setup["batch"], worker_setup["step_key"])
+    assert int(new_state.step) == 1
+    # decay_0 = min(0.99, 1/10) = 0.1: ema = 0.1 * params_0 + 0.9 * params_1.
+    assert float(metrics["ema_decay"]) == pytest.approx(0.1)
+    expected_ema = jax.tree.map(
+        lambda p0, p1: 0.1 * p0 + 0.9 * np.asarray(p1), initial_params, new_state.params
+    )
+    chex.assert_trees_all_close(new_state.ema_params, expected_ema, rtol=1e-6, atol=1e-7)
+    for name in ("loss", "mse", "grad_norm", "param_norm", "ema_decay", "is_finite"):
+        assert metrics[name].shape == ()
+
+
+def test_per_step_noise_comes_from_the_step_counter(worker_setup, single_device):
+    """Same state + key -> same result (a resumed run replays its noise); another step index
+    -> other noise."""
+    fresh_state, train_step = single_device
+    batch, key = worker_setup["batch"], worker_setup["step_key"]
+    _, first = train_step(fresh_state(), batch, key)
+    _, again = train_step(fresh_state(), batch, key)
+    _, later = train_step(fresh_state().replace(step=jnp.int32(7)), batch, key)
+    assert float(first["loss"]) == float(again["loss"])
+    assert float(first["loss"]) != float(later["loss"])
+
+
+@pytest.mark.parametrize("skip_nonfinite", [False, True])
+def test_nonfinite_batch(skip_nonfinite):
+    model = train_step_worker.TinyDenoiser()
+    optimizer = make_optimizer(1e-2)
+    train_step = make_train_step(
+        flax_apply_fn(model), get_schedule("cosine", train_step_worker.NUM_TIMESTEPS), optimizer,
+        skip_nonfinite=skip_nonfinite,
+    )
+    mesh = make_mesh(jax.devices()[:1])
+
+    def init_fn(key):
+        return model.init(key, jnp.zeros((1, 4, 4, 2)), jnp.zeros((1,), jnp.int32))["params"]
+
+    state = create_train_state(init_fn, jax.random.key(0), optimizer, mesh)
+    before = jax.tree.map(np.asarray, state)
+    image = np.random.default_rng(0).uniform(-1, 1, (4, 4, 4, 2)).astype(np.float32)
+    image[3, 0, 0, 0] = np.nan
+    new_state, metrics = jax.jit(train_step)(state, {"image": image}, jax.random.key(1))
+    assert not bool(metrics["is_finite"])
+    assert int(new_state.step) == 1
+    if skip_nonfinite:
+        chex.assert_trees_all_equal(
+            (new_state.params, new_state.ema_params, new_state.opt_state),
+            (before.params, before.ema_params, before.opt_state),
+        )
+    else:
+        assert not np.all(np.isfinite(np.asarray(new_state.params["Dense_0"]["kernel"])))
+
+
+def test_batch_not_divisible_by_devices_names_both_numbers(worker_setup):
+    mesh = make_mesh()
+    state = create_train_state(
+        worker_setup["init_fn"], worker_setup["init_key"], worker_setup["optimizer"], mesh
+    )
+    batch = {name: value[:12] for name, value in worker_setup["batch"].items()}
+    with pytest.raises(ValueError, match=r"batch size 12 .* devices 8"):
+        jit_train_step(worker_setup["train_step"], mesh)(state, batch, worker_setup["step_key"])
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        (dict(prediction_type="score"), ValueError, r"'eps', 'x0', 'v'"),
+        (dict(weighting="p2"), ValueError, r"'uniform', 'min_snr'"),
+        (dict(ema_decay=1.5), ValueError, r"ema_decay must lie in \[0, 1\]"),
+        (dict(label_dropout=0.1), ValueError, "needs num_classes"),
+        (dict(num_classes=3, label_dropout=1.0), ValueError, r"label_dropout must lie in \[0, 1\)"),
+    ],
+)
+def test_make_train_step_rejects_bad_options(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        make_train_step(
+            flax_apply_fn(train_step_worker.TinyDenoiser()), get_schedule("cosine", 10),
+            optax.sgd(0.1), **kwargs,
+        )
+
+
+@pytest.mark.parametrize(
+    "batch, error, message",
+    [
+        ({"pixels": np.zeros((2, 4, 4, 2), np.float32)}, ValueError, "needs an 'image'"),
+        ({"image": np.zeros((2, 4, 4, 2), np.uint8)}, TypeError, "float array"),
+        ({"image": np.zeros((2, 4, 4, 2), np.float32)}, ValueError, "needs a 'label'"),
+    ],
+)
+def test_bad_batches_raise_before_compiling(worker_setup, single_device, batch, error, message):
+    fresh_state, _ = single_device
+    with pytest.raises(error, match=message):
+        worker_setup["train_step"](fresh_state(), batch, worker_setup["step_key"])
