@@ -1,10 +1,13 @@
 """diffjax: diffusion models in JAX and Flax.
 
 The stable public API. The math (schedules, diffusion, losses, samplers) takes arrays, a
-:class:`DiffusionSchedule` and a plain ``model_fn(x_t, t) -> prediction``; the training
-machinery lives in :mod:`diffjax.training`. Importing this package never imports TensorFlow,
-tensorflow-datasets or orbax.
+:class:`DiffusionSchedule` and a plain ``model_fn(x_t, t) -> prediction``, so a network written
+in any JAX framework plugs in unchanged; :class:`UNet` is the Flax network diffjax trains; the
+training machinery lives in :mod:`diffjax.training`. ``import diffjax`` never imports TensorFlow,
+tensorflow-datasets or orbax: :func:`train_and_evaluate` loads its module on first use.
 """
+
+from typing import Any
 
 from diffjax.diffusion import (
     PREDICTION_TYPES,
@@ -22,6 +25,17 @@ from diffjax.diffusion import (
     x0_from_eps,
     x0_from_v,
 )
+from diffjax.losses import LOSS_WEIGHTINGS, denoising_loss, sample_timesteps, snr_loss_weight
+from diffjax.models import UNet, count_params
+from diffjax.samplers import (
+    SAMPLER_NAMES,
+    classifier_free_guidance,
+    ddim_invert,
+    ddim_sample,
+    ddpm_sample,
+    dpm_solver_sample,
+    sample,
+)
 from diffjax.schedules import (
     SCHEDULE_NAMES,
     DiffusionSchedule,
@@ -33,11 +47,21 @@ from diffjax.schedules import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "LOSS_WEIGHTINGS",
     "PREDICTION_TYPES",
+    "SAMPLER_NAMES",
     "SCHEDULE_NAMES",
     "DiffusionSchedule",
     "PosteriorMeanVariance",
+    "UNet",
     "alpha_sigma",
+    "classifier_free_guidance",
+    "count_params",
+    "ddim_invert",
+    "ddim_sample",
+    "ddpm_sample",
+    "denoising_loss",
+    "dpm_solver_sample",
     "eps_from_v",
     "eps_from_x0",
     "get_schedule",
@@ -49,7 +73,20 @@ __all__ = [
     "q_posterior_mean_variance",
     "q_sample",
     "rescale_zero_terminal_snr",
+    "sample",
+    "sample_timesteps",
+    "snr_loss_weight",
+    "train_and_evaluate",
     "v_from_x0_eps",
     "x0_from_eps",
     "x0_from_v",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The training program imports orbax and grain; load it only when it is asked for.
+    if name == "train_and_evaluate":
+        from diffjax.training.loop import train_and_evaluate
+
+        return train_and_evaluate
+    raise AttributeError(f"module 'diffjax' has no attribute {name!r}")
