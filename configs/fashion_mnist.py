@@ -1,0 +1,66 @@
+r"""Fashion-MNIST on a laptop CPU: the offline default, recognisable clothing in about 30 minutes.
+
+  python -m diffjax.train --config configs/fashion_mnist.py --workdir runs/fmnist
+
+Data: Fashion-MNIST (Xiao et al. 2017), 60,000 28x28 grayscale training images, read offline
+from the Debian package's IDX files (`sudo apt-get install dataset-fashion-mnist`; the first run
+prepares them in about 10 s). Model: a 1.1M-parameter UNet (32 channels, 28 -> 14 -> 7, one
+ResNet block per level, attention at 7x7 and in the middle), cosine schedule, eps prediction,
+Adam at 1e-3 with 200 warm-up steps, batch 64, EMA 0.999, 1000 steps (1.1 epochs).
+
+Expected on a 2-core x86 CPU: about 30 minutes. Measured in a 300-step smoke run of this config
+on a shared 2-core VM (load average ~3 from other processes): 38 images/s, i.e. 28 min for the
+64,000 training images of 1000 steps, plus ~1 min for compilation, two sample grids and two
+held-out evaluations; an idle machine is faster. In that run the loss fell from 1.0 to 0.09 by
+step 250 (held-out loss of the EMA weights 0.082 at step 300), and the step-300 grid already
+showed shirts, pullovers, a bag and a shoe among blobs. The EMA grid at the end
+(runs/fmnist/samples/step_0001000.png, 64 DDIM samples in 50 steps) should show recognisable
+clothing: tops, trousers, dresses, sneakers, bags, boots. A rerun of the same command resumes
+from the newest checkpoint (every 250 steps). For sharper samples train longer, e.g.
+--config.training.num_steps=5000.
+"""
+
+import pathlib
+import runpy
+
+_default = runpy.run_path(str(pathlib.Path(__file__).with_name("default.py")))
+
+
+def get_config():
+    """Returns the Fashion-MNIST CPU config."""
+    config = _default["get_config"]()
+    config.data.name = "fashion_mnist"
+    config.data.image_size = 28
+    config.data.batch_size = 64
+    # About one epoch: each image is seen about once, so flipped copies would add little.
+    config.data.random_flip = False
+    # Decoding 28x28 images is cheap; a single thread leaves both cores to XLA.
+    config.data.num_threads = 1
+
+    config.model.base_channels = 32
+    config.model.channel_mults = (1, 2, 2)
+    config.model.num_res_blocks = 1
+    config.model.attn_resolutions = (7,)
+    # A short run underfits; dropout would only slow it down.
+    config.model.dropout = 0.0
+    config.model.num_groups = 8
+
+    # The cosine schedule keeps more signal at small resolutions than DDPM's linear one.
+    config.diffusion.schedule = "cosine"
+
+    config.optim.learning_rate = 1e-3
+    config.optim.warmup_steps = 200
+    config.optim.ema_decay = 0.999
+
+    config.training.num_steps = 1000
+    config.training.log_every_steps = 10
+    config.training.checkpoint_every_steps = 250
+
+    config.sampling.every_steps = 500
+    config.sampling.num_samples = 64
+    config.sampling.num_steps = 50
+
+    config.eval.every_steps = 500
+    config.eval.batch_size = 256
+    config.eval.num_batches = 2
+    return config

@@ -1,0 +1,408 @@
+"""Checks a training config completely, before anything is built or compiled.
+
+ml_collections already rejects unknown keys and wrong types for overrides given on the command
+line; a config built or edited in Python (a notebook calling ``train_and_evaluate``) gets no such
+check. :func:`validate_config` checks every config against :data:`CONFIG_SCHEMA`: unknown keys
+(with a "did you mean" suggestion), missing keys, wrong types, values out of range, and
+combinations that cannot work (an image size the UNet cannot halve, attention at a resolution
+that never occurs, a batch that does not split over the devices, guidance without classes).
+Every error names the key, the bad value and what is allowed.
+
+:func:`resume_conflicts` compares the config of a run with the one saved in its workdir and lists
+the settings that make resuming impossible (the model's shape, the data, the seed, ...).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from typing import Any, Mapping
+
+__all__ = [
+    "CONFIG_SCHEMA",
+    "ConfigError",
+    "ConfigTypeError",
+    "LR_DECAYS",
+    "NAN_POLICIES",
+    "RESUME_KEYS",
+    "config_to_dict",
+    "resume_conflicts",
+    "validate_config",
+]
+
+
+class ConfigError(ValueError):
+    """A config value, key or combination that training cannot run with."""
+
+
+class ConfigTypeError(ConfigError, TypeError):
+    """A config value of the wrong type."""
+
+
+NAN_POLICIES = ("stop", "skip")
+LR_DECAYS = ("constant", "cosine")
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+
+# Type tags of the schema (see `_check_type`).
+INT, FLOAT, BOOL, STR, INT_TUPLE = "int", "float", "bool", "str", "tuple of int"
+OPT_INT, OPT_FLOAT, OPT_STR = "int or None", "float or None", "str or None"
+
+CONFIG_SCHEMA: dict[str, Any] = {
+    "seed": INT,
+    "data": {
+        "name": STR,
+        "split": STR,
+        "image_size": INT,
+        "batch_size": INT,
+        "random_flip": BOOL,
+        "data_dir": OPT_STR,
+        "manual_dir": OPT_STR,
+        "download": BOOL,
+        "num_threads": INT,
+        "prefetch_batches": INT,
+    },
+    "model": {
+        "base_channels": INT,
+        "channel_mults": INT_TUPLE,
+        "num_res_blocks": INT,
+        "attn_resolutions": INT_TUPLE,
+        "dropout": FLOAT,
+        "num_classes": OPT_INT,
+        "num_groups": INT,
+        "dtype": STR,
+        "param_dtype": STR,
+        "remat": BOOL,
+    },
+    "diffusion": {
+        "schedule": STR,
+        "num_timesteps": INT,
+        "zero_terminal_snr": BOOL,
+        "prediction_type": STR,
+        "loss_weighting": STR,
+        "min_snr_gamma": FLOAT,
+        "offset_noise": FLOAT,
+    },
+    "optim": {
+        "learning_rate": FLOAT,
+        "warmup_steps": INT,
+        "lr_decay": STR,
+        "grad_clip_norm": OPT_FLOAT,
+        "weight_decay": FLOAT,
+        "b1": FLOAT,
+        "b2": FLOAT,
+        "eps": FLOAT,
+        "ema_decay": FLOAT,
+    },
+    "training": {
+        "num_steps": INT,
+        "log_every_steps": INT,
+        "checkpoint_every_steps": INT,
+        "keep_checkpoints": INT,
+        "async_checkpointing": BOOL,
+        "nan_policy": STR,
+        "label_dropout": FLOAT,
+        "progress_bar": BOOL,
+    },
+    "sampling": {
+        "every_steps": INT,
+        "num_samples": INT,
+        "sampler": STR,
+        "num_steps": INT,
+        "eta": FLOAT,
+        "guidance_scale": FLOAT,
+        "clip_x0": BOOL,
+        "seed": INT,
+    },
+    "eval": {
+        "every_steps": INT,
+        "split": STR,
+        "batch_size": INT,
+        "num_batches": INT,
+    },
+}
+"""Every key a training config has, with its type. Sections are nested dicts."""
+
+RESUME_KEYS = (
+    "seed",
+    "data.name",
+    "data.split",
+    "data.image_size",
+    "data.batch_size",
+    "data.random_flip",
+    "model.base_channels",
+    "model.channel_mults",
+    "model.num_res_blocks",
+    "model.attn_resolutions",
+    "model.num_classes",
+    "model.num_groups",
+    "model.param_dtype",
+    "diffusion.schedule",
+    "diffusion.num_timesteps",
+    "diffusion.zero_terminal_snr",
+    "diffusion.prediction_type",
+    "optim.grad_clip_norm",
+)
+"""Keys a resumed run must share with the run that wrote the workdir: they fix the state's
+shapes, what the network means, or the order of the data and noise."""
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A plain nested dict of a ``ConfigDict`` (references resolved) or of a mapping.
+
+    Args:
+      config: an ``ml_collections.ConfigDict`` or a nested mapping.
+
+    Returns:
+      Nested ``dict``; lists become tuples so that a config read back from JSON compares equal.
+    """
+    if hasattr(config, "to_dict"):
+        config = config.to_dict()
+    if not isinstance(config, Mapping):
+        raise ConfigTypeError(
+            f"config must be an ml_collections.ConfigDict or a mapping, got "
+            f"{type(config).__name__}."
+        )
+
+    def convert(value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {key: convert(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return tuple(convert(item) for item in value)
+        return value
+
+    return convert(config)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_type(key: str, value: Any, kind: str) -> None:
+    if kind.endswith(" or None") and value is None:
+        return
+    base = kind.removesuffix(" or None")
+    ok = {
+        INT: _is_int(value),
+        FLOAT: _is_int(value) or isinstance(value, float),
+        BOOL: isinstance(value, bool),
+        STR: isinstance(value, str),
+        INT_TUPLE: isinstance(value, (tuple, list)) and all(_is_int(item) for item in value),
+    }[base]
+    if not ok:
+        raise ConfigTypeError(
+            f"config.{key} must be {kind}, got {value!r} of type {type(value).__name__}."
+        )
+
+
+def _check_keys(schema: Mapping[str, Any], config: Mapping[str, Any], prefix: str) -> None:
+    """Unknown keys (with a suggestion), missing keys, and every value's type."""
+    for key in config:
+        if key not in schema:
+            close = difflib.get_close_matches(key, list(schema), n=1)
+            hint = f" Did you mean '{prefix}{close[0]}'?" if close else ""
+            raise ConfigError(
+                f"Unknown config key '{prefix}{key}'.{hint} Allowed keys here: "
+                f"{sorted(schema)}."
+            )
+    for key, kind in schema.items():
+        if key not in config:
+            raise ConfigError(
+                f"The config lacks '{prefix}{key}'; start from configs/default.py, which sets "
+                f"every key."
+            )
+        if isinstance(kind, dict):
+            if not isinstance(config[key], Mapping):
+                raise ConfigTypeError(
+                    f"config.{prefix}{key} must be a section (ConfigDict), got "
+                    f"{type(config[key]).__name__}."
+                )
+            _check_keys(kind, config[key], f"{prefix}{key}.")
+        else:
+            _check_type(f"{prefix}{key}", config[key], kind)
+
+
+def _lookup(values: Mapping[str, Any], key: str) -> Any:
+    for part in key.split("."):
+        values = values[part]
+    return values
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def _expect(values: Mapping[str, Any], key: str, condition: Any, expectation: str) -> None:
+    """Raises ``ConfigError('config.<key> must <expectation>, got <value>.')`` unless
+    ``condition(value)``."""
+    value = _lookup(values, key)
+    _require(bool(condition(value)), f"config.{key} must {expectation}, got {value!r}.")
+
+
+def _check_choice(values: Mapping[str, Any], key: str, allowed: tuple[str, ...]) -> None:
+    _expect(values, key, lambda value: value in allowed, f"be one of {allowed}")
+
+
+def _check_model(values: Mapping[str, Any]) -> None:
+    from diffjax.models.unet import check_attn_resolutions, check_image_size
+
+    model, image_size = values["model"], values["data"]["image_size"]
+    _expect(values, "model.base_channels", lambda v: v >= 4 and v % 2 == 0, "be even and >= 4")
+    _require(
+        model["num_groups"] >= 1 and model["base_channels"] % model["num_groups"] == 0,
+        f"config.model.num_groups={model['num_groups']} must divide "
+        f"config.model.base_channels={model['base_channels']} (GroupNorm).",
+    )
+    _expect(
+        values, "model.channel_mults", lambda v: len(v) >= 1 and min(v) >= 1,
+        "be a non-empty tuple of ints >= 1",
+    )  # fmt: skip
+    _expect(values, "model.num_res_blocks", lambda v: v >= 1, "be >= 1")
+    _expect(values, "model.dropout", lambda v: 0 <= v < 1, "lie in [0, 1)")
+    _expect(
+        values, "model.num_classes", lambda v: v is None or v >= 1,
+        "be None (unconditional) or >= 1",
+    )  # fmt: skip
+    _check_choice(values, "model.dtype", COMPUTE_DTYPES)
+    _check_choice(values, "model.param_dtype", COMPUTE_DTYPES)
+    try:
+        check_image_size(image_size, model["channel_mults"])
+        check_attn_resolutions(image_size, model["channel_mults"], model["attn_resolutions"])
+    except ValueError as error:
+        raise ConfigError(
+            f"config.data.image_size={image_size} does not fit config.model: {error}"
+        ) from error
+
+
+def _check_ranges(values: Mapping[str, Any]) -> None:
+    from diffjax.diffusion import PREDICTION_TYPES
+    from diffjax.losses import LOSS_WEIGHTINGS
+    from diffjax.samplers import SAMPLER_NAMES
+    from diffjax.schedules import SCHEDULE_NAMES
+
+    num_timesteps = values["diffusion"]["num_timesteps"]
+    num_classes = values["model"]["num_classes"]
+    label_dropout = values["training"]["label_dropout"]
+    guidance_scale = values["sampling"]["guidance_scale"]
+
+    _expect(values, "seed", lambda v: 0 <= v < 2**32, "lie in [0, 2**32)")
+    for key in ("data.image_size", "data.batch_size"):
+        _expect(values, key, lambda v: v >= 1, "be >= 1")
+    for key in ("data.num_threads", "data.prefetch_batches"):
+        _expect(values, key, lambda v: v >= 0, "be >= 0")
+    _check_model(values)
+
+    _check_choice(values, "diffusion.schedule", SCHEDULE_NAMES)
+    _check_choice(values, "diffusion.prediction_type", PREDICTION_TYPES)
+    _check_choice(values, "diffusion.loss_weighting", LOSS_WEIGHTINGS)
+    _expect(values, "diffusion.num_timesteps", lambda v: v >= 2, "be >= 2")
+    _expect(values, "diffusion.min_snr_gamma", lambda v: v > 0, "be > 0")
+    _expect(values, "diffusion.offset_noise", lambda v: v >= 0, "be >= 0")
+
+    _expect(
+        values, "optim.learning_rate", lambda v: math.isfinite(v) and v > 0,
+        "be a finite number > 0",
+    )  # fmt: skip
+    _expect(values, "optim.warmup_steps", lambda v: v >= 0, "be >= 0")
+    _check_choice(values, "optim.lr_decay", LR_DECAYS)
+    _require(
+        values["optim"]["lr_decay"] == "constant"
+        or values["optim"]["warmup_steps"] < values["training"]["num_steps"],
+        f"config.optim.lr_decay='cosine' needs config.optim.warmup_steps "
+        f"({values['optim']['warmup_steps']}) < config.training.num_steps "
+        f"({values['training']['num_steps']}).",
+    )
+    _expect(values, "optim.grad_clip_norm", lambda v: v is None or v > 0, "be None or > 0")
+    _expect(values, "optim.weight_decay", lambda v: v >= 0, "be >= 0")
+    for key in ("optim.b1", "optim.b2"):
+        _expect(values, key, lambda v: 0 <= v < 1, "lie in [0, 1)")
+    _expect(values, "optim.eps", lambda v: v > 0, "be > 0")
+    _expect(values, "optim.ema_decay", lambda v: 0 <= v <= 1, "lie in [0, 1]")
+
+    for key in ("num_steps", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
+        _expect(values, f"training.{key}", lambda v: v >= 1, "be >= 1")
+    _check_choice(values, "training.nan_policy", NAN_POLICIES)
+    _expect(values, "training.label_dropout", lambda v: 0 <= v < 1, "lie in [0, 1)")
+    _require(
+        label_dropout == 0 or num_classes is not None,
+        f"config.training.label_dropout={label_dropout} drops class labels, but "
+        f"config.model.num_classes is None (an unconditional model has no labels to drop).",
+    )
+
+    _expect(values, "sampling.every_steps", lambda v: v >= 0, "be >= 0 (0: only at the end)")
+    _expect(values, "sampling.num_samples", lambda v: v >= 0, "be >= 0 (0: no sample grids)")
+    _check_choice(values, "sampling.sampler", SAMPLER_NAMES)
+    _expect(
+        values, "sampling.num_steps", lambda v: 1 <= v <= num_timesteps,
+        f"lie in [1, config.diffusion.num_timesteps = {num_timesteps}]",
+    )  # fmt: skip
+    _expect(values, "sampling.eta", lambda v: v >= 0, "be >= 0")
+    _expect(values, "sampling.seed", lambda v: 0 <= v < 2**32, "lie in [0, 2**32)")
+    _require(
+        guidance_scale == 1.0 or num_classes is not None,
+        f"config.sampling.guidance_scale={guidance_scale} asks for classifier-free guidance, "
+        f"which needs a class-conditional model: set config.model.num_classes (and "
+        f"config.training.label_dropout > 0), or guidance_scale=1.0.",
+    )
+    _require(
+        guidance_scale == 1.0 or label_dropout > 0,
+        f"config.sampling.guidance_scale={guidance_scale} needs the unconditional model that "
+        f"config.training.label_dropout > 0 trains (got 0.0; 0.1 is usual).",
+    )
+
+    _expect(values, "eval.every_steps", lambda v: v >= 0, "be >= 0 (0: never)")
+    for key in ("eval.batch_size", "eval.num_batches"):
+        _expect(values, key, lambda v: v >= 1, "be >= 1")
+
+
+def validate_config(config: Any, num_devices: int | None = None) -> dict[str, Any]:
+    """Checks a training config; raises on the first problem, before anything is compiled.
+
+    Args:
+      config: an ``ml_collections.ConfigDict`` (or nested mapping) with the sections of
+        :data:`CONFIG_SCHEMA`.
+      num_devices: if given, the global batch sizes must split evenly over this many devices.
+
+    Returns:
+      The config as a plain nested dict (see :func:`config_to_dict`).
+
+    Raises:
+      ConfigTypeError: a value of the wrong type (also a ``TypeError``).
+      ConfigError: an unknown or missing key, a value out of range, or an impossible
+        combination (also a ``ValueError``).
+    """
+    values = config_to_dict(config)
+    _check_keys(CONFIG_SCHEMA, values, "")
+    _check_ranges(values)
+    if num_devices is not None:
+        for key in ("data.batch_size", "eval.batch_size"):
+            _expect(
+                values, key, lambda v: v % num_devices == 0,
+                f"be a multiple of the number of devices ({num_devices}), so that each device "
+                f"gets an equal share of the global batch",
+            )  # fmt: skip
+    return values
+
+
+def resume_conflicts(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """The :data:`RESUME_KEYS` on which two configs differ, each as one readable line.
+
+    Args:
+      saved: the config stored in the workdir (plain dict, e.g. from JSON).
+      current: the config of the new run (plain dict).
+
+    Returns:
+      Lines like ``"model.base_channels: 32 in the workdir, 64 now"``; empty when resuming
+      is possible.
+    """
+    saved, current = config_to_dict(saved), config_to_dict(current)
+    conflicts = []
+    for key in RESUME_KEYS:
+        try:
+            before = _lookup(saved, key)
+        except (KeyError, TypeError):
+            before = "<absent>"
+        now = _lookup(current, key)
+        if before != now:
+            conflicts.append(f"{key}: {before!r} in the workdir, {now!r} now")
+    return conflicts

@@ -1,0 +1,211 @@
+"""Configs: every shipped config is complete and valid; every kind of bad config is a clear error.
+
+No network is built here: validation is pure Python and must reject bad configs before
+anything compiles. Each error must name the offending key and what is allowed.
+"""
+
+import pathlib
+import runpy
+
+import pytest
+
+from diffjax.training.config_validation import (
+    CONFIG_SCHEMA,
+    RESUME_KEYS,
+    ConfigError,
+    ConfigTypeError,
+    config_to_dict,
+    resume_conflicts,
+    validate_config,
+)
+
+CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
+CONFIG_NAMES = ("default", "fashion_mnist", "cifar10", "cifar10_cond", "test")
+
+
+def load(name):
+    return runpy.run_path(str(CONFIG_DIR / f"{name}.py"))["get_config"]()
+
+
+def schema_keys(schema, prefix=""):
+    keys = set()
+    for key, kind in schema.items():
+        keys |= schema_keys(kind, f"{prefix}{key}.") if isinstance(kind, dict) else {prefix + key}
+    return keys
+
+
+def test_every_config_file_in_configs_is_covered():
+    assert sorted(p.stem for p in CONFIG_DIR.glob("*.py")) == sorted(CONFIG_NAMES)
+
+
+@pytest.mark.parametrize("name", CONFIG_NAMES)
+@pytest.mark.parametrize("num_devices", [1, 8])
+def test_shipped_configs_are_valid_and_complete(name, num_devices):
+    values = validate_config(load(name), num_devices=num_devices)
+    assert schema_keys(values) == schema_keys(CONFIG_SCHEMA)
+
+
+@pytest.mark.parametrize("name", CONFIG_NAMES)
+def test_config_docstrings_state_command_time_and_result(name):
+    doc = runpy.run_path(str(CONFIG_DIR / f"{name}.py"))["__doc__"]
+    assert f"--config configs/{name}.py" in doc
+    assert "Expected" in doc
+
+
+def test_config_specific_choices():
+    names = ("fashion_mnist", "cifar10", "cifar10_cond", "test")
+    fmnist, cifar, cond, test = (load(name) for name in names)
+    assert fmnist.data.name == "fashion_mnist" and fmnist.data.image_size == 28
+    # The DDPM paper's CIFAR-10 recipe (Ho et al. 2020, Appendix B).
+    assert (cifar.model.base_channels, tuple(cifar.model.channel_mults)) == (128, (1, 2, 2, 2))
+    assert (cifar.optim.learning_rate, cifar.optim.warmup_steps, cifar.data.batch_size) == (
+        2e-4, 5000, 128)  # fmt: skip
+    assert (cifar.training.num_steps, cifar.model.dropout, cifar.optim.ema_decay) == (
+        800_000, 0.1, 0.9999)  # fmt: skip
+    assert cifar.data.random_flip
+    assert cond.model.num_classes == 10 and cond.training.label_dropout > 0
+    assert cond.sampling.guidance_scale > 1
+    assert test.training.num_steps <= 10 and test.model.base_channels <= 8
+
+
+def test_ddpm_cifar10_unet_has_35_7m_parameters():
+    import jax
+    import jax.numpy as jnp
+
+    from diffjax.models.unet import count_params
+    from diffjax.training.loop import build_model
+
+    values = validate_config(load("cifar10"))
+    model = build_model(values["model"])
+    shapes = jax.eval_shape(
+        model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)), jnp.zeros((1,), jnp.int32)
+    )
+    assert round(count_params(shapes["params"]) / 1e6, 1) == 35.7
+
+
+def broken(**changes):
+    config = load("test")
+    for dotted, value in changes.items():
+        section, _, key = dotted.rpartition(".")
+        target = config[section] if section else config
+        with target.ignore_type():
+            target[key] = value
+    return config
+
+
+BAD_CONFIGS = {
+    "unknown key with suggestion": (
+        lambda: broken(**{"training.num_stepz": 3}), ConfigError,
+        r"Unknown config key 'training.num_stepz'.*Did you mean 'training.num_steps'",
+    ),
+    "unknown section": (lambda: broken(optimizer=1), ConfigError, "Unknown config key 'optimizer'"),
+    "string for an int": (
+        lambda: broken(**{"training.num_steps": "100"}), ConfigTypeError,
+        "config.training.num_steps must be int, got '100'",
+    ),
+    "bool for an int": (
+        lambda: broken(**{"data.batch_size": True}), ConfigTypeError,
+        "config.data.batch_size must be int",
+    ),
+    "float for a tuple": (
+        lambda: broken(**{"model.channel_mults": 2.0}), ConfigTypeError,
+        "config.model.channel_mults must be tuple of int",
+    ),
+    "image size the UNet cannot halve": (
+        lambda: broken(**{"data.image_size": 9}), ConfigError,
+        r"config.data.image_size=9 does not fit config.model.*multiple of 2",
+    ),
+    "attention resolution that never occurs": (
+        lambda: broken(**{"model.attn_resolutions": (16,)}), ConfigError,
+        r"attn_resolutions \(16,\) never occur",
+    ),
+    "groups not dividing channels": (
+        lambda: broken(**{"model.num_groups": 3}), ConfigError, "num_groups=3 must divide",
+    ),
+    "guidance without classes": (
+        lambda: broken(**{"sampling.guidance_scale": 3.0}), ConfigError,
+        "guidance_scale=3.0 asks for classifier-free guidance.*class-conditional",
+    ),
+    "guidance without label dropout": (
+        lambda: broken(**{"sampling.guidance_scale": 3.0, "model.num_classes": 2}), ConfigError,
+        "needs the unconditional model that config.training.label_dropout > 0",
+    ),
+    "label dropout without classes": (
+        lambda: broken(**{"training.label_dropout": 0.1}), ConfigError,
+        "label_dropout=0.1 drops class labels, but config.model.num_classes is None",
+    ),
+    "unknown schedule": (
+        lambda: broken(**{"diffusion.schedule": "cosinus"}), ConfigError,
+        r"config.diffusion.schedule must be one of \('linear'",
+    ),
+    "unknown sampler": (
+        lambda: broken(**{"sampling.sampler": "euler"}), ConfigError,
+        "config.sampling.sampler must be one of",
+    ),
+    "unknown nan policy": (
+        lambda: broken(**{"training.nan_policy": "ignore"}), ConfigError,
+        r"must be one of \('stop', 'skip'\)",
+    ),
+    "more sampling steps than timesteps": (
+        lambda: broken(**{"sampling.num_steps": 2000}), ConfigError,
+        r"config.sampling.num_steps must lie in \[1, config.diffusion.num_timesteps = 1000\]",
+    ),
+    "cosine decay shorter than warm-up": (
+        lambda: broken(**{"optim.lr_decay": "cosine", "optim.warmup_steps": 10}), ConfigError,
+        "needs config.optim.warmup_steps",
+    ),
+    "negative learning rate": (
+        lambda: broken(**{"optim.learning_rate": -1.0}), ConfigError,
+        "config.optim.learning_rate must be a finite number > 0, got -1.0",
+    ),
+    "zero checkpoint interval": (
+        lambda: broken(**{"training.checkpoint_every_steps": 0}), ConfigError,
+        "config.training.checkpoint_every_steps must be >= 1, got 0",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
+def test_bad_configs_are_rejected_with_the_key_named(case):
+    make, error, match = BAD_CONFIGS[case]
+    with pytest.raises(error, match=match):
+        validate_config(make())
+
+
+def test_missing_key_is_rejected():
+    values = config_to_dict(load("test"))
+    del values["optim"]["ema_decay"]
+    with pytest.raises(ConfigError, match="lacks 'optim.ema_decay'"):
+        validate_config(values)
+
+
+def test_batch_must_split_over_the_devices():
+    config = broken(**{"data.batch_size": 12})
+    validate_config(config, num_devices=4)
+    with pytest.raises(ConfigError, match=r"data.batch_size must be a multiple of .*devices \(8\)"):
+        validate_config(config, num_devices=8)
+
+
+def test_config_errors_are_value_and_type_errors():
+    assert issubclass(ConfigError, ValueError) and issubclass(ConfigTypeError, TypeError)
+
+
+def test_resume_conflicts_list_only_the_keys_that_break_a_resume():
+    saved = config_to_dict(load("test"))
+    longer = config_to_dict(broken(**{"training.num_steps": 100, "optim.learning_rate": 3e-4}))
+    assert resume_conflicts(saved, longer) == []
+    wider = config_to_dict(broken(**{"model.base_channels": 16, "seed": 1}))
+    conflicts = resume_conflicts(saved, wider)
+    assert conflicts == [
+        "seed: 0 in the workdir, 1 now",
+        "model.base_channels: 8 in the workdir, 16 now",
+    ]
+    assert all(key.split(".")[0] in CONFIG_SCHEMA for key in RESUME_KEYS)
+
+
+def test_config_read_back_from_json_compares_equal():
+    import json
+
+    values = config_to_dict(load("cifar10_cond"))
+    assert config_to_dict(json.loads(json.dumps(values))) == values
+    assert resume_conflicts(json.loads(json.dumps(values)), values) == []

@@ -1,0 +1,117 @@
+"""Shared helpers of the training-program tests (test_loop, test_faults, test_sample_cli).
+
+The tests train ``configs/test.py`` on a tiny folder dataset generated here (64 8x8 grayscale
+PNGs in two class folders), so they need neither the network nor a prepared TFDS dataset, and
+read metrics and checkpoints back to check them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+import runpy
+import subprocess
+import sys
+
+import jax
+import numpy as np
+from PIL import Image
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TEST_CONFIG = REPO / "configs" / "test.py"
+PYTHON = sys.executable
+
+
+def make_image_folder(root: pathlib.Path, num_per_class: int = 32, size: int = 8) -> str:
+    """Writes two class folders of random grayscale PNGs (seeded) and returns the root."""
+    rng = np.random.default_rng(0)
+    for label in range(2):
+        folder = root / f"class{label}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for index in range(num_per_class):
+            pixels = rng.integers(0, 256, (size, size), dtype=np.uint8)
+            # Class 1 is brighter: a learnable difference between the classes.
+            pixels = (pixels // 2 + 128 * label).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"{index:03d}.png")
+    return str(root)
+
+
+def make_test_config(data_dir: str, **overrides):
+    """configs/test.py on the folder dataset, with a held-out loss every 3 steps (on the
+    folder's only split), and ``section.key=value`` overrides."""
+    config = runpy.run_path(str(TEST_CONFIG))["get_config"]()
+    config.data.name = "folder"
+    config.data.data_dir = data_dir
+    config.eval.every_steps = 3
+    config.eval.split = "train"
+    for dotted, value in overrides.items():
+        section, key = dotted.split(".")
+        config[section][key] = value
+    return config
+
+
+def cli_overrides(data_dir: str, **overrides) -> list[str]:
+    """The same as :func:`make_test_config`, as ``--config.*`` flags for the CLI."""
+    flags = ["--config.data.name=folder", f"--config.data.data_dir={data_dir}"]
+    return flags + [f"--config.{key}={value}" for key, value in overrides.items()]
+
+
+def subprocess_env(num_devices: int = 8) -> dict[str, str]:
+    """Environment of a child run: fake CPU devices and the tests' compilation cache."""
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={num_devices}"
+    env["JAX_PLATFORMS"] = "cpu"
+    env["JAX_COMPILATION_CACHE_DIR"] = jax.config.jax_compilation_cache_dir
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+    env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def train_command(workdir: str, data_dir: str, **overrides) -> list[str]:
+    """``python -m diffjax.train --config configs/test.py ...`` on the folder dataset."""
+    return [
+        PYTHON, "-m", "diffjax.train", f"--config={TEST_CONFIG}", f"--workdir={workdir}",
+        *cli_overrides(data_dir, **overrides),
+    ]  # fmt: skip
+
+
+def run_cli(command: list[str], timeout: float = 240, num_devices: int = 8):
+    """Runs a CLI to completion; returns the CompletedProcess (text output)."""
+    return subprocess.run(
+        command, cwd=REPO, env=subprocess_env(num_devices), capture_output=True, text=True,
+        timeout=timeout,
+    )  # fmt: skip
+
+
+@contextlib.contextmanager
+def fast_compiles():
+    """Compiles with most XLA optimisations off (tiny models: compile time dominates)."""
+    previous = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_disable_most_optimizations", previous)
+
+
+def state_leaves(state) -> list[np.ndarray]:
+    """Host copies of every array of a train state, in tree order."""
+    return [np.asarray(leaf) for leaf in jax.tree.leaves(state)]
+
+
+def assert_states_equal(actual, expected) -> None:
+    """Bit-for-bit equality of two train states (same tree structure)."""
+    assert jax.tree.structure(actual) == jax.tree.structure(expected)
+    for got, want in zip(state_leaves(actual), state_leaves(expected)):
+        np.testing.assert_array_equal(got, want)
+
+
+def restore_newest(workdir: str):
+    """The newest checkpoint of a workdir (read-only), restored on one device."""
+    from diffjax.training.loop import load_trained_run
+    from diffjax.training.sharding import make_mesh
+
+    return load_trained_run(workdir, mesh=make_mesh(jax.devices()[:1]))
