@@ -67,8 +67,9 @@ def sample_main() -> str:
     import numpy as np
 
     from diffjax.images import atomic_write, save_image_grid
-    from diffjax.training.loop import grid_labels, load_trained_run, make_sample_fn
+    from diffjax.training.sampling import grid_labels, make_sample_fn
     from diffjax.training.sharding import make_mesh
+    from diffjax.training.trained_run import load_trained_run
 
     run = load_trained_run(_WORKDIR.value)
     sampling = run.config["sampling"]

@@ -73,7 +73,7 @@ def test_ddpm_cifar10_unet_has_35_7m_parameters():
     import jax.numpy as jnp
 
     from diffjax.models.unet import count_params
-    from diffjax.training.loop import build_model
+    from diffjax.training.programs import build_model
 
     values = validate_config(load("cifar10"))
     model = build_model(values["model"])

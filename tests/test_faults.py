@@ -41,6 +41,10 @@ from diffjax.training import loop
 from diffjax.training.checkpoint import CheckpointManager
 from diffjax.training.config_validation import ConfigError
 from diffjax.training.datasets import DatasetUnavailableError
+from diffjax.training.programs import build_programs, program_spec
+from diffjax.training.sharding import make_mesh
+from diffjax.training.trained_run import load_trained_run
+from diffjax.training.workdir import IncompatibleResumeError, WorkdirError, load_run_record
 
 # A run long enough to be killed in several places, short enough for CI.
 RUN = {
@@ -152,9 +156,8 @@ KILLS = [kill_at_random_moment, kill_mid_save, kill_at_random_moment, kill_mid_s
 
 def test_sigkill_at_any_moment_loses_nothing(reference, data_dir, tmp_path):
     expected_workdir, expected = reference
-    abstract = loop._programs(
-        loop._program_spec(loop.load_run_record(expected_workdir)["config"], (8, 8, 1)),
-        loop.make_mesh(),
+    abstract = build_programs(
+        program_spec(load_run_record(expected_workdir)["config"], (8, 8, 1)), make_mesh()
     ).abstract_state
     rng = random.Random(KILL_SEED)
     workdir = str(tmp_path / "killed")
@@ -178,7 +181,7 @@ def test_sigkill_at_any_moment_loses_nothing(reference, data_dir, tmp_path):
         survived.append((moment, restorable))
     finished = run_cli(train_command(workdir, data_dir, **RUN))
     assert finished.returncode == 0, finished.stderr[-3000:]
-    final = loop.load_trained_run(workdir)
+    final = load_trained_run(workdir)
     assert final.step == 24
     assert_states_equal(final.state, expected)
     leftovers = os.listdir(os.path.join(workdir, "checkpoints"))
@@ -260,13 +263,15 @@ def snapshot(folder):
 
 def _full_disk(monkeypatch):
     usage = shutil.disk_usage("/")
-    monkeypatch.setattr(loop.shutil, "disk_usage", lambda path: usage._replace(free=2**20))
+    monkeypatch.setattr(
+        "diffjax.training.workdir.shutil.disk_usage", lambda path: usage._replace(free=2**20)
+    )
 
 
 # case: (config overrides, patch, error, message, start from a copy of a finished run?)
 BAD_INPUTS = {
     "full disk": (
-        {}, _full_disk, loop.WorkdirError, r"has 1 MiB free; a checkpoint of this state needs",
+        {}, _full_disk, WorkdirError, r"has 1 MiB free; a checkpoint of this state needs",
         True,
     ),
     "missing image folder": (
@@ -290,7 +295,7 @@ BAD_INPUTS = {
         True,
     ),
     "incompatible resume": (
-        {"model.base_channels": 16}, None, loop.IncompatibleResumeError,
+        {"model.base_channels": 16}, None, IncompatibleResumeError,
         "model.base_channels: 8 in the workdir, 16 now.*nothing was changed", True,
     ),
 }
@@ -315,7 +320,7 @@ def test_bad_input_is_a_clear_error_before_training_and_changes_nothing(
 def test_unwritable_workdir_is_a_clear_error(data_dir, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
-    with pytest.raises(loop.WorkdirError, match=r"cannot be written.*choose another --workdir"):
+    with pytest.raises(WorkdirError, match=r"cannot be written.*choose another --workdir"):
         loop.train_and_evaluate(make_test_config(data_dir), str(blocker / "run"))
 
 
@@ -325,7 +330,7 @@ def test_garbage_run_record_is_a_clear_error(reference, data_dir, tmp_path):
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write("{not json")
     before = snapshot(workdir)
-    with pytest.raises(loop.IncompatibleResumeError, match="config.json is unreadable"):
+    with pytest.raises(IncompatibleResumeError, match="config.json is unreadable"):
         loop.train_and_evaluate(make_test_config(data_dir, **RUN), workdir)
     assert snapshot(workdir) == before
 

@@ -27,6 +27,7 @@ from train_helpers import (
 
 from diffjax.training import loop
 from diffjax.training.metrics_writer import read_metrics
+from diffjax.training.trained_run import load_trained_run
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +132,7 @@ def test_nan_stops_the_run_naming_the_step_and_saves_nothing_after_it(
     with fast_compiles(), pytest.raises(loop.NonFiniteLossError, match=message):
         loop.train_and_evaluate(make_test_config(data_dir), workdir)
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2"]
-    run = loop.load_trained_run(workdir)
+    run = load_trained_run(workdir)
     assert run.step == 2
     assert all(np.isfinite(leaf).all() for leaf in state_leaves(run.state))
 

@@ -16,6 +16,9 @@ import pytest
 from train_helpers import PYTHON, fast_compiles, make_image_folder, make_test_config, run_cli
 
 from diffjax.training import loop
+from diffjax.training.sampling import make_sample_fn
+from diffjax.training.sharding import make_mesh
+from diffjax.training.trained_run import load_trained_run
 
 CONDITIONAL = {
     "model.num_classes": 2,
@@ -51,11 +54,11 @@ def test_sample_cli_writes_png_and_npz_equal_to_the_library(trained):
     np.testing.assert_array_equal(labels, [0, 0, 0, 0, 0, 1, 1, 1, 1, 1])
     assert np.all(np.abs(samples) <= 1.0)  # clip_x0 keeps the x0-predictions in range
 
-    run = loop.load_trained_run(trained)
-    sample_fn = loop.make_sample_fn(
+    run = load_trained_run(trained)
+    sample_fn = make_sample_fn(
         run.model, run.schedule, image_shape=(8, 8, 1), num_samples=8, sampler="ddim",
         num_steps=3, eta=0.0, guidance_scale=2.0, clip_x0=True, prediction_type="eps",
-        mesh=loop.make_mesh(),
+        mesh=make_mesh(),
     )  # fmt: skip
     key = jax.random.key(1)
     first = sample_fn(run.state.ema_params, jax.random.fold_in(key, 0), labels[:8])

@@ -1,0 +1,226 @@
+"""What a run builds from its config: the UNet, schedule, optimizer and jitted functions.
+
+The train step, the sample-grid function and the held-out loss are built once per (settings,
+mesh) and cached. The training loop and
+:func:`~diffjax.training.trained_run.load_trained_run` share :func:`build_programs`, so a run
+loaded for sampling has exactly the model and state layout it was trained with.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any, Callable, Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from diffjax.losses import denoising_loss
+from diffjax.models.unet import UNet
+from diffjax.schedules import DiffusionSchedule, get_schedule
+from diffjax.training.sampling import make_sample_fn
+from diffjax.training.sharding import batch_sharding, replicated_sharding
+from diffjax.training.step import flax_apply_fn, jit_train_step, make_train_step
+from diffjax.training.train_state import TrainState, abstract_train_state, make_optimizer
+
+__all__ = ["Programs", "build_model", "build_programs", "program_spec"]
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+class Programs(NamedTuple):
+    """Everything a run compiles, built once per (settings, mesh) and kept for later runs.
+
+    Attributes:
+      model: the UNet.
+      schedule: the diffusion schedule.
+      optimizer: the optax optimizer (learning-rate schedule and clipping included).
+      init_fn: ``init(key) -> params`` of the UNet.
+      abstract_state: the train state's shapes, dtypes and shardings (no arrays).
+      train_step: the jitted ``train_step(state, batch, key) -> (state, metrics)``.
+      sample_fn: the jitted ``sample(params, key, labels) -> images [N, H, W, C]`` of the
+        sample grids, or None when ``config.sampling.num_samples`` is 0.
+      eval_loss: the jitted ``eval_loss(params, batch, key) -> scalar`` held-out loss, or None
+        when ``config.eval.every_steps`` is 0.
+    """
+
+    model: UNet
+    schedule: DiffusionSchedule
+    optimizer: optax.GradientTransformation
+    init_fn: Callable[[jax.Array], Any]
+    abstract_state: TrainState
+    train_step: Callable
+    sample_fn: Callable | None
+    eval_loss: Callable | None
+
+
+def program_spec(values: Mapping[str, Any], image_shape: tuple[int, ...]) -> str:
+    """The settings that the compiled functions depend on, as a canonical JSON key.
+
+    Args:
+      values: a validated config as a plain dict.
+      image_shape: ``(H, W, C)`` of the training images.
+
+    Returns:
+      The key for :func:`build_programs` (JSON with sorted keys: equal settings, equal key).
+    """
+    training = values["training"]
+    sampling = {k: v for k, v in values["sampling"].items() if k not in ("every_steps", "seed")}
+    spec = dict(
+        model=values["model"],
+        diffusion=values["diffusion"],
+        optim=values["optim"],
+        label_dropout=training["label_dropout"],
+        nan_policy=training["nan_policy"],
+        # The learning-rate schedule depends on the run length only when it decays.
+        num_steps=training["num_steps"] if values["optim"]["lr_decay"] == "cosine" else None,
+        sampling=sampling,
+        evaluate=values["eval"]["every_steps"] > 0,
+        image_shape=list(image_shape),
+    )
+    return json.dumps(spec, sort_keys=True)
+
+
+@functools.lru_cache(maxsize=8)
+def build_programs(spec: str, mesh: Mesh) -> Programs:
+    """Builds (and, through the cache, reuses) the model and the jitted functions of a run.
+
+    A second run in the same process (a resumed run in a notebook, a test) then neither traces
+    nor compiles again: JAX's caches key on these very function objects.
+
+    Args:
+      spec: the run's settings, from :func:`program_spec`.
+      mesh: the devices the functions run on.
+
+    Returns:
+      The run's :class:`Programs`.
+    """
+    values = json.loads(spec)
+    model = build_model(values["model"])
+    diffusion, sampling = values["diffusion"], values["sampling"]
+    schedule = get_schedule(
+        diffusion["schedule"],
+        num_timesteps=diffusion["num_timesteps"],
+        zero_terminal_snr=diffusion["zero_terminal_snr"],
+    )
+    optimizer = _make_optimizer(values["optim"], values["num_steps"])
+    image_shape = tuple(values["image_shape"])
+    init_fn = _init_fn(model, image_shape)
+    # Only the key's type matters for the shapes; the run's own key initialises.
+    abstract = abstract_train_state(init_fn, jax.random.key(0), optimizer, mesh)
+    train_step = jit_train_step(
+        make_train_step(
+            flax_apply_fn(model),
+            schedule,
+            optimizer,
+            prediction_type=diffusion["prediction_type"],
+            weighting=diffusion["loss_weighting"],
+            min_snr_gamma=diffusion["min_snr_gamma"],
+            offset_noise=diffusion["offset_noise"],
+            ema_decay=values["optim"]["ema_decay"],
+            num_classes=values["model"]["num_classes"],
+            label_dropout=values["label_dropout"],
+            skip_nonfinite=values["nan_policy"] == "skip",
+        ),
+        mesh,
+    )
+    sample_fn = None
+    if sampling["num_samples"] > 0:
+        sample_fn = make_sample_fn(
+            model,
+            schedule,
+            image_shape=image_shape,
+            num_samples=sampling["num_samples"],
+            sampler=sampling["sampler"],
+            num_steps=sampling["num_steps"],
+            eta=sampling["eta"],
+            guidance_scale=sampling["guidance_scale"],
+            clip_x0=sampling["clip_x0"],
+            prediction_type=diffusion["prediction_type"],
+            mesh=mesh,
+        )
+    eval_loss = _eval_loss_fn(model, schedule, diffusion, mesh) if values["evaluate"] else None
+    return Programs(
+        model, schedule, optimizer, init_fn, abstract, train_step, sample_fn, eval_loss
+    )
+
+
+def build_model(model_config: Mapping[str, Any]) -> UNet:
+    """The UNet described by a config's ``model`` section.
+
+    Args:
+      model_config: the (validated) ``config.model`` as a mapping.
+
+    Returns:
+      A :class:`diffjax.models.UNet`.
+    """
+    return UNet(
+        base_channels=model_config["base_channels"],
+        channel_mults=tuple(model_config["channel_mults"]),
+        num_res_blocks=model_config["num_res_blocks"],
+        attn_resolutions=tuple(model_config["attn_resolutions"]),
+        dropout=model_config["dropout"],
+        num_classes=model_config["num_classes"],
+        num_groups=model_config["num_groups"],
+        dtype=_DTYPES[model_config["dtype"]],
+        param_dtype=_DTYPES[model_config["param_dtype"]],
+        remat=model_config["remat"],
+    )
+
+
+def _make_optimizer(
+    optim: Mapping[str, Any], num_steps: int | None
+) -> optax.GradientTransformation:
+    """The optimizer of a config's ``optim`` section (``num_steps``: end of a cosine decay)."""
+    return make_optimizer(
+        learning_rate=optim["learning_rate"],
+        warmup_steps=optim["warmup_steps"],
+        total_steps=num_steps if optim["lr_decay"] == "cosine" else None,
+        grad_clip_norm=optim["grad_clip_norm"],
+        weight_decay=optim["weight_decay"],
+        b1=optim["b1"],
+        b2=optim["b2"],
+        eps=optim["eps"],
+    )
+
+
+def _init_fn(model: UNet, image_shape: tuple[int, int, int]) -> Callable[[jax.Array], Any]:
+    def init(key: jax.Array) -> Any:
+        x = jnp.zeros((1, *image_shape), jnp.float32)
+        t = jnp.zeros((1,), jnp.int32)
+        labels = None if model.num_classes is None else jnp.zeros((1,), jnp.int32)
+        return model.init({"params": key}, x, t, labels, train=False)["params"]
+
+    return init
+
+
+def _eval_loss_fn(
+    model: UNet, schedule: DiffusionSchedule, diffusion: Mapping[str, Any], mesh: Mesh
+) -> Callable[[Any, dict, jax.Array], jax.Array]:
+    """Jitted mean denoising loss of given params on one batch, without dropout."""
+
+    def loss(params: Any, batch: dict, key: jax.Array) -> jax.Array:
+        labels = batch.get("label") if model.num_classes is not None else None
+
+        def model_fn(x_t, t):
+            return model.apply({"params": params}, x_t, t, labels, train=False)
+
+        value, _ = denoising_loss(
+            model_fn,
+            schedule,
+            batch["image"],
+            key,
+            prediction_type=diffusion["prediction_type"],
+            weighting=diffusion["loss_weighting"],
+            min_snr_gamma=diffusion["min_snr_gamma"],
+            offset_noise=diffusion["offset_noise"],
+        )
+        return value
+
+    return jax.jit(
+        loss,
+        in_shardings=(replicated_sharding(mesh), batch_sharding(mesh), None),
+        out_shardings=replicated_sharding(mesh),
+    )

@@ -1,0 +1,160 @@
+"""A training run's folder: its layout, the checks before a run writes to it, its run record.
+
+Workdir layout::
+
+    workdir/config.json          the config and dataset description of the run
+    workdir/checkpoints/<step>/  orbax checkpoints (the newest ``keep_checkpoints``)
+    workdir/metrics.jsonl        one JSON record per logged step
+    workdir/events.out.tfevents.*  TensorBoard
+    workdir/samples/step_<step>.png  EMA sample grids (same seed every time)
+    workdir/loss.png             the loss curve, written at the end
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from typing import Any, Mapping
+
+import jax
+
+from diffjax.images import atomic_write
+from diffjax.training.config_validation import ConfigError
+
+__all__ = [
+    "CHECKPOINT_DIR",
+    "IncompatibleResumeError",
+    "LOSS_PLOT_FILE",
+    "RUN_RECORD_FILE",
+    "SAMPLES_DIR",
+    "WorkdirError",
+    "check_free_space",
+    "check_workdir",
+    "load_run_record",
+    "write_run_record",
+]
+
+RUN_RECORD_FILE = "config.json"
+CHECKPOINT_DIR = "checkpoints"
+SAMPLES_DIR = "samples"
+LOSS_PLOT_FILE = "loss.png"
+# Headroom demanded on the workdir's disk beyond one checkpoint's size.
+_DISK_MARGIN_BYTES = 32 * 2**20
+
+
+class WorkdirError(OSError):
+    """The workdir cannot be created, written, or has too little free space."""
+
+
+class IncompatibleResumeError(ConfigError):
+    """The workdir holds a run whose config cannot continue under the new one."""
+
+
+def check_workdir(workdir: str) -> None:
+    """Creates ``workdir`` and proves it writable with a probe file (removed again).
+
+    Args:
+      workdir: the run's folder.
+
+    Raises:
+      WorkdirError: it cannot be created or written.
+    """
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix=".write-probe-", dir=workdir)
+        os.close(handle)
+        os.remove(probe)
+    except OSError as error:
+        raise WorkdirError(
+            f"The workdir {workdir} cannot be written ({error.strerror or error}); choose "
+            f"another --workdir or fix its permissions."
+        ) from error
+
+
+def check_free_space(workdir: str, checkpoint_bytes: int) -> None:
+    """Demands room on the workdir's disk for one checkpoint plus a fixed headroom.
+
+    Args:
+      workdir: the run's folder (existing).
+      checkpoint_bytes: the size of the train state, in bytes.
+
+    Raises:
+      WorkdirError: the disk has less free space than that.
+    """
+    free = shutil.disk_usage(workdir).free
+    needed = checkpoint_bytes + _DISK_MARGIN_BYTES
+    if free < needed:
+        raise WorkdirError(
+            f"The workdir {workdir} has {free / 2**20:.0f} MiB free; a checkpoint of this "
+            f"state needs about {checkpoint_bytes / 2**20:.0f} MiB plus "
+            f"{_DISK_MARGIN_BYTES / 2**20:.0f} MiB of headroom. Free some space or choose "
+            f"another --workdir."
+        )
+
+
+def load_run_record(workdir: str | os.PathLike) -> dict[str, Any] | None:
+    """Reads ``workdir/config.json`` (plain JSON: loading it runs no code).
+
+    Args:
+      workdir: a run's folder.
+
+    Returns:
+      ``{"config": {...}, "dataset": {...}, "diffjax_version": str}``, or None when the
+      workdir holds no run record.
+
+    Raises:
+      IncompatibleResumeError: the file exists but is not a run record.
+    """
+    path = os.path.join(os.fspath(workdir), RUN_RECORD_FILE)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            record = json.load(f)
+    except (OSError, ValueError) as error:
+        raise IncompatibleResumeError(
+            f"{path} is unreadable ({error}); it should hold the config of the run in this "
+            f"workdir. Restore it or choose a new --workdir."
+        ) from error
+    if not isinstance(record, dict) or not {"config", "dataset"} <= set(record):
+        raise IncompatibleResumeError(
+            f"{path} is not a diffjax run record (expected the keys 'config' and 'dataset')."
+        )
+    return record
+
+
+def write_run_record(workdir: str, values: Mapping[str, Any], info: Any) -> None:
+    """Saves the config and dataset description atomically (from process 0 only).
+
+    Called after every check has passed, so a run that fails its checks changes nothing.
+
+    Args:
+      workdir: the run's folder.
+      values: the validated config as a plain dict.
+      info: the training dataset's description (``name``, ``split``, ``num_examples``,
+        ``num_classes``, ``class_names``, ``image_shape``).
+    """
+    if jax.process_index() != 0:
+        return
+    from diffjax import __version__
+
+    record = dict(config=values, dataset=_dataset_record(info), diffjax_version=__version__)
+
+    def write(tmp_path: str) -> None:
+        with open(tmp_path, "w", encoding="utf-8") as f:
+            json.dump(record, f, indent=2)
+
+    atomic_write(os.path.join(workdir, RUN_RECORD_FILE), write)
+
+
+def _dataset_record(info: Any) -> dict[str, Any]:
+    return dict(
+        name=info.name,
+        split=info.split,
+        num_examples=info.num_examples,
+        num_classes=info.num_classes,
+        class_names=None if info.class_names is None else list(info.class_names),
+        image_shape=list(info.image_shape),
+    )
