@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import DTypeLike
 
-from diffjax.diffusion import alpha_sigma, eps_from_x0, predict_x0_and_eps
+from diffjax.diffusion import alpha_sigma, eps_from_x0, predict_x0_and_eps, x0_from_eps
 from diffjax.samplers.common import (
     Trajectory,
     call_model,
@@ -191,9 +191,12 @@ def _invert_loop(
         prediction, t_batch = call_model(model, x, t)
         alpha, sigma = alpha_sigma(schedule, t_batch, x.ndim, x.dtype)
         _, eps = predict_x0_and_eps(prediction, x, alpha, sigma, prediction_type)
-        x0_hat = (x - jnp.sqrt(1.0 - abar_current).astype(x.dtype) * eps) / jnp.sqrt(
-            abar_current
-        ).astype(x.dtype)
+        x0_hat = x0_from_eps(
+            x,
+            eps,
+            jnp.sqrt(abar_current).astype(x.dtype),
+            jnp.sqrt(1.0 - abar_current).astype(x.dtype),
+        )
         return constrain(alpha * x0_hat + sigma * eps, out_sharding), None
 
     x, _ = jax.lax.scan(step, constrain(x0, out_sharding), (timesteps, alphas_cumprod_current))
