@@ -10,7 +10,8 @@ process gets the ``XLA_FLAGS`` it needs. Sections:
 2. training throughput (forward + backward + optimizer step, images/s) at the Fashion-MNIST
    (1.6M params, 28x28x1, batch 64) and CIFAR-10 (35.7M, 32x32x3, batch 128) sizes, with
    compile / first-step time, model FLOPs per image, fraction of peak and peak RSS; diffjax
-   also under ``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=-individual_convolution``;
+   with the XLA flag that ``python -m diffjax.train`` adds on CPU
+   (:data:`diffjax.training.FAST_CPU_TRAINING_FLAG`) and, for reference, without it;
 3. sampling throughput: DDIM 50 steps and DPM-Solver++(2M) 20 steps, same model and batch;
 4. fake-device scaling: the diffjax Fashion-MNIST step on 1, 2, 4, 8 fake CPU devices (it shows
    the sharding overhead; the devices share the same cores).
@@ -45,14 +46,15 @@ import tempfile
 from collections.abc import Sequence
 from typing import Any
 
+# What `python -m diffjax.train` adds to $XLA_FLAGS on CPU (imports jax, never starts it).
+from diffjax.training.xla_cpu import FAST_CPU_TRAINING_FLAG
+
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH_DIR)
 PEERS_PYTHON = os.path.join(BENCH_DIR, ".peers-venv", "bin", "python")
 PEERS = ("diffusers", "lucidrains")
 SIZES = ("fashion_mnist", "cifar10")
 SECTIONS = ("peak", "train", "sample", "scaling")
-# Convolutions through XLA's Eigen kernels instead of YNNPACK (see benchmarks/RESULTS.md).
-EIGEN_CONV_FLAGS = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
 
 
 def _load() -> float:
@@ -179,7 +181,7 @@ def measure_peak(quick: bool) -> dict[str, Any]:
 
 
 def measure_train(sizes: Sequence[str], quick: bool) -> list[dict[str, Any]]:
-    """Training rows: diffjax (default and Eigen-convolution flags) and both peers per size.
+    """Training rows: diffjax (with and without the CLI's CPU flag) and both peers per size.
 
     Args:
       sizes: preset names.
@@ -192,7 +194,7 @@ def measure_train(sizes: Sequence[str], quick: bool) -> list[dict[str, Any]]:
     for size in sizes:
         steps, warmup = (1, 1) if quick else ((10, 2) if size == "fashion_mnist" else (3, 1))
         batch = ["--batch-size", "8"] if quick else []
-        for label, flags in (("diffjax", ""), ("diffjax eigen-conv", EIGEN_CONV_FLAGS)):
+        for label, flags in (("diffjax", FAST_CPU_TRAINING_FLAG), ("diffjax, XLA defaults", "")):
             row = run_json(
                 [sys.executable, os.path.abspath(__file__), "--worker", "train", "--sizes", size,
                  "--steps", str(steps), "--warmup", str(warmup), *batch],
@@ -298,7 +300,8 @@ def measure_scaling(quick: bool) -> list[dict[str, Any]]:
         raw = run_json(
             [sys.executable, os.path.abspath(__file__), "--worker", "train", "--sizes",
              "fashion_mnist", "--steps", str(steps), "--warmup", str(warmup), *batch],
-            env={"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+            env={"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} "
+                              f"{FAST_CPU_TRAINING_FLAG}",
                  "JAX_PLATFORMS": "cpu"},
         )
         rows.append(dict(
@@ -361,19 +364,14 @@ def format_report(result: dict[str, Any]) -> str:
     if train:
         lines += ["Training step (forward + backward + clip + Adam + EMA), float32:", "",
                   "| size | library | params | batch | compile / 1st step s | step s | images/s "
-                  "| diffjax / this | diffjax eigen-conv / this | GFLOP/image | GFLOP/s | MFU "
-                  "| peak RSS MiB | load |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| diffjax / this | GFLOP/image | GFLOP/s | MFU | peak RSS MiB | load |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for size in SIZES:
             size_rows = [r for r in train if r["size"] == size]
-            bases = [next((r for r in size_rows if r["library"] == name), None)
-                     for name in ("diffjax", "diffjax eigen-conv")]
+            base = next((r for r in size_rows if r["library"] == "diffjax"), None)
             for r in size_rows:
                 achieved = r["train_gflops_per_image"] * r["images_per_second"]
-                ratios = " | ".join(
-                    _ratio(base["images_per_second"], r["images_per_second"]) if base else ""
-                    for base in bases
-                )
+                ratios = _ratio(base["images_per_second"], r["images_per_second"]) if base else ""
                 lines.append(
                     f"| {size} | {r['library']} | {r['params'] / 1e6:.2f}M | {r['batch_size']} | "
                     f"{r['compile_seconds']:.1f} | {r['step_seconds']:.3f} | "

@@ -1,7 +1,9 @@
-"""Test-session setup: eight fake CPU devices and the persistent compilation cache.
+"""Test-session setup: eight fake CPU devices, the CLI's XLA flags and the compilation cache.
 
-Both must happen before JAX initialises its backends, so they are done at import time here.
-Compiles dominate CPU test time; the cache lives outside the repository.
+All must happen before JAX initialises its backends, so they are done at import time here.
+The in-process tests use the XLA flags that ``python -m diffjax.train`` adds, so a run of the
+CLI and one in this process compute the same bits. Compiles dominate CPU test time; the cache
+lives outside the repository.
 """
 
 import os
@@ -10,6 +12,10 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
+
+from diffjax.training.xla_cpu import enable_fast_cpu_training  # noqa: E402
+
+enable_fast_cpu_training()
 
 _CACHE_DIR = os.environ.get(
     "DIFFJAX_TEST_COMPILATION_CACHE", os.path.expanduser("~/.cache/diffjax/jax-test-cache")
