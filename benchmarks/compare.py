@@ -11,8 +11,9 @@ process gets the ``XLA_FLAGS`` it needs. Sections:
    (1.6M params, 28x28x1, batch 64) and CIFAR-10 (35.7M, 32x32x3, batch 128) sizes, with
    compile / first-step time, model FLOPs per image, fraction of peak and peak RSS; diffjax
    with the XLA flag that ``python -m diffjax.train`` adds on CPU
-   (:data:`diffjax.training.FAST_CPU_TRAINING_FLAG`) and, for reference, without it;
-3. sampling throughput: DDIM 50 steps and DPM-Solver++(2M) 20 steps, same model and batch;
+   (:data:`diffjax.FAST_CPU_CONVOLUTION_FLAG`) and, for reference, without it;
+3. sampling throughput: DDIM 50 steps and DPM-Solver++(2M) 20 steps, same model and batch
+   (diffjax with the flag, as ``python -m diffjax.sample`` runs);
 4. fake-device scaling: the diffjax Fashion-MNIST step on 1, 2, 4, 8 fake CPU devices (it shows
    the sharding overhead; the devices share the same cores).
 
@@ -46,8 +47,8 @@ import tempfile
 from collections.abc import Sequence
 from typing import Any
 
-# What `python -m diffjax.train` adds to $XLA_FLAGS on CPU (imports jax, never starts it).
-from diffjax.training.xla_cpu import FAST_CPU_TRAINING_FLAG
+# What diffjax's CLIs add to $XLA_FLAGS on CPU (this import loads jax but never starts it).
+from diffjax.xla_cpu import FAST_CPU_CONVOLUTION_FLAG
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH_DIR)
@@ -194,7 +195,8 @@ def measure_train(sizes: Sequence[str], quick: bool) -> list[dict[str, Any]]:
     for size in sizes:
         steps, warmup = (1, 1) if quick else ((10, 2) if size == "fashion_mnist" else (3, 1))
         batch = ["--batch-size", "8"] if quick else []
-        for label, flags in (("diffjax", FAST_CPU_TRAINING_FLAG), ("diffjax, XLA defaults", "")):
+        variants = (("diffjax", FAST_CPU_CONVOLUTION_FLAG), ("diffjax, XLA defaults", ""))
+        for label, flags in variants:
             row = run_json(
                 [sys.executable, os.path.abspath(__file__), "--worker", "train", "--sizes", size,
                  "--steps", str(steps), "--warmup", str(warmup), *batch],
@@ -252,7 +254,7 @@ def measure_sample(sizes: Sequence[str], quick: bool) -> list[dict[str, Any]]:
         raw = run_json(
             [sys.executable, os.path.abspath(__file__), "--worker", "sample", "--sizes", size,
              "--batch-size", str(batch), "--repeats", str(repeats)],
-            env={"JAX_PLATFORMS": "cpu"},
+            env={"XLA_FLAGS": FAST_CPU_CONVOLUTION_FLAG, "JAX_PLATFORMS": "cpu"},
         )
         for sampler_row in raw["samplers"]:
             sampler = "ddim" if sampler_row["sampler"] == "ddim" else "dpm_solver"
@@ -301,7 +303,7 @@ def measure_scaling(quick: bool) -> list[dict[str, Any]]:
             [sys.executable, os.path.abspath(__file__), "--worker", "train", "--sizes",
              "fashion_mnist", "--steps", str(steps), "--warmup", str(warmup), *batch],
             env={"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} "
-                              f"{FAST_CPU_TRAINING_FLAG}",
+                              f"{FAST_CPU_CONVOLUTION_FLAG}",
                  "JAX_PLATFORMS": "cpu"},
         )
         rows.append(dict(

@@ -5,6 +5,7 @@ The stable public API. The math (schedules, diffusion, losses, samplers) takes a
 in any JAX framework plugs in unchanged; :class:`UNet` is the Flax network diffjax trains; the
 training machinery lives in :mod:`diffjax.training`. ``import diffjax`` never imports TensorFlow,
 tensorflow-datasets or orbax: :func:`train_and_evaluate` loads its module on first use.
+:func:`enable_fast_cpu_convolutions` sets an XLA flag for CPU and must run before JAX starts.
 """
 
 from typing import Any
@@ -43,10 +44,12 @@ from diffjax.schedules import (
     make_schedule,
     rescale_zero_terminal_snr,
 )
+from diffjax.xla_cpu import FAST_CPU_CONVOLUTION_FLAG, enable_fast_cpu_convolutions
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "FAST_CPU_CONVOLUTION_FLAG",
     "LOSS_WEIGHTINGS",
     "PREDICTION_TYPES",
     "SAMPLER_NAMES",
@@ -64,6 +67,7 @@ __all__ = [
     "dpm_solver_sample",
     "eps_from_v",
     "eps_from_x0",
+    "enable_fast_cpu_convolutions",
     "get_schedule",
     "make_schedule",
     "p_mean_variance",

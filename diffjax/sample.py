@@ -11,7 +11,8 @@ Loads the newest good checkpoint read-only (safe while the run is still training
 and an ``.npz`` (``samples`` float32 [N, H, W, C] in [-1, 1], ``labels`` int32 [N] for a
 class-conditional model) into ``DIR/samples/``. It prints the time per sample, without the
 one-off compilation (a single-batch run is timed on a second, compiled call). Defaults
-for the sampler, steps, eta and guidance come from the run's config.
+for the sampler, steps, eta and guidance come from the run's config. On CPU it first adds
+:data:`diffjax.FAST_CPU_CONVOLUTION_FLAG` to ``$XLA_FLAGS`` (``--nofast_cpu_convolutions``: not).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import sys
 import time
 
 from absl import app, flags, logging
+
+from diffjax.xla_cpu import define_fast_cpu_convolutions_flag, enable_fast_cpu_convolutions
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The training run's folder.")
 _SAMPLER = flags.DEFINE_enum(
@@ -41,6 +44,7 @@ _EMA = flags.DEFINE_bool("ema", True, "Use the EMA weights (--noema: the raw wei
 _OUT = flags.DEFINE_string(
     "out", None, "Output path without extension; default DIR/samples/<settings>."
 )
+_FAST_CPU_CONVOLUTIONS = define_fast_cpu_convolutions_flag()
 flags.mark_flag_as_required("workdir")
 
 
@@ -164,6 +168,8 @@ def main(argv: list[str]) -> None:
     if not flags.FLAGS["verbosity"].present:
         # orbax logs every step of every save at INFO; the program prints its own summary.
         logging.set_verbosity(logging.WARNING)
+    if _FAST_CPU_CONVOLUTIONS.value:
+        enable_fast_cpu_convolutions()
     from diffjax.training.loop import (
         DEFAULT_COMPILATION_CACHE,
         EXPECTED_ERRORS,

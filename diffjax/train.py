@@ -6,7 +6,7 @@ Example::
       --config.training.num_steps=2000
 
 Any config value can be overridden with ``--config.<section>.<key>=<value>``. On CPU it adds
-:data:`diffjax.training.FAST_CPU_TRAINING_FLAG` to ``$XLA_FLAGS`` before JAX starts (faster
+:data:`diffjax.FAST_CPU_CONVOLUTION_FLAG` to ``$XLA_FLAGS`` before JAX starts (faster
 convolution gradients; ``--nofast_cpu_convolutions`` turns that off). Running the same
 command again in the same workdir resumes from the newest good checkpoint. The work is done by
 :func:`diffjax.training.loop.train_and_evaluate`; this file only parses flags.
@@ -29,7 +29,7 @@ from diffjax.training.loop import (
     enable_compilation_cache,
     train_and_evaluate,
 )
-from diffjax.training.xla_cpu import FAST_CPU_TRAINING_FLAG, enable_fast_cpu_training
+from diffjax.xla_cpu import define_fast_cpu_convolutions_flag, enable_fast_cpu_convolutions
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Training config file (configs/*.py).", lock_config=True
@@ -41,13 +41,7 @@ _COMPILATION_CACHE = flags.DEFINE_string(
     "Persistent XLA compilation cache, so that a resumed run does not compile again; empty "
     "disables it. $JAX_COMPILATION_CACHE_DIR takes precedence.",
 )
-_FAST_CPU_CONVOLUTIONS = flags.DEFINE_bool(
-    "fast_cpu_convolutions",
-    True,
-    f"Add {FAST_CPU_TRAINING_FLAG} to $XLA_FLAGS before JAX starts: convolution gradients on "
-    "CPU run 1.2-2.3x faster (see benchmarks/RESULTS.md). No effect on GPU/TPU, or when "
-    "$XLA_FLAGS already sets that option.",
-)
+_FAST_CPU_CONVOLUTIONS = define_fast_cpu_convolutions_flag()
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -59,7 +53,7 @@ def main(argv: list[str]) -> None:
         # orbax logs every step of every save at INFO; the program prints its own summary.
         logging.set_verbosity(logging.WARNING)
     if _FAST_CPU_CONVOLUTIONS.value:
-        enable_fast_cpu_training()
+        enable_fast_cpu_convolutions()
     enable_compilation_cache(_COMPILATION_CACHE.value)
     try:
         train_and_evaluate(_CONFIG.value, _WORKDIR.value)

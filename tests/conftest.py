@@ -13,9 +13,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
 
-from diffjax.training.xla_cpu import enable_fast_cpu_training  # noqa: E402
+from diffjax.xla_cpu import enable_fast_cpu_convolutions  # noqa: E402
 
-enable_fast_cpu_training()
+enable_fast_cpu_convolutions()
 
 _CACHE_DIR = os.environ.get(
     "DIFFJAX_TEST_COMPILATION_CACHE", os.path.expanduser("~/.cache/diffjax/jax-test-cache")

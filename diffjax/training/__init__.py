@@ -31,11 +31,9 @@ from diffjax.training.train_state import (
     train_state_shardings,
     update_ema,
 )
-from diffjax.training.xla_cpu import FAST_CPU_TRAINING_FLAG, enable_fast_cpu_training
 
 __all__ = [
     "DATA_AXIS",
-    "FAST_CPU_TRAINING_FLAG",
     "ApplyFn",
     "TrainState",
     "abstract_train_state",
@@ -44,7 +42,6 @@ __all__ = [
     "create_train_state",
     "drop_labels",
     "ema_decay_at",
-    "enable_fast_cpu_training",
     "flax_apply_fn",
     "host_batch_to_global",
     "jit_train_step",
