@@ -18,12 +18,11 @@ for the sampler, steps, eta and guidance come from the run's config. On CPU it f
 from __future__ import annotations
 
 import os
-import sys
 import time
 
-from absl import app, flags, logging
+from absl import app, flags
 
-from diffjax.xla_cpu import define_fast_cpu_convolutions_flag, enable_fast_cpu_convolutions
+from diffjax.xla_cpu import define_fast_cpu_convolutions_flag
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The training run's folder.")
 _SAMPLER = flags.DEFINE_enum(
@@ -163,27 +162,11 @@ def sample_main() -> str:
 
 def main(argv: list[str]) -> None:
     """absl entry point: runs :func:`sample_main`; expected failures print one line."""
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if not flags.FLAGS["verbosity"].present:
-        # orbax logs every step of every save at INFO; the program prints its own summary.
-        logging.set_verbosity(logging.WARNING)
-    if _FAST_CPU_CONVOLUTIONS.value:
-        enable_fast_cpu_convolutions()
-    from diffjax.training.loop import (
-        DEFAULT_COMPILATION_CACHE,
-        EXPECTED_ERRORS,
-        enable_compilation_cache,
-    )
+    from diffjax.training.loop import run_program
 
-    enable_compilation_cache(DEFAULT_COMPILATION_CACHE)
-    try:
-        sample_main()
-    except EXPECTED_ERRORS as error:
-        if logging.get_verbosity() >= logging.DEBUG:
-            raise
-        print(f"diffjax.sample: error: {error}", file=sys.stderr, flush=True)
-        sys.exit(1)
+    run_program(
+        "diffjax.sample", argv, sample_main, fast_cpu_convolutions=_FAST_CPU_CONVOLUTIONS.value
+    )
 
 
 if __name__ == "__main__":

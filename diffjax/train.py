@@ -18,18 +18,11 @@ with ``--verbosity=1`` to see its traceback.
 
 from __future__ import annotations
 
-import sys
-
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from diffjax.training.loop import (
-    DEFAULT_COMPILATION_CACHE,
-    EXPECTED_ERRORS,
-    enable_compilation_cache,
-    train_and_evaluate,
-)
-from diffjax.xla_cpu import define_fast_cpu_convolutions_flag, enable_fast_cpu_convolutions
+from diffjax.training.loop import DEFAULT_COMPILATION_CACHE, run_program, train_and_evaluate
+from diffjax.xla_cpu import define_fast_cpu_convolutions_flag
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Training config file (configs/*.py).", lock_config=True
@@ -47,21 +40,13 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv: list[str]) -> None:
     """absl entry point: runs :func:`train_and_evaluate`; expected failures print one line."""
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if not flags.FLAGS["verbosity"].present:
-        # orbax logs every step of every save at INFO; the program prints its own summary.
-        logging.set_verbosity(logging.WARNING)
-    if _FAST_CPU_CONVOLUTIONS.value:
-        enable_fast_cpu_convolutions()
-    enable_compilation_cache(_COMPILATION_CACHE.value)
-    try:
-        train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    except EXPECTED_ERRORS as error:
-        if logging.get_verbosity() >= logging.DEBUG:
-            raise
-        print(f"diffjax.train: error: {error}", file=sys.stderr, flush=True)
-        sys.exit(1)
+    run_program(
+        "diffjax.train",
+        argv,
+        lambda: train_and_evaluate(_CONFIG.value, _WORKDIR.value),
+        fast_cpu_convolutions=_FAST_CPU_CONVOLUTIONS.value,
+        compilation_cache=_COMPILATION_CACHE.value,
+    )
 
 
 if __name__ == "__main__":

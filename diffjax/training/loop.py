@@ -30,12 +30,14 @@ The workdir's layout is described in :mod:`diffjax.training.workdir`.
 from __future__ import annotations
 
 import os
+import sys
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import app, flags, logging
 from jax.sharding import Mesh
 
 from diffjax.images import make_grid, save_image_grid, save_loss_curve, to_uint8
@@ -62,12 +64,14 @@ from diffjax.training.workdir import (
     load_run_record,
     write_run_record,
 )
+from diffjax.xla_cpu import enable_fast_cpu_convolutions
 
 __all__ = [
     "DEFAULT_COMPILATION_CACHE",
     "EXPECTED_ERRORS",
     "NonFiniteLossError",
     "enable_compilation_cache",
+    "run_program",
     "train_and_evaluate",
 ]
 
@@ -116,6 +120,46 @@ def enable_compilation_cache(path: str = DEFAULT_COMPILATION_CACHE) -> None:
         return
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def run_program(
+    name: str,
+    argv: Sequence[str],
+    program: Callable[[], object],
+    *,
+    fast_cpu_convolutions: bool,
+    compilation_cache: str = DEFAULT_COMPILATION_CACHE,
+) -> None:
+    """The command-line programs' shared ``main``: set-up, run, and one-line failures.
+
+    Refuses stray arguments, quiets absl logging to warnings unless ``--verbosity`` was given,
+    adds the CPU convolution flag before JAX starts (:func:`diffjax.enable_fast_cpu_convolutions`),
+    turns on the compilation cache, then runs ``program``. An :data:`EXPECTED_ERRORS` failure
+    prints ``"{name}: error: ..."`` and exits with status 1 (with ``--verbosity=1``, its
+    traceback instead).
+
+    Args:
+      name: the program's name in error messages, e.g. ``"diffjax.train"``.
+      argv: absl's remaining arguments (only the program name is allowed).
+      program: runs the work, reading the parsed flags itself.
+      fast_cpu_convolutions: whether to add the CPU convolution flag.
+      compilation_cache: see :func:`enable_compilation_cache`.
+    """
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {list(argv[1:])}")
+    if not flags.FLAGS["verbosity"].present:
+        # orbax logs every step of every save at INFO; the program prints its own summary.
+        logging.set_verbosity(logging.WARNING)
+    if fast_cpu_convolutions:
+        enable_fast_cpu_convolutions()
+    enable_compilation_cache(compilation_cache)
+    try:
+        program()
+    except EXPECTED_ERRORS as error:
+        if logging.get_verbosity() >= logging.DEBUG:
+            raise
+        print(f"{name}: error: {error}", file=sys.stderr, flush=True)
+        sys.exit(1)
 
 
 def _keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array]:
