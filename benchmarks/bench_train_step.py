@@ -227,8 +227,8 @@ def run_preset(
 
     Returns:
       dict: preset, image shape, batch size, params, devices, compile seconds, median step
-      seconds, images/s, forward and train-step GFLOPs per image (XLA cost analysis), achieved
-      GFLOP/s, final loss.
+      seconds, images/s, forward and train-step GFLOPs per image (XLA cost analysis, summed
+      over the devices), achieved GFLOP/s, XLA scratch memory of all devices, final loss.
     """
     if name not in PRESETS:
         raise ValueError(f"Unknown preset {name!r}; expected one of {tuple(PRESETS)}.")
@@ -241,7 +241,10 @@ def run_preset(
     forward_flops = forward_flops_per_image(setup)
     seconds, metrics = time_steps(compiled, setup, num_steps, warmup_steps)
     median = float(np.median(seconds))
-    flops_per_image = costs["flops_per_step"] / batch_size
+    # XLA's cost and memory analysis describe one device's program (its share of the batch).
+    num_devices = setup["mesh"].devices.size
+    flops_per_step = costs["flops_per_step"] * num_devices
+    flops_per_image = flops_per_step / batch_size
     return dict(
         preset=name,
         image_shape=list(preset["image_shape"]),
@@ -256,8 +259,8 @@ def run_preset(
         images_per_second=batch_size / median,
         forward_gflops_per_image=forward_flops / 1e9,
         train_gflops_per_image=flops_per_image / 1e9,
-        achieved_gflops_per_second=costs["flops_per_step"] / median / 1e9,
-        temp_gib=costs["temp_bytes"] / 2**30,
+        achieved_gflops_per_second=flops_per_step / median / 1e9,
+        temp_gib=costs["temp_bytes"] * num_devices / 2**30,
         final_loss=float(metrics["loss"]),
     )
 

@@ -10,10 +10,11 @@ process gets the ``XLA_FLAGS`` it needs. Sections:
 2. training throughput (forward + backward + optimizer step, images/s) at the Fashion-MNIST
    (1.6M params, 28x28x1, batch 64) and CIFAR-10 (35.7M, 32x32x3, batch 128) sizes, with
    compile / first-step time, model FLOPs per image, fraction of peak and peak RSS; diffjax
-   with the XLA flag that ``python -m diffjax.train`` adds on CPU
-   (:data:`diffjax.FAST_CPU_CONVOLUTION_FLAG`) and, for reference, without it;
+   as ``python -m diffjax.train`` runs on CPU (the XLA flag
+   :data:`diffjax.FAST_CPU_CONVOLUTION_FLAG` and one JAX device per core,
+   :func:`diffjax.use_cpu_devices`) and, for reference, with XLA's defaults on one device;
 3. sampling throughput: DDIM 50 steps and DPM-Solver++(2M) 20 steps, same model and batch
-   (diffjax with the flag, as ``python -m diffjax.sample`` runs);
+   (diffjax as ``python -m diffjax.sample`` runs: the flag, one device per core);
 4. fake-device scaling: the diffjax Fashion-MNIST step on 1, 2, 4, 8 fake CPU devices (it shows
    the sharding overhead; the devices share the same cores).
 
@@ -47,8 +48,8 @@ import tempfile
 from collections.abc import Sequence
 from typing import Any
 
-# What diffjax's CLIs add to $XLA_FLAGS on CPU (this import loads jax but never starts it).
-from diffjax.xla_cpu import FAST_CPU_CONVOLUTION_FLAG
+# What diffjax's CLIs set on CPU (this import loads jax but never starts it).
+from diffjax.xla_cpu import FAST_CPU_CONVOLUTION_FLAG, cpu_device_count, use_cpu_devices
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH_DIR)
@@ -119,10 +120,22 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def diffjax_train_worker(size: str, steps: int, warmup: int, batch_size: int | None) -> None:
+def _split_cpu(batch_size: int, cpu_devices: int) -> None:
+    """Before JAX starts: ``cpu_devices`` CPU devices, or with 0 one per core as the CLIs do.
+
+    A count already in ``$XLA_FLAGS`` (the scaling section) is kept.
+    """
+    use_cpu_devices(cpu_devices or cpu_device_count([batch_size]))
+
+
+def diffjax_train_worker(
+    size: str, steps: int, warmup: int, batch_size: int | None, cpu_devices: int
+) -> None:
     """Measures the diffjax training step with bench_train_step.run_preset; prints JSON."""
     sys.path.insert(0, BENCH_DIR)
     import bench_train_step
+
+    _split_cpu(batch_size or bench_train_step.PRESETS[size]["batch_size"], cpu_devices)
 
     row = bench_train_step.run_preset(
         size, num_steps=steps, warmup_steps=warmup, batch_size=batch_size
@@ -135,12 +148,16 @@ def diffjax_train_worker(size: str, steps: int, warmup: int, batch_size: int | N
 def diffjax_sample_worker(size: str, batch_size: int, repeats: int) -> None:
     """Measures diffjax DDIM-50 and DPM-Solver++-20 with bench_sampling.run_speed; prints JSON."""
     sys.path.insert(0, BENCH_DIR)
+    _split_cpu(batch_size, 0)
     import bench_sampling
 
     # ddpm_steps=2 keeps the DDPM row (which run_speed always times) negligible.
     result = bench_sampling.run_speed([size], batch_size, 2, (), repeats)[size]
     rows = [row for row in result["samplers"] if row["sampler"] != "ddpm"]
+    import jax
+
     print(json.dumps({"num_params": result["num_params"], "samplers": rows,
+                      "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
                       "peak_rss_mib": _peak_rss_mib(),
                       "xla_flags": os.environ.get("XLA_FLAGS", "")}))
 
@@ -195,11 +212,15 @@ def measure_train(sizes: Sequence[str], quick: bool) -> list[dict[str, Any]]:
     for size in sizes:
         steps, warmup = (1, 1) if quick else ((10, 2) if size == "fashion_mnist" else (3, 1))
         batch = ["--batch-size", "8"] if quick else []
-        variants = (("diffjax", FAST_CPU_CONVOLUTION_FLAG), ("diffjax, XLA defaults", ""))
-        for label, flags in variants:
+        variants = (
+            ("diffjax", FAST_CPU_CONVOLUTION_FLAG, "0"),
+            ("diffjax, XLA defaults", "", "1"),
+        )
+        for label, flags, cpu_devices in variants:
             row = run_json(
                 [sys.executable, os.path.abspath(__file__), "--worker", "train", "--sizes", size,
-                 "--steps", str(steps), "--warmup", str(warmup), *batch],
+                 "--steps", str(steps), "--warmup", str(warmup), "--cpu-devices", cpu_devices,
+                 *batch],
                 env={"XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"},
             )
             rows.append(_train_row(size, label, row))
@@ -260,7 +281,8 @@ def measure_sample(sizes: Sequence[str], quick: bool) -> list[dict[str, Any]]:
             sampler = "ddim" if sampler_row["sampler"] == "ddim" else "dpm_solver"
             rows.append(dict(
                 section="sample", size=size, sampler=sampler, num_steps=sampler_row["steps"],
-                library="diffjax", params=raw["num_params"], batch_size=batch,
+                library="diffjax", devices=raw["devices"], params=raw["num_params"],
+                batch_size=batch,
                 seconds=sampler_row["run_s"], images_per_second=sampler_row["samples_per_s"],
                 compile_seconds=sampler_row["compile_s"], peak_rss_mib=raw["peak_rss_mib"],
                 load_before=raw["load_before"], load_after=raw["load_after"], raw=sampler_row,
@@ -328,6 +350,12 @@ def _progress(row: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------------- reporting
 
 
+def _library(row: dict[str, Any]) -> str:
+    """The library's name, with the device count for diffjax (e.g. 'diffjax (2 x cpu)')."""
+    devices = row.get("devices") or row["raw"].get("devices")
+    return f"{row['library']} ({devices})" if devices else row["library"]
+
+
 def _ratio(value: float, reference: float) -> str:
     return f"{value / reference:.2f}x" if reference > 0 else "n/a"
 
@@ -375,7 +403,7 @@ def format_report(result: dict[str, Any]) -> str:
                 achieved = r["train_gflops_per_image"] * r["images_per_second"]
                 ratios = _ratio(base["images_per_second"], r["images_per_second"]) if base else ""
                 lines.append(
-                    f"| {size} | {r['library']} | {r['params'] / 1e6:.2f}M | {r['batch_size']} | "
+                    f"| {size} | {_library(r)} | {r['params'] / 1e6:.2f}M | {r['batch_size']} | "
                     f"{r['compile_seconds']:.1f} | {r['step_seconds']:.3f} | "
                     f"{r['images_per_second']:.1f} | {ratios} | "
                     f"{r['train_gflops_per_image']:.2f} | {achieved:.0f} | "
@@ -396,7 +424,7 @@ def format_report(result: dict[str, Any]) -> str:
                 for r in group:
                     ratio = _ratio(base["images_per_second"], r["images_per_second"]) if base else ""
                     lines.append(
-                        f"| {size} | {sampler}-{r['num_steps']} | {r['library']} | "
+                        f"| {size} | {sampler}-{r['num_steps']} | {_library(r)} | "
                         f"{r['batch_size']} | {r['seconds']:.2f} | {r['images_per_second']:.2f} "
                         f"| {ratio} | {r['load_before']:.1f} |"
                     )
@@ -459,10 +487,13 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--batch-size", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--repeats", type=int, default=2, help=argparse.SUPPRESS)
+    parser.add_argument("--cpu-devices", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.worker == "train":
-        diffjax_train_worker(args.sizes[0], args.steps, args.warmup, args.batch_size)
+        diffjax_train_worker(
+            args.sizes[0], args.steps, args.warmup, args.batch_size, args.cpu_devices
+        )
         return
     if args.worker == "sample":
         diffjax_sample_worker(args.sizes[0], args.batch_size, args.repeats)

@@ -5,7 +5,8 @@ The stable public API. The math (schedules, diffusion, losses, samplers) takes a
 in any JAX framework plugs in unchanged; :class:`UNet` is the Flax network diffjax trains; the
 training machinery lives in :mod:`diffjax.training`. ``import diffjax`` never imports TensorFlow,
 tensorflow-datasets or orbax: :func:`train_and_evaluate` loads its module on first use.
-:func:`enable_fast_cpu_convolutions` sets an XLA flag for CPU and must run before JAX starts.
+:func:`enable_fast_cpu_convolutions` and :func:`use_cpu_devices` (with :func:`cpu_device_count`)
+set up a CPU for speed and must run before JAX starts.
 """
 
 from typing import Any
@@ -44,7 +45,12 @@ from diffjax.schedules import (
     make_schedule,
     rescale_zero_terminal_snr,
 )
-from diffjax.xla_cpu import FAST_CPU_CONVOLUTION_FLAG, enable_fast_cpu_convolutions
+from diffjax.xla_cpu import (
+    FAST_CPU_CONVOLUTION_FLAG,
+    cpu_device_count,
+    enable_fast_cpu_convolutions,
+    use_cpu_devices,
+)
 
 __version__ = "0.1.0"
 
@@ -60,6 +66,7 @@ __all__ = [
     "alpha_sigma",
     "classifier_free_guidance",
     "count_params",
+    "cpu_device_count",
     "ddim_invert",
     "ddim_sample",
     "ddpm_sample",
@@ -81,6 +88,7 @@ __all__ = [
     "sample_timesteps",
     "snr_loss_weight",
     "train_and_evaluate",
+    "use_cpu_devices",
     "v_from_x0_eps",
     "x0_from_eps",
     "x0_from_v",

@@ -12,7 +12,8 @@ and an ``.npz`` (``samples`` float32 [N, H, W, C] in [-1, 1], ``labels`` int32 [
 class-conditional model) into ``DIR/samples/``. It prints the time per sample, without the
 one-off compilation (a single-batch run is timed on a second, compiled call). Defaults
 for the sampler, steps, eta and guidance come from the run's config. On CPU it first adds
-:data:`diffjax.FAST_CPU_CONVOLUTION_FLAG` to ``$XLA_FLAGS`` (``--nofast_cpu_convolutions``: not).
+:data:`diffjax.FAST_CPU_CONVOLUTION_FLAG` to ``$XLA_FLAGS`` (``--nofast_cpu_convolutions``: not)
+and splits each batch over one JAX device per core (``--cpu_devices=N`` chooses the count).
 """
 
 from __future__ import annotations
@@ -22,7 +23,11 @@ import time
 
 from absl import app, flags
 
-from diffjax.xla_cpu import define_fast_cpu_convolutions_flag
+from diffjax.xla_cpu import (
+    cpu_device_count,
+    define_cpu_devices_flag,
+    define_fast_cpu_convolutions_flag,
+)
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The training run's folder.")
 _SAMPLER = flags.DEFINE_enum(
@@ -44,6 +49,7 @@ _OUT = flags.DEFINE_string(
     "out", None, "Output path without extension; default DIR/samples/<settings>."
 )
 _FAST_CPU_CONVOLUTIONS = define_fast_cpu_convolutions_flag()
+_CPU_DEVICES = define_cpu_devices_flag()
 flags.mark_flag_as_required("workdir")
 
 
@@ -164,8 +170,18 @@ def main(argv: list[str]) -> None:
     """absl entry point: runs :func:`sample_main`; expected failures print one line."""
     from diffjax.training.loop import run_program
 
+    if _CPU_DEVICES.value:
+        cpu_devices = _CPU_DEVICES.value
+    else:
+        # One compiled batch of min(--batch, --num) samples; bad values are reported later.
+        batch = min(_BATCH.value, _NUM.value)
+        cpu_devices = cpu_device_count([batch]) if batch >= 1 else 1
     run_program(
-        "diffjax.sample", argv, sample_main, fast_cpu_convolutions=_FAST_CPU_CONVOLUTIONS.value
+        "diffjax.sample",
+        argv,
+        sample_main,
+        fast_cpu_convolutions=_FAST_CPU_CONVOLUTIONS.value,
+        cpu_devices=cpu_devices,
     )
 
 

@@ -1,6 +1,7 @@
-"""Tests of diffjax/xla_cpu.py: the CPU convolution flag and when it is (not) added.
+"""Tests of diffjax/xla_cpu.py: the CPU convolution flag, the CPU device count, and when
+each is (not) changed.
 
-The flag only takes effect in a process whose JAX backend has not started, so the behavioural
+Both only take effect in a process whose JAX backend has not started, so the behavioural
 tests run small fresh Python processes.
 """
 
@@ -12,7 +13,12 @@ import textwrap
 import pytest
 from jaxlib import version as jaxlib_version
 
-from diffjax.xla_cpu import FAST_CPU_CONVOLUTION_FLAG, with_fast_cpu_convolution_flag
+from diffjax.xla_cpu import (
+    FAST_CPU_CONVOLUTION_FLAG,
+    cpu_device_count,
+    usable_cpu_cores,
+    with_fast_cpu_convolution_flag,
+)
 
 MEASURED = jaxlib_version.__version__.startswith("0.10.")
 needs_measured_jaxlib = pytest.mark.skipif(
@@ -101,3 +107,103 @@ def test_importing_a_cli_does_not_start_the_backend(cli):
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
     )
     assert result.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    "batch_sizes, num_cores, expected",
+    [
+        ([64, 256], 2, 2),  # one device per core
+        ([64, 256], 16, 16),
+        ([64, 256], 6, 4),  # 6 does not divide 64: the largest count below that does
+        ([30], 8, 6),
+        ([7], 4, 1),  # a prime batch: one device
+        ([64], 1, 1),
+        ([], 3, 3),
+    ],
+)
+def test_cpu_device_count_is_one_per_core_lowered_to_split_every_batch(
+    batch_sizes, num_cores, expected
+):
+    assert cpu_device_count(batch_sizes, num_cores) == expected
+
+
+def test_cpu_device_count_defaults_to_the_usable_cores():
+    assert usable_cpu_cores() >= 1
+    assert cpu_device_count([], None) == usable_cpu_cores()
+
+
+@pytest.mark.parametrize("batch_sizes, num_cores", [([0], 2), ([64, -8], 2), ([64], 0)])
+def test_cpu_device_count_rejects_bad_values(batch_sizes, num_cores):
+    with pytest.raises(ValueError, match="must be >= 1"):
+        cpu_device_count(batch_sizes, num_cores)
+
+
+# Prints what use_cpu_devices(3) returned and how many CPU devices JAX then has.
+_DEVICE_PROBE = textwrap.dedent(
+    """
+    import sys
+    import jax
+    from diffjax import use_cpu_devices
+    if sys.argv[1] == "touch-backend-first":
+        jax.devices()
+    print(use_cpu_devices(3), jax.device_count())
+    """
+)
+
+
+@pytest.mark.parametrize(
+    "mode, env, expected",
+    [
+        ("fresh", {}, "True 3"),
+        ("touch-backend-first", {}, "False 1"),
+        # The user's own count wins, whichever way it was given.
+        ("fresh", {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}, "False 2"),
+        ("fresh", {"JAX_NUM_CPU_DEVICES": "2"}, "False 2"),
+        ("fresh", {"JAX_NUM_CPU_DEVICES": "3"}, "True 3"),
+    ],
+)
+def test_use_cpu_devices_only_before_the_backend_starts_and_not_over_the_user(mode, env, expected):
+    clean = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
+    result = subprocess.run(
+        [sys.executable, "-c", _DEVICE_PROBE, mode],
+        env={**clean, "JAX_PLATFORMS": "cpu", **env},
+        capture_output=True, text=True, timeout=120, check=True,
+    )
+    assert result.stdout.strip() == expected
+
+
+def test_use_cpu_devices_rejects_zero():
+    from diffjax import use_cpu_devices
+
+    with pytest.raises(ValueError, match="num_devices must be >= 1, got 0"):
+        use_cpu_devices(0)
+
+
+def _train_without_a_device_count(tmp_path, *extra: str) -> subprocess.CompletedProcess:
+    """The training CLI on the tests' folder dataset, with no CPU device count in its env."""
+    from train_helpers import REPO, make_image_folder, subprocess_env, train_command
+
+    env = subprocess_env()
+    del env["XLA_FLAGS"]
+    data_dir = make_image_folder(tmp_path / "data")
+    command = train_command(str(tmp_path / "run"), data_dir, **{"training.num_steps": 2})
+    return subprocess.run(
+        [*command, *extra], cwd=REPO, env=env, capture_output=True, text=True, timeout=240
+    )
+
+
+def test_train_cli_uses_one_device_per_core_by_default(tmp_path):
+    result = _train_without_a_device_count(tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    # configs/test.py trains and evaluates with batches of 8.
+    expected = cpu_device_count([8, 8])
+    output = result.stdout + result.stderr
+    assert f"diffjax: {expected} cpu device(s)" in output
+    assert f"({8 // expected} per device)" in output
+
+
+def test_train_cli_cpu_devices_flag_is_checked_against_the_batch(tmp_path):
+    result = _train_without_a_device_count(tmp_path, "--cpu_devices=3")
+    assert result.returncode == 1
+    assert "data.batch_size" in result.stderr
+    assert "multiple of the number of devices (3)" in result.stderr

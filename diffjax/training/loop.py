@@ -64,7 +64,7 @@ from diffjax.training.workdir import (
     load_run_record,
     write_run_record,
 )
-from diffjax.xla_cpu import enable_fast_cpu_convolutions
+from diffjax.xla_cpu import enable_fast_cpu_convolutions, use_cpu_devices
 
 __all__ = [
     "DEFAULT_COMPILATION_CACHE",
@@ -128,13 +128,15 @@ def run_program(
     program: Callable[[], object],
     *,
     fast_cpu_convolutions: bool,
+    cpu_devices: int | None = None,
     compilation_cache: str = DEFAULT_COMPILATION_CACHE,
 ) -> None:
     """The command-line programs' shared ``main``: set-up, run, and one-line failures.
 
     Refuses stray arguments, quiets absl logging to warnings unless ``--verbosity`` was given,
-    adds the CPU convolution flag before JAX starts (:func:`diffjax.enable_fast_cpu_convolutions`),
-    turns on the compilation cache, then runs ``program``. An :data:`EXPECTED_ERRORS` failure
+    adds the CPU convolution flag and splits the CPU into devices before JAX starts
+    (:func:`diffjax.enable_fast_cpu_convolutions`, :func:`diffjax.use_cpu_devices`), turns on
+    the compilation cache, then runs ``program``. An :data:`EXPECTED_ERRORS` failure
     prints ``"{name}: error: ..."`` and exits with status 1 (with ``--verbosity=1``, its
     traceback instead).
 
@@ -143,6 +145,7 @@ def run_program(
       argv: absl's remaining arguments (only the program name is allowed).
       program: runs the work, reading the parsed flags itself.
       fast_cpu_convolutions: whether to add the CPU convolution flag.
+      cpu_devices: the number of CPU devices to ask for; None leaves JAX's default.
       compilation_cache: see :func:`enable_compilation_cache`.
     """
     if len(argv) > 1:
@@ -152,6 +155,8 @@ def run_program(
         logging.set_verbosity(logging.WARNING)
     if fast_cpu_convolutions:
         enable_fast_cpu_convolutions()
+    if cpu_devices is not None:
+        use_cpu_devices(cpu_devices)
     enable_compilation_cache(compilation_cache)
     try:
         program()
