@@ -34,6 +34,7 @@ import numpy as np
 
 import diffjax as dj
 from diffjax import samplers
+from diffjax.training.sharding import batch_sharding, make_mesh
 
 # The exact denoisers live with the tests, which check them.
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
@@ -223,12 +224,18 @@ def run_speed(
 ) -> dict[str, Any]:
     timer = _CompileTimer()
     schedule = dj.get_schedule("linear", T)
+    # Like `python -m diffjax.sample`: the batch is split over the devices when it can be.
+    mesh = make_mesh()
+    out_sharding = batch_sharding(mesh) if batch % mesh.devices.size == 0 else None
     results: dict[str, Any] = {}
     for preset_name in preset_names:
         preset = PRESETS[preset_name]
         model_fn, num_params = _unet_model_fn(preset)
         shape = (batch, *preset["image_shape"])
-        print(f"\n== {preset_name}: UNet {num_params / 1e6:.2f}M params, batch {batch}")
+        print(
+            f"\n== {preset_name}: UNet {num_params / 1e6:.2f}M params, batch {batch} on "
+            f"{mesh.devices.size if out_sharding else 1} device(s)"
+        )
         rows = []
         for label, name, num_steps in [
             ("ddpm", "ddpm", ddpm_steps),
@@ -238,7 +245,8 @@ def run_speed(
 
             def run(seed, name=name, num_steps=num_steps):
                 return samplers.sample(
-                    name, model_fn, schedule, jax.random.key(seed), shape, num_steps=num_steps
+                    name, model_fn, schedule, jax.random.key(seed), shape, num_steps=num_steps,
+                    out_sharding=out_sharding,
                 )
 
             first_wall, compile_seconds = timer.measure(lambda: run(0))
