@@ -49,7 +49,7 @@ from collections.abc import Sequence
 from typing import Any
 
 # What diffjax's CLIs set on CPU (this import loads jax but never starts it).
-from diffjax.xla_cpu import FAST_CPU_CONVOLUTION_FLAG, cpu_device_count, use_cpu_devices
+from diffjax.xla_cpu import FAST_CPU_CONVOLUTION_FLAG, cpu_devices_from_flag, use_cpu_devices
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH_DIR)
@@ -120,14 +120,6 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _split_cpu(batch_size: int, cpu_devices: int) -> None:
-    """Before JAX starts: ``cpu_devices`` CPU devices, or with 0 one per core as the CLIs do.
-
-    A count already in ``$XLA_FLAGS`` (the scaling section) is kept.
-    """
-    use_cpu_devices(cpu_devices or cpu_device_count([batch_size]))
-
-
 def diffjax_train_worker(
     size: str, steps: int, warmup: int, batch_size: int | None, cpu_devices: int
 ) -> None:
@@ -135,7 +127,9 @@ def diffjax_train_worker(
     sys.path.insert(0, BENCH_DIR)
     import bench_train_step
 
-    _split_cpu(batch_size or bench_train_step.PRESETS[size]["batch_size"], cpu_devices)
+    # Before JAX starts, as the CLIs do; a count in $XLA_FLAGS (the scaling section) is kept.
+    batch_size = batch_size or bench_train_step.PRESETS[size]["batch_size"]
+    use_cpu_devices(cpu_devices_from_flag(cpu_devices, [batch_size]))
 
     row = bench_train_step.run_preset(
         size, num_steps=steps, warmup_steps=warmup, batch_size=batch_size
@@ -148,14 +142,13 @@ def diffjax_train_worker(
 def diffjax_sample_worker(size: str, batch_size: int, repeats: int) -> None:
     """Measures diffjax DDIM-50 and DPM-Solver++-20 with bench_sampling.run_speed; prints JSON."""
     sys.path.insert(0, BENCH_DIR)
-    _split_cpu(batch_size, 0)
+    use_cpu_devices(cpu_devices_from_flag(0, [batch_size]))
     import bench_sampling
+    import jax
 
     # ddpm_steps=2 keeps the DDPM row (which run_speed always times) negligible.
     result = bench_sampling.run_speed([size], batch_size, 2, (), repeats)[size]
     rows = [row for row in result["samplers"] if row["sampler"] != "ddpm"]
-    import jax
-
     print(json.dumps({"num_params": result["num_params"], "samplers": rows,
                       "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
                       "peak_rss_mib": _peak_rss_mib(),

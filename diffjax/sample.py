@@ -24,7 +24,7 @@ import time
 from absl import app, flags
 
 from diffjax.xla_cpu import (
-    cpu_device_count,
+    cpu_devices_from_flag,
     define_cpu_devices_flag,
     define_fast_cpu_convolutions_flag,
 )
@@ -170,18 +170,13 @@ def main(argv: list[str]) -> None:
     """absl entry point: runs :func:`sample_main`; expected failures print one line."""
     from diffjax.training.loop import run_program
 
-    if _CPU_DEVICES.value:
-        cpu_devices = _CPU_DEVICES.value
-    else:
-        # One compiled batch of min(--batch, --num) samples; bad values are reported later.
-        batch = min(_BATCH.value, _NUM.value)
-        cpu_devices = cpu_device_count([batch]) if batch >= 1 else 1
     run_program(
         "diffjax.sample",
         argv,
         sample_main,
         fast_cpu_convolutions=_FAST_CPU_CONVOLUTIONS.value,
-        cpu_devices=cpu_devices,
+        # One compiled batch of min(--batch, --num) samples.
+        cpu_devices=cpu_devices_from_flag(_CPU_DEVICES.value, [min(_BATCH.value, _NUM.value)]),
     )
 
 

@@ -9,7 +9,7 @@ Any config value can be overridden with ``--config.<section>.<key>=<value>``. On
 :data:`diffjax.FAST_CPU_CONVOLUTION_FLAG` to ``$XLA_FLAGS`` before JAX starts (faster
 convolution gradients; ``--nofast_cpu_convolutions`` turns that off) and trains data-parallel
 on one JAX device per core (``--cpu_devices=N`` chooses the count; see
-:func:`diffjax.cpu_device_count`). Running the same
+:func:`diffjax.xla_cpu.cpu_devices_from_flag`). Running the same
 command again in the same workdir resumes from the newest good checkpoint. The work is done by
 :func:`diffjax.training.loop.train_and_evaluate`; this file only parses flags.
 
@@ -20,14 +20,12 @@ with ``--verbosity=1`` to see its traceback.
 
 from __future__ import annotations
 
-from typing import Any
-
 from absl import app, flags
 from ml_collections import config_flags
 
 from diffjax.training.loop import DEFAULT_COMPILATION_CACHE, run_program, train_and_evaluate
 from diffjax.xla_cpu import (
-    cpu_device_count,
+    cpu_devices_from_flag,
     define_cpu_devices_flag,
     define_fast_cpu_convolutions_flag,
 )
@@ -47,18 +45,6 @@ _CPU_DEVICES = define_cpu_devices_flag()
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def _cpu_devices(config: Any) -> int:
-    """``--cpu_devices``, or with 0 the count that splits the config's batch sizes evenly.
-
-    Sizes that are not positive integers are left out here: the config's validation reports
-    them, with their names, once the program runs.
-    """
-    if _CPU_DEVICES.value:
-        return _CPU_DEVICES.value
-    sizes = [config.get(section, {}).get("batch_size") for section in ("data", "eval")]
-    return cpu_device_count([s for s in sizes if isinstance(s, int) and s >= 1])
-
-
 def main(argv: list[str]) -> None:
     """absl entry point: runs :func:`train_and_evaluate`; expected failures print one line."""
     run_program(
@@ -66,7 +52,10 @@ def main(argv: list[str]) -> None:
         argv,
         lambda: train_and_evaluate(_CONFIG.value, _WORKDIR.value),
         fast_cpu_convolutions=_FAST_CPU_CONVOLUTIONS.value,
-        cpu_devices=_cpu_devices(_CONFIG.value),
+        cpu_devices=cpu_devices_from_flag(
+            _CPU_DEVICES.value,
+            [_CONFIG.value.get(section, {}).get("batch_size") for section in ("data", "eval")],
+        ),
         compilation_cache=_COMPILATION_CACHE.value,
     )
 

@@ -33,6 +33,7 @@ from absl import flags, logging
 __all__ = [
     "FAST_CPU_CONVOLUTION_FLAG",
     "cpu_device_count",
+    "cpu_devices_from_flag",
     "define_cpu_devices_flag",
     "define_fast_cpu_convolutions_flag",
     "enable_fast_cpu_convolutions",
@@ -205,3 +206,19 @@ def define_cpu_devices_flag() -> flags.FlagHolder:
         "GPU/TPU, or when $XLA_FLAGS or $JAX_NUM_CPU_DEVICES already sets the CPU device count.",
         lower_bound=0,
     )
+
+
+def cpu_devices_from_flag(flag_value: int, batch_sizes: Sequence[object]) -> int:
+    """The CPU device count that a ``--cpu_devices`` value asks for.
+
+    Args:
+      flag_value: ``--cpu_devices``: a count >= 1, or 0 for automatic.
+      batch_sizes: the program's global batch sizes. Entries that are not integers >= 1 are
+        skipped, because the program's own validation reports them by name later.
+
+    Returns:
+      ``flag_value`` if it is set, else :func:`cpu_device_count` of the valid batch sizes.
+    """
+    if flag_value:
+        return flag_value
+    return cpu_device_count([s for s in batch_sizes if isinstance(s, int) and s >= 1])

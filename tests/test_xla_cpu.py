@@ -16,6 +16,7 @@ from jaxlib import version as jaxlib_version
 from diffjax.xla_cpu import (
     FAST_CPU_CONVOLUTION_FLAG,
     cpu_device_count,
+    cpu_devices_from_flag,
     usable_cpu_cores,
     with_fast_cpu_convolution_flag,
 )
@@ -136,6 +137,13 @@ def test_cpu_device_count_defaults_to_the_usable_cores():
 def test_cpu_device_count_rejects_bad_values(batch_sizes, num_cores):
     with pytest.raises(ValueError, match="must be >= 1"):
         cpu_device_count(batch_sizes, num_cores)
+
+
+def test_cpu_devices_flag_value_wins_and_zero_means_automatic():
+    assert cpu_devices_from_flag(3, [64]) == 3
+    assert cpu_devices_from_flag(0, [64, 256]) == cpu_device_count([64, 256])
+    # Bad sizes are left to the program's validation, which names them.
+    assert cpu_devices_from_flag(0, [64, 0, None, "8"]) == cpu_device_count([64])
 
 
 # Prints what use_cpu_devices(3) returned and how many CPU devices JAX then has.
