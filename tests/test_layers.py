@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from diffjax.models import layers
+from test_group_norm import group_norm_reference
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -27,16 +28,6 @@ def _perturb(params, seed, scale=0.3):
     return jax.tree_util.tree_map(
         lambda leaf: leaf + scale * rng.standard_normal(leaf.shape).astype(leaf.dtype), params
     )
-
-
-def _group_norm_reference(x, scale, bias, num_groups, epsilon=1e-6):
-    """GroupNorm (Wu & He 2018) in float64 over (H, W, channels-in-group)."""
-    batch, height, width, channels = x.shape
-    grouped = x.reshape(batch, height, width, num_groups, channels // num_groups)
-    mean = grouped.mean(axis=(1, 2, 4), keepdims=True)
-    var = grouped.var(axis=(1, 2, 4), keepdims=True)
-    normed = ((grouped - mean) / np.sqrt(var + epsilon)).reshape(x.shape)
-    return normed * scale + bias
 
 
 @pytest.mark.parametrize("dim", [4, 16, 128])
@@ -73,7 +64,7 @@ def test_attention_block_matches_numpy_reference(num_heads):
     got = jax.jit(block.apply)({"params": params}, jnp.asarray(x, jnp.float32))
 
     p = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), params)
-    h = _group_norm_reference(x, p["norm"]["scale"], p["norm"]["bias"], groups)
+    h = group_norm_reference(x, p["norm"]["scale"], p["norm"]["bias"], groups)
     qkv = h.reshape(batch, height * width, channels) @ p["qkv"]["kernel"] + p["qkv"]["bias"]
     q, k, v = np.split(qkv, 3, axis=-1)
     head_dim = channels // num_heads

@@ -1,5 +1,6 @@
 """Neural networks for diffusion: the DDPM UNet (Flax Linen) and its building blocks."""
 
+from diffjax.models.group_norm import GroupNorm, group_norm
 from diffjax.models.layers import (
     AttentionBlock,
     Downsample,
@@ -19,6 +20,7 @@ from diffjax.models.unet import (
 __all__ = [
     "AttentionBlock",
     "Downsample",
+    "GroupNorm",
     "ResBlock",
     "TimeEmbedding",
     "UNet",
@@ -27,5 +29,6 @@ __all__ = [
     "check_image_size",
     "count_params",
     "feature_map_sizes",
+    "group_norm",
     "sinusoidal_embedding",
 ]

@@ -5,8 +5,8 @@ The structure follows Ho et al. 2020, "Denoising Diffusion Probabilistic Models"
 
 Every module computes in ``dtype`` and stores its parameters in ``param_dtype``. The parts whose
 precision matters run in float32 regardless: the sinusoidal embedding (``sin`` of arguments up to
-~1000 in bfloat16 would be mostly rounding error), GroupNorm statistics (flax reduces in float32)
-and the attention softmax (``jax.nn.dot_product_attention`` accumulates logits in float32).
+~1000 in bfloat16 would be mostly rounding error), GroupNorm statistics (``group_norm.py``) and
+the attention softmax (``jax.nn.dot_product_attention`` accumulates logits in float32).
 
 Initialisation follows DDPM: ``variance_scaling(1, "fan_avg", "uniform")`` for every kernel and
 zero for the last layer of each residual branch, so that every block starts as the identity
@@ -22,6 +22,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from flax.typing import Dtype
+
+from diffjax.models.group_norm import GroupNorm
 
 __all__ = [
     "AttentionBlock",
@@ -148,7 +150,7 @@ class ResBlock(nn.Module):
             param_dtype=self.param_dtype,
         )
         norm = functools.partial(
-            nn.GroupNorm, self.num_groups, dtype=self.dtype, param_dtype=self.param_dtype
+            GroupNorm, self.num_groups, dtype=self.dtype, param_dtype=self.param_dtype
         )
         h = conv(kernel_init=default_kernel_init, name="conv_0")(nn.silu(norm(name="norm_0")(x)))
         time_projection = nn.Dense(
@@ -233,7 +235,7 @@ class AttentionBlock(nn.Module):
             raise ValueError(
                 f"AttentionBlock: num_heads={self.num_heads} must divide channels={channels}."
             )
-        h = nn.GroupNorm(
+        h = GroupNorm(
             self.num_groups, dtype=self.dtype, param_dtype=self.param_dtype, name="norm"
         )(x)
         heads, head_dim = self.num_heads, channels // self.num_heads

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax.typing import Dtype
 
+from diffjax.models.group_norm import GroupNorm
 from diffjax.models.layers import (
     AttentionBlock,
     Downsample,
@@ -317,7 +318,7 @@ class UNet(nn.Module):
             if level != 0:
                 h = Upsample(name=f"up_{level}_upsample", **common)(h)
 
-        h = nn.silu(nn.GroupNorm(self.num_groups, name="norm_out", **common)(h))
+        h = nn.silu(GroupNorm(self.num_groups, name="norm_out", **common)(h))
         h = nn.Conv(
             out_channels, (3, 3), padding="SAME", kernel_init=nn.initializers.zeros,
             name="conv_out", **common,

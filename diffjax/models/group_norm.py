@@ -1,0 +1,170 @@
+"""Group normalisation (Wu & He 2018) for NHWC feature maps, with a hand-written gradient.
+
+``GroupNorm`` is a drop-in replacement for ``flax.linen.GroupNorm`` on ``[B, H, W, C]`` inputs:
+same parameters (``scale`` and ``bias``, shape ``[C]``), same statistics (float32, the variance
+as ``E[x^2] - E[x]^2`` clamped at zero, flax's default), same epsilon. Only the way XLA is asked
+to compute it differs, because the straightforward formulation is slow on XLA's CPU backend:
+
+- Reducing ``x.reshape(B, H, W, G, C // G)`` over ``(H, W, C // G)`` reduces over part of the
+  minor dimension, which does not vectorise. Here every reduction is per channel, over
+  ``(H, W)`` only, and the ``[B, C]`` sums are then added up per group: ``[B, C] -> [B, G]``.
+- Broadcasting per-group values ``[B, G]`` back to channels with a reshape makes XLA fuse the
+  reshape into the ``[B, H, W, C]`` elementwise loop, with integer index arithmetic on every
+  element. Here the ``[B, G] <-> [B, C]`` moves are tiny matmuls with a one-hot ``[G, C]``
+  matrix (exact: each output is one product with 1.0), so the big loops only see a ``[B, C]``
+  operand broadcast over ``(H, W)``.
+- The gradient is written out (``jax.custom_vjp``) in the same per-channel form.
+
+Measured on a 2-core x86 CPU (jaxlib 0.10): forward 2.5 ms against flax's 8.1 ms on a
+``[32, 28, 28, 96]`` input with 32 groups, forward plus backward 2.8 against 12 ms, and the
+Fashion-MNIST benchmark training step 8-10% faster (``benchmarks/RESULTS.md``).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax.typing import Dtype
+
+__all__ = ["GroupNorm", "group_norm"]
+
+
+def _group_membership(num_groups: int, channels: int) -> jnp.ndarray:
+    """``[G, C]`` float32 one-hot matrix: 1 where channel ``c`` belongs to group ``g``."""
+    group_of_channel = jnp.arange(channels) // (channels // num_groups)
+    return (group_of_channel[None, :] == jnp.arange(num_groups)[:, None]).astype(jnp.float32)
+
+
+def _sum_per_group(per_channel: jnp.ndarray, num_groups: int) -> jnp.ndarray:
+    """``[B, C] -> [B, G]``: sums the channels of each group."""
+    membership = _group_membership(num_groups, per_channel.shape[-1])
+    return jnp.dot(per_channel, membership.T, precision=jax.lax.Precision.HIGHEST)
+
+
+def _per_channel(per_group: jnp.ndarray, channels: int) -> jnp.ndarray:
+    """``[B, G] -> [B, C]``: gives every channel its group's value."""
+    membership = _group_membership(per_group.shape[-1], channels)
+    return jnp.dot(per_group, membership, precision=jax.lax.Precision.HIGHEST)
+
+
+def _statistics(
+    x: jnp.ndarray, scale: jnp.ndarray, bias: jnp.ndarray, num_groups: int, epsilon: float
+) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+    """Returns ``mean [B, G]``, ``inv_std [B, G]`` and the affine map ``multiplier, offset [B, C]``
+    with ``y = x * multiplier + offset``, all float32."""
+    _, height, width, channels = x.shape
+    group_size = height * width * (channels // num_groups)
+    x = x.astype(jnp.float32)
+    mean = _sum_per_group(jnp.sum(x, axis=(1, 2)), num_groups) / group_size
+    mean_of_squares = _sum_per_group(jnp.sum(jnp.square(x), axis=(1, 2)), num_groups) / group_size
+    variance = jnp.maximum(mean_of_squares - jnp.square(mean), 0.0)
+    inv_std = jax.lax.rsqrt(variance + epsilon)
+    multiplier = _per_channel(inv_std, channels) * scale.astype(jnp.float32)
+    offset = bias.astype(jnp.float32) - _per_channel(mean, channels) * multiplier
+    return mean, inv_std, multiplier, offset
+
+
+def _check_groups(x: jnp.ndarray, num_groups: int) -> None:
+    if x.ndim != 4:
+        raise ValueError(f"group_norm expects [B, H, W, C] features, got shape {x.shape}.")
+    if num_groups < 1 or x.shape[-1] % num_groups:
+        raise ValueError(
+            f"group_norm: num_groups={num_groups} must be >= 1 and divide the "
+            f"{x.shape[-1]} channels of input shape {x.shape}."
+        )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def group_norm(
+    x: jnp.ndarray,
+    scale: jnp.ndarray,
+    bias: jnp.ndarray,
+    num_groups: int,
+    epsilon: float = 1e-6,
+) -> jnp.ndarray:
+    """Group normalisation of NHWC features (Wu & He 2018, Eq. 1-3 with GN's group sets).
+
+    ``y[b, h, w, c] = (x[b, h, w, c] - mu[b, g]) / sqrt(var[b, g] + epsilon) * scale[c] + bias[c]``
+    where ``g`` is the group of channel ``c`` (channels split into ``num_groups`` contiguous
+    groups) and ``mu``, ``var`` are the mean and (biased) variance over ``(h, w)`` and the
+    channels of group ``g``. Statistics are float32 whatever the input dtype; the variance is
+    ``E[x^2] - E[x]^2`` clamped at zero, as in ``flax.linen.GroupNorm``.
+
+    Differentiable in ``x``, ``scale`` and ``bias``; the backward pass is the closed form
+    ``dx = inv_std * (dxhat - mean_g(dxhat) - xhat * mean_g(dxhat * xhat))`` with
+    ``dxhat = dy * scale`` and ``xhat`` the normalised input.
+
+    Args:
+      x: ``[B, H, W, C]`` features.
+      scale: ``[C]`` per-channel gain.
+      bias: ``[C]`` per-channel offset.
+      num_groups: number of groups ``G``; must divide ``C``.
+      epsilon: added to the variance.
+
+    Returns:
+      ``[B, H, W, C]`` in ``x.dtype``.
+    """
+    return _group_norm_forward(x, scale, bias, num_groups, epsilon)[0]
+
+
+def _group_norm_forward(x, scale, bias, num_groups, epsilon):
+    _check_groups(x, num_groups)
+    mean, inv_std, multiplier, offset = _statistics(x, scale, bias, num_groups, epsilon)
+    y = x.astype(jnp.float32) * multiplier[:, None, None, :] + offset[:, None, None, :]
+    return y.astype(x.dtype), (x, scale, mean, inv_std, multiplier)
+
+
+def _group_norm_backward(num_groups, epsilon, residuals, dy):
+    del epsilon  # already folded into inv_std
+    x, scale, mean, inv_std, multiplier = residuals
+    _, height, width, channels = x.shape
+    group_size = height * width * (channels // num_groups)
+    x32, dy32, scale32 = x.astype(jnp.float32), dy.astype(jnp.float32), scale.astype(jnp.float32)
+    sum_dy = jnp.sum(dy32, axis=(1, 2))  # [B, C]
+    sum_dy_x = jnp.sum(dy32 * x32, axis=(1, 2))  # [B, C]
+    mean_c = _per_channel(mean, channels)
+    sum_dy_xhat = _per_channel(inv_std, channels) * (sum_dy_x - mean_c * sum_dy)  # [B, C]
+    # Per group: sum of dxhat and of dxhat * xhat, with dxhat = dy * scale.
+    sum_dxhat = _sum_per_group(sum_dy * scale32, num_groups)
+    sum_dxhat_xhat = _sum_per_group(sum_dy_xhat * scale32, num_groups)
+    # dx = multiplier * dy - x_coefficient * x - constant, per (b, c).
+    x_coefficient = _per_channel(jnp.square(inv_std) * sum_dxhat_xhat / group_size, channels)
+    constant = _per_channel(inv_std * sum_dxhat / group_size, channels) - x_coefficient * mean_c
+    dx = (
+        dy32 * multiplier[:, None, None, :]
+        - x32 * x_coefficient[:, None, None, :]
+        - constant[:, None, None, :]
+    )
+    dscale = jnp.sum(sum_dy_xhat, axis=0)
+    dbias = jnp.sum(sum_dy, axis=0)
+    return dx.astype(x.dtype), dscale.astype(scale.dtype), dbias.astype(scale.dtype)
+
+
+group_norm.defvjp(_group_norm_forward, _group_norm_backward)
+
+
+class GroupNorm(nn.Module):
+    """Flax wrapper of :func:`group_norm` with ``flax.linen.GroupNorm``'s parameters.
+
+    Attributes:
+      num_groups: number of groups; must divide the channel count.
+      epsilon: added to the variance.
+      dtype: output dtype (statistics are float32 regardless).
+      param_dtype: dtype of ``scale`` (initialised to 1) and ``bias`` (initialised to 0).
+    """
+
+    num_groups: int = 32
+    epsilon: float = 1e-6
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        """Normalises ``x [B, H, W, C]``; returns ``[B, H, W, C]`` in ``dtype``."""
+        channels = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (channels,), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (channels,), self.param_dtype)
+        return group_norm(x, scale, bias, self.num_groups, self.epsilon).astype(self.dtype)
