@@ -1,5 +1,6 @@
 """Neural networks for diffusion: the DDPM UNet (Flax Linen) and its building blocks."""
 
+from diffjax.models.attention import dot_product_attention
 from diffjax.models.group_norm import GroupNorm, group_norm
 from diffjax.models.layers import (
     AttentionBlock,
@@ -28,6 +29,7 @@ __all__ = [
     "check_attn_resolutions",
     "check_image_size",
     "count_params",
+    "dot_product_attention",
     "feature_map_sizes",
     "group_norm",
     "sinusoidal_embedding",
