@@ -18,7 +18,11 @@ def attention_reference(q, k, v):
 
 def _qkv(seed, batch=2, heads=3, queries=5, keys=7, dim=4, value_dim=6, dtype=jnp.float32):
     rng = np.random.default_rng(seed)
-    shapes = [(batch, heads, queries, dim), (batch, heads, keys, dim), (batch, heads, keys, value_dim)]
+    shapes = [
+        (batch, heads, queries, dim),
+        (batch, heads, keys, dim),
+        (batch, heads, keys, value_dim),
+    ]
     return tuple(jnp.asarray(rng.normal(size=shape), dtype) for shape in shapes)
 
 

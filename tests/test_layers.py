@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from diffjax.models import layers
+from test_attention import attention_reference
 from test_group_norm import group_norm_reference
 
 
@@ -66,16 +67,10 @@ def test_attention_block_matches_numpy_reference(num_heads):
     p = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), params)
     h = group_norm_reference(x, p["norm"]["scale"], p["norm"]["bias"], groups)
     qkv = h.reshape(batch, height * width, channels) @ p["qkv"]["kernel"] + p["qkv"]["bias"]
-    q, k, v = np.split(qkv, 3, axis=-1)
+    # Columns are q, k, v, each head-major: [B, N, 3C] -> 3 x [B, heads, N, head_dim].
     head_dim = channels // num_heads
-    heads = []
-    for head in range(num_heads):
-        cols = slice(head * head_dim, (head + 1) * head_dim)
-        logits = q[..., cols] @ np.swapaxes(k[..., cols], 1, 2) / math.sqrt(head_dim)
-        weights = np.exp(logits - logits.max(-1, keepdims=True))
-        weights /= weights.sum(-1, keepdims=True)  # softmax over the key positions
-        heads.append(weights @ v[..., cols])
-    attended = np.concatenate(heads, axis=-1)
+    q, k, v = qkv.reshape(batch, height * width, 3, num_heads, head_dim).transpose(2, 0, 3, 1, 4)
+    attended = attention_reference(q, k, v).transpose(0, 2, 1, 3).reshape(batch, -1, channels)
     out = attended @ p["proj_out"]["kernel"] + p["proj_out"]["bias"]
     expected = x + out.reshape(x.shape)
     # float32 matmuls over <= 12 positions x 24 features: relative error ~1e-6.

@@ -15,8 +15,8 @@ XLA is asked to compute it, because they are faster on XLA's CPU backend:
 Measured on one core of a 2-core x86 CPU (jaxlib 0.10.2), batch 64, 196 positions, 64 channels,
 CPU time, both in one process, ``jax.nn.dot_product_attention`` on its own layout: one head,
 forward 8.3 against 17 ms, forward and backward 32-34 against 40-42 ms; four heads, forward 13
-against 61 ms, forward and backward 93 against 149 ms. On GPUs and TPUs
-XLA fuses either formulation; cuDNN's fused kernel (``jax.nn.dot_product_attention(...,
+against 61 ms, forward and backward 93 against 149 ms. On GPUs and TPUs XLA fuses either
+formulation; cuDNN's fused kernel (``jax.nn.dot_product_attention(...,
 implementation="cudnn")``) is a later option for bfloat16 on NVIDIA GPUs.
 
 As in ``jax.nn.dot_product_attention``, the logits, the exponentials and the normaliser are
