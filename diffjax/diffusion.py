@@ -1,23 +1,30 @@
 """The closed-form Gaussian diffusion process: forward marginals, posteriors, predictions.
 
 Everything is written in terms of the marginal's scale and noise level,
-x_t = alpha_t x_0 + sigma_t eps with alpha_t = sqrt(abar_t), sigma_t = sqrt(1 - abar_t),
-so that the prediction conversions work unchanged for continuous-time schedules: they take
-``alpha`` and ``sigma`` arrays, and :func:`alpha_sigma` reads them off a discrete schedule.
+x_t = alpha_t x_0 + sigma_t eps, read off any process by :func:`diffjax.processes.alpha_sigma`:
+a discrete :class:`~diffjax.schedules.DiffusionSchedule` (alpha_t = sqrt(abar_t),
+sigma_t = sqrt(1 - abar_t), int32 t in [0, T)) or a continuous process (float t in [0, 1],
+:mod:`diffjax.processes`). :func:`q_sample` serves both; the posterior q(x_{t-1} | x_t, x_0)
+and the DDPM reverse step are the discrete chain's (Ho et al. 2020, eqs. 6-7).
 
-Shapes: ``x`` is ``[B, ...]`` (NHWC images or any rank); ``t`` is int32 ``[B]`` (0-based) or
-a scalar; coefficients are gathered at ``t`` and broadcast over the trailing axes. Outputs keep
-the dtype of ``x`` (float32 or bfloat16); schedule constants stay float32 until that cast.
+The eps/x0/v conversions here take ``alpha`` and ``sigma`` of a variance-preserving process
+(alpha^2 + sigma^2 = 1), as in Salimans & Ho 2022; :mod:`diffjax.predictions` has every
+prediction type, including the velocity and EDM's F, for any process.
+
+Shapes: ``x`` is ``[B, ...]`` (NHWC images or any rank); ``t`` is ``[B]`` or a scalar;
+coefficients are gathered at ``t`` and broadcast over the trailing axes. Outputs keep the dtype
+of ``x`` (float32 or bfloat16); schedule constants stay float32 until that cast.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-import jax
 import jax.numpy as jnp
-import numpy as np
 
+from diffjax import predictions
+from diffjax.predictions import PREDICTION_TYPES, check_prediction_type
+from diffjax.processes import Marginal, alpha_sigma, check_process, check_time, is_discrete
 from diffjax.schedules import DiffusionSchedule
 
 __all__ = [
@@ -40,7 +47,6 @@ __all__ = [
     "x0_from_v",
 ]
 
-PREDICTION_TYPES: tuple[str, ...] = ("eps", "x0", "v")
 VARIANCE_TYPES: tuple[str, ...] = ("small", "large")
 
 
@@ -54,32 +60,13 @@ class PosteriorMeanVariance(NamedTuple):
     pred_x0: jnp.ndarray
 
 
-def check_prediction_type(prediction_type: str) -> None:
-    """Raises ``ValueError`` unless ``prediction_type`` is one of :data:`PREDICTION_TYPES`."""
-    if prediction_type not in PREDICTION_TYPES:
-        raise ValueError(
-            f"Unknown prediction_type {prediction_type!r}; expected one of {PREDICTION_TYPES}."
+def _check_discrete(schedule: Any, name: str) -> DiffusionSchedule:
+    if not is_discrete(schedule):
+        raise TypeError(
+            f"{name} is the discrete DDPM chain's and needs a DiffusionSchedule, got "
+            f"{type(schedule).__name__}; for continuous processes use q_sample and the samplers."
         )
-
-
-def _check_t(schedule: DiffusionSchedule, t, batch_size: int) -> jnp.ndarray:
-    """Validates ``t`` where possible without tracing and returns it as an int array."""
-    t = jnp.asarray(t)
-    if not jnp.issubdtype(t.dtype, jnp.integer):
-        raise TypeError(f"t must be an integer timestep array, got dtype {t.dtype}.")
-    if t.ndim > 1 or (t.ndim == 1 and t.shape[0] != batch_size):
-        raise ValueError(
-            f"t must be a scalar or have shape [B] = [{batch_size}], got shape {t.shape}."
-        )
-    if not isinstance(t, jax.core.Tracer):
-        values = np.asarray(t)
-        num_timesteps = schedule.num_timesteps
-        if values.size and (values.min() < 0 or values.max() >= num_timesteps):
-            raise ValueError(
-                f"t must lie in [0, {num_timesteps}) for a schedule of T={num_timesteps} steps; "
-                f"got values in [{values.min()}, {values.max()}]."
-            )
-    return t
+    return schedule
 
 
 def extract(values: jnp.ndarray, t: jnp.ndarray, ndim: int) -> jnp.ndarray:
@@ -99,34 +86,16 @@ def extract(values: jnp.ndarray, t: jnp.ndarray, ndim: int) -> jnp.ndarray:
     return gathered.reshape(gathered.shape + (1,) * (ndim - 1))
 
 
-def alpha_sigma(
-    schedule: DiffusionSchedule, t, ndim: int, dtype=jnp.float32
-) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """The marginal's scale alpha_t = sqrt(abar_t) and noise level sigma_t = sqrt(1 - abar_t).
+def q_sample(process: Any, x0: jnp.ndarray, t, noise: jnp.ndarray) -> jnp.ndarray:
+    """Samples the forward marginal q(x_t | x_0) (Ho et al. 2020, eq. 4; Kingma et al. 2021).
+
+    x_t = alpha_t x_0 + sigma_t eps  (alpha_t = sqrt(abar_t), sigma_t = sqrt(1 - abar_t) for a
+    discrete schedule)
 
     Args:
-      schedule: the discrete schedule.
-      t: int ``[B]`` or scalar, 0-based.
-      ndim: rank of the data the coefficients will multiply.
-      dtype: dtype of the returned coefficients.
-
-    Returns:
-      ``(alpha, sigma)``, each ``[B, 1, ..., 1]`` (or scalar) of ``dtype``.
-    """
-    alpha = extract(schedule.sqrt_alphas_cumprod, t, ndim).astype(dtype)
-    sigma = extract(schedule.sqrt_one_minus_alphas_cumprod, t, ndim).astype(dtype)
-    return alpha, sigma
-
-
-def q_sample(schedule: DiffusionSchedule, x0: jnp.ndarray, t, noise: jnp.ndarray) -> jnp.ndarray:
-    """Samples the forward marginal q(x_t | x_0) (Ho et al. 2020, eq. 4).
-
-    x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps
-
-    Args:
-      schedule: the discrete schedule.
+      process: a :class:`DiffusionSchedule` or a continuous process (:mod:`diffjax.processes`).
       x0: clean data ``[B, ...]``.
-      t: int32 ``[B]`` (or scalar), 0-based.
+      t: ``[B]`` (or scalar): int32 0-based for a schedule, float in [0, 1] for a process.
       noise: eps ~ N(0, I), same shape as ``x0``.
 
     Returns:
@@ -134,8 +103,9 @@ def q_sample(schedule: DiffusionSchedule, x0: jnp.ndarray, t, noise: jnp.ndarray
     """
     if noise.shape != x0.shape:
         raise ValueError(f"noise shape {noise.shape} must equal x0 shape {x0.shape}.")
-    t = _check_t(schedule, t, x0.shape[0])
-    alpha, sigma = alpha_sigma(schedule, t, x0.ndim, x0.dtype)
+    check_process(process)
+    t = check_time(process, t, x0.shape[0])
+    alpha, sigma = alpha_sigma(process, t, x0.ndim, x0.dtype)
     return alpha * x0 + sigma * noise.astype(x0.dtype)
 
 
@@ -153,7 +123,8 @@ def q_mean_variance(
       ``(mean [B, ...], variance [B, 1, ...], log_variance [B, 1, ...])``; the variance is
       > 0 for every t because beta_0 > 0, so the log-variance is finite.
     """
-    t = _check_t(schedule, t, x0.shape[0])
+    schedule = _check_discrete(schedule, "q_mean_variance")
+    t = check_time(schedule, t, x0.shape[0])
     alpha = extract(schedule.sqrt_alphas_cumprod, t, x0.ndim).astype(x0.dtype)
     variance = extract(1.0 - schedule.alphas_cumprod, t, x0.ndim).astype(x0.dtype)
     return alpha * x0, variance, jnp.log(variance)
@@ -178,7 +149,8 @@ def q_posterior_mean_variance(
     """
     if x0.shape != x_t.shape:
         raise ValueError(f"x0 shape {x0.shape} must equal x_t shape {x_t.shape}.")
-    t = _check_t(schedule, t, x0.shape[0])
+    schedule = _check_discrete(schedule, "q_posterior_mean_variance")
+    t = check_time(schedule, t, x0.shape[0])
     dtype = x_t.dtype
     coef1 = extract(schedule.posterior_mean_coef1, t, x0.ndim).astype(dtype)
     coef2 = extract(schedule.posterior_mean_coef2, t, x0.ndim).astype(dtype)
@@ -216,45 +188,37 @@ def eps_from_v(x_t: jnp.ndarray, v: jnp.ndarray, alpha, sigma) -> jnp.ndarray:
 def predict_x0_and_eps(
     prediction: jnp.ndarray, x_t: jnp.ndarray, alpha, sigma, prediction_type: str
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """Converts a model output of any ``prediction_type`` into the pair (x0, eps).
+    """Converts a model output into the pair (x0, eps), for a variance-preserving process.
 
     Args:
-      prediction: model output ``[B, ...]``, an eps-, x0- or v-prediction.
+      prediction: model output ``[B, ...]``: an eps-, x0-, v- or 'edm' prediction.
       x_t: the noisy input ``[B, ...]``.
-      alpha, sigma: the marginal's coefficients at t, broadcastable to ``x_t``
-        (:func:`alpha_sigma`).
-      prediction_type: ``'eps' | 'x0' | 'v'``.
+      alpha, sigma: the marginal's coefficients at t (alpha^2 + sigma^2 = 1), broadcastable
+        to ``x_t`` (:func:`alpha_sigma`). For other processes, or for 'flow', use
+        :func:`diffjax.predictions.to_x0_eps` with :func:`diffjax.processes.marginal`.
+      prediction_type: ``'eps' | 'x0' | 'v' | 'edm'``.
 
     Returns:
       ``(x0, eps)``, each ``[B, ...]``.
     """
-    check_prediction_type(prediction_type)
-    if prediction_type == "eps":
-        return x0_from_eps(x_t, prediction, alpha, sigma), prediction
-    if prediction_type == "x0":
-        return prediction, eps_from_x0(x_t, prediction, alpha, sigma)
-    return x0_from_v(x_t, prediction, alpha, sigma), eps_from_v(x_t, prediction, alpha, sigma)
+    return predictions.to_x0_eps(prediction_type, prediction, x_t, Marginal(alpha, sigma))
 
 
 def prediction_target(
     x0: jnp.ndarray, eps: jnp.ndarray, alpha, sigma, prediction_type: str
 ) -> jnp.ndarray:
-    """The regression target for ``prediction_type``: eps, x0, or v = alpha eps - sigma x0.
+    """The regression target of ``prediction_type`` for a variance-preserving process:
+    eps, x0, v = alpha eps - sigma x0, or EDM's F (see :mod:`diffjax.predictions`).
 
     Args:
       x0, eps: ``[B, ...]``.
       alpha, sigma: broadcastable coefficients at t.
-      prediction_type: ``'eps' | 'x0' | 'v'``.
+      prediction_type: ``'eps' | 'x0' | 'v' | 'edm'``.
 
     Returns:
       ``[B, ...]``.
     """
-    check_prediction_type(prediction_type)
-    if prediction_type == "eps":
-        return eps
-    if prediction_type == "x0":
-        return x0
-    return v_from_x0_eps(x0, eps, alpha, sigma)
+    return predictions.target(prediction_type, x0, eps, Marginal(alpha, sigma))
 
 
 def p_mean_variance(
@@ -284,14 +248,15 @@ def p_mean_variance(
     Returns:
       :class:`PosteriorMeanVariance`.
     """
-    check_prediction_type(prediction_type)
+    predictions.check_prediction_supported(prediction_type, schedule)
     if variance not in VARIANCE_TYPES:
         raise ValueError(f"Unknown variance {variance!r}; expected one of {VARIANCE_TYPES}.")
     if model_output.shape != x_t.shape:
         raise ValueError(
             f"model_output shape {model_output.shape} must equal x_t shape {x_t.shape}."
         )
-    t = _check_t(schedule, t, x_t.shape[0])
+    schedule = _check_discrete(schedule, "p_mean_variance")
+    t = check_time(schedule, t, x_t.shape[0])
     alpha, sigma = alpha_sigma(schedule, t, x_t.ndim, x_t.dtype)
     pred_x0, _ = predict_x0_and_eps(model_output.astype(x_t.dtype), x_t, alpha, sigma, prediction_type)
     if clip_x0:

@@ -35,6 +35,7 @@ __all__ = [
     "make_schedule",
     "rescale_zero_terminal_snr",
     "scaled_linear_betas",
+    "schedule_constants",
     "sigmoid_betas",
 ]
 
@@ -195,8 +196,8 @@ _BETA_FUNCTIONS: dict[str, Callable[..., np.ndarray]] = {
 SCHEDULE_NAMES: tuple[str, ...] = tuple(_BETA_FUNCTIONS)
 
 
-def make_schedule(betas) -> DiffusionSchedule:
-    """Derives every constant of the discrete process from a beta array.
+def schedule_constants(betas) -> dict[str, np.ndarray]:
+    """Every constant of the discrete process from a beta array, in float64 NumPy.
 
     Posterior q(x_{t-1} | x_t, x_0) = N(coef1_t x_0 + coef2_t x_t, beta~_t I) with
     beta~_t = beta_t (1 - abar_{t-1}) / (1 - abar_t),
@@ -209,7 +210,7 @@ def make_schedule(betas) -> DiffusionSchedule:
       betas: array-like ``[T]``, each in (0, 1); only the last may equal 1 (zero terminal SNR).
 
     Returns:
-      A :class:`DiffusionSchedule` of float32 ``[T]`` arrays.
+      ``{field of DiffusionSchedule: float64 [T]}``.
     """
     betas = np.asarray(betas, dtype=np.float64)
     if betas.ndim != 1 or betas.shape[0] < 1:
@@ -236,7 +237,7 @@ def make_schedule(betas) -> DiffusionSchedule:
     with np.errstate(divide="ignore"):
         snr = alphas_cumprod / one_minus
         log_snr = np.log(alphas_cumprod) - np.log(one_minus)
-    constants = dict(
+    return dict(
         betas=betas,
         alphas=alphas,
         alphas_cumprod=alphas_cumprod,
@@ -250,6 +251,19 @@ def make_schedule(betas) -> DiffusionSchedule:
         snr=snr,
         log_snr=log_snr,
     )
+
+
+def make_schedule(betas) -> DiffusionSchedule:
+    """Derives every constant of the discrete process from a beta array
+    (:func:`schedule_constants`) and stores it as float32.
+
+    Args:
+      betas: array-like ``[T]``, each in (0, 1); only the last may equal 1 (zero terminal SNR).
+
+    Returns:
+      A :class:`DiffusionSchedule` of float32 ``[T]`` arrays.
+    """
+    constants = schedule_constants(betas)
     return DiffusionSchedule(**{k: jnp.asarray(v, dtype=jnp.float32) for k, v in constants.items()})
 
 

@@ -52,12 +52,20 @@ def _numpy_reference(x0, t, noise, alphas_cumprod, prediction_type, weighting, g
     if weighting == "uniform":
         weight = np.ones_like(snr)
     else:
-        weight = {
-            "eps": np.minimum(snr, gamma) / snr,
-            "x0": np.minimum(snr, gamma),
-            "v": np.minimum(snr, gamma) / (snr + 1.0),
-        }[prediction_type]
+        # The x0-space weight over the factor (SNR, 1, SNR + 1) that the target's error carries.
+        target_factor = {"eps": snr, "x0": np.ones_like(snr), "v": snr + 1.0}[prediction_type]
+        weight = _x0_space_weight(weighting, snr, gamma) / target_factor
     return weight * mse
+
+
+def _x0_space_weight(weighting, snr, gamma):
+    """The x0-space weights of diffjax.losses, in float64 from their papers' formulas."""
+    if weighting == "min_snr":
+        return np.minimum(snr, gamma)
+    if weighting == "edm":
+        sigma_squared, sigma_data = 1.0 / snr, 0.5  # EDM's sigma = sigma_t / alpha_t
+        return (sigma_squared + sigma_data**2) / (sigma_squared * sigma_data**2)
+    return (1.0 + np.sqrt(snr)) ** 2  # SD3's w^RF in x0 space
 
 
 def test_sample_timesteps_uniform_over_range():
@@ -114,7 +122,7 @@ def test_weightings_are_one_x0_space_weighting(weighting):
 
     With x0_hat fixed, ||eps_hat - eps||^2 = SNR ||x0_hat - x0||^2 and
     ||v_hat - v||^2 = (SNR + 1) ||x0_hat - x0||^2. So 'uniform' weighs the x0 error by
-    SNR, 1, SNR + 1 (eps, x0, v), and 'min_snr' by min(SNR, gamma) for all three.
+    SNR, 1, SNR + 1 (eps, x0, v), and every other weighting by its x0-space weight for all three.
     """
     schedule = schedules.get_schedule("linear", NUM_TIMESTEPS)
     x0 = _image_batch(64, seed=3)
@@ -150,7 +158,7 @@ def test_weightings_are_one_x0_space_weighting(weighting):
     if weighting == "uniform":
         x0_weights = {"eps": snr, "x0": np.ones_like(snr), "v": snr + 1.0}
     else:
-        x0_weights = dict.fromkeys(PREDICTION_TYPES, np.minimum(snr, GAMMA))
+        x0_weights = dict.fromkeys(PREDICTION_TYPES, _x0_space_weight(weighting, snr, GAMMA))
     for prediction_type in PREDICTION_TYPES:
         np.testing.assert_allclose(
             per_type[prediction_type]["loss"], x0_weights[prediction_type] * x0_error,
@@ -242,8 +250,9 @@ def test_offset_noise_is_the_regression_target():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(prediction_type="score"), r"'eps', 'x0', 'v'"),
-        (dict(weighting="p2"), r"'uniform', 'min_snr'"),
+        (dict(prediction_type="score"), r"'eps', 'x0', 'v', 'flow', 'edm'"),
+        (dict(prediction_type="flow"), r"'flow' .* needs a continuous process"),
+        (dict(weighting="p2"), r"'uniform', 'min_snr', 'edm', 'rectified_flow'"),
         (dict(weighting="min_snr", min_snr_gamma=0.0), r"min_snr_gamma must be > 0"),
         (dict(offset_noise=-0.1), r"offset_noise must be >= 0"),
     ],
@@ -260,3 +269,143 @@ def test_wrong_prediction_shape_raises():
         denoising_loss(
             lambda x_t, t: x_t[..., :1], schedule, _image_batch(2), jax.random.key(0)
         )
+
+
+# --------------------------------------------------------------- continuous-time losses
+
+from scipy import optimize, special, stats  # noqa: E402
+
+import diffjax as dj  # noqa: E402
+from diffjax import losses  # noqa: E402
+
+KS_SAMPLES = 20000
+# Every distribution test is one Kolmogorov-Smirnov test of 20000 draws with a fixed key; a
+# correct sampler fails it with probability 1e-3 (and then always, for that key).
+KS_LEVEL = 1e-3
+
+
+def _ks_pvalue(sampler, cdf):
+    draws = np.asarray(sampler(jax.random.key(3), KS_SAMPLES), np.float64)
+    return stats.kstest(draws, cdf).pvalue
+
+
+def _unshift(t, shift):
+    """The inverse of SD3's shift t' = s t / (1 + (s - 1) t)."""
+    return t / (shift - (shift - 1.0) * t)
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+def test_uniform_and_logit_normal_times_follow_their_laws(shift):
+    uniform = losses.uniform_times(t_min=0.1, t_max=0.9, shift=shift)
+    assert _ks_pvalue(uniform, lambda t: np.clip((_unshift(t, shift) - 0.1) / 0.8, 0, 1)) > KS_LEVEL
+    logit = losses.logit_normal_times(mean=0.5, std=0.8, shift=shift)
+    cdf = lambda t: stats.norm.cdf((special.logit(_unshift(t, shift)) - 0.5) / 0.8)  # noqa: E731
+    assert _ks_pvalue(logit, cdf) > KS_LEVEL
+
+
+def test_mode_times_follow_their_law():
+    scale = 1.29
+    f = lambda u: 1 - u - scale * (np.cos(np.pi * u / 2) ** 2 - 1 + u)  # noqa: E731
+
+    def cdf(t):  # f is decreasing from f(0) = 1 to f(1) = 0: P(f(u) <= t) = 1 - f^-1(t).
+        return np.array([1.0 - optimize.brentq(lambda u: f(u) - x, 0.0, 1.0) for x in np.atleast_1d(t)])
+
+    assert _ks_pvalue(losses.mode_times(scale), cdf) > KS_LEVEL
+
+
+def test_edm_lognormal_times_follow_their_law():
+    process = dj.EDM()
+    sampler = losses.edm_lognormal_times(process, p_mean=-1.2, p_std=1.2)
+    # t = sigma / 80 with ln sigma ~ N(-1.2, 1.2^2), clipped at 1 (mass 1.7e-6 there).
+    assert _ks_pvalue(sampler, lambda t: stats.norm.cdf((np.log(80.0 * t) + 1.2) / 1.2)) > KS_LEVEL
+    # On rectified flow the same noise levels s = sigma / alpha are t / (1 - t).
+    flow = losses.edm_lognormal_times(dj.RectifiedFlow())
+    assert _ks_pvalue(flow, lambda t: stats.norm.cdf((np.log(t / (1 - t)) + 1.2) / 1.2)) > KS_LEVEL
+
+
+def test_time_shift_maps_the_interval_onto_itself_monotonically():
+    t = np.linspace(0, 1, 11)
+    shifted = losses.time_shift(t, 3.0)
+    assert shifted[0] == 0.0 and shifted[-1] == 1.0 and np.all(np.diff(shifted) > 0)
+    np.testing.assert_allclose(losses.time_shift(t, 1.0), t)
+    np.testing.assert_allclose(_unshift(shifted, 3.0), t, atol=1e-15)
+    with pytest.raises(ValueError, match="shift must be > 0"):
+        losses.time_shift(t, 0.0)
+
+
+def _gaussian_velocity_model(mean, std):
+    """The exact velocity E[eps - x0 | x_t] of rectified flow for N(mean, std^2) data."""
+
+    def model_fn(x_in, t_in):
+        t = (t_in / 1000.0)[:, None, None, None]
+        alpha, sigma = 1.0 - t, t
+        variance = alpha**2 * std**2 + sigma**2
+        residual = x_in - alpha * mean
+        x0_hat = mean + alpha * std**2 / variance * residual
+        eps_hat = sigma / variance * residual
+        return eps_hat - x0_hat
+
+    return model_fn
+
+
+def test_flow_matching_loss_at_the_exact_velocity_is_its_analytic_minimum():
+    """E ||v* - (eps - x0)||^2 = E Var(eps - x0 | x_t) = s^2 (alpha + sigma)^2 / (alpha^2 s^2 + sigma^2)
+    per pixel for N(m, s^2) data (the Gaussian conditional variance); at fixed t the Monte-Carlo
+    mean over B draws has standard error std(per-example) / sqrt(B)."""
+    mean, std, batch = 0.3, 0.5, 8192
+    process = dj.RectifiedFlow()
+    x0 = mean + std * jax.random.normal(jax.random.key(0), (batch, 2, 2, 1))
+    t = jnp.asarray(np.tile([0.1, 0.4, 0.7, 0.95], batch // 4), jnp.float32)
+    _, aux = denoising_loss(
+        _gaussian_velocity_model(mean, std), process, x0, jax.random.key(1), t=t,
+        prediction_type="flow",
+    )  # fmt: skip
+    alpha, sigma = 1.0 - np.asarray(t, np.float64), np.asarray(t, np.float64)
+    minimum = std**2 * (alpha + sigma) ** 2 / (alpha**2 * std**2 + sigma**2)
+    per_example = np.asarray(aux["mse"], np.float64)
+    standard_error = per_example.std() / np.sqrt(batch)
+    assert abs(per_example.mean() - minimum.mean()) < 5 * standard_error
+
+
+def test_edm_weighting_on_the_edm_prediction_is_one_and_matches_the_paper():
+    """lambda(sigma) ||D - x0||^2 = ||F - F_target||^2 (Karras et al. 2022, eq. 8): weight 1 on F."""
+    process = dj.EDM()
+    t = jnp.asarray([0.001, 0.01, 0.2, 0.9])
+    m = dj.marginal(process, t, 4)
+    np.testing.assert_allclose(losses.loss_weight("edm", "edm", m), 1.0, rtol=1e-6)
+    # On an x0 model the same weighting is lambda(sigma) = (sigma^2 + s_d^2) / (sigma s_d)^2.
+    sigma = 80.0 * np.asarray(t, np.float64)
+    np.testing.assert_allclose(
+        losses.loss_weight("x0", "edm", m), (sigma**2 + 0.25) / (0.25 * sigma**2), rtol=1e-5
+    )
+    # And rectified flow's velocity loss is SD3's w^RF, uniform on 'flow'.
+    rf = dj.marginal(dj.RectifiedFlow(), t, 4)
+    np.testing.assert_allclose(losses.loss_weight("flow", "rectified_flow", rf), 1.0, rtol=1e-6)
+
+
+def test_continuous_losses_train_with_every_time_sampler():
+    x0 = _image_batch(8)
+    for name, process, options in [
+        ("uniform", dj.VPLinear(), {}),
+        ("logit_normal", dj.RectifiedFlow(), {"shift": 2.0}),
+        ("mode", dj.RectifiedFlow(), {}),
+        ("edm_lognormal", dj.EDM(), {}),
+    ]:
+        sampler = losses.get_time_sampler(name, process, **options)
+        loss, aux = denoising_loss(
+            lambda x, t: 0.1 * x, process, x0, jax.random.key(0), prediction_type="v",
+            time_sampler=sampler,
+        )  # fmt: skip
+        assert np.isfinite(loss) and aux["t"].dtype == jnp.float32
+        assert np.all((np.asarray(aux["t"]) >= 0) & (np.asarray(aux["t"]) <= 1))
+
+
+def test_time_sampler_errors_name_the_problem():
+    with pytest.raises(ValueError, match=r"Unknown time sampler 'beta'"):
+        losses.get_time_sampler("beta", dj.RectifiedFlow())
+    with pytest.raises(ValueError, match=r"does not take \['sd'\]; its options are \['mean', 'std', 'shift'\]"):
+        losses.get_time_sampler("logit_normal", dj.RectifiedFlow(), sd=1.0)
+    with pytest.raises(ValueError, match="a discrete schedule draws"):
+        losses.get_time_sampler("mode", schedules.get_schedule("cosine", 10))
+    with pytest.raises(ValueError, match="scale in"):
+        losses.mode_times(scale=3.0)
