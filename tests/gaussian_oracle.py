@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import diffjax as dj
+from diffjax import predictions
 
 
 class GaussianMixture(NamedTuple):
@@ -122,20 +123,47 @@ def _conditional(prediction_type):
 
 # Module-level functions, so the jitted samplers see the same callable for every mixture and
 # schedule (their arrays are bound as traced Partial arguments): one compile serves them all.
-_UNCONDITIONAL = {name: _unconditional(name) for name in dj.PREDICTION_TYPES}
-_CONDITIONAL = {name: _conditional(name) for name in dj.PREDICTION_TYPES}
+_VP_TYPES = ("eps", "x0", "v", "edm")
+_UNCONDITIONAL = {name: _unconditional(name) for name in _VP_TYPES}
+_CONDITIONAL = {name: _conditional(name) for name in _VP_TYPES}
 
 
-def exact_model_fn(
-    mixture: GaussianMixture, schedule: dj.DiffusionSchedule, prediction_type: str = "eps"
-) -> jax.tree_util.Partial:
-    """The Bayes-optimal ``model_fn(x_t [B, ...], t [B]) -> prediction`` for this data law."""
-    return jax.tree_util.Partial(
-        _UNCONDITIONAL[prediction_type],
-        *_mixture_arrays(mixture),
-        schedule.sqrt_alphas_cumprod,
-        schedule.sqrt_one_minus_alphas_cumprod,
-    )
+def time_from_model_time(process, t_in: jnp.ndarray) -> jnp.ndarray:
+    """The process time behind a network time input (the inverse of ``process.model_time``)."""
+    if isinstance(process, dj.EDM):
+        return jnp.exp(4.0 * t_in) / process.sigma_max
+    return t_in / 1000.0
+
+
+def _continuous(prediction_type):
+    def predict(means, variances0, prior, process, x_in, t_in):
+        flat = x_in.reshape(x_in.shape[0], -1)
+        t = time_from_model_time(process, t_in)
+        m = dj.marginal(process, t, 2)
+        scale = predictions.input_scale(prediction_type, m)
+        x_t = flat if scale is None else flat / scale
+        x0_hat = _posterior_mean(means, variances0, prior, x_t, m.alpha[:, 0], m.sigma[:, 0])
+        eps_hat = (x_t - m.alpha * x0_hat) / m.sigma
+        return predictions.target(prediction_type, x0_hat, eps_hat, m).reshape(x_in.shape)
+
+    return predict
+
+
+_CONTINUOUS = {name: _continuous(name) for name in predictions.PREDICTION_TYPES}
+
+
+def exact_model_fn(mixture: GaussianMixture, process, prediction_type: str = "eps") -> jax.tree_util.Partial:
+    """The Bayes-optimal ``model_fn(x_in [B, ...], t_in [B]) -> prediction`` for this data law,
+    for a schedule (t_in the index) or a continuous process (t_in its model time, x_in scaled
+    as the 'edm' prediction's input)."""
+    if isinstance(process, dj.DiffusionSchedule):
+        return jax.tree_util.Partial(
+            _UNCONDITIONAL[prediction_type],
+            *_mixture_arrays(mixture),
+            process.sqrt_alphas_cumprod,
+            process.sqrt_one_minus_alphas_cumprod,
+        )
+    return jax.tree_util.Partial(_CONTINUOUS[prediction_type], *_mixture_arrays(mixture), process)
 
 
 def exact_conditional_model_fn(

@@ -2,7 +2,8 @@
 
 A deterministic nonlinear stand-in for a network (so every prediction type's conversion and
 every sampler branch is exercised), the three samplers with their main options, the denoising
-loss for each prediction type and weighting, and three steps of a tiny UNet's train step.
+loss for each prediction type and weighting, and three steps of a tiny UNet's train step. The
+calls are written in the current API; the fixture holds what 0.1.0 returned for them.
 """
 
 import jax
@@ -10,8 +11,15 @@ import jax.numpy as jnp
 import numpy as np
 
 import diffjax as dj
-from diffjax.training import create_train_state, flax_apply_fn, make_mesh, make_optimizer
-from diffjax.training.step import jit_train_step, make_train_step
+from diffjax.training import (
+    create_train_state,
+    flax_apply_fn,
+    jit_train_step,
+    make_denoising_loss,
+    make_mesh,
+    make_optimizer,
+    make_train_step,
+)
 
 SHAPE = (4, 8, 8, 2)
 
@@ -33,11 +41,21 @@ def sampler_cases():
         ("ddpm_ztsnr_v", ztsnr, "ddpm", dict(num_steps=20, prediction_type="v")),
         ("ddim_50_eps", linear, "ddim", dict(num_steps=50)),
         ("ddim_20_eta_half_v", cosine, "ddim", dict(num_steps=20, eta=0.5, prediction_type="v")),
-        ("ddim_ztsnr_trailing_v", ztsnr, "ddim", dict(num_steps=10, spacing="trailing", prediction_type="v")),
+        (
+            "ddim_ztsnr_trailing_v",
+            ztsnr,
+            "ddim",
+            dict(num_steps=10, spacing="trailing", prediction_type="v"),
+        ),
         ("ddim_10_x0_clip", linear, "ddim", dict(num_steps=10, prediction_type="x0", clip_x0=True)),
         ("dpm_20_eps", cosine, "dpm_solver", dict(num_steps=20)),
         ("dpm_10_v", linear, "dpm_solver", dict(num_steps=10, prediction_type="v")),
-        ("dpm_15_karras_x0", linear, "dpm_solver", dict(num_steps=15, spacing="karras", prediction_type="x0")),
+        (
+            "dpm_15_karras_x0",
+            linear,
+            "dpm_solver",
+            dict(num_steps=15, spacing="karras", prediction_type="x0"),
+        ),
         ("dpm_8_order1_eps", cosine, "dpm_solver", dict(num_steps=8, order=1)),
     ]
 
@@ -73,7 +91,15 @@ def compute_losses():
 
 
 def compute_train_steps():
-    """Three steps of a tiny UNet on fixed data, one device: the params' final checksum."""
+    """Three steps of a tiny UNet on fixed data, one device, with v-prediction and Min-SNR and
+    with eps-prediction and the uniform loss: the losses and the final params."""
+    return {
+        **_train_steps("train", prediction_type="v", weighting="min_snr"),
+        **_train_steps("train_uniform_eps", prediction_type="eps", weighting="uniform"),
+    }
+
+
+def _train_steps(prefix, **loss_options):
     model = dj.UNet(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attn_resolutions=(4,),
                     dropout=0.1, num_groups=4)  # fmt: skip
     schedule = dj.get_schedule("cosine", 1000)
@@ -84,8 +110,8 @@ def compute_train_steps():
         return model.init(key, jnp.zeros((1, 8, 8, 1)), jnp.zeros((1,), jnp.int32))["params"]
 
     state = create_train_state(init, jax.random.key(0), optimizer, mesh)
-    step = jit_train_step(make_train_step(flax_apply_fn(model), schedule, optimizer, prediction_type="v",
-                                          weighting="min_snr"), mesh)  # fmt: skip
+    loss_fn = make_denoising_loss(flax_apply_fn(model), schedule, **loss_options)
+    step = jit_train_step(make_train_step(loss_fn, optimizer), mesh)
     images = jax.random.uniform(jax.random.key(3), (8, 8, 8, 1), minval=-1.0, maxval=1.0)
     losses = []
     for _ in range(3):
@@ -93,8 +119,8 @@ def compute_train_steps():
         losses.append(float(metrics["loss"]))
     leaves = jax.tree.leaves(state.params)
     return {
-        "train_losses": np.asarray(losses),
-        "train_params_flat": np.concatenate([np.asarray(leaf).ravel() for leaf in leaves]),
+        f"{prefix}_losses": np.asarray(losses),
+        f"{prefix}_params_flat": np.concatenate([np.asarray(leaf).ravel() for leaf in leaves]),
     }
 
 

@@ -1,9 +1,11 @@
 """Records what the 0.1.0 samplers, loss and train step return, as a regression fixture.
 
-Run once at commit 1259c67 (diffjax 0.1.0, before the continuous-time reshaping) to write
-``tests/fixtures/golden_0_1_0.npz``; ``tests/test_golden.py`` checks that the reshaped core
-still returns the same arrays (bit for bit where the arithmetic is unchanged). Rerunning it on a
-later commit only records that commit.
+The fixture ``tests/fixtures/golden_0_1_0.npz`` was written with diffjax 0.1.0 (commit 1259c67,
+before the continuous-time reshaping), running the calls of ``tests/golden_cases.py`` in that
+version's API (its ``make_train_step(apply_fn, schedule, optimizer, ...)``);
+``tests/test_golden.py`` checks that the reshaped core still returns the same arrays, bit for
+bit where the arithmetic is unchanged. Rerunning this script on a later commit records that
+commit instead (e.g. to start a new fixture after a deliberate change).
 
   .venv/bin/python tests/make_golden_samples.py
 """
@@ -21,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import golden_cases  # noqa: E402
 
 if __name__ == "__main__":
-    from diffjax.xla_cpu import enable_fast_cpu_convolutions
+    from diffjax.cli import enable_fast_cpu_convolutions
 
     enable_fast_cpu_convolutions()
     arrays = golden_cases.compute_all()

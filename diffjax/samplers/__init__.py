@@ -1,26 +1,69 @@
-"""Samplers: pure functions of a ``model_fn(x_t, t) -> prediction``, a schedule, a key and a shape.
+"""Samplers: pure functions of a ``model_fn(x_in, t_in) -> prediction``, a process, a key and a
+shape.
 
-================================  ==========================================================
-:func:`ddpm_sample`               ancestral DDPM (Ho et al. 2020, Alg. 2), all T or respaced
-:func:`ddim_sample`               DDIM with eta in [0, 1] (Song et al. 2021)
-:func:`dpm_solver_sample`         DPM-Solver++(2M) (Lu et al. 2022, Alg. 2), 10-20 steps
-:func:`ddim_invert`               deterministic DDIM inversion x0 -> x_T
-:func:`classifier_free_guidance`  guided model_fn from a class-conditional one
-:func:`sample`                    any of the samplers by name (for CLIs)
-================================  ==========================================================
+=====================================  ========================================================
+:func:`ddpm_sample`                    ancestral DDPM (Ho et al. 2020, Alg. 2), all T or respaced
+:func:`ddim_sample`                    DDIM with eta in [0, 1] (Song et al. 2021), any process
+:func:`dpm_solver_sample`              DPM-Solver++(2M) (Lu et al. 2022, Alg. 2), 10-20 steps
+:func:`euler_sample`, ``heun_sample``  EDM's samplers on the Karras grid, with churn
+                                       (Karras et al. 2022, Alg. 1-2)
+``flow_euler/midpoint/heun_sample``    the velocity field dx/dt = v (rectified flow)
+:func:`ddim_invert`                    deterministic DDIM inversion x0 -> x_T
+:func:`classifier_free_guidance`       guided model_fn from a class-conditional one
+:func:`sample`                         any of the samplers by name (for CLIs and configs)
+=====================================  ========================================================
 
-Each sampler checks its arguments in Python, builds its timestep grid in NumPy, then runs one
-jitted ``jax.lax.scan`` over the grid: one compile per (model_fn, shape, number of steps,
-static options); a new key, x_T, schedule or set of params (bound in a
-:class:`jax.tree_util.Partial`) reuses it. Samples do not depend on ``out_sharding``.
+Each sampler checks its options in Python and builds its grid in float64 NumPy (its *plan*),
+then runs one jitted ``jax.lax.scan`` over the grid through :func:`run_plan`: one compile per
+(model_fn, shape, number of steps, static options); a new key, x_T, process or set of params
+(bound in a :class:`jax.tree_util.Partial`) reuses it. Samples do not depend on
+``out_sharding``; with per-sample keys they do not depend on the batch either. The single
+steps (:mod:`diffjax.samplers.steps`) are public for distillation and custom samplers.
 """
 
-from diffjax.samplers.common import Trajectory
-from diffjax.samplers.ddim import ddim_invert, ddim_sample
-from diffjax.samplers.ddpm import ddpm_sample, respace_schedule
-from diffjax.samplers.dpm_solver import SOLVER_ORDERS, dpm_solver_coefficients, dpm_solver_sample
+from diffjax.samplers.common import Trajectory, denoise, sample_keys
+from diffjax.samplers.ddim import ddim_invert, ddim_plan, ddim_sample
+from diffjax.samplers.ddpm import ddpm_plan, ddpm_sample, respace_schedule
+from diffjax.samplers.dpm_solver import (
+    SOLVER_ORDERS,
+    dpm_solver_coefficients,
+    dpm_solver_plan,
+    dpm_solver_sample,
+)
+from diffjax.samplers.edm import euler_plan, euler_sample, heun_plan, heun_sample
+from diffjax.samplers.flow import (
+    FLOW_METHODS,
+    flow_euler_sample,
+    flow_heun_sample,
+    flow_midpoint_sample,
+    flow_plan,
+)
+from diffjax.samplers.grids import (
+    Grid,
+    karras_sigmas,
+    karras_times,
+    log_snr_times,
+    make_grid,
+    uniform_times,
+)
 from diffjax.samplers.guidance import classifier_free_guidance
-from diffjax.samplers.registry import SAMPLER_NAMES, SAMPLERS, sample
+from diffjax.samplers.registry import (
+    SAMPLER_NAMES,
+    SAMPLERS,
+    check_sampler_options,
+    sample,
+    sampler_options,
+)
+from diffjax.samplers.runner import Plan, run_plan
+from diffjax.samplers.steps import (
+    ddim_noise_scale,
+    ddim_step,
+    dpm_solver_2m_step,
+    euler_step,
+    flow_euler_step,
+    flow_heun_step,
+    heun_step,
+)
 from diffjax.samplers.timesteps import (
     SOLVER_SPACINGS,
     SPACINGS,
@@ -30,21 +73,52 @@ from diffjax.samplers.timesteps import (
 )
 
 __all__ = [
+    "FLOW_METHODS",
     "SAMPLERS",
     "SAMPLER_NAMES",
     "SOLVER_ORDERS",
     "SOLVER_SPACINGS",
     "SPACINGS",
+    "Grid",
+    "Plan",
     "Trajectory",
+    "check_sampler_options",
     "classifier_free_guidance",
     "ddim_invert",
+    "ddim_noise_scale",
+    "ddim_plan",
     "ddim_sample",
+    "ddim_step",
+    "ddpm_plan",
     "ddpm_sample",
+    "denoise",
+    "dpm_solver_2m_step",
     "dpm_solver_coefficients",
+    "dpm_solver_plan",
     "dpm_solver_sample",
+    "euler_plan",
+    "euler_sample",
+    "euler_step",
+    "flow_euler_sample",
+    "flow_euler_step",
+    "flow_heun_sample",
+    "flow_heun_step",
+    "flow_midpoint_sample",
+    "flow_plan",
+    "heun_plan",
+    "heun_sample",
+    "heun_step",
+    "karras_sigmas",
+    "karras_times",
+    "log_snr_times",
     "log_snr_timesteps",
+    "make_grid",
     "respace_schedule",
+    "run_plan",
     "sample",
+    "sample_keys",
+    "sampler_options",
     "solver_timesteps",
     "spaced_timesteps",
+    "uniform_times",
 ]

@@ -1,49 +1,56 @@
-"""What every sampler shares: argument checks, the start state, per-step noise, the model call.
+"""What every sampler shares: argument checks, start states, per-step noise, the model call.
 
 Checks run in Python on static values before anything is traced, so bad input fails at once
 with a message naming the value and what is allowed. The traced helpers are the pieces of the
 ``lax.scan`` bodies that do not depend on the sampler.
 
-Compilation: each sampler's loop is one module-level ``jax.jit``. The model function enters it
-as a pytree (:func:`as_model_pytree`): a plain callable is a static leaf of the tree (one
-compile per callable object), while a :class:`jax.tree_util.Partial` passes its bound arrays
-(e.g. the network's params) as traced arguments, so new params do not recompile.
+Compilation: the scan runner (:mod:`diffjax.samplers.runner`) is one module-level ``jax.jit``.
+The model function enters it as a pytree (:func:`as_model_pytree`): a plain callable is a static
+leaf of the tree (one compile per callable object), while a :class:`jax.tree_util.Partial`
+passes its bound arrays (e.g. the network's params) as traced arguments, so new params do not
+recompile.
+
+Keys: ``key`` is one PRNG key for the whole batch, or a ``[B]`` array of typed keys, one per
+sample (``jax.vmap(lambda i: jax.random.fold_in(seed_key, i))(indices)``). With per-sample keys,
+sample i depends on its own key only, not on the batch it is drawn in or the device count.
 """
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.typing import DTypeLike
 import numpy as np
+from jax.typing import DTypeLike
 
-from diffjax.diffusion import check_prediction_type
-from diffjax.schedules import DiffusionSchedule
+from diffjax import predictions
+from diffjax.processes import Marginal, check_process
 
 __all__ = [
     "Trajectory",
     "as_model_pytree",
-    "call_model",
     "check_common_args",
-    "check_defined_x0",
     "check_flag",
     "check_key",
+    "check_real",
     "constrain",
+    "denoise",
     "initial_state",
+    "sample_keys",
     "step_noise",
 ]
 
 
 class Trajectory(NamedTuple):
-    """The path of a sampler, one entry per model call (returned with ``return_trajectory``).
+    """The path of a sampler, one entry per step (returned with ``return_trajectory``).
 
     Attributes:
-      timesteps: int32 ``[S]``, the model's timestep at each call, in visiting order.
-      x_t: ``[S, B, ...]``, the state fed to the model at each call (``x_t[0]`` is x_T).
-      pred_x0: ``[S, B, ...]``, the x0-prediction made at each call (the last one, or a
-        solver's combination of the last ones, is the sample).
+      timesteps: ``[S]``, the process time at the start of each step (int32 for a schedule,
+        float32 for a continuous process), in visiting order.
+      x_t: ``[S, B, ...]``, the state at the start of each step (``x_t[0]`` is x_T).
+      pred_x0: ``[S, B, ...]``, the x0-prediction made there (the last one, or a solver's
+        combination of the last ones, is the sample for first-order samplers).
     """
 
     timesteps: jnp.ndarray
@@ -67,18 +74,46 @@ def check_flag(value: object, name: str) -> bool:
     return bool(value)
 
 
-def check_key(key: object) -> None:
-    """Raises ``TypeError`` unless ``key`` is one JAX PRNG key (typed, or legacy uint32[2])."""
+def check_real(value: object, name: str, low: float, high: float, hint: str = "") -> float:
+    """A Python float in [low, high], or ``TypeError`` / ``ValueError`` naming ``value``."""
+    try:
+        number = float(value)
+    except (TypeError, jax.errors.ConcretizationTypeError) as error:
+        raise TypeError(
+            f"{name} must be a real number in [{low:g}, {high:g}], got {value!r}."
+        ) from error
+    if isinstance(value, bool) or not low <= number <= high:
+        raise ValueError(f"{name} must be in [{low:g}, {high:g}]{hint}, got {value}.")
+    return number
+
+
+def check_key(key: object, batch_size: int | None = None) -> None:
+    """Raises ``TypeError`` unless ``key`` is one PRNG key (typed, or legacy uint32[2]) or a
+    ``[B]`` array of typed keys with B = ``batch_size``."""
     if isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
-        if key.shape == ():
+        if key.shape == () or (batch_size is not None and key.shape == (batch_size,)):
             return
     elif isinstance(key, (jax.Array, np.ndarray)) and key.dtype == np.uint32 and key.shape == (2,):
         return
     raise TypeError(
         "key must be a single JAX PRNG key (jax.random.key(seed), or a legacy "
-        f"jax.random.PRNGKey(seed) uint32[2]), got {type(key).__name__} "
+        "jax.random.PRNGKey(seed) uint32[2]) or one typed key per sample, shape [B] = "
+        f"[{batch_size}]; got {type(key).__name__} "
         f"{getattr(key, 'dtype', '')}{list(getattr(key, 'shape', ()))}."
     )
+
+
+def sample_keys(seed: int, first_index: int, count: int) -> jax.Array:
+    """Per-sample keys ``fold_in(key(seed), i)`` for i = first_index .. first_index + count - 1.
+
+    With these as a sampler's ``key``, sample i is the same whatever batch it is drawn in, on
+    any number of devices, and after a restart (DESIGN rule 4).
+
+    Returns:
+      ``[count]`` typed PRNG keys.
+    """
+    indices = jnp.arange(first_index, first_index + count, dtype=jnp.uint32)
+    return jax.vmap(lambda index: jax.random.fold_in(jax.random.key(seed), index))(indices)
 
 
 def _check_shape(shape) -> tuple[int, ...]:
@@ -127,9 +162,9 @@ def _check_sharding(out_sharding, shape: tuple[int, ...]) -> None:
 
 def check_common_args(
     model_fn: Callable,
-    schedule: DiffusionSchedule,
+    process: Any,
     shape: tuple[int, ...],
-    prediction_type: str,
+    key: Any,
     x_T: jnp.ndarray | None,
     dtype: DTypeLike,
     out_sharding: jax.sharding.Sharding | None,
@@ -140,38 +175,16 @@ def check_common_args(
       TypeError / ValueError: naming the bad value and what is expected.
     """
     model = as_model_pytree(model_fn)
-    if not isinstance(schedule, DiffusionSchedule):
-        raise TypeError(
-            f"schedule must be a diffjax DiffusionSchedule (get_schedule / make_schedule), "
-            f"got {type(schedule).__name__}."
-        )
+    check_process(process)
     shape = _check_shape(shape)
-    check_prediction_type(prediction_type)
+    if key is not None:
+        check_key(key, shape[0])
     _check_x_T(x_T, shape)
     dtype = jnp.dtype(dtype)
     if not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(f"dtype must be a floating-point dtype, got {dtype}.")
     _check_sharding(out_sharding, shape)
     return model, shape, dtype
-
-
-def check_defined_x0(
-    schedule: DiffusionSchedule, first_timestep: int, prediction_type: str
-) -> None:
-    """With alpha_t = 0 (zero terminal SNR) an eps-prediction carries no information on x0.
-
-    x0 = (x_t - sigma_t eps) / alpha_t is 0 / 0 there; only 'v' and 'x0' models can start at
-    such a t (Lin et al. 2024, Sec. 3.2). Checked only for a concrete schedule.
-    """
-    if prediction_type != "eps" or isinstance(schedule.alphas_cumprod, jax.core.Tracer):
-        return
-    # NumPy indexing: under an outer jit a jnp index of even a constant array is a tracer.
-    if np.asarray(schedule.alphas_cumprod)[first_timestep] == 0.0:
-        raise ValueError(
-            f"The schedule has zero SNR at t={first_timestep} (alphas_cumprod = 0), where an "
-            "'eps' prediction cannot recover x0; use prediction_type 'v' or 'x0' with "
-            "zero-terminal-SNR schedules."
-        )
 
 
 def constrain(x: jnp.ndarray, out_sharding: jax.sharding.Sharding | None) -> jnp.ndarray:
@@ -181,55 +194,94 @@ def constrain(x: jnp.ndarray, out_sharding: jax.sharding.Sharding | None) -> jnp
     return jax.lax.with_sharding_constraint(x, out_sharding)
 
 
+def _per_sample(key: jax.Array) -> bool:
+    return jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) and key.ndim == 1
+
+
 def initial_state(
     key: jax.Array,
     x_T: jnp.ndarray | None,
     shape: tuple[int, ...],
     dtype: DTypeLike,
     out_sharding: jax.sharding.Sharding | None,
+    scale: jnp.ndarray | float = 1.0,
 ) -> tuple[jnp.ndarray, jax.Array]:
-    """x_T (given, or drawn from N(0, I) with the first half of ``key``) and the noise key.
+    """x_T (given, or ``scale`` times N(0, I) drawn with the first half of ``key``) and the
+    noise key (per sample for per-sample keys).
 
     JAX's partitionable threefry makes the draw independent of how it is sharded, so the same
     key gives the same x_T on one device or many.
     """
-    init_key, noise_key = jax.random.split(key)
-    if x_T is None:
-        x_T = jax.random.normal(init_key, shape, dtype)
+    if _per_sample(key):
+        halves = jax.vmap(jax.random.split)(key)
+        init_key, noise_key = halves[:, 0], halves[:, 1]
+        if x_T is None:
+            x_T = scale * jax.vmap(lambda k: jax.random.normal(k, shape[1:], dtype))(init_key)
+    else:
+        init_key, noise_key = jax.random.split(key)
+        if x_T is None:
+            x_T = scale * jax.random.normal(init_key, shape, dtype)
     return constrain(x_T.astype(dtype), out_sharding), noise_key
 
 
 def step_noise(
     noise_key: jax.Array,
-    t: jnp.ndarray,
+    index: jnp.ndarray,
     shape: tuple[int, ...],
     dtype: DTypeLike,
     out_sharding: jax.sharding.Sharding | None,
 ) -> jnp.ndarray:
-    """Fresh N(0, I) noise for the step at model timestep ``t``: ``fold_in(noise_key, t)``.
+    """Fresh N(0, I) noise for one step: ``fold_in(noise_key, index)``.
 
-    Keying by the timestep (not the loop index) means every sampler that visits t draws the
-    same noise there, e.g. DDIM with eta = 1 and DDPM over the same timesteps.
+    ``index`` is the model timestep for a discrete schedule, so every sampler that visits t
+    draws the same noise there (DDIM with eta = 1 and DDPM over the same timesteps); for a
+    continuous process it is the step's number.
     """
-    return constrain(
-        jax.random.normal(jax.random.fold_in(noise_key, t), shape, dtype), out_sharding
-    )
+    if _per_sample(noise_key):
+        noise = jax.vmap(
+            lambda k: jax.random.normal(jax.random.fold_in(k, index), shape[1:], dtype)
+        )(noise_key)
+    else:
+        noise = jax.random.normal(jax.random.fold_in(noise_key, index), shape, dtype)
+    return constrain(noise, out_sharding)
 
 
-def call_model(
-    model: Callable, x_t: jnp.ndarray, t: jnp.ndarray
-) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """Calls ``model(x_t [B, ...], t int32 [B])`` for one scalar timestep ``t``.
+def denoise(
+    model: Callable,
+    prediction_type: str,
+    m: Marginal,
+    model_time: jnp.ndarray,
+    x: jnp.ndarray,
+    clip_x0: bool = False,
+) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+    """One model call at a grid point: ``(prediction, x0, eps)``, each ``[B, ...]``.
 
-    Returns:
-      ``(prediction [B, ...] in the dtype of x_t, t broadcast to int32 [B])``; a prediction of
-      the wrong shape raises ``ValueError`` while tracing, before anything is compiled.
+    The network sees ``x`` scaled as :func:`diffjax.predictions.input_scale` says and the
+    point's model time broadcast to ``[B]``. With ``clip_x0`` the x0-prediction is clipped to
+    [-1, 1] and eps re-derived from it, so the step stays on the line through x.
+
+    Args:
+      model: ``model(x_in [B, ...], t_in [B]) -> prediction``.
+      prediction_type: what the model predicts.
+      m: the marginal at the point (scalars, in the state's dtype).
+      model_time: the network's time input, a scalar.
+      x: the state ``[B, ...]``.
+      clip_x0: clip the x0-prediction.
+
+    Raises:
+      ValueError: the model returned another shape (raised while tracing).
     """
-    t_batch = jnp.full((x_t.shape[0],), t, dtype=jnp.int32)
-    prediction = model(x_t, t_batch)
-    if getattr(prediction, "shape", None) != x_t.shape:
+    scale = predictions.input_scale(prediction_type, m)
+    t_batch = jnp.full((x.shape[0],), model_time, dtype=jnp.asarray(model_time).dtype)
+    prediction = model(x if scale is None else x * scale, t_batch)
+    if getattr(prediction, "shape", None) != x.shape:
         raise ValueError(
             f"model_fn returned shape {getattr(prediction, 'shape', type(prediction))}; "
-            f"expected the shape of x_t, {x_t.shape}."
+            f"expected the shape of x_t, {x.shape}."
         )
-    return prediction.astype(x_t.dtype), t_batch
+    prediction = prediction.astype(x.dtype)
+    x0, eps = predictions.to_x0_eps(prediction_type, prediction, x, m)
+    if clip_x0:
+        x0 = jnp.clip(x0, -1.0, 1.0)
+        eps = (x - m.alpha * x0) / m.sigma
+    return prediction, x0, eps

@@ -1,121 +1,115 @@
-"""DDIM sampling and its deterministic inversion (Song et al. 2021, arXiv:2010.02502).
+"""DDIM sampling and its deterministic inversion (Song et al. 2021, arXiv:2010.02502), for any
+process.
 
-Notation: code ``alphas_cumprod[t]`` is the DDIM paper's alpha_t (= abar_t of DDPM);
-``alpha``/``sigma`` are the marginal's sqrt(abar_t) and sqrt(1 - abar_t). One step from t to
-the next grid point s < t is eq. 12 with the noise scale of eq. 16:
+One step from the current grid point to the next is eq. 12 with the noise scale of eq. 16
+(:func:`~diffjax.samplers.steps.ddim_step`, :func:`~diffjax.samplers.steps.ddim_noise_scale`):
 
-    x_s = sqrt(abar_s) x0_hat + sqrt(1 - abar_s - sigma_ts^2) eps_hat + sigma_ts z,
-    sigma_ts = eta sqrt((1 - abar_s) / (1 - abar_t)) sqrt(1 - abar_t / abar_s),
+    x_next = alpha_next x0_hat + sqrt(sigma_next^2 - sigma_ts^2) eps_hat + sigma_ts z,
 
-with abar_s = 1 after the last grid point, so the output is the last x0-prediction. eta = 0 is
-the deterministic DDIM (an Euler step of the probability-flow ODE in (x / alpha, sigma / alpha),
-Song et al. 2021, eq. 14); eta = 1 over all T steps is DDPM's ancestral chain with the
-posterior ("fixed-small") variance, and it draws the same noise as :func:`ddpm_sample`.
+written in alpha and sigma of both ends, with (alpha, sigma) = (1, 0) after the last grid point,
+so the output is the last x0-prediction. eta = 0 is the deterministic DDIM (an Euler step of the
+probability-flow ODE in (x / alpha, sigma / alpha), eq. 14; on rectified flow with a uniform
+grid it is exactly the flow's Euler sampler); eta = 1 over all T steps of a schedule is DDPM's
+ancestral chain with the posterior ("fixed-small") variance, and it draws the same noise as
+:func:`~diffjax.samplers.ddpm_sample`. The noise scales are computed in float64 on the grid.
+
+Grids: a schedule's timesteps by ``spacing`` (:func:`~diffjax.samplers.spaced_timesteps`); a
+continuous process's times uniform from ``t_max`` to 1/S of it, like 'trailing'.
 """
 
 from __future__ import annotations
 
-import functools
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import DTypeLike
 
-from diffjax.diffusion import alpha_sigma, eps_from_x0, predict_x0_and_eps, x0_from_eps
-from diffjax.samplers.common import (
-    Trajectory,
-    call_model,
-    check_common_args,
-    check_defined_x0,
-    check_flag,
-    check_key,
-    constrain,
-    initial_state,
-    step_noise,
-)
+from diffjax import predictions
+from diffjax.processes import check_process, is_discrete
+from diffjax.samplers.common import check_common_args, check_real
+from diffjax.samplers.grids import check_defined_start, make_grid, uniform_times
+from diffjax.samplers.runner import Plan, run_plan
+from diffjax.samplers.steps import ddim_noise_scale, ddim_step
 from diffjax.samplers.timesteps import spaced_timesteps
-from diffjax.schedules import DiffusionSchedule
 
-__all__ = ["ddim_invert", "ddim_sample"]
+__all__ = ["CONTINUOUS_SPACINGS", "ddim_invert", "ddim_plan", "ddim_sample"]
 
-
-def _check_eta(eta) -> float:
-    try:
-        value = float(eta)
-    except (TypeError, jax.errors.ConcretizationTypeError) as error:
-        raise TypeError(f"eta must be a real number in [0, 1], got {eta!r}.") from error
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"eta must be in [0, 1] (0: deterministic DDIM, 1: DDPM-like), got {eta}.")
-    return value
+CONTINUOUS_SPACINGS: tuple[str, ...] = ("uniform",)
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=(
-        "shape",
-        "dtype",
-        "prediction_type",
-        "clip_x0",
-        "stochastic",
-        "return_trajectory",
-        "out_sharding",
-    ),
-)
-def _ddim_loop(
-    model,
-    schedule,
-    key,
-    x_T,
-    timesteps,
-    alphas_cumprod_next,
-    eta,
-    *,
-    shape,
-    dtype,
-    prediction_type,
-    clip_x0,
-    stochastic,
-    return_trajectory,
-    out_sharding,
-):
-    x, noise_key = initial_state(key, x_T, shape, dtype, out_sharding)
+def _ddim_body(model, process, x, carry, step, noise_key, settings, options):
+    _, x0, eps = settings.denoise(model, step.current, x)
+    noise = settings.noise(noise_key, step) if settings.static["stochastic"] else None
+    nxt = step.next.marginal
+    return (
+        ddim_step(x0, eps, nxt.alpha, nxt.sigma, step.coefficients["noise_scale"], noise),
+        carry,
+        x0,
+    )
 
-    def step(x, inputs):
-        t, abar_next = inputs
-        prediction, t_batch = call_model(model, x, t)
-        alpha, sigma = alpha_sigma(schedule, t_batch, x.ndim, dtype)
-        x0, eps = predict_x0_and_eps(prediction, x, alpha, sigma, prediction_type)
-        if clip_x0:
-            # Re-derive eps from the clipped x0 so the step stays on the line through x_t.
-            x0 = jnp.clip(x0, -1.0, 1.0)
-            eps = eps_from_x0(x, x0, alpha, sigma)
-        abar = schedule.alphas_cumprod[t]
-        noise_scale = eta * jnp.sqrt((1.0 - abar_next) / (1.0 - abar) * (1.0 - abar / abar_next))
-        # Rounding can make 1 - abar_s - sigma_ts^2 a hair negative when eta = 1 and s = t - 1.
-        direction = jnp.sqrt(jnp.maximum(1.0 - abar_next - noise_scale**2, 0.0))
-        x_next = jnp.sqrt(abar_next).astype(dtype) * x0 + direction.astype(dtype) * eps
-        if stochastic:
-            x_next = x_next + noise_scale.astype(dtype) * step_noise(
-                noise_key, t, shape, dtype, out_sharding
+
+def _grid_times(
+    process: Any, num_steps: int, spacing: str | None, t_max: float | None
+) -> np.ndarray:
+    if is_discrete(process):
+        if t_max is not None:
+            raise ValueError(
+                "t_max is for continuous processes; a schedule's grid is set by spacing."
             )
-        return constrain(x_next, out_sharding), (x, x0) if return_trajectory else None
+        return spaced_timesteps(process.num_timesteps, num_steps, spacing or "leading")
+    spacing = spacing or "uniform"
+    if spacing not in CONTINUOUS_SPACINGS:
+        raise ValueError(
+            f"Unknown spacing {spacing!r} for a continuous process; expected one of "
+            f"{CONTINUOUS_SPACINGS}."
+        )
+    t_max = 1.0 if t_max is None else check_real(t_max, "t_max", 0.0, 1.0)
+    if t_max == 0.0:
+        raise ValueError("t_max must be > 0.")
+    return uniform_times(num_steps, t_max=t_max)
 
-    x, history = jax.lax.scan(step, x, (timesteps, alphas_cumprod_next))
-    if return_trajectory:
-        return x, Trajectory(timesteps, *history)
-    return x
+
+def ddim_plan(
+    process: Any,
+    *,
+    num_steps: int = 50,
+    eta: float = 0.0,
+    spacing: str | None = None,
+    t_max: float | None = None,
+    prediction_type: str = "eps",
+) -> Plan:
+    """Checks DDIM's options and builds its grid (see :func:`ddim_sample`)."""
+    check_process(process)
+    predictions.check_prediction_supported(prediction_type, process)
+    eta = check_real(eta, "eta", 0.0, 1.0, " (0: deterministic DDIM, 1: DDPM-like)")
+    grid = make_grid(process, _grid_times(process, num_steps, spacing, t_max))
+    check_defined_start(grid, prediction_type, process)
+    alpha, sigma = np.float64(grid.alpha), np.float64(grid.sigma)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        noise_scale = ddim_noise_scale(alpha[:-1], sigma[:-1], alpha[1:], sigma[1:], eta, np)
+    return Plan(
+        body=_ddim_body,
+        grid=grid,
+        coefficients=dict(noise_scale=np.nan_to_num(noise_scale)),
+        prediction_type=prediction_type,
+        variance_preserving=is_discrete(process) or process.variance_preserving,
+        start_scale=1.0 if is_discrete(process) else float(grid.sigma[0]),
+        static=(("stochastic", eta > 0.0),),
+    )
 
 
 def ddim_sample(
     model_fn: Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray],
-    schedule: DiffusionSchedule,
+    process: Any,
     key: jax.Array,
     shape: tuple[int, ...],
     *,
     num_steps: int = 50,
     eta: float = 0.0,
-    spacing: str = "leading",
+    spacing: str | None = None,
+    t_max: float | None = None,
     prediction_type: str = "eps",
     clip_x0: bool = False,
     x_T: jnp.ndarray | None = None,
@@ -123,23 +117,27 @@ def ddim_sample(
     dtype: DTypeLike = jnp.float32,
     out_sharding: jax.sharding.Sharding | None = None,
 ):
-    """DDIM sampling (Song et al. 2021, eqs. 12 and 16) as one ``lax.scan`` over S timesteps.
+    """DDIM sampling (Song et al. 2021, eqs. 12 and 16) as one ``lax.scan`` over S points.
 
     Args:
-      model_fn: ``model_fn(x_t [B, ...], t int32 [B]) -> prediction [B, ...]`` of type
+      model_fn: ``model_fn(x_in [B, ...], t_in [B]) -> prediction [B, ...]`` of type
         ``prediction_type``. A :class:`jax.tree_util.Partial` whose bound arguments are the
         params avoids a recompile when the params change.
-      schedule: the discrete schedule the model was trained with (T steps).
-      key: PRNG key; split into the key of x_T and the key of the per-step noise (eta > 0).
+      process: the schedule (T steps) or continuous process the model was trained with.
+      key: PRNG key (or ``[B]`` per-sample keys); split into the key of x_T and the key of the
+        per-step noise (eta > 0).
       shape: ``(B, ...)`` of the samples, e.g. ``(16, 32, 32, 3)``.
-      num_steps: S, 1 <= S <= T: the number of model calls.
+      num_steps: S: the number of model calls (1 <= S <= T for a schedule).
       eta: 0 (deterministic) to 1 (ancestral): the scale of the fresh noise of eq. 16.
-      spacing: ``'leading' | 'trailing' | 'linspace'`` (:func:`spaced_timesteps`); use
-        ``'trailing'`` with zero-terminal-SNR schedules so the first step is at t = T-1.
-      prediction_type: ``'eps' | 'x0' | 'v'``.
+      spacing: for a schedule ``'leading'`` (default) ``| 'trailing' | 'linspace'``
+        (:func:`spaced_timesteps`; use ``'trailing'`` with zero terminal SNR so the first step
+        is at t = T-1); for a continuous process ``'uniform'`` (default).
+      t_max: the first time of a continuous grid (default 1); below 1 for 'eps' models of
+        processes with alpha(1) = 0.
+      prediction_type: what the model predicts (:data:`~diffjax.predictions.PREDICTION_TYPES`).
       clip_x0: clip each x0-prediction to [-1, 1] (for data scaled to that range).
       x_T: optional start ``[B, ...]`` (for interpolation, inversion, reproducibility);
-        drawn from N(0, I) with ``key`` when None.
+        drawn with ``key`` when None: N(0, I) for a schedule, sigma(t_max) N(0, I) otherwise.
       return_trajectory: also return a :class:`Trajectory`.
       dtype: dtype of the state (float32, or bfloat16 for speed).
       out_sharding: optional sharding of ``[B, ...]`` (e.g. ``NamedSharding(mesh, P('data'))``)
@@ -151,104 +149,72 @@ def ddim_sample(
     Raises:
       ValueError / TypeError: for a bad argument, before anything is compiled.
     """
-    model, shape, dtype = check_common_args(
-        model_fn, schedule, shape, prediction_type, x_T, dtype, out_sharding
-    )
-    check_key(key)
-    eta = _check_eta(eta)
-    clip_x0 = check_flag(clip_x0, "clip_x0")
-    return_trajectory = check_flag(return_trajectory, "return_trajectory")
-    timesteps = spaced_timesteps(schedule.num_timesteps, num_steps, spacing)
-    check_defined_x0(schedule, int(timesteps[0]), prediction_type)
-    alphas_cumprod = schedule.alphas_cumprod
-    alphas_cumprod_next = jnp.concatenate(
-        [alphas_cumprod[timesteps[1:]], jnp.ones((1,), alphas_cumprod.dtype)]
-    )
-    return _ddim_loop(
-        model,
-        schedule,
-        key,
-        x_T,
-        jnp.asarray(timesteps),
-        alphas_cumprod_next,
-        jnp.float32(eta),
-        shape=shape,
-        dtype=dtype,
+    plan = ddim_plan(
+        process, num_steps=num_steps, eta=eta, spacing=spacing, t_max=t_max,
         prediction_type=prediction_type,
-        clip_x0=clip_x0,
-        stochastic=eta > 0.0,
-        return_trajectory=return_trajectory,
-        out_sharding=out_sharding,
-    )
+    )  # fmt: skip
+    return run_plan(
+        plan, model_fn, process, key, shape, clip_x0=clip_x0, x_T=x_T,
+        return_trajectory=return_trajectory, dtype=dtype, out_sharding=out_sharding,
+    )  # fmt: skip
 
 
-@functools.partial(jax.jit, static_argnames=("prediction_type", "out_sharding"))
-def _invert_loop(
-    model, schedule, x0, timesteps, alphas_cumprod_current, *, prediction_type, out_sharding
-):
-    def step(x, inputs):
-        t, abar_current = inputs
-        prediction, t_batch = call_model(model, x, t)
-        alpha, sigma = alpha_sigma(schedule, t_batch, x.ndim, x.dtype)
-        _, eps = predict_x0_and_eps(prediction, x, alpha, sigma, prediction_type)
-        x0_hat = x0_from_eps(
-            x,
-            eps,
-            jnp.sqrt(abar_current).astype(x.dtype),
-            jnp.sqrt(1.0 - abar_current).astype(x.dtype),
-        )
-        return constrain(alpha * x0_hat + sigma * eps, out_sharding), None
-
-    x, _ = jax.lax.scan(step, constrain(x0, out_sharding), (timesteps, alphas_cumprod_current))
-    return x
+def _invert_body(model, process, x, carry, step, noise_key, settings, options):
+    # The model is told the level t it steps to (step.current), at the state it starts from.
+    _, _, eps = settings.denoise(model, step.current, x)
+    here = step.coefficients
+    x0_hat = (x - here["sigma_from"] * eps) / here["alpha_from"]
+    target = step.current.marginal
+    return target.alpha * x0_hat + target.sigma * eps, carry, x0_hat
 
 
 def ddim_invert(
     model_fn: Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray],
-    schedule: DiffusionSchedule,
+    process: Any,
     x0: jnp.ndarray,
     *,
     num_steps: int = 50,
-    spacing: str = "leading",
+    spacing: str | None = None,
     prediction_type: str = "eps",
     out_sharding: jax.sharding.Sharding | None = None,
 ) -> jnp.ndarray:
     """Deterministic DDIM inversion x0 -> x_T: eta = 0 DDIM run backwards over the same grid.
 
-    Each step goes from the current grid level up to the next timestep t (ascending), holding
-    the eps-prediction made at the state it starts from with the model told timestep t
-    (the step of :func:`ddim_sample` at t, mirrored; Song et al. 2021, Sec. 4.3 / eq. 14
-    integrated the other way). Sampling from the result with the same grid, eta = 0, returns
-    ``x0`` up to the ODE discretisation error.
+    Each step goes from the current level up to the next grid time t (ascending), holding
+    the eps-prediction made at the state it starts from with the model told time t (the step of
+    :func:`ddim_sample` at t, mirrored; Song et al. 2021, Sec. 4.3 / eq. 14 integrated the
+    other way). Sampling from the result with the same grid, eta = 0, returns ``x0`` up to the
+    ODE discretisation error.
 
     Args:
-      model_fn: ``model_fn(x_t [B, ...], t int32 [B]) -> prediction``.
-      schedule: the discrete schedule.
+      model_fn: ``model_fn(x_in [B, ...], t_in [B]) -> prediction``.
+      process: the schedule or continuous process.
       x0: data ``[B, ...]`` (floating point).
       num_steps: S, the number of model calls (as in :func:`ddim_sample`).
-      spacing: ``'leading' | 'trailing' | 'linspace'``.
-      prediction_type: ``'eps' | 'x0' | 'v'``.
+      spacing: as in :func:`ddim_sample`.
+      prediction_type: what the model predicts.
       out_sharding: optional sharding of ``[B, ...]``.
 
     Returns:
-      x_T ``[B, ...]`` at the first timestep of the sampling grid, in the dtype of ``x0``.
+      x_T ``[B, ...]`` at the first time of the sampling grid, in the dtype of ``x0``.
     """
     dtype = getattr(x0, "dtype", None)
     if not hasattr(x0, "shape") or dtype is None or not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(f"x0 must be a floating-point array [B, ...], got {x0!r:.80}.")
-    model, _, _ = check_common_args(
-        model_fn, schedule, x0.shape, prediction_type, None, x0.dtype, out_sharding
-    )
-    ascending = spaced_timesteps(schedule.num_timesteps, num_steps, spacing)[::-1].copy()
-    alphas_cumprod_current = jnp.concatenate(
-        [jnp.ones((1,), schedule.alphas_cumprod.dtype), schedule.alphas_cumprod[ascending[:-1]]]
-    )
-    return _invert_loop(
-        model,
-        schedule,
-        jnp.asarray(x0),
-        jnp.asarray(ascending),
-        alphas_cumprod_current,
+    check_common_args(model_fn, process, x0.shape, None, None, x0.dtype, out_sharding)
+    predictions.check_prediction_supported(prediction_type, process)
+    ascending = _grid_times(process, num_steps, spacing, None)[::-1].copy()
+    grid = make_grid(process, ascending)
+    alpha_from = np.concatenate([[1.0], grid.alpha[:-2]])
+    sigma_from = np.concatenate([[0.0], grid.sigma[:-2]])
+    plan = Plan(
+        body=_invert_body,
+        grid=grid,
+        coefficients=dict(alpha_from=alpha_from, sigma_from=sigma_from),
         prediction_type=prediction_type,
-        out_sharding=out_sharding,
+        variance_preserving=is_discrete(process) or process.variance_preserving,
     )
+    return run_plan(
+        plan, model_fn, process, jax.random.key(0), x0.shape, x_T=jnp.asarray(x0),
+        dtype=x0.dtype, out_sharding=out_sharding,
+    )  # fmt: skip

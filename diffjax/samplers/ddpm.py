@@ -1,44 +1,51 @@
 """DDPM ancestral sampling (Ho et al. 2020, arXiv:2006.11239, Algorithm 2), over all T steps or
 a respaced subset of them (Nichol & Dhariwal 2021, arXiv:2102.09672, Sec. 4).
 
-Each step draws x_{t-1} ~ p(x_{t-1} | x_t) = N(mu~_t(x_t, x0_hat), v_t I) with
-:func:`diffjax.p_mean_variance`: the posterior mean at the model's x0-prediction and the
-fixed-small (beta~_t) or fixed-large (beta_t) variance; no noise is added at the last step, so
-the sample is the posterior mean there, i.e. the last x0-prediction.
+Each step draws x_{t-1} ~ p(x_{t-1} | x_t) = N(mu~_t(x_t, x0_hat), v_t I): the posterior mean
+at the model's x0-prediction and the fixed-small (beta~_t) or fixed-large (beta_t) variance of
+:func:`diffjax.p_mean_variance`; no noise is added at the last step, so the sample is the
+posterior mean there, i.e. the last x0-prediction.
 
 A subset t_S > ... > t_1 of the timesteps is a shorter Markov chain with
 abar'_i = abar_{t_i}: :func:`respace_schedule` builds its betas,
 beta'_i = 1 - abar'_i / abar'_{i-1},
-and the same :func:`~diffjax.p_mean_variance` runs on that schedule while the model is called
-with the original t_i.
+and the chain's constants are read at its index i while the model is called with the original
+t_i. DDPM is the discrete chain's sampler; on a continuous process, DDIM with eta = 1 is the
+same ancestral step (:func:`diffjax.samplers.ddim_sample`).
 """
 
 from __future__ import annotations
 
-import functools
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-from jax.typing import DTypeLike
 import numpy as np
+from jax.typing import DTypeLike
 
-from diffjax.diffusion import VARIANCE_TYPES, p_mean_variance
-from diffjax.samplers.common import (
-    Trajectory,
-    call_model,
-    check_common_args,
-    check_defined_x0,
-    check_flag,
-    check_key,
-    constrain,
-    initial_state,
-    step_noise,
-)
+from diffjax import predictions
+from diffjax.diffusion import VARIANCE_TYPES
+from diffjax.processes import check_process, is_discrete
+from diffjax.samplers.grids import Grid, check_defined_start
+from diffjax.samplers.runner import Plan, run_plan
 from diffjax.samplers.timesteps import check_num_steps, concrete_schedule_array, spaced_timesteps
-from diffjax.schedules import DiffusionSchedule, make_schedule
+from diffjax.schedules import DiffusionSchedule, make_schedule, schedule_constants
 
-__all__ = ["ddpm_sample", "respace_schedule"]
+__all__ = ["ddpm_plan", "ddpm_sample", "respace_schedule"]
+
+
+def _respaced_betas(schedule: DiffusionSchedule, timesteps: np.ndarray) -> np.ndarray:
+    alphas_cumprod = concrete_schedule_array(schedule.alphas_cumprod, "respace_schedule")
+    ascending = np.sort(np.asarray(timesteps))
+    if ascending.size == 0 or len(np.unique(ascending)) != ascending.size:
+        raise ValueError(f"timesteps must be distinct and non-empty, got {timesteps!r}.")
+    if ascending[0] < 0 or ascending[-1] >= alphas_cumprod.shape[0]:
+        raise ValueError(
+            f"timesteps must lie in [0, {alphas_cumprod.shape[0]}), got [{ascending[0]}, "
+            f"{ascending[-1]}]."
+        )
+    subset = alphas_cumprod[ascending]
+    return 1.0 - subset / np.concatenate([[1.0], subset[:-1]])
 
 
 def respace_schedule(schedule: DiffusionSchedule, timesteps: np.ndarray) -> DiffusionSchedule:
@@ -54,66 +61,82 @@ def respace_schedule(schedule: DiffusionSchedule, timesteps: np.ndarray) -> Diff
     Returns:
       A :class:`DiffusionSchedule` with S steps; its index i stands for original timestep t_i.
     """
-    alphas_cumprod = concrete_schedule_array(schedule.alphas_cumprod, "respace_schedule")
-    ascending = np.sort(np.asarray(timesteps))
-    if ascending.size == 0 or len(np.unique(ascending)) != ascending.size:
-        raise ValueError(f"timesteps must be distinct and non-empty, got {timesteps!r}.")
-    if ascending[0] < 0 or ascending[-1] >= alphas_cumprod.shape[0]:
-        raise ValueError(
-            f"timesteps must lie in [0, {alphas_cumprod.shape[0]}), got [{ascending[0]}, "
-            f"{ascending[-1]}]."
-        )
-    subset = alphas_cumprod[ascending]
-    return make_schedule(1.0 - subset / np.concatenate([[1.0], subset[:-1]]))
+    return make_schedule(_respaced_betas(schedule, timesteps))
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=(
-        "shape",
-        "dtype",
-        "prediction_type",
-        "variance",
-        "clip_x0",
-        "return_trajectory",
-        "out_sharding",
-    ),
-)
-def _ddpm_loop(
-    model,
-    chain_schedule,
-    key,
-    x_T,
-    model_timesteps,
+def _ddpm_body(model, process, x, carry, step, noise_key, settings, options):
+    _, x0, _ = settings.denoise(model, step.current, x)
+    coefficients = step.coefficients
+    mean = coefficients["coef_x0"] * x0 + coefficients["coef_x"] * x
+    noise = settings.noise(noise_key, step)
+    # Algorithm 2, line 4: z = 0 at the last step.
+    noise_scale = jnp.where(step.next.marginal.sigma > 0, jnp.sqrt(coefficients["variance"]), 0.0)
+    return mean + noise_scale * noise, carry, x0
+
+
+def ddpm_plan(
+    process: Any,
     *,
-    shape,
-    dtype,
-    prediction_type,
-    variance,
-    clip_x0,
-    return_trajectory,
-    out_sharding,
-):
-    x, noise_key = initial_state(key, x_T, shape, dtype, out_sharding)
-    chain_indices = jnp.arange(model_timesteps.shape[0] - 1, -1, -1, dtype=jnp.int32)
-
-    def step(x, inputs):
-        index, t = inputs
-        prediction, _ = call_model(model, x, t)
-        index_batch = jnp.full((shape[0],), index, dtype=jnp.int32)
-        posterior = p_mean_variance(
-            chain_schedule, prediction, x, index_batch, prediction_type, variance, clip_x0
+    prediction_type: str = "eps",
+    variance: str = "small",
+    num_steps: int | None = None,
+    spacing: str = "linspace",
+) -> Plan:
+    """Checks DDPM's options and builds its chain (see :func:`ddpm_sample`)."""
+    check_process(process)
+    if not is_discrete(process):
+        raise ValueError(
+            f"ddpm is the discrete chain's ancestral sampler; for the continuous process "
+            f"{process.name!r} use 'ddim' with eta=1 (the same ancestral step)."
         )
-        noise = step_noise(noise_key, t, shape, dtype, out_sharding)
-        # Algorithm 2, line 4: z = 0 at the last step.
-        noise_scale = jnp.where(index > 0, jnp.sqrt(posterior.variance), 0.0)
-        x_next = constrain(posterior.mean + noise_scale * noise, out_sharding)
-        return x_next, (x, posterior.pred_x0) if return_trajectory else None
-
-    x, history = jax.lax.scan(step, x, (chain_indices, model_timesteps))
-    if return_trajectory:
-        return x, Trajectory(model_timesteps, *history)
-    return x
+    predictions.check_prediction_supported(prediction_type, process)
+    if variance not in VARIANCE_TYPES:
+        raise ValueError(f"Unknown variance {variance!r}; expected one of {VARIANCE_TYPES}.")
+    num_timesteps = process.num_timesteps
+    num_steps = check_num_steps(num_timesteps if num_steps is None else num_steps, num_timesteps)
+    timesteps = spaced_timesteps(num_timesteps, num_steps, spacing)
+    # The chain's constants as float32, exactly the values a DiffusionSchedule of it holds.
+    if num_steps == num_timesteps:
+        chain = {
+            name: concrete_schedule_array(getattr(process, name), "ddpm_sample")
+            for name in DiffusionSchedule._fields
+        }
+    else:
+        constants = schedule_constants(_respaced_betas(process, timesteps))
+        chain = {name: np.float64(np.float32(value)) for name, value in constants.items()}
+    chain_index = np.arange(num_steps - 1, -1, -1)
+    if variance == "small":
+        variances = chain["posterior_variance"]
+    elif num_steps == 1:
+        variances = chain["betas"]
+    else:
+        # beta_t, with beta~_1 at t = 0 so the log stays finite (Ho et al. 2020, Sec. 3.2).
+        variances = np.concatenate([chain["posterior_variance"][1:2], chain["betas"][1:]])
+    # The chain's own marginal (its alpha at index i is abar_{t_i} through float64 respacing);
+    # the model is called with the original t_i, and the noise keyed by it.
+    grid = Grid(
+        time=np.concatenate([timesteps, [0]]).astype(np.int32),
+        model_time=np.concatenate([timesteps, [0]]).astype(np.int32),
+        alpha=np.concatenate([chain["sqrt_alphas_cumprod"][chain_index], [1.0]]).astype(np.float32),
+        sigma=np.concatenate([chain["sqrt_one_minus_alphas_cumprod"][chain_index], [0.0]]).astype(
+            np.float32
+        ),
+        d_alpha=None,
+        d_sigma=None,
+        noise_index=timesteps.astype(np.int32),
+    )
+    check_defined_start(grid, prediction_type, process)
+    return Plan(
+        body=_ddpm_body,
+        grid=grid,
+        coefficients=dict(
+            coef_x0=chain["posterior_mean_coef1"][chain_index],
+            coef_x=chain["posterior_mean_coef2"][chain_index],
+            variance=variances[chain_index],
+        ),
+        prediction_type=prediction_type,
+        variance_preserving=True,
+    )
 
 
 def ddpm_sample(
@@ -139,9 +162,10 @@ def ddpm_sample(
         ``prediction_type`` (a :class:`jax.tree_util.Partial` over the params avoids
         recompiling when they change).
       schedule: the discrete schedule the model was trained with (T steps).
-      key: PRNG key; split into the key of x_T and the key of the per-step noise.
+      key: PRNG key (or ``[B]`` per-sample keys); split into the key of x_T and the key of the
+        per-step noise.
       shape: ``(B, ...)`` of the samples.
-      prediction_type: ``'eps' | 'x0' | 'v'``.
+      prediction_type: ``'eps' | 'x0' | 'v' | 'edm'``.
       variance: ``'small'`` (posterior beta~_t) or ``'large'`` (beta_t): Ho et al. Sec. 3.2.
       clip_x0: clip the x0-prediction to [-1, 1] before forming the posterior mean.
       num_steps: None for all T steps, else a respaced chain of S <= T steps
@@ -159,34 +183,11 @@ def ddpm_sample(
     Raises:
       ValueError / TypeError: for a bad argument, before anything is compiled.
     """
-    model, shape, dtype = check_common_args(
-        model_fn, schedule, shape, prediction_type, x_T, dtype, out_sharding
-    )
-    check_key(key)
-    if variance not in VARIANCE_TYPES:
-        raise ValueError(f"Unknown variance {variance!r}; expected one of {VARIANCE_TYPES}.")
-    clip_x0 = check_flag(clip_x0, "clip_x0")
-    return_trajectory = check_flag(return_trajectory, "return_trajectory")
-    num_timesteps = schedule.num_timesteps
-    if num_steps is None:
-        num_steps = num_timesteps
-    num_steps = check_num_steps(num_steps, num_timesteps)
-    timesteps = spaced_timesteps(num_timesteps, num_steps, spacing)
-    check_defined_x0(schedule, int(timesteps[0]), prediction_type)
-    chain_schedule = (
-        schedule if num_steps == num_timesteps else respace_schedule(schedule, timesteps)
-    )
-    return _ddpm_loop(
-        model,
-        chain_schedule,
-        key,
-        x_T,
-        jnp.asarray(timesteps),
-        shape=shape,
-        dtype=dtype,
-        prediction_type=prediction_type,
-        variance=variance,
-        clip_x0=clip_x0,
-        return_trajectory=return_trajectory,
-        out_sharding=out_sharding,
-    )
+    plan = ddpm_plan(
+        schedule, prediction_type=prediction_type, variance=variance, num_steps=num_steps,
+        spacing=spacing,
+    )  # fmt: skip
+    return run_plan(
+        plan, model_fn, schedule, key, shape, clip_x0=clip_x0, x_T=x_T,
+        return_trajectory=return_trajectory, dtype=dtype, out_sharding=out_sharding,
+    )  # fmt: skip
