@@ -49,8 +49,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.num_threads = 4
     config.data.prefetch_batches = 4
 
-    # The UNet of diffjax.models.UNet; these are DDPM's CIFAR-10 values (35.7M parameters).
+    # The network, by name in diffjax.models.MODELS; the other keys are that network's (these
+    # are the UNet's: DDPM's CIFAR-10 values, 35.7M parameters).
     config.model = ml_collections.ConfigDict()
+    config.model.name = "unet"
     config.model.base_channels = 128
     config.model.channel_mults = (1, 2, 2, 2)
     config.model.num_res_blocks = 2
@@ -67,18 +69,32 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.remat = False
 
     config.diffusion = ml_collections.ConfigDict()
-    # 'linear' (DDPM), 'cosine' (Nichol & Dhariwal 2021), 'scaled_linear', 'sigmoid'.
+    # The noise process x_t = alpha(t) x_0 + sigma(t) eps: 'discrete' (the schedule below, int t
+    # in [0, T)) or a continuous one (float t in [0, 1]): 'vp_linear', 'vp_cosine', 've',
+    # 'edm', 'rectified_flow' (diffjax.processes).
+    config.diffusion.process = "discrete"
+    # A continuous process's parameters, e.g. {'sigma_max': 80.0} for 'edm'; empty: defaults.
+    config.diffusion.process_options = ml_collections.ConfigDict()
+    # The discrete process: 'linear' (DDPM), 'cosine' (Nichol & Dhariwal 2021), 'scaled_linear',
+    # 'sigmoid'.
     config.diffusion.schedule = "linear"
     config.diffusion.num_timesteps = 1000
     # Rescale the schedule to zero terminal SNR (Lin et al. 2024); pair with 'v' prediction.
     config.diffusion.zero_terminal_snr = False
-    # What the network predicts: 'eps', 'x0' or 'v'.
+    # What the network predicts: 'eps', 'x0', 'v', 'flow' (the velocity; continuous processes)
+    # or 'edm' (EDM's preconditioned F).
     config.diffusion.prediction_type = "eps"
-    # 'uniform' (DDPM's simple loss) or 'min_snr' (Hang et al. 2023, gamma below).
+    # 'uniform' (the plain regression, DDPM's simple loss), 'min_snr' (Hang et al. 2023, gamma
+    # below), 'edm' (Karras et al. 2022) or 'rectified_flow' (SD3's w^RF).
     config.diffusion.loss_weighting = "uniform"
     config.diffusion.min_snr_gamma = 5.0
     # Per-channel offset noise scale (Guttenberg 2023); 0 disables it.
     config.diffusion.offset_noise = 0.0
+    # Training times of a continuous process: 'uniform' (on [1e-5, 1]), 'logit_normal' and
+    # 'mode' (SD3), 'edm_lognormal' (EDM's noise levels); a discrete schedule uses 'uniform'.
+    config.diffusion.time_sampler = "uniform"
+    # Its options, e.g. {'mean': 0.0, 'std': 1.0, 'shift': 3.0} for 'logit_normal'.
+    config.diffusion.time_sampler_options = ml_collections.ConfigDict()
 
     config.optim = ml_collections.ConfigDict()
     config.optim.learning_rate = 2e-4
@@ -116,11 +132,13 @@ def get_config() -> ml_collections.ConfigDict:
     config.sampling.every_steps = 20_000
     # Images per grid; 0 disables the grids.
     config.sampling.num_samples = 64
-    # 'ddpm' (ancestral, all timesteps), 'ddim' or 'dpm_solver' (num_steps steps).
+    # Any of diffjax.samplers.SAMPLER_NAMES: 'ddpm', 'ddim', 'dpm_solver', 'euler', 'heun',
+    # 'flow_euler', 'flow_midpoint', 'flow_heun'.
     config.sampling.sampler = "ddim"
     config.sampling.num_steps = 100
-    # DDIM's eta: 0 deterministic, 1 DDPM-like noise.
-    config.sampling.eta = 0.0
+    # That sampler's own options, checked against it before training starts, e.g.
+    # {'eta': 1.0} for DDIM or {'s_churn': 10.0} for 'heun'; empty: its defaults.
+    config.sampling.options = ml_collections.ConfigDict()
     # Classifier-free guidance weight; 1.0 means no guidance.
     config.sampling.guidance_scale = 1.0
     config.sampling.clip_x0 = True

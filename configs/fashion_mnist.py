@@ -10,7 +10,7 @@ Adam at 1e-3 with 200 warm-up steps, batch 64, EMA 0.999, 1000 steps (1.1 epochs
 
 Expected on a 2-core x86 CPU: about 11 minutes. Measured on an idle 2-core VM with
 `python -m diffjax.train`, which sets the CPU convolution flag and one JAX device per core
-(diffjax/xla_cpu.py): about 107 images/s, 10.6 min for the 1000 steps including two sample
+(diffjax/cli.py): about 107 images/s, 10.6 min for the 1000 steps including two sample
 grids and two held-out evaluations; the loss fell from 1.0 to 0.076, and the held-out loss of
 the EMA weights was 0.076 at step 500 and 0.070 at step 1000. The EMA grid at the end
 (runs/fmnist/samples/step_0001000.png, 64 DDIM samples in 50 steps) should show recognisable

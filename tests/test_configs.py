@@ -14,8 +14,10 @@ from diffjax.training.config_validation import (
     RESUME_KEYS,
     ConfigError,
     ConfigTypeError,
+    config_schema,
     config_to_dict,
     resume_conflicts,
+    upgrade_config,
     validate_config,
 )
 
@@ -34,6 +36,18 @@ def schema_keys(schema, prefix=""):
     return keys
 
 
+def config_keys(values, schema, prefix=""):
+    """The keys of ``values`` down to the schema's leaves (option mappings are leaves)."""
+    keys = set()
+    for key, value in values.items():
+        kind = schema.get(key)
+        if isinstance(kind, dict):
+            keys |= config_keys(value, kind, f"{prefix}{key}.")
+        else:
+            keys.add(prefix + key)
+    return keys
+
+
 def test_every_config_file_in_configs_is_covered():
     assert sorted(p.stem for p in CONFIG_DIR.glob("*.py")) == sorted(CONFIG_NAMES)
 
@@ -42,7 +56,8 @@ def test_every_config_file_in_configs_is_covered():
 @pytest.mark.parametrize("num_devices", [1, 8])
 def test_shipped_configs_are_valid_and_complete(name, num_devices):
     values = validate_config(load(name), num_devices=num_devices)
-    assert schema_keys(values) == schema_keys(CONFIG_SCHEMA)
+    schema = config_schema(values["model"]["name"])
+    assert config_keys(values, schema) == schema_keys(schema)
 
 
 @pytest.mark.parametrize("name", CONFIG_NAMES)
@@ -113,7 +128,7 @@ BAD_CONFIGS = {
     ),
     "image size the UNet cannot halve": (
         lambda: broken(**{"data.image_size": 9}), ConfigError,
-        r"config.data.image_size=9 does not fit config.model.*multiple of 2",
+        r"config.model \(unet\) does not fit config.data.image_size=9.*multiple of 2",
     ),
     "attention resolution that never occurs": (
         lambda: broken(**{"model.attn_resolutions": (16,)}), ConfigError,
@@ -139,8 +154,47 @@ BAD_CONFIGS = {
         r"config.diffusion.schedule must be one of \('linear'",
     ),
     "unknown sampler": (
-        lambda: broken(**{"sampling.sampler": "euler"}), ConfigError,
+        lambda: broken(**{"sampling.sampler": "lms"}), ConfigError,
         "config.sampling.sampler must be one of",
+    ),
+    "sampler option out of range (checked by the sampler, before training)": (
+        lambda: broken(**{"sampling.options": {"eta": 1.5}}), ConfigError,
+        r"config.sampling \(sampler 'ddim'.*eta must be in \[0, 1\].*got 1.5",
+    ),
+    "option of another sampler": (
+        lambda: broken(**{"sampling.sampler": "dpm_solver", "sampling.options": {"eta": 0.5}}),
+        ConfigError, r"Sampler 'dpm_solver' does not take \['eta'\]",
+    ),
+    "flow sampler on a discrete schedule": (
+        lambda: broken(**{"sampling.sampler": "flow_euler"}), ConfigError,
+        "flow samplers integrate dx/dt = v in continuous time",
+    ),
+    "unknown process": (
+        lambda: broken(**{"diffusion.process": "vp"}), ConfigError,
+        r"config.diffusion.process must be one of \('discrete', 'vp_linear'",
+    ),
+    "unknown process option": (
+        lambda: broken(**{"diffusion.process": "edm", "diffusion.process_options": {"sigma": 3.0}}),
+        ConfigError, r"Process 'edm' does not take \['sigma'\]",
+    ),
+    "velocity prediction on a discrete schedule": (
+        lambda: broken(**{"diffusion.prediction_type": "flow"}), ConfigError,
+        "'flow' .* needs a continuous process",
+    ),
+    "time sampler a schedule cannot use": (
+        lambda: broken(**{"diffusion.time_sampler": "logit_normal"}), ConfigError,
+        r"a discrete schedule draws t ~ U\{0, ..., T-1\}",
+    ),
+    "bad time sampler option": (
+        lambda: broken(**{
+            "diffusion.process": "rectified_flow", "diffusion.time_sampler": "logit_normal",
+            "diffusion.time_sampler_options": {"std": -1.0}, "sampling.sampler": "flow_euler",
+        }),
+        ConfigError, "std must be > 0",
+    ),
+    "unknown model": (
+        lambda: broken(**{"model.name": "dit"}), ConfigError,
+        r"config.model.name: Unknown model 'dit'; expected one of \('unet',\)",
     ),
     "unknown nan policy": (
         lambda: broken(**{"training.nan_policy": "ignore"}), ConfigError,
@@ -148,7 +202,7 @@ BAD_CONFIGS = {
     ),
     "more sampling steps than timesteps": (
         lambda: broken(**{"sampling.num_steps": 2000}), ConfigError,
-        r"config.sampling.num_steps must lie in \[1, config.diffusion.num_timesteps = 1000\]",
+        r"config.sampling \(sampler 'ddim', num_steps 2000.*num_steps must be in \[1, T=1000\]",
     ),
     "cosine decay shorter than warm-up": (
         lambda: broken(**{"optim.lr_decay": "cosine", "optim.warmup_steps": 10}), ConfigError,
@@ -201,6 +255,26 @@ def test_resume_conflicts_list_only_the_keys_that_break_a_resume():
         "model.base_channels: 8 in the workdir, 16 now",
     ]
     assert all(key.split(".")[0] in CONFIG_SCHEMA for key in RESUME_KEYS)
+    continuous = config_to_dict(broken(**{"diffusion.process": "rectified_flow"}))
+    assert resume_conflicts(saved, continuous) == [
+        "diffusion.process: 'discrete' in the workdir, 'rectified_flow' now"
+    ]
+
+
+def test_a_0_1_0_run_record_is_upgraded_to_what_0_1_0_did():
+    values = config_to_dict(load("test"))
+    old = {**values, "model": {k: v for k, v in values["model"].items() if k != "name"}}
+    old["diffusion"] = {
+        k: v for k, v in values["diffusion"].items()
+        if k not in ("process", "process_options", "time_sampler", "time_sampler_options")
+    }  # fmt: skip
+    old["sampling"] = {k: v for k, v in values["sampling"].items() if k != "options"}
+    old["sampling"]["eta"] = 0.5
+    upgraded = upgrade_config(old)
+    assert upgraded["model"]["name"] == "unet" and upgraded["diffusion"]["process"] == "discrete"
+    assert upgraded["sampling"]["options"] == {"eta": 0.5} and "eta" not in upgraded["sampling"]
+    assert validate_config(upgraded)
+    assert upgrade_config(values) == values
 
 
 def test_config_read_back_from_json_compares_equal():

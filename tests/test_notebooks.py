@@ -138,7 +138,7 @@ def test_notebook_is_clean(path):
 
 
 def test_quickstart_runs_small(notebook_env, fast_compiles, capsys):
-    from diffjax.samplers import dpm_solver
+    from diffjax.samplers import runner
 
     steps_seen, sampler_compiles = [], {}
 
@@ -148,7 +148,7 @@ def test_quickstart_runs_small(notebook_env, fast_compiles, capsys):
             steps_seen.append(int(state.step))
         for name in ("dpm_samples", "longer_samples"):
             if name in namespace and name not in sampler_compiles:
-                sampler_compiles[name] = dpm_solver._dpm_solver_loop._cache_size()
+                sampler_compiles[name] = runner._run._cache_size()
 
     ns = run_notebook(COLAB_DIR / "diffjax_quickstart.ipynb", after_cell)
     config, num_steps, extra = ns["config"], ns["NUM_STEPS"], ns["EXTRA_STEPS"]

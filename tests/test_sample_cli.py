@@ -16,6 +16,7 @@ import pytest
 from train_helpers import PYTHON, fast_compiles, make_image_folder, make_test_config, run_cli
 
 from diffjax.training import loop
+from diffjax.samplers import sample_keys
 from diffjax.training.sampling import make_sample_fn
 from diffjax.training.sharding import make_mesh
 from diffjax.training.trained_run import load_trained_run
@@ -56,13 +57,13 @@ def test_sample_cli_writes_png_and_npz_equal_to_the_library(trained):
 
     run = load_trained_run(trained)
     sample_fn = make_sample_fn(
-        run.model, run.schedule, image_shape=(8, 8, 1), num_samples=8, sampler="ddim",
-        num_steps=3, eta=0.0, guidance_scale=2.0, clip_x0=True, prediction_type="eps",
+        run.model, run.process, image_shape=(8, 8, 1), num_samples=8, sampler="ddim",
+        options=dict(num_steps=3, prediction_type="eps"), guidance_scale=2.0, clip_x0=True,
         mesh=make_mesh(),
     )  # fmt: skip
-    key = jax.random.key(1)
-    first = sample_fn(run.state.ema_params, jax.random.fold_in(key, 0), labels[:8])
-    second = sample_fn(run.state.ema_params, jax.random.fold_in(key, 1), np.resize(labels[8:], 8))
+    # Sample i is drawn with fold_in(key(seed), i), whatever batch it falls in.
+    first = sample_fn(run.state.ema_params, sample_keys(1, 0, 8), labels[:8])
+    second = sample_fn(run.state.ema_params, sample_keys(1, 8, 8), np.resize(labels[8:], 8))
     expected = np.concatenate([np.asarray(first), np.asarray(second)[:2]])
     np.testing.assert_allclose(samples, expected, rtol=0, atol=1e-6)
 

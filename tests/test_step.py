@@ -24,6 +24,7 @@ from diffjax.training import (
     drop_labels,
     flax_apply_fn,
     jit_train_step,
+    make_denoising_loss,
     make_mesh,
     make_optimizer,
     make_train_step,
@@ -102,7 +103,10 @@ def test_overfits_a_fixed_batch(prediction_type):
     state = create_train_state(init_fn, jax.random.key(0), optimizer, mesh)
     apply_fn = flax_apply_fn(model)
     train_step = jit_train_step(
-        make_train_step(apply_fn, schedule, optimizer, prediction_type=prediction_type), mesh
+        make_train_step(
+            make_denoising_loss(apply_fn, schedule, prediction_type=prediction_type), optimizer
+        ),
+        mesh,
     )
     eval_images = jnp.tile(images, (32, 1, 1, 1))
 
@@ -231,17 +235,18 @@ def _labels_probe(num_classes):
 def test_label_dropout_reaches_the_model(label_dropout):
     num_classes, batch_size = 5, 4096
     optimizer = optax.sgd(0.0)
-    train_step = make_train_step(
-        _labels_probe(num_classes), get_schedule("cosine", 10), optimizer, prediction_type="x0",
+    loss_fn = make_denoising_loss(
+        _labels_probe(num_classes), get_schedule("cosine", 10), prediction_type="x0",
         num_classes=num_classes, label_dropout=label_dropout,
-    )
+    )  # fmt: skip
+    train_step = make_train_step(loss_fn, optimizer)
     params = {"unused": jnp.zeros(())}
     state = TrainState(jnp.int32(0), params, params, optimizer.init(params))
     batch = {
         "image": jnp.zeros((batch_size, 1, 1, 1)),
         "label": jnp.asarray(np.arange(batch_size) % num_classes, jnp.int32),
     }
-    _, metrics = jax.jit(train_step)(state, batch, jax.random.key(0))
+    _, metrics = jax.jit(train_step)(state, batch, jax.random.key(0), {})
     # Binomial(4096, p) / 4096 has std sqrt(p (1 - p) / 4096) ~ 0.0068 at p = 0.25: 5 std.
     tolerance = 5 * np.sqrt(label_dropout * (1 - label_dropout) / batch_size)
     assert abs(float(metrics["mse"]) - label_dropout) <= tolerance
@@ -298,10 +303,10 @@ def test_per_step_noise_comes_from_the_step_counter(worker_setup, single_device)
 def test_nonfinite_batch(skip_nonfinite):
     model = train_step_worker.TinyDenoiser()
     optimizer = make_optimizer(1e-2)
-    train_step = make_train_step(
-        flax_apply_fn(model), get_schedule("cosine", train_step_worker.NUM_TIMESTEPS), optimizer,
-        skip_nonfinite=skip_nonfinite,
+    loss_fn = make_denoising_loss(
+        flax_apply_fn(model), get_schedule("cosine", train_step_worker.NUM_TIMESTEPS)
     )
+    train_step = make_train_step(loss_fn, optimizer, skip_nonfinite=skip_nonfinite)
     mesh = make_mesh(jax.devices()[:1])
 
     def init_fn(key):
@@ -311,7 +316,7 @@ def test_nonfinite_batch(skip_nonfinite):
     before = jax.tree.map(np.asarray, state)
     image = np.random.default_rng(0).uniform(-1, 1, (4, 4, 4, 2)).astype(np.float32)
     image[3, 0, 0, 0] = np.nan
-    new_state, metrics = jax.jit(train_step)(state, {"image": image}, jax.random.key(1))
+    new_state, metrics = jax.jit(train_step)(state, {"image": image}, jax.random.key(1), {})
     assert not bool(metrics["is_finite"])
     assert int(new_state.step) == 1
     if skip_nonfinite:
@@ -338,17 +343,23 @@ def test_batch_not_divisible_by_devices_names_both_numbers(worker_setup):
     [
         (dict(prediction_type="score"), ValueError, r"'eps', 'x0', 'v'"),
         (dict(weighting="p2"), ValueError, r"'uniform', 'min_snr'"),
-        (dict(ema_decay=1.5), ValueError, r"ema_decay must lie in \[0, 1\]"),
         (dict(label_dropout=0.1), ValueError, "needs num_classes"),
         (dict(num_classes=3, label_dropout=1.0), ValueError, r"label_dropout must lie in \[0, 1\)"),
     ],
 )
-def test_make_train_step_rejects_bad_options(kwargs, error, message):
+def test_loss_factory_rejects_bad_options(kwargs, error, message):
     with pytest.raises(error, match=message):
-        make_train_step(
-            flax_apply_fn(train_step_worker.TinyDenoiser()), get_schedule("cosine", 10),
-            optax.sgd(0.1), **kwargs,
+        make_denoising_loss(
+            flax_apply_fn(train_step_worker.TinyDenoiser()), get_schedule("cosine", 10), **kwargs
         )
+
+
+def test_make_train_step_rejects_bad_options():
+    loss_fn = make_denoising_loss(flax_apply_fn(train_step_worker.TinyDenoiser()), get_schedule("cosine", 10))
+    with pytest.raises(ValueError, match=r"ema_decay must lie in \[0, 1\]"):
+        make_train_step(loss_fn, optax.sgd(0.1), ema_decay=1.5)
+    with pytest.raises(TypeError, match="loss_fn must be callable"):
+        make_train_step("loss", optax.sgd(0.1))
 
 
 @pytest.mark.parametrize(
@@ -362,4 +373,33 @@ def test_make_train_step_rejects_bad_options(kwargs, error, message):
 def test_bad_batches_raise_before_compiling(worker_setup, single_device, batch, error, message):
     fresh_state, _ = single_device
     with pytest.raises(error, match=message):
-        worker_setup["train_step"](fresh_state(), batch, worker_setup["step_key"])
+        worker_setup["train_step"](fresh_state(), batch, worker_setup["step_key"], {})
+
+
+def _frozen_teacher_loss(params, frozen, batch, key, train):
+    """A distillation-shaped loss: regress onto a frozen 'teacher' matrix applied to the batch."""
+    teacher = jnp.tanh(batch["image"].reshape(batch["image"].shape[0], -1) @ frozen["teacher"])
+    student = batch["image"].reshape(batch["image"].shape[0], -1) @ params["w"]
+    return jnp.mean((student - teacher) ** 2), {}
+
+
+def test_frozen_arrays_are_arguments_not_constants_and_compile_once():
+    dim = 256
+    optimizer = optax.sgd(0.1)
+    params = {"w": jnp.zeros((dim, dim))}
+    state = TrainState(jnp.int32(0), params, params, optimizer.init(params))
+    batch = {"image": np.ones((8, 16, 16, 1), np.float32)}
+    teacher = {"teacher": jax.random.normal(jax.random.key(0), (dim, dim))}
+    mesh = make_mesh(jax.devices()[:1])
+    train_step = jit_train_step(make_train_step(_frozen_teacher_loss, optimizer), mesh)
+    hlo = train_step.jitted.lower(state, batch, jax.random.key(1), teacher).as_text()
+    # The teacher's 256 x 256 float32 values (256 KiB) would be printed into the HLO if they
+    # were closed over; as an argument they are a parameter of a few bytes of text.
+    assert len(hlo) < dim * dim, len(hlo)
+    baked = jax.jit(lambda s, b, k: make_train_step(_frozen_teacher_loss, optimizer)(s, b, k, teacher))
+    assert len(baked.lower(state, batch, jax.random.key(1)).as_text()) > 4 * dim * dim
+    first, _ = train_step(jax.tree.map(jnp.copy, state), batch, jax.random.key(1), teacher)
+    other_teacher = {"teacher": -teacher["teacher"]}
+    second, _ = train_step(jax.tree.map(jnp.copy, state), batch, jax.random.key(1), other_teacher)
+    assert train_step.jitted._cache_size() == 1
+    assert not np.allclose(first.params["w"], second.params["w"])

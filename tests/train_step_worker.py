@@ -54,7 +54,7 @@ def make_setup():
     layouts is the float32 summation order of the gradient all-reduce.
     """
     from diffjax import get_schedule
-    from diffjax.training import flax_apply_fn, make_train_step
+    from diffjax.training import flax_apply_fn, make_denoising_loss, make_train_step
 
     model = TinyDenoiser(num_classes=NUM_CLASSES, dropout=0.2)
     images = np.zeros((1,) + IMAGE_SHAPE, np.float32)
@@ -65,10 +65,11 @@ def make_setup():
 
     schedule = get_schedule("cosine", NUM_TIMESTEPS)
     optimizer = optax.sgd(0.5)
-    train_step = make_train_step(
-        flax_apply_fn(model), schedule, optimizer, prediction_type="v", weighting="min_snr",
-        num_classes=NUM_CLASSES, label_dropout=0.3, ema_decay=0.99,
-    )
+    loss_fn = make_denoising_loss(
+        flax_apply_fn(model), schedule, prediction_type="v", weighting="min_snr",
+        num_classes=NUM_CLASSES, label_dropout=0.3,
+    )  # fmt: skip
+    train_step = make_train_step(loss_fn, optimizer, ema_decay=0.99)
     rng = np.random.default_rng(0)
     batch = {
         "image": rng.uniform(-1, 1, (GLOBAL_BATCH_SIZE,) + IMAGE_SHAPE).astype(np.float32),

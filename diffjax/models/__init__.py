@@ -1,4 +1,5 @@
-"""Neural networks for diffusion: the DDPM UNet (Flax Linen) and its building blocks."""
+"""Neural networks for diffusion: the DDPM UNet (Flax Linen), its building blocks, and the
+registry that configs pick networks from by name."""
 
 from diffjax.models.attention import dot_product_attention
 from diffjax.models.group_norm import GroupNorm, group_norm
@@ -10,6 +11,7 @@ from diffjax.models.layers import (
     Upsample,
     sinusoidal_embedding,
 )
+from diffjax.models.registry import MODEL_NAMES, MODELS, build_model, check_model_config
 from diffjax.models.unet import (
     UNet,
     check_attn_resolutions,
@@ -19,6 +21,8 @@ from diffjax.models.unet import (
 )
 
 __all__ = [
+    "MODELS",
+    "MODEL_NAMES",
     "AttentionBlock",
     "Downsample",
     "GroupNorm",
@@ -26,8 +30,10 @@ __all__ = [
     "TimeEmbedding",
     "UNet",
     "Upsample",
+    "build_model",
     "check_attn_resolutions",
     "check_image_size",
+    "check_model_config",
     "count_params",
     "dot_product_attention",
     "feature_map_sizes",

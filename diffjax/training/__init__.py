@@ -13,13 +13,14 @@ from diffjax.training.sharding import (
     process_batch_size,
     replicated_sharding,
 )
-from diffjax.training.step import (
+from diffjax.training.objectives import (
     ApplyFn,
+    LossFn,
     drop_labels,
     flax_apply_fn,
-    jit_train_step,
-    make_train_step,
+    make_denoising_loss,
 )
+from diffjax.training.step import jit_train_step, make_train_step
 from diffjax.training.train_state import (
     TrainState,
     abstract_train_state,
@@ -35,6 +36,7 @@ from diffjax.training.train_state import (
 __all__ = [
     "DATA_AXIS",
     "ApplyFn",
+    "LossFn",
     "TrainState",
     "abstract_train_state",
     "batch_sharding",
@@ -47,6 +49,7 @@ __all__ = [
     "jit_train_step",
     "learning_rate_from_opt_state",
     "learning_rate_schedule",
+    "make_denoising_loss",
     "make_mesh",
     "make_optimizer",
     "make_train_step",

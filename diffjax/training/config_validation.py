@@ -25,8 +25,14 @@ __all__ = [
     "LR_DECAYS",
     "NAN_POLICIES",
     "RESUME_KEYS",
+    "build_process",
+    "build_time_sampler",
+    "config_schema",
     "config_to_dict",
     "resume_conflicts",
+    "resume_keys",
+    "sampler_options",
+    "upgrade_config",
     "validate_config",
 ]
 
@@ -41,11 +47,11 @@ class ConfigTypeError(ConfigError, TypeError):
 
 NAN_POLICIES = ("stop", "skip")
 LR_DECAYS = ("constant", "cosine")
-COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 
-# Type tags of the schema (see `_check_type`).
+# Type tags of the schema (see `_check_type`); the model registry uses the same strings.
 INT, FLOAT, BOOL, STR, INT_TUPLE = "int", "float", "bool", "str", "tuple of int"
 OPT_INT, OPT_FLOAT, OPT_STR = "int or None", "float or None", "str or None"
+MAPPING = "mapping of option names to numbers, strings or bools"
 
 CONFIG_SCHEMA: dict[str, Any] = {
     "seed": INT,
@@ -61,19 +67,11 @@ CONFIG_SCHEMA: dict[str, Any] = {
         "num_threads": INT,
         "prefetch_batches": INT,
     },
-    "model": {
-        "base_channels": INT,
-        "channel_mults": INT_TUPLE,
-        "num_res_blocks": INT,
-        "attn_resolutions": INT_TUPLE,
-        "dropout": FLOAT,
-        "num_classes": OPT_INT,
-        "num_groups": INT,
-        "dtype": STR,
-        "param_dtype": STR,
-        "remat": BOOL,
-    },
+    # The model section is the registry entry's: its common keys plus the network's own.
+    "model": {},
     "diffusion": {
+        "process": STR,
+        "process_options": MAPPING,
         "schedule": STR,
         "num_timesteps": INT,
         "zero_terminal_snr": BOOL,
@@ -81,6 +79,8 @@ CONFIG_SCHEMA: dict[str, Any] = {
         "loss_weighting": STR,
         "min_snr_gamma": FLOAT,
         "offset_noise": FLOAT,
+        "time_sampler": STR,
+        "time_sampler_options": MAPPING,
     },
     "optim": {
         "learning_rate": FLOAT,
@@ -108,7 +108,7 @@ CONFIG_SCHEMA: dict[str, Any] = {
         "num_samples": INT,
         "sampler": STR,
         "num_steps": INT,
-        "eta": FLOAT,
+        "options": MAPPING,
         "guidance_scale": FLOAT,
         "clip_x0": BOOL,
         "seed": INT,
@@ -120,7 +120,8 @@ CONFIG_SCHEMA: dict[str, Any] = {
         "num_batches": INT,
     },
 }
-"""Every key a training config has, with its type. Sections are nested dicts."""
+"""Every key a training config has, with its type, except the model's own keys, which come from
+its registry entry (:func:`config_schema`). Sections are nested dicts."""
 
 RESUME_KEYS = (
     "seed",
@@ -129,13 +130,11 @@ RESUME_KEYS = (
     "data.image_size",
     "data.batch_size",
     "data.random_flip",
-    "model.base_channels",
-    "model.channel_mults",
-    "model.num_res_blocks",
-    "model.attn_resolutions",
+    "model.name",
     "model.num_classes",
-    "model.num_groups",
     "model.param_dtype",
+    "diffusion.process",
+    "diffusion.process_options",
     "diffusion.schedule",
     "diffusion.num_timesteps",
     "diffusion.zero_terminal_snr",
@@ -143,7 +142,51 @@ RESUME_KEYS = (
     "optim.grad_clip_norm",
 )
 """Keys a resumed run must share with the run that wrote the workdir: they fix the state's
-shapes, what the network means, or the order of the data and noise."""
+shapes, what the network means, or the order of the data and noise. The network's own such keys
+come from its registry entry (:func:`resume_keys`)."""
+
+
+def config_schema(model_name: str) -> dict[str, Any]:
+    """:data:`CONFIG_SCHEMA` with the model section of the registered network ``model_name``."""
+    from diffjax.models.registry import COMMON_MODEL_KEYS, model_entry
+
+    try:
+        entry = model_entry(model_name)
+    except ValueError as error:
+        raise ConfigError(f"config.model.name: {error}") from error
+    return {**CONFIG_SCHEMA, "model": {**COMMON_MODEL_KEYS, **entry.keys}}
+
+
+def resume_keys(model_name: str) -> tuple[str, ...]:
+    """:data:`RESUME_KEYS` plus the keys of network ``model_name`` that fix its parameters."""
+    from diffjax.models.registry import MODELS
+
+    entry = MODELS.get(model_name)
+    model_keys = () if entry is None else tuple(f"model.{key}" for key in entry.state_keys)
+    return RESUME_KEYS + model_keys
+
+
+def upgrade_config(values: Mapping[str, Any]) -> dict[str, Any]:
+    """A config saved by diffjax 0.1.0 (``config.json`` of an older workdir) in today's layout.
+
+    0.1.0 had no ``model.name`` (always the UNet), no noise process (always the discrete
+    schedule), no time-sampler keys and a ``sampling.eta`` key instead of ``sampling.options``;
+    the defaults filled in here are what 0.1.0 did. Current configs pass unchanged.
+    """
+    values = config_to_dict(values)
+    if not isinstance(values.get("model"), dict) or "name" in values["model"]:
+        return values
+    values["model"] = {"name": "unet", **values["model"]}
+    diffusion = values.get("diffusion", {})
+    diffusion.setdefault("process", "discrete")
+    diffusion.setdefault("process_options", {})
+    diffusion.setdefault("time_sampler", "uniform")
+    diffusion.setdefault("time_sampler_options", {})
+    sampling = values.get("sampling", {})
+    if "eta" in sampling:
+        eta = sampling.pop("eta")
+        sampling["options"] = {"eta": eta} if sampling.get("sampler") == "ddim" else {}
+    return values
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
@@ -177,6 +220,13 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _is_mapping_of_scalars(value: Any) -> bool:
+    return isinstance(value, Mapping) and all(
+        isinstance(key, str) and (item is None or isinstance(item, (int, float, str, bool)))
+        for key, item in value.items()
+    )
+
+
 def _check_type(key: str, value: Any, kind: str) -> None:
     if kind.endswith(" or None") and value is None:
         return
@@ -187,6 +237,7 @@ def _check_type(key: str, value: Any, kind: str) -> None:
         BOOL: isinstance(value, bool),
         STR: isinstance(value, str),
         INT_TUPLE: isinstance(value, (tuple, list)) and all(_is_int(item) for item in value),
+        MAPPING: _is_mapping_of_scalars(value),
     }[base]
     if not ok:
         raise ConfigTypeError(
@@ -244,60 +295,147 @@ def _check_choice(values: Mapping[str, Any], key: str, allowed: tuple[str, ...])
 
 
 def _check_model(values: Mapping[str, Any]) -> None:
-    from diffjax.models.unet import check_attn_resolutions, check_image_size
+    from diffjax.models.registry import check_model_config
 
-    model, image_size = values["model"], values["data"]["image_size"]
-    _expect(values, "model.base_channels", lambda v: v >= 4 and v % 2 == 0, "be even and >= 4")
-    _require(
-        model["num_groups"] >= 1 and model["base_channels"] % model["num_groups"] == 0,
-        f"config.model.num_groups={model['num_groups']} must divide "
-        f"config.model.base_channels={model['base_channels']} (GroupNorm).",
-    )
-    _expect(
-        values, "model.channel_mults", lambda v: len(v) >= 1 and min(v) >= 1,
-        "be a non-empty tuple of ints >= 1",
-    )  # fmt: skip
-    _expect(values, "model.num_res_blocks", lambda v: v >= 1, "be >= 1")
-    _expect(values, "model.dropout", lambda v: 0 <= v < 1, "lie in [0, 1)")
-    _expect(
-        values, "model.num_classes", lambda v: v is None or v >= 1,
-        "be None (unconditional) or >= 1",
-    )  # fmt: skip
-    _check_choice(values, "model.dtype", COMPUTE_DTYPES)
-    _check_choice(values, "model.param_dtype", COMPUTE_DTYPES)
+    image_size = values["data"]["image_size"]
     try:
-        check_image_size(image_size, model["channel_mults"])
-        check_attn_resolutions(image_size, model["channel_mults"], model["attn_resolutions"])
+        check_model_config(values["model"], (image_size, image_size))
     except ValueError as error:
         raise ConfigError(
-            f"config.data.image_size={image_size} does not fit config.model: {error}"
+            f"config.model ({values['model']['name']}) does not fit config.data.image_size="
+            f"{image_size}: {error}"
         ) from error
 
 
-def _check_ranges(values: Mapping[str, Any]) -> None:
-    from diffjax.diffusion import PREDICTION_TYPES
+def build_process(diffusion: Mapping[str, Any]) -> Any:
+    """The noise process a config's ``diffusion`` section describes.
+
+    Raises:
+      ConfigError: an unknown process or a bad option, naming the key.
+    """
+    from diffjax.processes import PROCESS_NAMES, get_process
+    from diffjax.schedules import get_schedule
+
+    name = diffusion["process"]
+    if name not in PROCESS_NAMES:
+        raise ConfigError(f"config.diffusion.process must be one of {PROCESS_NAMES}, got {name!r}.")
+    try:
+        if name == "discrete":
+            if diffusion["process_options"]:
+                raise ValueError(
+                    f"the discrete process takes no process_options (its keys are schedule, "
+                    f"num_timesteps and zero_terminal_snr), got {dict(diffusion['process_options'])}"
+                )
+            return get_schedule(
+                diffusion["schedule"], num_timesteps=diffusion["num_timesteps"],
+                zero_terminal_snr=diffusion["zero_terminal_snr"],
+            )  # fmt: skip
+        return get_process(name, **diffusion["process_options"])
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"config.diffusion.process={name!r}: {error}") from error
+
+
+def build_time_sampler(diffusion: Mapping[str, Any], process: Any) -> Any:
+    """The training-time sampler of a config (None: the discrete schedule's uniform default).
+
+    Raises:
+      ConfigError: an unknown sampler, a bad option, or one the process cannot use.
+    """
+    from diffjax.losses import get_time_sampler
+
+    try:
+        return get_time_sampler(
+            diffusion["time_sampler"], process, **diffusion["time_sampler_options"]
+        )
+    except (TypeError, ValueError) as error:
+        raise ConfigError(
+            f"config.diffusion.time_sampler={diffusion['time_sampler']!r} with "
+            f"time_sampler_options={dict(diffusion['time_sampler_options'])}: {error}"
+        ) from error
+
+
+def sampler_options(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The keyword arguments the sample grids pass to ``config.sampling.sampler``."""
+    sampling = values["sampling"]
+    return dict(
+        num_steps=sampling["num_steps"],
+        prediction_type=values["diffusion"]["prediction_type"],
+        **sampling["options"],
+    )
+
+
+def _check_diffusion(values: Mapping[str, Any]) -> Any:
     from diffjax.losses import LOSS_WEIGHTINGS
-    from diffjax.samplers import SAMPLER_NAMES
+    from diffjax.predictions import PREDICTION_TYPES, check_prediction_supported
     from diffjax.schedules import SCHEDULE_NAMES
 
-    num_timesteps = values["diffusion"]["num_timesteps"]
+    _check_choice(values, "diffusion.schedule", SCHEDULE_NAMES)
+    _expect(values, "diffusion.num_timesteps", lambda v: v >= 2, "be >= 2")
+    _check_choice(values, "diffusion.prediction_type", PREDICTION_TYPES)
+    _check_choice(values, "diffusion.loss_weighting", LOSS_WEIGHTINGS)
+    _expect(values, "diffusion.min_snr_gamma", lambda v: v > 0, "be > 0")
+    _expect(values, "diffusion.offset_noise", lambda v: v >= 0, "be >= 0")
+    process = build_process(values["diffusion"])
+    try:
+        check_prediction_supported(values["diffusion"]["prediction_type"], process)
+    except ValueError as error:
+        raise ConfigError(f"config.diffusion.prediction_type: {error}") from error
+    build_time_sampler(values["diffusion"], process)
+    return process
+
+
+def _check_sampling(values: Mapping[str, Any], process: Any) -> None:
+    from diffjax.samplers import SAMPLER_NAMES, check_sampler_options
+
+    sampling = values["sampling"]
+    _expect(values, "sampling.every_steps", lambda v: v >= 0, "be >= 0 (0: only at the end)")
+    _expect(values, "sampling.num_samples", lambda v: v >= 0, "be >= 0 (0: no sample grids)")
+    _check_choice(values, "sampling.sampler", SAMPLER_NAMES)
+    _expect(values, "sampling.num_steps", lambda v: v >= 1, "be >= 1")
+    _expect(values, "sampling.seed", lambda v: 0 <= v < 2**32, "lie in [0, 2**32)")
+    # The sampler checks its own options, as it will when it draws the grids.
+    try:
+        check_sampler_options(sampling["sampler"], process, sampler_options(values))
+    except (TypeError, ValueError) as error:
+        raise ConfigError(
+            f"config.sampling (sampler {sampling['sampler']!r}, num_steps "
+            f"{sampling['num_steps']}, options {dict(sampling['options'])}): {error}"
+        ) from error
     num_classes = values["model"]["num_classes"]
     label_dropout = values["training"]["label_dropout"]
-    guidance_scale = values["sampling"]["guidance_scale"]
+    guidance_scale = sampling["guidance_scale"]
+    _require(
+        guidance_scale == 1.0 or num_classes is not None,
+        f"config.sampling.guidance_scale={guidance_scale} asks for classifier-free guidance, "
+        f"which needs a class-conditional model: set config.model.num_classes (and "
+        f"config.training.label_dropout > 0), or guidance_scale=1.0.",
+    )
+    _require(
+        guidance_scale == 1.0 or label_dropout > 0,
+        f"config.sampling.guidance_scale={guidance_scale} needs the unconditional model that "
+        f"config.training.label_dropout > 0 trains (got 0.0; 0.1 is usual).",
+    )
+
+
+def _check_ranges(values: Mapping[str, Any]) -> None:
+    num_classes = values["model"]["num_classes"]
+    label_dropout = values["training"]["label_dropout"]
 
     _expect(values, "seed", lambda v: 0 <= v < 2**32, "lie in [0, 2**32)")
     for key in ("data.image_size", "data.batch_size"):
         _expect(values, key, lambda v: v >= 1, "be >= 1")
     for key in ("data.num_threads", "data.prefetch_batches"):
         _expect(values, key, lambda v: v >= 0, "be >= 0")
-    _check_model(values)
+    _expect(
+        values, "model.num_classes", lambda v: v is None or v >= 1,
+        "be None (unconditional) or >= 1",
+    )  # fmt: skip
+    from diffjax.models.registry import DTYPES
 
-    _check_choice(values, "diffusion.schedule", SCHEDULE_NAMES)
-    _check_choice(values, "diffusion.prediction_type", PREDICTION_TYPES)
-    _check_choice(values, "diffusion.loss_weighting", LOSS_WEIGHTINGS)
-    _expect(values, "diffusion.num_timesteps", lambda v: v >= 2, "be >= 2")
-    _expect(values, "diffusion.min_snr_gamma", lambda v: v > 0, "be > 0")
-    _expect(values, "diffusion.offset_noise", lambda v: v >= 0, "be >= 0")
+    _check_choice(values, "model.dtype", tuple(DTYPES))
+    _check_choice(values, "model.param_dtype", tuple(DTYPES))
+    _check_model(values)
+    process = _check_diffusion(values)
 
     _expect(
         values, "optim.learning_rate", lambda v: math.isfinite(v) and v > 0,
@@ -328,27 +466,7 @@ def _check_ranges(values: Mapping[str, Any]) -> None:
         f"config.training.label_dropout={label_dropout} drops class labels, but "
         f"config.model.num_classes is None (an unconditional model has no labels to drop).",
     )
-
-    _expect(values, "sampling.every_steps", lambda v: v >= 0, "be >= 0 (0: only at the end)")
-    _expect(values, "sampling.num_samples", lambda v: v >= 0, "be >= 0 (0: no sample grids)")
-    _check_choice(values, "sampling.sampler", SAMPLER_NAMES)
-    _expect(
-        values, "sampling.num_steps", lambda v: 1 <= v <= num_timesteps,
-        f"lie in [1, config.diffusion.num_timesteps = {num_timesteps}]",
-    )  # fmt: skip
-    _expect(values, "sampling.eta", lambda v: v >= 0, "be >= 0")
-    _expect(values, "sampling.seed", lambda v: 0 <= v < 2**32, "lie in [0, 2**32)")
-    _require(
-        guidance_scale == 1.0 or num_classes is not None,
-        f"config.sampling.guidance_scale={guidance_scale} asks for classifier-free guidance, "
-        f"which needs a class-conditional model: set config.model.num_classes (and "
-        f"config.training.label_dropout > 0), or guidance_scale=1.0.",
-    )
-    _require(
-        guidance_scale == 1.0 or label_dropout > 0,
-        f"config.sampling.guidance_scale={guidance_scale} needs the unconditional model that "
-        f"config.training.label_dropout > 0 trains (got 0.0; 0.1 is usual).",
-    )
+    _check_sampling(values, process)
 
     _expect(values, "eval.every_steps", lambda v: v >= 0, "be >= 0 (0: never)")
     for key in ("eval.batch_size", "eval.num_batches"):
@@ -372,7 +490,14 @@ def validate_config(config: Any, num_devices: int | None = None) -> dict[str, An
         combination (also a ``ValueError``).
     """
     values = config_to_dict(config)
-    _check_keys(CONFIG_SCHEMA, values, "")
+    model = values.get("model")
+    model_name = model.get("name") if isinstance(model, Mapping) else None
+    if not isinstance(model_name, str):
+        raise ConfigError(
+            "config.model.name must name a registered network (e.g. 'unet'); start from "
+            "configs/default.py, which sets every key."
+        )
+    _check_keys(config_schema(model_name), values, "")
     _check_ranges(values)
     if num_devices is not None:
         for key in ("data.batch_size", "eval.batch_size"):
@@ -395,9 +520,9 @@ def resume_conflicts(saved: Mapping[str, Any], current: Mapping[str, Any]) -> li
       Lines like ``"model.base_channels: 32 in the workdir, 64 now"``; empty when resuming
       is possible.
     """
-    saved, current = config_to_dict(saved), config_to_dict(current)
+    saved, current = upgrade_config(saved), config_to_dict(current)
     conflicts = []
-    for key in RESUME_KEYS:
+    for key in resume_keys(current["model"]["name"]):
         try:
             before = _lookup(saved, key)
         except (KeyError, TypeError):

@@ -1,6 +1,6 @@
 """``train_and_evaluate(config, workdir)``: the training program behind ``python -m diffjax.train``.
 
-One call validates the config, builds the data pipeline, the UNet, the optimizer and the
+One call validates the config, builds the data pipeline, the network, the optimizer and the
 sharded train state, resumes from the newest good checkpoint in ``workdir`` if there is one,
 and trains to ``config.training.num_steps``. While it runs it shows a progress bar, writes
 scalars to TensorBoard and ``metrics.jsonl``, an EMA sample grid every
@@ -37,7 +37,6 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags, logging
 from jax.sharding import Mesh
 
 from diffjax.images import make_grid, save_image_grid, save_loss_curve, to_uint8
@@ -50,6 +49,7 @@ from diffjax.training.config_validation import (
 from diffjax.training.console import log, report_progress
 from diffjax.training.metrics_writer import MetricsWriter, read_metrics
 from diffjax.training.programs import build_programs, program_spec
+from diffjax.samplers import sample_keys
 from diffjax.training.sampling import grid_labels
 from diffjax.training.sharding import host_batch_to_global, make_mesh, process_batch_size
 from diffjax.training.train_state import TrainState, create_train_state
@@ -64,16 +64,8 @@ from diffjax.training.workdir import (
     load_run_record,
     write_run_record,
 )
-from diffjax.xla_cpu import enable_fast_cpu_convolutions, use_cpu_devices
 
-__all__ = [
-    "DEFAULT_COMPILATION_CACHE",
-    "EXPECTED_ERRORS",
-    "NonFiniteLossError",
-    "enable_compilation_cache",
-    "run_program",
-    "train_and_evaluate",
-]
+__all__ = ["NonFiniteLossError", "train_and_evaluate"]
 
 # Per-step decay of the "loss_ema" curve: a time constant of 1 / (1 - 0.99) = 100 steps,
 # whatever the logging interval.
@@ -82,89 +74,6 @@ _LOSS_EMA_DECAY_PER_STEP = 0.99
 
 class NonFiniteLossError(FloatingPointError):
     """Training produced a NaN or Inf loss or gradient (with ``nan_policy='stop'``)."""
-
-
-def _expected_errors() -> tuple[type[BaseException], ...]:
-    from diffjax.training import checkpoint
-    from diffjax.training.datasets import DatasetUnavailableError
-
-    return (
-        ConfigError,
-        WorkdirError,
-        NonFiniteLossError,
-        DatasetUnavailableError,
-        checkpoint.IncompatibleCheckpointError,
-        checkpoint.NoUsableCheckpointError,
-        checkpoint.NonFiniteStateError,
-    )
-
-
-EXPECTED_ERRORS = _expected_errors()
-"""The failures that are the user's to fix (config, workdir, data, resume, divergence): the
-CLIs report them in one line instead of a traceback."""
-
-
-DEFAULT_COMPILATION_CACHE = os.path.join("~", ".cache", "diffjax", "jax-cache")
-
-
-def enable_compilation_cache(path: str = DEFAULT_COMPILATION_CACHE) -> None:
-    """Turns on JAX's persistent compilation cache, unless $JAX_COMPILATION_CACHE_DIR is set.
-
-    A resumed run (after a kill or preemption) then loads its compiled step from disk instead
-    of compiling it again. Used by the CLIs; a notebook may call it too.
-
-    Args:
-      path: cache folder (``~`` is expanded); empty leaves JAX's settings alone.
-    """
-    if not path or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-        return
-    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(path))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-
-
-def run_program(
-    name: str,
-    argv: Sequence[str],
-    program: Callable[[], object],
-    *,
-    fast_cpu_convolutions: bool,
-    cpu_devices: int | None = None,
-    compilation_cache: str = DEFAULT_COMPILATION_CACHE,
-) -> None:
-    """The command-line programs' shared ``main``: set-up, run, and one-line failures.
-
-    Refuses stray arguments, quiets absl logging to warnings unless ``--verbosity`` was given,
-    adds the CPU convolution flag and splits the CPU into devices before JAX starts
-    (:func:`diffjax.enable_fast_cpu_convolutions`, :func:`diffjax.use_cpu_devices`), turns on
-    the compilation cache, then runs ``program``. An :data:`EXPECTED_ERRORS` failure
-    prints ``"{name}: error: ..."`` and exits with status 1 (with ``--verbosity=1``, its
-    traceback instead).
-
-    Args:
-      name: the program's name in error messages, e.g. ``"diffjax.train"``.
-      argv: absl's remaining arguments (only the program name is allowed).
-      program: runs the work, reading the parsed flags itself.
-      fast_cpu_convolutions: whether to add the CPU convolution flag.
-      cpu_devices: the number of CPU devices to ask for; None leaves JAX's default.
-      compilation_cache: see :func:`enable_compilation_cache`.
-    """
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {list(argv[1:])}")
-    if not flags.FLAGS["verbosity"].present:
-        # orbax logs every step of every save at INFO; the program prints its own summary.
-        logging.set_verbosity(logging.WARNING)
-    if fast_cpu_convolutions:
-        enable_fast_cpu_convolutions()
-    if cpu_devices is not None:
-        use_cpu_devices(cpu_devices)
-    enable_compilation_cache(compilation_cache)
-    try:
-        program()
-    except EXPECTED_ERRORS as error:
-        if logging.get_verbosity() >= logging.DEBUG:
-            raise
-        print(f"{name}: error: {error}", file=sys.stderr, flush=True)
-        sys.exit(1)
 
 
 def _keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -334,7 +243,8 @@ class _Run:
         )
         return (
             f"diffjax: {len(devices)} {devices[0].platform} device(s) on "
-            f"{jax.process_count()} process(es), mesh {dict(self.mesh.shape)}; UNet "
+            f"{jax.process_count()} process(es), mesh {dict(self.mesh.shape)}; "
+            f"{self.values['model']['name']} "
             f"{self.num_params / 1e6:.2f}M params; global batch {batch} "
             f"({batch // len(devices)} per device); dataset {info.name}:{info.split} ({size}, "
             f"{'x'.join(map(str, info.image_shape))}); workdir {self.workdir}{resumed}"
@@ -359,7 +269,8 @@ def _sample_grid(run: _Run, sample_fn, step: int, writer: MetricsWriter) -> None
     )
     start = time.perf_counter()
     labels = grid_labels(sampling["num_samples"], run.programs.model.num_classes)
-    images = sample_fn(run.state.ema_params, jax.random.key(sampling["seed"]), labels)
+    keys = sample_keys(sampling["seed"], 0, sampling["num_samples"])
+    images = sample_fn(run.state.ema_params, keys, labels)
     images = np.asarray(jax.device_get(images))
     if jax.process_index() != 0:
         return

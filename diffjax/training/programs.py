@@ -1,9 +1,13 @@
-"""What a run builds from its config: the UNet, schedule, optimizer and jitted functions.
+"""What a run builds from its config: the network, process, optimizer and jitted functions.
 
 The train step, the sample-grid function and the held-out loss are built once per (settings,
 mesh) and cached. The training loop and
 :func:`~diffjax.training.trained_run.load_trained_run` share :func:`build_programs`, so a run
-loaded for sampling has exactly the model and state layout it was trained with.
+loaded for sampling has exactly the model and state layout it was trained with. The network
+comes from the model registry (:mod:`diffjax.models.registry`), the process and time sampler
+from :func:`~diffjax.training.config_validation.build_process` and ``build_time_sampler``, and
+the loss from :func:`~diffjax.training.objectives.make_denoising_loss`, which the held-out
+evaluation reuses.
 """
 
 from __future__ import annotations
@@ -12,45 +16,47 @@ import functools
 import json
 from typing import Any, Callable, Mapping, NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from diffjax.losses import denoising_loss
-from diffjax.models.unet import UNet
-from diffjax.schedules import DiffusionSchedule, get_schedule
+from diffjax.models.registry import build_model
+from diffjax.processes import is_discrete
+from diffjax.training.config_validation import build_process, build_time_sampler, sampler_options
+from diffjax.training.objectives import LossFn, flax_apply_fn, make_denoising_loss
 from diffjax.training.sampling import make_sample_fn
 from diffjax.training.sharding import batch_sharding, replicated_sharding
-from diffjax.training.step import flax_apply_fn, jit_train_step, make_train_step
+from diffjax.training.step import jit_train_step, make_train_step
 from diffjax.training.train_state import TrainState, abstract_train_state, make_optimizer
 
-__all__ = ["Programs", "build_model", "build_programs", "program_spec"]
-
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+__all__ = ["Programs", "build_programs", "program_spec"]
 
 
 class Programs(NamedTuple):
     """Everything a run compiles, built once per (settings, mesh) and kept for later runs.
 
     Attributes:
-      model: the UNet.
-      schedule: the diffusion schedule.
+      model: the network (a Flax module from the registry).
+      process: the noise process (a schedule or a continuous process).
       optimizer: the optax optimizer (learning-rate schedule and clipping included).
-      init_fn: ``init(key) -> params`` of the UNet.
+      init_fn: ``init(key) -> params`` of the network.
       abstract_state: the train state's shapes, dtypes and shardings (no arrays).
-      train_step: the jitted ``train_step(state, batch, key) -> (state, metrics)``.
+      loss_fn: ``loss_fn(params, frozen, batch, key, train) -> (loss, metrics)``.
+      train_step: the jitted ``train_step(state, batch, key, frozen) -> (state, metrics)``.
       sample_fn: the jitted ``sample(params, key, labels) -> images [N, H, W, C]`` of the
         sample grids, or None when ``config.sampling.num_samples`` is 0.
-      eval_loss: the jitted ``eval_loss(params, batch, key) -> scalar`` held-out loss, or None
-        when ``config.eval.every_steps`` is 0.
+      eval_loss: the jitted ``eval_loss(params, batch, key) -> scalar`` held-out loss (the
+        training loss without dropout), or None when ``config.eval.every_steps`` is 0.
     """
 
-    model: UNet
-    schedule: DiffusionSchedule
+    model: nn.Module
+    process: Any
     optimizer: optax.GradientTransformation
     init_fn: Callable[[jax.Array], Any]
     abstract_state: TrainState
+    loss_fn: LossFn
     train_step: Callable
     sample_fn: Callable | None
     eval_loss: Callable | None
@@ -100,28 +106,29 @@ def build_programs(spec: str, mesh: Mesh) -> Programs:
     values = json.loads(spec)
     model = build_model(values["model"])
     diffusion, sampling = values["diffusion"], values["sampling"]
-    schedule = get_schedule(
-        diffusion["schedule"],
-        num_timesteps=diffusion["num_timesteps"],
-        zero_terminal_snr=diffusion["zero_terminal_snr"],
-    )
+    process = build_process(diffusion)
     optimizer = _make_optimizer(values["optim"], values["num_steps"])
     image_shape = tuple(values["image_shape"])
-    init_fn = _init_fn(model, image_shape)
+    init_fn = _init_fn(model, image_shape, is_discrete(process))
     # Only the key's type matters for the shapes; the run's own key initialises.
     abstract = abstract_train_state(init_fn, jax.random.key(0), optimizer, mesh)
+    num_classes = values["model"]["num_classes"]
+    loss_fn = make_denoising_loss(
+        flax_apply_fn(model),
+        process,
+        prediction_type=diffusion["prediction_type"],
+        weighting=diffusion["loss_weighting"],
+        min_snr_gamma=diffusion["min_snr_gamma"],
+        offset_noise=diffusion["offset_noise"],
+        time_sampler=build_time_sampler(diffusion, process),
+        num_classes=num_classes,
+        label_dropout=values["label_dropout"],
+    )
     train_step = jit_train_step(
         make_train_step(
-            flax_apply_fn(model),
-            schedule,
+            loss_fn,
             optimizer,
-            prediction_type=diffusion["prediction_type"],
-            weighting=diffusion["loss_weighting"],
-            min_snr_gamma=diffusion["min_snr_gamma"],
-            offset_noise=diffusion["offset_noise"],
             ema_decay=values["optim"]["ema_decay"],
-            num_classes=values["model"]["num_classes"],
-            label_dropout=values["label_dropout"],
             skip_nonfinite=values["nan_policy"] == "skip",
         ),
         mesh,
@@ -130,43 +137,18 @@ def build_programs(spec: str, mesh: Mesh) -> Programs:
     if sampling["num_samples"] > 0:
         sample_fn = make_sample_fn(
             model,
-            schedule,
+            process,
             image_shape=image_shape,
             num_samples=sampling["num_samples"],
             sampler=sampling["sampler"],
-            num_steps=sampling["num_steps"],
-            eta=sampling["eta"],
+            options=sampler_options(values),
             guidance_scale=sampling["guidance_scale"],
             clip_x0=sampling["clip_x0"],
-            prediction_type=diffusion["prediction_type"],
             mesh=mesh,
         )
-    eval_loss = _eval_loss_fn(model, schedule, diffusion, mesh) if values["evaluate"] else None
+    eval_loss = _eval_loss_fn(loss_fn, mesh) if values["evaluate"] else None
     return Programs(
-        model, schedule, optimizer, init_fn, abstract, train_step, sample_fn, eval_loss
-    )
-
-
-def build_model(model_config: Mapping[str, Any]) -> UNet:
-    """The UNet described by a config's ``model`` section.
-
-    Args:
-      model_config: the (validated) ``config.model`` as a mapping.
-
-    Returns:
-      A :class:`diffjax.models.UNet`.
-    """
-    return UNet(
-        base_channels=model_config["base_channels"],
-        channel_mults=tuple(model_config["channel_mults"]),
-        num_res_blocks=model_config["num_res_blocks"],
-        attn_resolutions=tuple(model_config["attn_resolutions"]),
-        dropout=model_config["dropout"],
-        num_classes=model_config["num_classes"],
-        num_groups=model_config["num_groups"],
-        dtype=_DTYPES[model_config["dtype"]],
-        param_dtype=_DTYPES[model_config["param_dtype"]],
-        remat=model_config["remat"],
+        model, process, optimizer, init_fn, abstract, loss_fn, train_step, sample_fn, eval_loss
     )
 
 
@@ -186,38 +168,23 @@ def _make_optimizer(
     )
 
 
-def _init_fn(model: UNet, image_shape: tuple[int, int, int]) -> Callable[[jax.Array], Any]:
+def _init_fn(
+    model: nn.Module, image_shape: tuple[int, int, int], discrete: bool
+) -> Callable[[jax.Array], Any]:
     def init(key: jax.Array) -> Any:
         x = jnp.zeros((1, *image_shape), jnp.float32)
-        t = jnp.zeros((1,), jnp.int32)
+        t = jnp.zeros((1,), jnp.int32 if discrete else jnp.float32)
         labels = None if model.num_classes is None else jnp.zeros((1,), jnp.int32)
         return model.init({"params": key}, x, t, labels, train=False)["params"]
 
     return init
 
 
-def _eval_loss_fn(
-    model: UNet, schedule: DiffusionSchedule, diffusion: Mapping[str, Any], mesh: Mesh
-) -> Callable[[Any, dict, jax.Array], jax.Array]:
-    """Jitted mean denoising loss of given params on one batch, without dropout."""
+def _eval_loss_fn(loss_fn: LossFn, mesh: Mesh) -> Callable[[Any, dict, jax.Array], jax.Array]:
+    """Jitted held-out loss of given params on one batch: the training loss with train=False."""
 
     def loss(params: Any, batch: dict, key: jax.Array) -> jax.Array:
-        labels = batch.get("label") if model.num_classes is not None else None
-
-        def model_fn(x_t, t):
-            return model.apply({"params": params}, x_t, t, labels, train=False)
-
-        value, _ = denoising_loss(
-            model_fn,
-            schedule,
-            batch["image"],
-            key,
-            prediction_type=diffusion["prediction_type"],
-            weighting=diffusion["loss_weighting"],
-            min_snr_gamma=diffusion["min_snr_gamma"],
-            offset_noise=diffusion["offset_noise"],
-        )
-        return value
+        return loss_fn(params, {}, batch, key, False)[0]
 
     return jax.jit(
         loss,

@@ -1,54 +1,52 @@
-"""Sampling from a trained UNet: ``make_sample_fn`` and the labels of a sample grid.
+"""Sampling from a trained network: ``make_sample_fn`` and the labels of a sample grid.
 
-What the training loop (its sample grids), ``python -m diffjax.sample`` and the notebooks use
-to turn a UNet and its parameters into images with the samplers of :mod:`diffjax.samplers`.
+What the training loop (its sample grids), ``python -m diffjax.sample``, ``python -m
+diffjax.evaluate`` and the notebooks use to turn a network and its parameters into images with
+the samplers of :mod:`diffjax.samplers`.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from diffjax.models.unet import UNet
-from diffjax.schedules import DiffusionSchedule
 from diffjax.training.config_validation import ConfigError
 from diffjax.training.sharding import batch_sharding
 
 __all__ = ["grid_labels", "make_sample_fn"]
 
 
-def _apply_unconditional(model: UNet, params: Any, x_t: jnp.ndarray, t: jnp.ndarray):
+def _apply_unconditional(model: nn.Module, params: Any, x_t: jnp.ndarray, t: jnp.ndarray):
     return model.apply({"params": params}, x_t, t, None, train=False)
 
 
-def _apply_conditional(model: UNet, params: Any, x_t: jnp.ndarray, t: jnp.ndarray, labels):
+def _apply_conditional(model: nn.Module, params: Any, x_t: jnp.ndarray, t: jnp.ndarray, labels):
     return model.apply({"params": params}, x_t, t, labels, train=False)
 
 
-def _apply_fixed_labels(model: UNet, params: Any, labels, x_t: jnp.ndarray, t: jnp.ndarray):
+def _apply_fixed_labels(model: nn.Module, params: Any, labels, x_t: jnp.ndarray, t: jnp.ndarray):
     return model.apply({"params": params}, x_t, t, labels, train=False)
 
 
 def make_sample_fn(
-    model: UNet,
-    schedule: DiffusionSchedule,
+    model: nn.Module,
+    process: Any,
     *,
     image_shape: tuple[int, int, int],
     num_samples: int,
     sampler: str,
-    num_steps: int,
-    eta: float,
+    options: Mapping[str, Any],
     guidance_scale: float,
     clip_x0: bool,
-    prediction_type: str,
     mesh: Mesh | None = None,
 ) -> Callable[[Any, jax.Array, jnp.ndarray | None], jax.Array]:
-    """``sample(params, key, labels) -> images [num_samples, H, W, C]`` for a trained UNet.
+    """``sample(params, key, labels) -> images [num_samples, H, W, C]`` for a trained network.
 
     The network becomes a plain ``model_fn(x_t, t)`` for the samplers of
     :mod:`diffjax.samplers` (a :class:`jax.tree_util.Partial` holding the params, so new params
@@ -58,20 +56,20 @@ def make_sample_fn(
     the devices.
 
     Args:
-      model: the UNet.
-      schedule: the :class:`~diffjax.DiffusionSchedule` it was trained with.
+      model: the network (called as ``model(x, t, labels, train=False)``).
+      process: the schedule or continuous process it was trained with.
       image_shape: ``(H, W, C)``.
       num_samples: N, images per call.
-      sampler: ``'ddpm' | 'ddim' | 'dpm_solver'``.
-      num_steps: sampling steps (model calls; per sample, doubled by guidance).
-      eta: DDIM's noise scale (used by ``'ddim'`` only).
+      sampler: one of :data:`diffjax.samplers.SAMPLER_NAMES`.
+      options: that sampler's keyword arguments (``num_steps``, ``prediction_type``, ...),
+        checked by the sampler when called.
       guidance_scale: classifier-free guidance weight w (1: the plain conditional model).
       clip_x0: clip predicted x0 to [-1, 1] in each step.
-      prediction_type: ``'eps' | 'x0' | 'v'``, as trained.
       mesh: optional mesh to split the samples over.
 
     Returns:
-      ``sample(params, key, labels)``; ``labels`` int32 ``[N]`` in ``[0, num_classes]`` for a
+      ``sample(params, key, labels)``; ``key`` is one key or ``[N]`` per-sample keys
+      (:func:`diffjax.samplers.sample_keys`); ``labels`` int32 ``[N]`` in ``[0, num_classes]`` for a
       class-conditional model (``num_classes`` = unconditional), else None. The result is
       float32 ``[N, H, W, C]`` in model space (about [-1, 1]).
     """
@@ -79,13 +77,11 @@ def make_sample_fn(
 
     if model.num_classes is None and guidance_scale != 1.0:
         raise ConfigError(
-            f"guidance_scale={guidance_scale} needs a class-conditional model; this UNet has "
+            f"guidance_scale={guidance_scale} needs a class-conditional model; this network has "
             f"num_classes=None. Use guidance_scale=1.0."
         )
     shape = (num_samples, *image_shape)
-    options = dict(num_steps=num_steps, prediction_type=prediction_type, clip_x0=clip_x0)
-    if sampler == "ddim":
-        options["eta"] = eta
+    options = dict(options, clip_x0=clip_x0)
     if mesh is not None and num_samples % mesh.devices.size == 0:
         options["out_sharding"] = batch_sharding(mesh)
     unconditional = functools.partial(_apply_unconditional, model)
@@ -104,7 +100,7 @@ def make_sample_fn(
             )
         else:
             model_fn = jax.tree_util.Partial(fixed_labels, params, jnp.asarray(labels, jnp.int32))
-        return samplers.sample(sampler, model_fn, schedule, key, shape, **options)
+        return samplers.sample(sampler, model_fn, process, key, shape, **options)
 
     return sample
 

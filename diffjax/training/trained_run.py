@@ -5,11 +5,10 @@ from __future__ import annotations
 import os
 from typing import Any, NamedTuple
 
+import flax.linen as nn
 from jax.sharding import Mesh
 
-from diffjax.models.unet import UNet
-from diffjax.schedules import DiffusionSchedule
-from diffjax.training.config_validation import validate_config
+from diffjax.training.config_validation import upgrade_config, validate_config
 from diffjax.training.console import log
 from diffjax.training.programs import build_programs, program_spec
 from diffjax.training.sharding import make_mesh
@@ -25,16 +24,16 @@ class TrainedRun(NamedTuple):
     Attributes:
       config: the run's validated config as a plain dict.
       dataset: the description of its training data (``image_shape``, ``num_classes``, ...).
-      model: the UNet.
-      schedule: the diffusion schedule it was trained with.
+      model: the network.
+      process: the noise process (schedule or continuous process) it was trained with.
       state: the restored train state (params, EMA params, optimizer state).
       step: the step of the restored checkpoint.
     """
 
     config: dict[str, Any]
     dataset: dict[str, Any]
-    model: UNet
-    schedule: DiffusionSchedule
+    model: nn.Module
+    process: Any
     state: TrainState
     step: int
 
@@ -62,7 +61,7 @@ def load_trained_run(workdir: str | os.PathLike, mesh: Mesh | None = None) -> Tr
             f"{workdir} holds no diffjax run (no {RUN_RECORD_FILE}); pass the --workdir of a "
             f"training run."
         )
-    values = validate_config(record["config"])
+    values = validate_config(upgrade_config(record["config"]))
     mesh = make_mesh() if mesh is None else mesh
     programs = build_programs(program_spec(values, record["dataset"]["image_shape"]), mesh)
     manager = CheckpointManager(
@@ -75,6 +74,6 @@ def load_trained_run(workdir: str | os.PathLike, mesh: Mesh | None = None) -> Tr
     if restored is None:
         raise WorkdirError(f"{workdir} holds no checkpoint yet; train first.")
     return TrainedRun(
-        values, record["dataset"], programs.model, programs.schedule, restored.state,
+        values, record["dataset"], programs.model, programs.process, restored.state,
         restored.step,
     )  # fmt: skip

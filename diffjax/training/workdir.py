@@ -21,6 +21,7 @@ from typing import Any, Mapping
 import jax
 
 from diffjax.images import atomic_write
+from diffjax.version import __version__
 from diffjax.training.config_validation import ConfigError
 
 __all__ = [
@@ -138,8 +139,6 @@ def write_run_record(workdir: str, values: Mapping[str, Any], info: Any) -> None
     """
     if jax.process_index() != 0:
         return
-    from diffjax import __version__
-
     record = dict(config=values, dataset=_dataset_record(info), diffjax_version=__version__)
 
     def write(tmp_path: str) -> None:
