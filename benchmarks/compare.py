@@ -49,7 +49,7 @@ from collections.abc import Sequence
 from typing import Any
 
 # What diffjax's CLIs set on CPU (this import loads jax but never starts it).
-from diffjax.xla_cpu import FAST_CPU_CONVOLUTION_FLAG, cpu_devices_from_flag, use_cpu_devices
+from diffjax.cli import FAST_CPU_CONVOLUTION_FLAG, cpu_devices_from_flag, use_cpu_devices
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH_DIR)

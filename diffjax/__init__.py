@@ -1,12 +1,13 @@
 """diffjax: diffusion models in JAX and Flax.
 
-The stable public API. The math (schedules, diffusion, losses, samplers) takes arrays, a
-:class:`DiffusionSchedule` and a plain ``model_fn(x_t, t) -> prediction``, so a network written
-in any JAX framework plugs in unchanged; :class:`UNet` is the Flax network diffjax trains; the
+The stable public API. The math (schedules and continuous processes, the forward process,
+predictions, losses, samplers) takes arrays, a process (a :class:`DiffusionSchedule` or a
+continuous process such as :class:`RectifiedFlow`) and a plain ``model_fn(x_t, t) ->
+prediction``, so a network written in any JAX framework plugs in unchanged; :class:`UNet` is the Flax network diffjax trains; the
 training machinery lives in :mod:`diffjax.training`. ``import diffjax`` never imports TensorFlow,
-tensorflow-datasets or orbax: :func:`train_and_evaluate` loads its module on first use.
-:func:`enable_fast_cpu_convolutions` and :func:`use_cpu_devices` (with :func:`cpu_device_count`)
-set up a CPU for speed and must run before JAX starts.
+tensorflow-datasets, orbax or absl: :func:`train_and_evaluate` loads its module on first use.
+The CPU speed settings of the command-line programs (one device per core, Eigen convolutions)
+are in :mod:`diffjax.cli` for notebooks that want them; they must run before JAX starts.
 """
 
 from typing import Any
@@ -27,8 +28,35 @@ from diffjax.diffusion import (
     x0_from_eps,
     x0_from_v,
 )
-from diffjax.losses import LOSS_WEIGHTINGS, denoising_loss, sample_timesteps, snr_loss_weight
+from diffjax.losses import (
+    LOSS_WEIGHTINGS,
+    TIME_SAMPLERS,
+    denoising_loss,
+    edm_lognormal_times,
+    get_time_sampler,
+    logit_normal_times,
+    loss_weight,
+    mode_times,
+    sample_timesteps,
+    snr_loss_weight,
+    time_shift,
+    uniform_times,
+)
 from diffjax.models import UNet, count_params
+from diffjax.predictions import convert_prediction
+from diffjax.processes import (
+    EDM,
+    PROCESS_NAMES,
+    VE,
+    Marginal,
+    RectifiedFlow,
+    VPCosine,
+    VPLinear,
+    get_process,
+    log_snr,
+    marginal,
+    sde_coefficients,
+)
 from diffjax.samplers import (
     SAMPLER_NAMES,
     classifier_free_guidance,
@@ -36,7 +64,13 @@ from diffjax.samplers import (
     ddim_sample,
     ddpm_sample,
     dpm_solver_sample,
+    euler_sample,
+    flow_euler_sample,
+    flow_heun_sample,
+    flow_midpoint_sample,
+    heun_sample,
     sample,
+    sample_keys,
 )
 from diffjax.schedules import (
     SCHEDULE_NAMES,
@@ -45,38 +79,50 @@ from diffjax.schedules import (
     make_schedule,
     rescale_zero_terminal_snr,
 )
-from diffjax.xla_cpu import (
-    FAST_CPU_CONVOLUTION_FLAG,
-    cpu_device_count,
-    enable_fast_cpu_convolutions,
-    use_cpu_devices,
-)
-
-__version__ = "0.1.0"
+from diffjax.version import __version__
 
 __all__ = [
-    "FAST_CPU_CONVOLUTION_FLAG",
+    "EDM",
     "LOSS_WEIGHTINGS",
     "PREDICTION_TYPES",
+    "PROCESS_NAMES",
     "SAMPLER_NAMES",
     "SCHEDULE_NAMES",
+    "TIME_SAMPLERS",
+    "VE",
     "DiffusionSchedule",
+    "Marginal",
     "PosteriorMeanVariance",
+    "RectifiedFlow",
     "UNet",
+    "VPCosine",
+    "VPLinear",
     "alpha_sigma",
     "classifier_free_guidance",
+    "convert_prediction",
     "count_params",
-    "cpu_device_count",
     "ddim_invert",
     "ddim_sample",
     "ddpm_sample",
     "denoising_loss",
     "dpm_solver_sample",
+    "edm_lognormal_times",
     "eps_from_v",
     "eps_from_x0",
-    "enable_fast_cpu_convolutions",
+    "euler_sample",
+    "flow_euler_sample",
+    "flow_heun_sample",
+    "flow_midpoint_sample",
+    "get_process",
     "get_schedule",
+    "get_time_sampler",
+    "heun_sample",
+    "log_snr",
+    "logit_normal_times",
+    "loss_weight",
     "make_schedule",
+    "marginal",
+    "mode_times",
     "p_mean_variance",
     "predict_x0_and_eps",
     "prediction_target",
@@ -85,10 +131,13 @@ __all__ = [
     "q_sample",
     "rescale_zero_terminal_snr",
     "sample",
+    "sample_keys",
     "sample_timesteps",
+    "sde_coefficients",
     "snr_loss_weight",
+    "time_shift",
     "train_and_evaluate",
-    "use_cpu_devices",
+    "uniform_times",
     "v_from_x0_eps",
     "x0_from_eps",
     "x0_from_v",

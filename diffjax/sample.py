@@ -2,39 +2,49 @@ r"""Samples from a trained run: ``python -m diffjax.sample --workdir DIR``.
 
 Example::
 
-  python -m diffjax.sample --workdir runs/fmnist --sampler ddim --steps 50 --eta 0 \
+  python -m diffjax.sample --workdir runs/fmnist --sampler ddim --steps 50 --option eta=0.5 \
       --num 64 --seed 0
+  python -m diffjax.sample --workdir runs/fmnist_edm --sampler heun --steps 18 --option s_churn=10
   python -m diffjax.sample --workdir runs/cifar10_cond --guidance 3.0 --label 3
 
 Loads the newest good checkpoint read-only (safe while the run is still training), draws
 ``--num`` samples with the EMA weights (``--noema`` for the raw weights), and writes a PNG grid
 and an ``.npz`` (``samples`` float32 [N, H, W, C] in [-1, 1], ``labels`` int32 [N] for a
-class-conditional model) into ``DIR/samples/``. It prints the time per sample, without the
-one-off compilation (a single-batch run is timed on a second, compiled call). Defaults
-for the sampler, steps, eta and guidance come from the run's config. On CPU it first adds
-:data:`diffjax.FAST_CPU_CONVOLUTION_FLAG` to ``$XLA_FLAGS`` (``--nofast_cpu_convolutions``: not)
-and splits each batch over one JAX device per core (``--cpu_devices=N`` chooses the count).
+class-conditional model) into ``DIR/samples/``. Sample i is drawn with the key
+``fold_in(key(seed), i)``, so it does not depend on ``--num``, ``--batch`` or the device count,
+and ``--seed S`` gives the training loop's grid images for ``config.sampling.seed = S`` (same
+sampler and steps). It prints the time per sample, without the one-off compilation (a
+single-batch run is timed on a second, compiled call). The sampler, steps, sampler options and
+guidance default to the run's config; ``--option name=value`` sets any option of the chosen
+sampler (checked against it before anything compiles). On CPU it first adds
+:data:`diffjax.cli.FAST_CPU_CONVOLUTION_FLAG` to ``$XLA_FLAGS`` (``--nofast_cpu_convolutions``:
+not) and splits each batch over one JAX device per core (``--cpu_devices=N`` chooses the count).
 """
 
 from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 from absl import app, flags
 
-from diffjax.xla_cpu import (
+from diffjax.cli import (
     cpu_devices_from_flag,
     define_cpu_devices_flag,
     define_fast_cpu_convolutions_flag,
+    run_program,
 )
+from diffjax.samplers.registry import SAMPLER_NAMES
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The training run's folder.")
 _SAMPLER = flags.DEFINE_enum(
-    "sampler", None, ["ddpm", "ddim", "dpm_solver"], "Sampler; default: the run's config."
+    "sampler", None, list(SAMPLER_NAMES), "Sampler; default: the run's config."
 )
 _STEPS = flags.DEFINE_integer("steps", None, "Sampling steps; default: the run's config.")
-_ETA = flags.DEFINE_float("eta", None, "DDIM eta (0: deterministic); default: the config's.")
+_OPTIONS = flags.DEFINE_multi_string(
+    "option", [], "A sampler option as name=value (repeatable), e.g. eta=0.5 or s_churn=10."
+)
 _NUM = flags.DEFINE_integer("num", 64, "Number of samples.")
 _BATCH = flags.DEFINE_integer("batch", 256, "Samples drawn per compiled call.")
 _GUIDANCE = flags.DEFINE_float(
@@ -51,6 +61,28 @@ _OUT = flags.DEFINE_string(
 _FAST_CPU_CONVOLUTIONS = define_fast_cpu_convolutions_flag()
 _CPU_DEVICES = define_cpu_devices_flag()
 flags.mark_flag_as_required("workdir")
+
+
+def parse_option(text: str) -> tuple[str, Any]:
+    """``'eta=0.5'`` -> ``('eta', 0.5)``: ints, floats, ``true``/``false`` and strings.
+
+    Raises:
+      ConfigError: the text is not ``name=value``.
+    """
+    from diffjax.training.config_validation import ConfigError
+
+    name, separator, raw = text.partition("=")
+    if not separator or not name.strip():
+        raise ConfigError(f"--option={text!r} must be name=value (e.g. --option eta=0.5).")
+    raw = raw.strip()
+    for convert in (int, float):
+        try:
+            return name.strip(), convert(raw)
+        except ValueError:
+            pass
+    if raw.lower() in ("true", "false"):
+        return name.strip(), raw.lower() == "true"
+    return name.strip(), raw
 
 
 def _check_flags(num_classes: int | None) -> None:
@@ -76,6 +108,9 @@ def sample_main() -> str:
     import numpy as np
 
     from diffjax.images import atomic_write, save_image_grid
+    from diffjax.samplers import check_sampler_options
+    from diffjax.training.config_validation import ConfigError
+    from diffjax.samplers import sample_keys
     from diffjax.training.sampling import grid_labels, make_sample_fn
     from diffjax.training.sharding import make_mesh
     from diffjax.training.trained_run import load_trained_run
@@ -86,20 +121,27 @@ def sample_main() -> str:
     _check_flags(num_classes)
     sampler = _SAMPLER.value or sampling["sampler"]
     num_steps = _STEPS.value or sampling["num_steps"]
-    eta = sampling["eta"] if _ETA.value is None else _ETA.value
+    # The config's options belong to the config's sampler; another sampler starts from its own.
+    options = dict(sampling["options"]) if sampler == sampling["sampler"] else {}
+    options.update(parse_option(text) for text in _OPTIONS.value)
+    options = dict(
+        options, num_steps=num_steps, prediction_type=run.config["diffusion"]["prediction_type"]
+    )
+    try:
+        check_sampler_options(sampler, run.process, options)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"--sampler={sampler} --steps={num_steps}: {error}") from error
     guidance = sampling["guidance_scale"] if _GUIDANCE.value is None else _GUIDANCE.value
     batch = min(_BATCH.value, _NUM.value)
     sample_fn = make_sample_fn(
         run.model,
-        run.schedule,
+        run.process,
         image_shape=tuple(run.dataset["image_shape"]),
         num_samples=batch,
         sampler=sampler,
-        num_steps=num_steps,
-        eta=eta,
+        options=options,
         guidance_scale=guidance,
         clip_x0=sampling["clip_x0"],
-        prediction_type=run.config["diffusion"]["prediction_type"],
         mesh=make_mesh(),
     )
     params = run.state.ema_params if _EMA.value else run.state.params
@@ -110,14 +152,13 @@ def sample_main() -> str:
     else:
         all_labels = None
 
-    key = jax.random.key(_SEED.value)
-
     def draw(index: int) -> np.ndarray:
         labels = None
         if all_labels is not None:
             # The last call is padded to the compiled batch size, then trimmed.
             labels = jnp.asarray(np.resize(all_labels[index * batch : (index + 1) * batch], batch))
-        return np.asarray(jax.device_get(sample_fn(params, jax.random.fold_in(key, index), labels)))
+        keys = sample_keys(_SEED.value, index * batch, batch)
+        return np.asarray(jax.device_get(sample_fn(params, keys, labels)))
 
     chunks, timed_seconds, timed_samples = [], 0.0, 0
     start = time.perf_counter()
@@ -168,8 +209,6 @@ def sample_main() -> str:
 
 def main(argv: list[str]) -> None:
     """absl entry point: runs :func:`sample_main`; expected failures print one line."""
-    from diffjax.training.loop import run_program
-
     run_program(
         "diffjax.sample",
         argv,

@@ -6,11 +6,11 @@ Example::
       --config.training.num_steps=2000
 
 Any config value can be overridden with ``--config.<section>.<key>=<value>``. On CPU it adds
-:data:`diffjax.FAST_CPU_CONVOLUTION_FLAG` to ``$XLA_FLAGS`` before JAX starts (faster
+:data:`diffjax.cli.FAST_CPU_CONVOLUTION_FLAG` to ``$XLA_FLAGS`` before JAX starts (faster
 convolution gradients; ``--nofast_cpu_convolutions`` turns that off) and trains data-parallel
 on one JAX device per core (``--cpu_devices=N`` chooses the count; see
-:func:`diffjax.xla_cpu.cpu_devices_from_flag`). Running the same
-command again in the same workdir resumes from the newest good checkpoint. The work is done by
+:func:`diffjax.cli.cpu_devices_from_flag`). Running the same command again in the same workdir
+resumes from the newest good checkpoint. The work is done by
 :func:`diffjax.training.loop.train_and_evaluate`; this file only parses flags.
 
 An expected failure (bad config, unwritable workdir, missing dataset, incompatible resume,
@@ -23,11 +23,12 @@ from __future__ import annotations
 from absl import app, flags
 from ml_collections import config_flags
 
-from diffjax.training.loop import DEFAULT_COMPILATION_CACHE, run_program, train_and_evaluate
-from diffjax.xla_cpu import (
+from diffjax.cli import (
+    DEFAULT_COMPILATION_CACHE,
     cpu_devices_from_flag,
     define_cpu_devices_flag,
     define_fast_cpu_convolutions_flag,
+    run_program,
 )
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -47,6 +48,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv: list[str]) -> None:
     """absl entry point: runs :func:`train_and_evaluate`; expected failures print one line."""
+    from diffjax.training.loop import train_and_evaluate
+
     run_program(
         "diffjax.train",
         argv,

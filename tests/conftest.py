@@ -13,7 +13,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
 
-from diffjax.xla_cpu import enable_fast_cpu_convolutions  # noqa: E402
+from diffjax.cli import enable_fast_cpu_convolutions  # noqa: E402
 
 enable_fast_cpu_convolutions()
 

@@ -1,4 +1,4 @@
-"""Tests of diffjax/xla_cpu.py: the CPU convolution flag, the CPU device count, and when
+"""Tests of diffjax/cli.py: the CPU convolution flag, the CPU device count, and when
 each is (not) changed.
 
 Both only take effect in a process whose JAX backend has not started, so the behavioural
@@ -13,7 +13,7 @@ import textwrap
 import pytest
 from jaxlib import version as jaxlib_version
 
-from diffjax.xla_cpu import (
+from diffjax.cli import (
     FAST_CPU_CONVOLUTION_FLAG,
     cpu_device_count,
     cpu_devices_from_flag,
@@ -32,7 +32,7 @@ _CONV_PROBE = textwrap.dedent(
     """
     import os, sys
     import jax, jax.numpy as jnp
-    from diffjax import enable_fast_cpu_convolutions
+    from diffjax.cli import enable_fast_cpu_convolutions
     if sys.argv[1] == "touch-backend-first":
         jax.devices()
     enabled = enable_fast_cpu_convolutions() if sys.argv[1] != "off" else None
@@ -151,7 +151,7 @@ _DEVICE_PROBE = textwrap.dedent(
     """
     import sys
     import jax
-    from diffjax import use_cpu_devices
+    from diffjax.cli import use_cpu_devices
     if sys.argv[1] == "touch-backend-first":
         jax.devices()
     print(use_cpu_devices(3), jax.device_count())
@@ -181,7 +181,7 @@ def test_use_cpu_devices_only_before_the_backend_starts_and_not_over_the_user(mo
 
 
 def test_use_cpu_devices_rejects_zero():
-    from diffjax import use_cpu_devices
+    from diffjax.cli import use_cpu_devices
 
     with pytest.raises(ValueError, match="num_devices must be >= 1, got 0"):
         use_cpu_devices(0)

@@ -1,0 +1,333 @@
+"""The command-line programs' shared plumbing: the runner, one-line errors, the compile cache, and
+the CPU settings with their flags.
+
+``python -m diffjax.train``, ``python -m diffjax.sample`` and ``python -m diffjax.evaluate`` are
+thin absl entry points; everything they share lives here, so that neither ``import diffjax``
+nor the training code imports absl or this module (DESIGN: training never imports the CLIs).
+
+**The runner.** :func:`run_program` refuses stray arguments, quiets absl logging, applies the
+CPU settings before JAX starts, turns on the persistent compilation cache and runs the program;
+a failure that is the user's to fix (:func:`expected_errors`) prints one line,
+``diffjax.<program>: error: ...``, and exits with status 1.
+
+**Convolutions on CPU.**
+jaxlib 0.10 hands every convolution on CPU to YNNPACK, whose weight-gradient convolution (the
+one a training step needs) runs at about a fifth of its forward speed. The flag
+:data:`FAST_CPU_CONVOLUTION_FLAG` gives convolutions back to XLA's Eigen kernels (measurements:
+``benchmarks/RESULTS.md``); float32 results differ only in summation order. The flag names a
+jaxlib-internal option, so it is only added for the jaxlib versions it was measured on; XLA
+aborts the process on a flag it does not know.
+
+**One device per core.** XLA runs YNNPACK's dots and reductions, and the thunks between the
+convolutions, on one thread, so a single CPU device leaves the other cores idle for part of
+every step. Splitting the CPU into one JAX device per core (:func:`use_cpu_devices` with
+:func:`cpu_device_count`) runs the data-parallel shards side by side instead. It changes the
+device count only; the code and the global batch stay the same.
+
+XLA and JAX read these settings once, when the first JAX backend starts, so call both functions
+before anything runs a JAX computation (the CLIs do so unless given ``--nofast_cpu_convolutions``
+or ``--cpu_devices=1``; a notebook calls them itself). On GPU and TPU they are harmless: they
+only configure the CPU backend.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from typing import Callable
+
+from absl import app, flags, logging
+
+__all__ = [
+    "DEFAULT_COMPILATION_CACHE",
+    "FAST_CPU_CONVOLUTION_FLAG",
+    "cpu_device_count",
+    "cpu_devices_from_flag",
+    "define_cpu_devices_flag",
+    "define_fast_cpu_convolutions_flag",
+    "enable_compilation_cache",
+    "enable_fast_cpu_convolutions",
+    "expected_errors",
+    "run_program",
+    "usable_cpu_cores",
+    "use_cpu_devices",
+    "with_fast_cpu_convolution_flag",
+]
+
+FAST_CPU_CONVOLUTION_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
+
+# jaxlib (major, minor) releases on which the flag exists and was measured to help.
+_MEASURED_JAXLIB = ((0, 10),)
+_FLAG_NAME = FAST_CPU_CONVOLUTION_FLAG.split("=")[0]
+# The XLA flag that also sets the CPU device count (tests use it for eight fake devices).
+_DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
+
+
+def with_fast_cpu_convolution_flag(xla_flags: str, jaxlib_version: str) -> str | None:
+    """Returns ``xla_flags`` with :data:`FAST_CPU_CONVOLUTION_FLAG` appended, or ``None``.
+
+    Args:
+      xla_flags: the current ``$XLA_FLAGS`` (possibly empty).
+      jaxlib_version: ``jaxlib.version.__version__``, e.g. ``"0.10.2"``.
+
+    Returns:
+      The new flag string, or ``None`` when nothing should change: the user already chose a
+      ``--xla_cpu_experimental_ynn_fusion_type`` themselves, or this jaxlib is not one the flag
+      was measured on.
+    """
+    if _FLAG_NAME in xla_flags:
+        return None
+    major_minor = tuple(int(part) for part in jaxlib_version.split(".")[:2])
+    if major_minor not in _MEASURED_JAXLIB:
+        return None
+    return f"{xla_flags} {FAST_CPU_CONVOLUTION_FLAG}".strip()
+
+
+def enable_fast_cpu_convolutions() -> bool:
+    """Adds :data:`FAST_CPU_CONVOLUTION_FLAG` to ``$XLA_FLAGS`` if JAX has not started yet.
+
+    Call it first thing in a training script or notebook (before any JAX computation, device
+    query or ``jax.devices()``); importing :mod:`jax` and :mod:`diffjax` is fine.
+
+    Returns:
+      ``True`` if the flag is in ``$XLA_FLAGS`` (added now, or already there), ``False`` if it
+      was left out: the backend had already started (a warning is logged), the user chose
+      another value of the option, or this jaxlib was not measured with it.
+    """
+    from jax._src import xla_bridge
+    from jaxlib import version as jaxlib_version
+
+    current = os.environ.get("XLA_FLAGS", "")
+    if FAST_CPU_CONVOLUTION_FLAG in current.split():
+        return True
+    updated = with_fast_cpu_convolution_flag(current, jaxlib_version.__version__)
+    if updated is None:
+        return False
+    if xla_bridge.backends_are_initialized():
+        logging.warning(
+            "JAX's backend has already started, so %s cannot take effect; set it in "
+            "$XLA_FLAGS before the first JAX computation for faster CPU training.",
+            FAST_CPU_CONVOLUTION_FLAG,
+        )
+        return False
+    os.environ["XLA_FLAGS"] = updated
+    return True
+
+
+def define_fast_cpu_convolutions_flag() -> flags.FlagHolder:
+    """Defines the ``--fast_cpu_convolutions`` absl flag of the command-line programs.
+
+    Returns:
+      The flag's holder; its value (default ``True``) says whether the program should call
+      :func:`enable_fast_cpu_convolutions` first thing in ``main``.
+    """
+    return flags.DEFINE_bool(
+        "fast_cpu_convolutions",
+        True,
+        f"Add {FAST_CPU_CONVOLUTION_FLAG} to $XLA_FLAGS before JAX starts: faster "
+        "convolutions on CPU (see benchmarks/RESULTS.md). No effect on GPU/TPU, or when "
+        "$XLA_FLAGS already sets that option.",
+    )
+
+
+def usable_cpu_cores() -> int:
+    """The number of cores this process may run on (its CPU affinity; at least 1)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def cpu_device_count(batch_sizes: Sequence[int], num_cores: int | None = None) -> int:
+    """How many CPU devices to train on: one per core, lowered until every batch splits evenly.
+
+    Args:
+      batch_sizes: the global batch sizes the devices share (training, evaluation,
+        sampling), each >= 1.
+      num_cores: cores to use; default :func:`usable_cpu_cores`.
+
+    Returns:
+      The largest ``D <= num_cores`` that divides every batch size (1 if none larger does).
+
+    Raises:
+      ValueError: ``num_cores`` or a batch size is below 1.
+    """
+    cores = usable_cpu_cores() if num_cores is None else num_cores
+    if cores < 1:
+        raise ValueError(f"num_cores must be >= 1, got {cores}.")
+    if any(size < 1 for size in batch_sizes):
+        raise ValueError(f"batch sizes must be >= 1, got {list(batch_sizes)}.")
+    return max(
+        count for count in range(1, cores + 1) if all(size % count == 0 for size in batch_sizes)
+    )
+
+
+def use_cpu_devices(num_devices: int) -> bool:
+    """Makes JAX's CPU backend show ``num_devices`` devices, if JAX has not started yet.
+
+    Sets ``jax_num_cpu_devices``. The devices share the machine's cores; a mesh over them
+    (:func:`diffjax.training.make_mesh`) runs the data-parallel shards side by side. Call it
+    before any JAX computation or device query; importing :mod:`jax` and :mod:`diffjax` is
+    fine. A count the user chose (``$XLA_FLAGS`` with ``--xla_force_host_platform_device_count``,
+    ``$JAX_NUM_CPU_DEVICES`` or ``jax_num_cpu_devices``) is kept.
+
+    Args:
+      num_devices: the number of CPU devices, >= 1 (e.g. from :func:`cpu_device_count`).
+
+    Returns:
+      ``True`` if the CPU backend will have ``num_devices`` devices, ``False`` if the count
+      was left alone: the user chose another, or the backend had already started (a warning
+      is logged).
+
+    Raises:
+      ValueError: ``num_devices`` is below 1.
+    """
+    from jax._src import xla_bridge
+
+    if num_devices < 1:
+        raise ValueError(f"num_devices must be >= 1, got {num_devices}.")
+    if _DEVICE_COUNT_FLAG in os.environ.get("XLA_FLAGS", ""):
+        return False
+    if xla_bridge.num_cpu_devices.value >= 0:
+        return xla_bridge.num_cpu_devices.value == num_devices
+    if xla_bridge.backends_are_initialized():
+        logging.warning(
+            "JAX's backend has already started, so the CPU cannot be split into %d devices; "
+            "call diffjax.use_cpu_devices before the first JAX computation.",
+            num_devices,
+        )
+        return False
+    import jax
+
+    jax.config.update("jax_num_cpu_devices", num_devices)
+    return True
+
+
+def define_cpu_devices_flag() -> flags.FlagHolder:
+    """Defines the ``--cpu_devices`` absl flag of the command-line programs.
+
+    Returns:
+      The flag's holder; its value (default 0: automatic) is the number of CPU devices the
+      program passes to :func:`use_cpu_devices` (0: :func:`cpu_device_count` of its batch
+      sizes).
+    """
+    return flags.DEFINE_integer(
+        "cpu_devices",
+        0,
+        "Split the CPU into this many JAX devices for data-parallel work (0: one per usable "
+        "core, lowered until the batch sizes split evenly; 1: a single device). No effect on "
+        "GPU/TPU, or when $XLA_FLAGS or $JAX_NUM_CPU_DEVICES already sets the CPU device count.",
+        lower_bound=0,
+    )
+
+
+def cpu_devices_from_flag(flag_value: int, batch_sizes: Sequence[object]) -> int:
+    """The CPU device count that a ``--cpu_devices`` value asks for.
+
+    Args:
+      flag_value: ``--cpu_devices``: a count >= 1, or 0 for automatic.
+      batch_sizes: the program's global batch sizes. Entries that are not integers >= 1 are
+        skipped, because the program's own validation reports them by name later.
+
+    Returns:
+      ``flag_value`` if it is set, else :func:`cpu_device_count` of the valid batch sizes.
+    """
+    if flag_value:
+        return flag_value
+    return cpu_device_count([s for s in batch_sizes if isinstance(s, int) and s >= 1])
+
+
+DEFAULT_COMPILATION_CACHE = os.path.join("~", ".cache", "diffjax", "jax-cache")
+
+
+def enable_compilation_cache(path: str = DEFAULT_COMPILATION_CACHE) -> None:
+    """Turns on JAX's persistent compilation cache, unless $JAX_COMPILATION_CACHE_DIR is set.
+
+    A resumed run (after a kill or preemption) then loads its compiled step from disk instead
+    of compiling it again. Used by the CLIs; a notebook may call it too.
+
+    Args:
+      path: cache folder (``~`` is expanded); empty leaves JAX's settings alone.
+    """
+    import jax
+
+    if not path or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def expected_errors() -> tuple[type[BaseException], ...]:
+    """The failures that are the user's to fix (config, workdir, data, resume, divergence,
+    weight files): the CLIs report them in one line instead of a traceback."""
+    from diffjax.training import checkpoint
+    from diffjax.training.config_validation import ConfigError
+    from diffjax.training.datasets import DatasetUnavailableError
+    from diffjax.training.loop import NonFiniteLossError
+    from diffjax.training.workdir import WorkdirError
+    from diffjax.weights import (
+        StateDictMismatchError,
+        UnsupportedCheckpointError,
+        WeightsChecksumError,
+        WeightsUnavailableError,
+    )
+
+    return (
+        ConfigError,
+        WorkdirError,
+        NonFiniteLossError,
+        DatasetUnavailableError,
+        checkpoint.IncompatibleCheckpointError,
+        checkpoint.NoUsableCheckpointError,
+        checkpoint.NonFiniteStateError,
+        WeightsUnavailableError,
+        WeightsChecksumError,
+        UnsupportedCheckpointError,
+        StateDictMismatchError,
+    )
+
+
+def run_program(
+    name: str,
+    argv: Sequence[str],
+    program: Callable[[], object],
+    *,
+    fast_cpu_convolutions: bool,
+    cpu_devices: int | None = None,
+    compilation_cache: str = DEFAULT_COMPILATION_CACHE,
+) -> None:
+    """The command-line programs' shared ``main``: set-up, run, and one-line failures.
+
+    Refuses stray arguments, quiets absl logging to warnings unless ``--verbosity`` was given,
+    adds the CPU convolution flag and splits the CPU into devices before JAX starts
+    (:func:`enable_fast_cpu_convolutions`, :func:`use_cpu_devices`), turns on the compilation
+    cache, then runs ``program``. An :func:`expected_errors` failure prints
+    ``"{name}: error: ..."`` and exits with status 1 (with ``--verbosity=1``, its traceback
+    instead).
+
+    Args:
+      name: the program's name in error messages, e.g. ``"diffjax.train"``.
+      argv: absl's remaining arguments (only the program name is allowed).
+      program: runs the work, reading the parsed flags itself.
+      fast_cpu_convolutions: whether to add the CPU convolution flag.
+      cpu_devices: the number of CPU devices to ask for; None leaves JAX's default.
+      compilation_cache: see :func:`enable_compilation_cache`.
+    """
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {list(argv[1:])}")
+    if not flags.FLAGS["verbosity"].present:
+        # orbax logs every step of every save at INFO; the program prints its own summary.
+        logging.set_verbosity(logging.WARNING)
+    if fast_cpu_convolutions:
+        enable_fast_cpu_convolutions()
+    if cpu_devices is not None:
+        use_cpu_devices(cpu_devices)
+    enable_compilation_cache(compilation_cache)
+    errors = expected_errors()
+    try:
+        program()
+    except errors as error:
+        if logging.get_verbosity() >= logging.DEBUG:
+            raise
+        print(f"{name}: error: {error}", file=sys.stderr, flush=True)
+        sys.exit(1)
