@@ -32,6 +32,15 @@ def test_both_torch_formats_read_to_the_saved_arrays(name):
         np.testing.assert_array_equal(value, expected[key], err_msg=key)
 
 
+@pytest.mark.parametrize("name", ["module_state_dict.pth", "module_state_dict_legacy.pth"])
+def test_a_module_state_dict_with_its_metadata_attribute_reads(name):
+    state = weights.read_torch_state_dict(FIXTURES / name)
+    expected = np.load(FIXTURES / "module_expected.npz")
+    assert type(state) is dict and sorted(state) == sorted(expected.files)
+    for key in expected.files:
+        np.testing.assert_array_equal(state[key], expected[key], err_msg=key)
+
+
 def _zip_checkpoint(path, payload: bytes) -> None:
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("archive/data.pkl", payload)
@@ -104,7 +113,9 @@ def test_lookup_order_and_checksums(isolated_caches, monkeypatch):
     monkeypatch.setenv("DIFFJAX_TEST_WEIGHTS", str(explicit))
     assert weights.resolve_weights(spec, download=False) == str(explicit)
     explicit.write_bytes(b"tampered")
-    with pytest.raises(weights.WeightsChecksumError, match=f"expected a digest starting with {digest[:8]}"):
+    with pytest.raises(
+        weights.WeightsChecksumError, match=f"expected a digest starting with {digest[:8]}"
+    ):
         weights.resolve_weights(spec, download=False)
     with pytest.raises(weights.WeightsUnavailableError, match="no file is there"):
         weights.resolve_weights(spec, tmp_path / "absent.pth")
@@ -116,7 +127,10 @@ def test_no_copy_and_no_download_names_url_checksum_and_target(isolated_caches):
         weights.resolve_weights(spec, download=False)
     message = str(error.value)
     assert "https://example.invalid/net-1234.pth" in message and "ab" * 32 in message
-    assert str(isolated_caches / "cache" / "net-1234.pth") in message and "DIFFJAX_TEST_WEIGHTS" in message
+    assert (
+        str(isolated_caches / "cache" / "net-1234.pth") in message
+        and "DIFFJAX_TEST_WEIGHTS" in message
+    )
 
 
 def test_download_over_loopback_is_verified_before_it_lands(isolated_caches):
@@ -142,9 +156,15 @@ def test_download_over_loopback_is_verified_before_it_lands(isolated_caches):
 
 
 def test_key_table_builds_flax_layouts_and_names_every_mismatch():
-    state = {"conv.weight": np.zeros((4, 3, 3, 3)), "fc.weight": np.zeros((5, 4)), "bn.num_batches_tracked": np.zeros(())}
+    state = {
+        "conv.weight": np.zeros((4, 3, 3, 3)),
+        "fc.weight": np.zeros((5, 4)),
+        "bn.num_batches_tracked": np.zeros(()),
+    }
     rules = [
-        weights.KeyRule("conv.weight", ("params", "conv", "kernel"), (3, 3, 3, 4), weights.conv_kernel),
+        weights.KeyRule(
+            "conv.weight", ("params", "conv", "kernel"), (3, 3, 3, 4), weights.conv_kernel
+        ),
         weights.KeyRule("fc.weight", ("params", "fc", "kernel"), (4, 5), weights.linear_kernel),
     ]
 
@@ -157,6 +177,13 @@ def test_key_table_builds_flax_layouts_and_names_every_mismatch():
     with pytest.raises(weights.StateDictMismatchError, match=r"missing key\(s\): \['fc.weight'\]"):
         weights.apply_key_table({"conv.weight": state["conv.weight"]}, rules, source="test")
     with pytest.raises(weights.StateDictMismatchError, match=r"unexpected key\(s\): \['extra'\]"):
-        weights.apply_key_table({**state, "extra": np.zeros(1)}, rules, source="test", ignored=ignored)
-    with pytest.raises(weights.StateDictMismatchError, match=r"fc.weight: \(4, 5\) in the file"):
-        weights.apply_key_table({**state, "fc.weight": np.zeros((4, 5))}, rules, source="test", ignored=ignored)
+        weights.apply_key_table(
+            {**state, "extra": np.zeros(1)}, rules, source="test", ignored=ignored
+        )
+    with pytest.raises(
+        weights.StateDictMismatchError,
+        match=r"fc.weight: \(4, 5\) in the file \(Flax layout \(5, 4\)\), Flax layout \(4, 5\)",
+    ):
+        weights.apply_key_table(
+            {**state, "fc.weight": np.zeros((4, 5))}, rules, source="test", ignored=ignored
+        )

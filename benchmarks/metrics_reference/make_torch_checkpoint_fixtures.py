@@ -6,7 +6,8 @@ Run with the PyTorch peer venv (``bash benchmarks/setup_peers.sh``):
 
 It saves one state dict (float32, float16, bfloat16, int64 and bool tensors, a non-contiguous
 view and an ``nn.Parameter``) in both of torch's formats, the zip format and the legacy one,
-plus the expected arrays as ``.npz`` for the comparison.
+plus the expected arrays as ``.npz`` for the comparison; and a real ``Module.state_dict()`` (an
+OrderedDict carrying torch's ``_metadata`` attribute) in both formats.
 """
 
 import collections
@@ -39,6 +40,17 @@ def main() -> None:
         for key, value in state.items()
     }
     np.savez(os.path.join(OUT, "expected.npz"), **expected)
+    # Module.state_dict() pickles a `_metadata` attribute onto its OrderedDict.
+    module = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3), torch.nn.BatchNorm2d(3))
+    torch.save(module.state_dict(), os.path.join(OUT, "module_state_dict.pth"))
+    torch.save(
+        module.state_dict(), os.path.join(OUT, "module_state_dict_legacy.pth"),
+        _use_new_zipfile_serialization=False,
+    )
+    np.savez(
+        os.path.join(OUT, "module_expected.npz"),
+        **{key: value.numpy() for key, value in module.state_dict().items()},
+    )
     print("wrote", sorted(os.listdir(OUT)))
 
 

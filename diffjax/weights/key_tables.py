@@ -95,8 +95,8 @@ def apply_key_table(
         value = rule.transform(np.asarray(state_dict[rule.torch_key]))
         if tuple(value.shape) != tuple(rule.shape):
             wrong_shape.append(
-                f"{rule.torch_key}: {tuple(state_dict[rule.torch_key].shape)} in the file, "
-                f"{tuple(rule.shape)} expected after the layout change"
+                f"{rule.torch_key}: {tuple(state_dict[rule.torch_key].shape)} in the file "
+                f"(Flax layout {tuple(value.shape)}), Flax layout {tuple(rule.shape)} expected"
             )
             continue
         _insert(variables, rule.flax_path, value if dtype is None else value.astype(dtype))

@@ -76,7 +76,9 @@ class _PendingTensor(NamedTuple):
 
 def _rebuild_tensor(storage, storage_offset, size, stride, *_unused) -> _PendingTensor:
     if not isinstance(storage, _Storage):
-        raise UnsupportedCheckpointError(f"a tensor refers to {type(storage).__name__}, not a storage.")
+        raise UnsupportedCheckpointError(
+            f"a tensor refers to {type(storage).__name__}, not a storage."
+        )
     return _PendingTensor(storage, int(storage_offset), tuple(size), tuple(stride))
 
 
@@ -84,12 +86,13 @@ def _rebuild_parameter(data, *_unused) -> _PendingTensor:
     return data
 
 
-def _ordered_dict(*args) -> dict:
-    return dict(*args)
+class _StateDict(dict):
+    """``collections.OrderedDict`` stand-in: ``Module.state_dict()`` pickles a ``_metadata``
+    attribute onto its OrderedDict (a BUILD step), which a plain dict cannot take."""
 
 
 _ALLOWED_GLOBALS = {
-    ("collections", "OrderedDict"): _ordered_dict,
+    ("collections", "OrderedDict"): _StateDict,
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
     ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
@@ -119,7 +122,9 @@ class _RestrictedUnpickler(pickle.Unpickler):
             )
         storage_type, key, _location, numel = saved_id[1:5]
         if not isinstance(storage_type, _StorageType):
-            raise UnsupportedCheckpointError(f"{self.source}: unknown storage type {storage_type!r}.")
+            raise UnsupportedCheckpointError(
+                f"{self.source}: unknown storage type {storage_type!r}."
+            )
         if len(saved_id) > 5 and saved_id[5] is not None:
             raise UnsupportedCheckpointError(
                 f"{self.source} uses storage views (a pre-1.0 PyTorch format); re-save it with "
