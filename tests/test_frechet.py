@@ -17,7 +17,9 @@ def test_streamed_moments_equal_numpy_covariance_even_with_large_means():
     features = 1e4 + rng.standard_normal((1000, 6)) @ rng.standard_normal((6, 6))
     moments = frechet.empty_moments(6)
     for start in range(0, 1000, 96):
-        moments = frechet.accumulate_moments(moments, features[start : start + 96].astype(np.float32))
+        moments = frechet.accumulate_moments(
+            moments, features[start : start + 96].astype(np.float32)
+        )
     stats = frechet.statistics_from_moments(moments)
     reference = features.astype(np.float32).astype(np.float64)
     assert stats.count == 1000

@@ -22,7 +22,10 @@ def test_psnr_uses_the_unit_range():
 def test_ssim_falls_with_noise():
     x = jax.random.uniform(jax.random.key(1), (1, 32, 32, 1), minval=-1.0, maxval=1.0)
     noise = jax.random.normal(jax.random.key(2), x.shape)
-    values = [float(image_quality.ssim(x, jnp.clip(x + scale * noise, -1, 1))[0]) for scale in (0.05, 0.2, 0.5)]
+    values = [
+        float(image_quality.ssim(x, jnp.clip(x + scale * noise, -1, 1))[0])
+        for scale in (0.05, 0.2, 0.5)
+    ]
     assert values[0] > values[1] > values[2]
 
 

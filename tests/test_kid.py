@@ -28,7 +28,10 @@ def test_mmd2_is_unbiased_on_two_samples_of_one_distribution():
     # replications lies within 4 standard errors of 0 (false-failure odds ~6e-5).
     rng = np.random.default_rng(1)
     values = np.array(
-        [kid.polynomial_mmd2(rng.standard_normal((50, 8)), rng.standard_normal((50, 8))) for _ in range(400)]
+        [
+            kid.polynomial_mmd2(rng.standard_normal((50, 8)), rng.standard_normal((50, 8)))
+            for _ in range(400)
+        ]
     )
     standard_error = values.std(ddof=1) / np.sqrt(values.size)
     assert abs(values.mean()) < 4 * standard_error
@@ -41,13 +44,17 @@ def test_kid_grows_with_a_shift_and_is_reproducible():
     rng = np.random.default_rng(2)
     real = rng.standard_normal((300, 8))
     means = [
-        kid.kernel_inception_distance(real, rng.standard_normal((300, 8)) + shift, num_subsets=20, subset_size=100)[0]
+        kid.kernel_inception_distance(
+            real, rng.standard_normal((300, 8)) + shift, num_subsets=20, subset_size=100
+        )[0]
         for shift in (0.0, 0.3, 1.0)
     ]
     assert means[0] < means[1] < means[2]
     fake = rng.standard_normal((300, 8))
     first = kid.kernel_inception_distance(real, fake, num_subsets=5, subset_size=100, seed=7)
-    assert first == kid.kernel_inception_distance(real, fake, num_subsets=5, subset_size=100, seed=7)
+    assert first == kid.kernel_inception_distance(
+        real, fake, num_subsets=5, subset_size=100, seed=7
+    )
 
 
 def test_bad_inputs_name_the_problem():

@@ -91,7 +91,9 @@ def accumulate_moments(moments: FeatureMoments, features: Any) -> FeatureMoments
     if features.ndim != 2 or features.shape[1] != dim:
         raise ValueError(f"features must have shape [B, {dim}], got {features.shape}.")
     if not np.all(np.isfinite(features)):
-        raise ValueError("features contain NaN or Inf; the images or the feature network are broken.")
+        raise ValueError(
+            "features contain NaN or Inf; the images or the feature network are broken."
+        )
     if features.shape[0] == 0:
         return moments
     shift = features.mean(axis=0) if moments.count == 0 else moments.shift
@@ -169,7 +171,9 @@ def frechet_distance(first: FeatureStatistics, second: FeatureStatistics) -> flo
             )
         root = root.real
     difference = mu_1 - mu_2
-    return float(difference @ difference + np.trace(sigma_1) + np.trace(sigma_2) - 2 * np.trace(root))
+    return float(
+        difference @ difference + np.trace(sigma_1) + np.trace(sigma_2) - 2 * np.trace(root)
+    )
 
 
 def save_statistics(path: str | os.PathLike, stats: FeatureStatistics, **metadata: Any) -> str:

@@ -67,7 +67,8 @@ def kernel_inception_distance(
     features_1, features_2 = np.asarray(features_1), np.asarray(features_2)
     if features_1.ndim != 2 or features_2.ndim != 2 or features_1.shape[1] != features_2.shape[1]:
         raise ValueError(
-            f"features must be [N, D] with the same D, got {features_1.shape} and {features_2.shape}."
+            f"features must be [N, D] with the same D, got {features_1.shape} and "
+            f"{features_2.shape}."
         )
     if num_subsets < 1 or subset_size < 2:
         raise ValueError(

@@ -32,7 +32,9 @@ def _kth_neighbour_radii(points: np.ndarray, k: int, block_size: int) -> np.ndar
     return radii
 
 
-def _coverage(queries: np.ndarray, centres: np.ndarray, radii: np.ndarray, block_size: int) -> float:
+def _coverage(
+    queries: np.ndarray, centres: np.ndarray, radii: np.ndarray, block_size: int
+) -> float:
     """Fraction of ``queries`` within the radius of at least one centre."""
     inside = 0
     for start in range(0, queries.shape[0], block_size):
