@@ -3,9 +3,10 @@
 The stable public API. The math (schedules and continuous processes, the forward process,
 predictions, losses, samplers) takes arrays, a process (a :class:`DiffusionSchedule` or a
 continuous process such as :class:`RectifiedFlow`) and a plain ``model_fn(x_t, t) ->
-prediction``, so a network written in any JAX framework plugs in unchanged; :class:`UNet` is the Flax network diffjax trains; the
-training machinery lives in :mod:`diffjax.training`. ``import diffjax`` never imports TensorFlow,
-tensorflow-datasets, orbax or absl: :func:`train_and_evaluate` loads its module on first use.
+prediction``, so a network written in any JAX framework plugs in unchanged; :class:`UNet` is
+the Flax network diffjax trains; the training machinery lives in :mod:`diffjax.training`.
+``import diffjax`` never imports TensorFlow, tensorflow-datasets, orbax or absl:
+:func:`train_and_evaluate` loads its module on first use.
 The CPU speed settings of the command-line programs (one device per core, Eigen convolutions)
 are in :mod:`diffjax.cli` for notebooks that want them; they must run before JAX starts.
 """
@@ -79,7 +80,7 @@ from diffjax.schedules import (
     make_schedule,
     rescale_zero_terminal_snr,
 )
-from diffjax.version import __version__
+from diffjax.version import __version__  # noqa: F401  (the package's version)
 
 __all__ = [
     "EDM",

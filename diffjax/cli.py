@@ -35,7 +35,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
-from typing import Callable
+from typing import Any, Callable
 
 from absl import app, flags, logging
 
@@ -49,6 +49,7 @@ __all__ = [
     "enable_compilation_cache",
     "enable_fast_cpu_convolutions",
     "expected_errors",
+    "parse_option",
     "run_program",
     "usable_cpu_cores",
     "use_cpu_devices",
@@ -115,19 +116,23 @@ def enable_fast_cpu_convolutions() -> bool:
     return True
 
 
-def define_fast_cpu_convolutions_flag() -> flags.FlagHolder:
+def define_fast_cpu_convolutions_flag(default: bool = True) -> flags.FlagHolder:
     """Defines the ``--fast_cpu_convolutions`` absl flag of the command-line programs.
 
+    Args:
+      default: the flag's default (the training CLI: True; sampling and evaluation: False,
+        because with the flag and several CPU devices their loops are not bit-reproducible).
+
     Returns:
-      The flag's holder; its value (default ``True``) says whether the program should call
+      The flag's holder; its value says whether the program should call
       :func:`enable_fast_cpu_convolutions` first thing in ``main``.
     """
     return flags.DEFINE_bool(
         "fast_cpu_convolutions",
-        True,
+        default,
         f"Add {FAST_CPU_CONVOLUTION_FLAG} to $XLA_FLAGS before JAX starts: faster "
-        "convolutions on CPU (see benchmarks/RESULTS.md). No effect on GPU/TPU, or when "
-        "$XLA_FLAGS already sets that option.",
+        "convolution gradients on CPU (see benchmarks/RESULTS.md). No effect on GPU/TPU, or "
+        "when $XLA_FLAGS already sets that option.",
     )
 
 
@@ -285,6 +290,28 @@ def expected_errors() -> tuple[type[BaseException], ...]:
         UnsupportedCheckpointError,
         StateDictMismatchError,
     )
+
+
+def parse_option(text: str) -> tuple[str, Any]:
+    """``'eta=0.5'`` -> ``('eta', 0.5)``: ints, floats, ``true``/``false`` and strings.
+
+    Raises:
+      ConfigError: the text is not ``name=value``.
+    """
+    from diffjax.training.config_validation import ConfigError
+
+    name, separator, raw = text.partition("=")
+    if not separator or not name.strip():
+        raise ConfigError(f"--option={text!r} must be name=value (e.g. --option eta=0.5).")
+    raw = raw.strip()
+    for convert in (int, float):
+        try:
+            return name.strip(), convert(raw)
+        except ValueError:
+            pass
+    if raw.lower() in ("true", "false"):
+        return name.strip(), raw.lower() == "true"
+    return name.strip(), raw
 
 
 def run_program(

@@ -16,16 +16,17 @@ and ``--seed S`` gives the training loop's grid images for ``config.sampling.see
 sampler and steps). It prints the time per sample, without the one-off compilation (a
 single-batch run is timed on a second, compiled call). The sampler, steps, sampler options and
 guidance default to the run's config; ``--option name=value`` sets any option of the chosen
-sampler (checked against it before anything compiles). On CPU it first adds
-:data:`diffjax.cli.FAST_CPU_CONVOLUTION_FLAG` to ``$XLA_FLAGS`` (``--nofast_cpu_convolutions``:
-not) and splits each batch over one JAX device per core (``--cpu_devices=N`` chooses the count).
+sampler (checked against it before anything compiles). On CPU it splits each batch over one JAX
+device per core (``--cpu_devices=N`` chooses the count); unlike the training CLI it leaves out
+the CPU convolution flag by default, because with it and several CPU devices the sampling loop
+is not bit-reproducible from run to run, and sampling is as fast without it
+(``--fast_cpu_convolutions`` adds it).
 """
 
 from __future__ import annotations
 
 import os
 import time
-from typing import Any
 
 from absl import app, flags
 
@@ -33,6 +34,7 @@ from diffjax.cli import (
     cpu_devices_from_flag,
     define_cpu_devices_flag,
     define_fast_cpu_convolutions_flag,
+    parse_option,
     run_program,
 )
 from diffjax.samplers.registry import SAMPLER_NAMES
@@ -58,31 +60,9 @@ _EMA = flags.DEFINE_bool("ema", True, "Use the EMA weights (--noema: the raw wei
 _OUT = flags.DEFINE_string(
     "out", None, "Output path without extension; default DIR/samples/<settings>."
 )
-_FAST_CPU_CONVOLUTIONS = define_fast_cpu_convolutions_flag()
+_FAST_CPU_CONVOLUTIONS = define_fast_cpu_convolutions_flag(default=False)
 _CPU_DEVICES = define_cpu_devices_flag()
 flags.mark_flag_as_required("workdir")
-
-
-def parse_option(text: str) -> tuple[str, Any]:
-    """``'eta=0.5'`` -> ``('eta', 0.5)``: ints, floats, ``true``/``false`` and strings.
-
-    Raises:
-      ConfigError: the text is not ``name=value``.
-    """
-    from diffjax.training.config_validation import ConfigError
-
-    name, separator, raw = text.partition("=")
-    if not separator or not name.strip():
-        raise ConfigError(f"--option={text!r} must be name=value (e.g. --option eta=0.5).")
-    raw = raw.strip()
-    for convert in (int, float):
-        try:
-            return name.strip(), convert(raw)
-        except ValueError:
-            pass
-    if raw.lower() in ("true", "false"):
-        return name.strip(), raw.lower() == "true"
-    return name.strip(), raw
 
 
 def _check_flags(num_classes: int | None) -> None:
@@ -108,9 +88,8 @@ def sample_main() -> str:
     import numpy as np
 
     from diffjax.images import atomic_write, save_image_grid
-    from diffjax.samplers import check_sampler_options
+    from diffjax.samplers import check_sampler_options, sample_keys
     from diffjax.training.config_validation import ConfigError
-    from diffjax.samplers import sample_keys
     from diffjax.training.sampling import grid_labels, make_sample_fn
     from diffjax.training.sharding import make_mesh
     from diffjax.training.trained_run import load_trained_run

@@ -46,6 +46,15 @@ _CPU_DEVICES = define_cpu_devices_flag()
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def _batch_sizes(config) -> list:
+    """The global batch sizes the CPU devices must divide (the FD batch only when FD is on)."""
+    evaluation = config.get("eval", {})
+    sizes = [config.get("data", {}).get("batch_size"), evaluation.get("batch_size")]
+    if evaluation.get("fd_every_steps"):
+        sizes.append(evaluation.get("fd_batch_size"))
+    return sizes
+
+
 def main(argv: list[str]) -> None:
     """absl entry point: runs :func:`train_and_evaluate`; expected failures print one line."""
     from diffjax.training.loop import train_and_evaluate
@@ -57,7 +66,7 @@ def main(argv: list[str]) -> None:
         fast_cpu_convolutions=_FAST_CPU_CONVOLUTIONS.value,
         cpu_devices=cpu_devices_from_flag(
             _CPU_DEVICES.value,
-            [_CONFIG.value.get(section, {}).get("batch_size") for section in ("data", "eval")],
+            _batch_sizes(_CONFIG.value),
         ),
         compilation_cache=_COMPILATION_CACHE.value,
     )

@@ -34,6 +34,7 @@ __all__ = [
     "accumulate_moments",
     "empty_moments",
     "frechet_distance",
+    "load_features",
     "load_statistics",
     "save_statistics",
     "statistics_from_features",
@@ -176,23 +177,36 @@ def frechet_distance(first: FeatureStatistics, second: FeatureStatistics) -> flo
     )
 
 
-def save_statistics(path: str | os.PathLike, stats: FeatureStatistics, **metadata: Any) -> str:
-    """Writes ``mu``, ``sigma`` (float64) and ``count`` to an ``.npz``, plus JSON ``metadata``
-    (e.g. the feature network, its checksum, the dataset split), atomically.
+def save_statistics(
+    path: str | os.PathLike,
+    stats: FeatureStatistics,
+    features: np.ndarray | None = None,
+    **metadata: Any,
+) -> str:
+    """Writes ``mu``, ``sigma`` (float64) and ``count`` to an ``.npz``, optionally the feature
+    vectors themselves (``features`` float32 ``[N, D]``, which KID and precision/recall need),
+    plus JSON ``metadata`` (the feature network, its checksum, the dataset split), atomically.
 
     Returns:
       The path written.
     """
     from diffjax.images import atomic_write
 
+    arrays = dict(mu=stats.mu, sigma=stats.sigma, count=np.int64(stats.count))
+    if features is not None:
+        arrays["features"] = np.asarray(features, np.float32)
+
     def write(tmp_path: str) -> None:
         with open(tmp_path, "wb") as f:
-            np.savez(
-                f, mu=stats.mu, sigma=stats.sigma, count=np.int64(stats.count),
-                metadata=np.asarray(json.dumps(metadata, sort_keys=True)),
-            )  # fmt: skip
+            np.savez(f, metadata=np.asarray(json.dumps(metadata, sort_keys=True)), **arrays)
 
     return atomic_write(path, write)
+
+
+def load_features(path: str | os.PathLike) -> np.ndarray | None:
+    """The feature vectors stored in a statistics ``.npz`` (float32 ``[N, D]``), or None."""
+    with np.load(os.fspath(path), allow_pickle=False) as data:
+        return np.asarray(data["features"]) if "features" in data else None
 
 
 def load_statistics(

@@ -118,6 +118,11 @@ CONFIG_SCHEMA: dict[str, Any] = {
         "split": STR,
         "batch_size": INT,
         "num_batches": INT,
+        "fd_every_steps": INT,
+        "fd_num_samples": INT,
+        "fd_batch_size": INT,
+        "fd_features": STR,
+        "fd_reference": OPT_STR,
     },
 }
 """Every key a training config has, with its type, except the model's own keys, which come from
@@ -170,8 +175,9 @@ def upgrade_config(values: Mapping[str, Any]) -> dict[str, Any]:
     """A config saved by diffjax 0.1.0 (``config.json`` of an older workdir) in today's layout.
 
     0.1.0 had no ``model.name`` (always the UNet), no noise process (always the discrete
-    schedule), no time-sampler keys and a ``sampling.eta`` key instead of ``sampling.options``;
-    the defaults filled in here are what 0.1.0 did. Current configs pass unchanged.
+    schedule), no time-sampler keys, no Fréchet distance during training and a ``sampling.eta``
+    key instead of ``sampling.options``; the defaults filled in here are what 0.1.0 did.
+    Current configs pass unchanged.
     """
     values = config_to_dict(values)
     if not isinstance(values.get("model"), dict) or "name" in values["model"]:
@@ -182,6 +188,12 @@ def upgrade_config(values: Mapping[str, Any]) -> dict[str, Any]:
     diffusion.setdefault("process_options", {})
     diffusion.setdefault("time_sampler", "uniform")
     diffusion.setdefault("time_sampler_options", {})
+    evaluation = values.get("eval", {})
+    for key, default in (
+        ("fd_every_steps", 0), ("fd_num_samples", 1000), ("fd_batch_size", 200),
+        ("fd_features", "fmnist"), ("fd_reference", None),
+    ):  # fmt: skip
+        evaluation.setdefault(key, default)
     sampling = values.get("sampling", {})
     if "eta" in sampling:
         eta = sampling.pop("eta")
@@ -258,7 +270,7 @@ def _check_keys(schema: Mapping[str, Any], config: Mapping[str, Any], prefix: st
     for key, kind in schema.items():
         if key not in config:
             raise ConfigError(
-                f"The config lacks '{prefix}{key}'; start from configs/default.py, which sets "
+                f"The config lacks '{prefix}{key}'; start from configs/base.py, which sets "
                 f"every key."
             )
         if isinstance(kind, dict):
@@ -324,7 +336,8 @@ def build_process(diffusion: Mapping[str, Any]) -> Any:
             if diffusion["process_options"]:
                 raise ValueError(
                     f"the discrete process takes no process_options (its keys are schedule, "
-                    f"num_timesteps and zero_terminal_snr), got {dict(diffusion['process_options'])}"
+                    f"num_timesteps and zero_terminal_snr), got "
+                    f"{dict(diffusion['process_options'])}"
                 )
             return get_schedule(
                 diffusion["schedule"], num_timesteps=diffusion["num_timesteps"],
@@ -469,8 +482,13 @@ def _check_ranges(values: Mapping[str, Any]) -> None:
     _check_sampling(values, process)
 
     _expect(values, "eval.every_steps", lambda v: v >= 0, "be >= 0 (0: never)")
-    for key in ("eval.batch_size", "eval.num_batches"):
+    for key in ("eval.batch_size", "eval.num_batches", "eval.fd_batch_size"):
         _expect(values, key, lambda v: v >= 1, "be >= 1")
+    _expect(values, "eval.fd_every_steps", lambda v: v >= 0, "be >= 0 (0: no FD during training)")
+    _expect(values, "eval.fd_num_samples", lambda v: v >= 2, "be >= 2")
+    from diffjax.metrics.feature_networks import FEATURE_NETWORKS
+
+    _check_choice(values, "eval.fd_features", FEATURE_NETWORKS)
 
 
 def validate_config(config: Any, num_devices: int | None = None) -> dict[str, Any]:
@@ -495,12 +513,15 @@ def validate_config(config: Any, num_devices: int | None = None) -> dict[str, An
     if not isinstance(model_name, str):
         raise ConfigError(
             "config.model.name must name a registered network (e.g. 'unet'); start from "
-            "configs/default.py, which sets every key."
+            "configs/base.py, which sets every key."
         )
     _check_keys(config_schema(model_name), values, "")
     _check_ranges(values)
     if num_devices is not None:
-        for key in ("data.batch_size", "eval.batch_size"):
+        batch_keys = ["data.batch_size", "eval.batch_size"]
+        if values["eval"]["fd_every_steps"] > 0:
+            batch_keys.append("eval.fd_batch_size")
+        for key in batch_keys:
             _expect(
                 values, key, lambda v: v % num_devices == 0,
                 f"be a multiple of the number of devices ({num_devices}), so that each device "

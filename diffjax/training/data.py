@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Mapping, NamedTuple
 
 import numpy as np
 
@@ -530,3 +530,40 @@ def create_dataset(
         "process_count": int(process_count),
     }
     return Dataset(info, grain_dataset, pipeline, host_num_examples)
+
+
+def dataset_from_config(
+    values: Mapping[str, Any], mesh: Any, split: str, batch_size: int, **kwargs: Any
+) -> Dataset:
+    """This host's pipeline for ``split`` of a validated config's dataset.
+
+    Args:
+      values: the validated config (its ``data`` section and ``seed``).
+      mesh: the data-parallel mesh; ``batch_size`` is the global batch split over it.
+      split: the split to read.
+      batch_size: the global batch size.
+      **kwargs: further :func:`create_dataset` arguments (``shuffle``, ``num_epochs``, ...).
+
+    Raises:
+      ConfigError: a dataset name, split or folder that does not exist.
+    """
+    from diffjax.training.config_validation import ConfigError
+    from diffjax.training.sharding import process_batch_size
+
+    data = values["data"]
+    try:
+        return create_dataset(
+            name=data["name"],
+            split=split,
+            image_size=data["image_size"],
+            batch_size=process_batch_size(batch_size, mesh),
+            seed=values["seed"],
+            data_dir=data["data_dir"],
+            manual_dir=data["manual_dir"],
+            download=data["download"],
+            num_threads=data["num_threads"],
+            prefetch_batches=data["prefetch_batches"],
+            **kwargs,
+        )
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"config.data ({data['name']!r}, split {split!r}): {error}") from error

@@ -30,17 +30,16 @@ The workdir's layout is described in :mod:`diffjax.training.workdir`.
 from __future__ import annotations
 
 import os
-import sys
 import time
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh
 
 from diffjax.images import make_grid, save_image_grid, save_loss_curve, to_uint8
 from diffjax.models.unet import count_params
+from diffjax.samplers import sample_keys
 from diffjax.training.config_validation import (
     ConfigError,
     resume_conflicts,
@@ -49,16 +48,14 @@ from diffjax.training.config_validation import (
 from diffjax.training.console import log, report_progress
 from diffjax.training.metrics_writer import MetricsWriter, read_metrics
 from diffjax.training.programs import build_programs, program_spec
-from diffjax.samplers import sample_keys
 from diffjax.training.sampling import grid_labels
-from diffjax.training.sharding import host_batch_to_global, make_mesh, process_batch_size
+from diffjax.training.sharding import host_batch_to_global, make_mesh
 from diffjax.training.train_state import TrainState, create_train_state
 from diffjax.training.workdir import (
     CHECKPOINT_DIR,
     LOSS_PLOT_FILE,
     SAMPLES_DIR,
     IncompatibleResumeError,
-    WorkdirError,
     check_free_space,
     check_workdir,
     load_run_record,
@@ -80,31 +77,6 @@ def _keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(init, train, eval) keys, all derived from the run's seed."""
     base = jax.random.key(seed)
     return jax.random.fold_in(base, 0), jax.random.fold_in(base, 1), jax.random.fold_in(base, 2)
-
-
-def _create_dataset(
-    values: Mapping[str, Any], mesh: Mesh, split: str, batch_size: int, **kwargs: Any
-) -> Any:
-    from diffjax.training import data as data_lib  # grain/TFDS load only when training.
-
-    data = values["data"]
-    try:
-        return data_lib.create_dataset(
-            name=data["name"],
-            split=split,
-            image_size=data["image_size"],
-            batch_size=process_batch_size(batch_size, mesh),
-            seed=values["seed"],
-            data_dir=data["data_dir"],
-            manual_dir=data["manual_dir"],
-            download=data["download"],
-            num_threads=data["num_threads"],
-            prefetch_batches=data["prefetch_batches"],
-            **kwargs,
-        )
-    except (ValueError, TypeError) as error:
-        # A dataset name, split or folder that does not exist is a config problem.
-        raise ConfigError(f"config.data ({data['name']!r}, split {split!r}): {error}") from error
 
 
 def _check_dataset_fits(values: Mapping[str, Any], info) -> None:
@@ -191,15 +163,20 @@ class _Run:
                     f"config or choose a new --workdir; nothing was changed."
                 )
         values = self.values
-        self.dataset = _create_dataset(
+        from diffjax.training.data import dataset_from_config  # grain and TFDS load here.
+
+        self.dataset = dataset_from_config(
             values, self.mesh, values["data"]["split"], values["data"]["batch_size"],
             random_flip=values["data"]["random_flip"],
         )  # fmt: skip
         self.info = self.dataset.info
         _check_dataset_fits(values, self.info)
+        self.frechet_distance = None
+        if values["eval"]["fd_every_steps"] > 0:
+            self.frechet_distance = _FrechetDistance(values, self.info.image_shape)
         self.eval_dataset = None
         if values["eval"]["every_steps"] > 0:
-            self.eval_dataset = _create_dataset(
+            self.eval_dataset = dataset_from_config(
                 values, self.mesh, values["eval"]["split"], values["eval"]["batch_size"],
                 shuffle=False,
             )  # fmt: skip
@@ -281,6 +258,54 @@ def _sample_grid(run: _Run, sample_fn, step: int, writer: MetricsWriter) -> None
     log(f"diffjax: wrote {path} ({time.perf_counter() - start:.1f} s)")
 
 
+class _FrechetDistance:
+    """The Fréchet distance logged during training: its network and reference statistics."""
+
+    def __init__(self, values: Mapping[str, Any], image_shape: tuple[int, ...]) -> None:
+        """Loads the network and checks it fits the data (before the workdir is written)."""
+        from diffjax.metrics import load_feature_network
+
+        try:
+            self.network = load_feature_network(values["eval"]["fd_features"])
+            self.network.check_image_shape(image_shape)
+        except ValueError as error:
+            raise ConfigError(f"config.eval.fd_features: {error}") from error
+        self.reference = None
+
+    def prepare(self, run: "_Run") -> None:
+        """Loads the reference statistics, building them from the evaluation split if needed."""
+        from diffjax.metrics import load_statistics
+        from diffjax.training import evaluation
+
+        values = run.values
+        evaluation_config = values["eval"]
+        path = evaluation_config["fd_reference"] or evaluation.run_reference(
+            run.workdir, values, self.network, run.mesh,
+            batch_size=evaluation_config["batch_size"], progress=False,
+        )  # fmt: skip
+        try:
+            self.reference, _ = load_statistics(path, expected_dim=self.network.dim)
+        except (OSError, ValueError) as error:
+            raise ConfigError(f"config.eval.fd_reference: {error}") from error
+
+    def __call__(self, run: "_Run", step: int, writer: MetricsWriter) -> None:
+        from diffjax.training.evaluation import fd_during_training
+
+        evaluation_config = run.values["eval"]
+        start = time.perf_counter()
+        value = fd_during_training(
+            self.network, run.programs.fd_sample_fn, run.state.ema_params, self.reference,
+            num_samples=evaluation_config["fd_num_samples"],
+            batch_size=evaluation_config["fd_batch_size"], seed=run.values["sampling"]["seed"],
+            num_classes=run.programs.model.num_classes, mesh=run.mesh,
+        )  # fmt: skip
+        writer.write_scalars(step, {self.network.fd_name: value})
+        log(
+            f"diffjax: {self.network.fd_name} of {evaluation_config['fd_num_samples']} EMA samples "
+            f"at step {step}: {value:.3f} ({time.perf_counter() - start:.1f} s)"
+        )
+
+
 def _write_loss_plot(workdir: str) -> None:
     records = [r for r in read_metrics(os.path.join(workdir, "metrics.jsonl")) if "loss" in r]
     records = [r for r in records if r["loss"] is not None]
@@ -331,7 +356,7 @@ def train_and_evaluate(
     good checkpoint and ends exactly where an uninterrupted run would.
 
     Args:
-      config: an ``ml_collections.ConfigDict`` with the sections of ``configs/default.py``
+      config: an ``ml_collections.ConfigDict`` with the sections of ``configs/base.py``
         (data, model, diffusion, optim, training, sampling, eval, seed); validated first.
       workdir: the run's folder (created if needed).
       devices: the devices to train on (the mesh's ``'data'`` axis); default every device of
@@ -450,6 +475,9 @@ def _train(run: _Run) -> TrainState:
     def due(every: int, step: int) -> bool:
         return step == num_steps or (every > 0 and step % every == 0)
 
+    frechet_distance = run.frechet_distance
+    if frechet_distance is not None:
+        frechet_distance.prepare(run)
     logger = _Logger(run)
     iterator = iter(run.dataset)
     try:
@@ -474,6 +502,8 @@ def _train(run: _Run) -> TrainState:
             start = time.perf_counter()
             if sample_fn is not None and due(sampling["every_steps"], done):
                 _sample_grid(run, sample_fn, done, logger.writer)
+            if frechet_distance is not None and due(values["eval"]["fd_every_steps"], done):
+                frechet_distance(run, done, logger.writer)
             if eval_loss is not None and due(values["eval"]["every_steps"], done):
                 eval_value = _evaluate(run, eval_loss, run.state.ema_params)
                 logger.writer.write_scalars(done, {"eval_loss": eval_value})

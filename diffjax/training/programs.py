@@ -49,6 +49,9 @@ class Programs(NamedTuple):
         sample grids, or None when ``config.sampling.num_samples`` is 0.
       eval_loss: the jitted ``eval_loss(params, batch, key) -> scalar`` held-out loss (the
         training loss without dropout), or None when ``config.eval.every_steps`` is 0.
+      fd_sample_fn: the sampler of the Fréchet distance during training
+        (``config.eval.fd_batch_size`` samples per call), or None when
+        ``config.eval.fd_every_steps`` is 0.
     """
 
     model: nn.Module
@@ -60,6 +63,7 @@ class Programs(NamedTuple):
     train_step: Callable
     sample_fn: Callable | None
     eval_loss: Callable | None
+    fd_sample_fn: Callable | None
 
 
 def program_spec(values: Mapping[str, Any], image_shape: tuple[int, ...]) -> str:
@@ -84,6 +88,7 @@ def program_spec(values: Mapping[str, Any], image_shape: tuple[int, ...]) -> str
         num_steps=training["num_steps"] if values["optim"]["lr_decay"] == "cosine" else None,
         sampling=sampling,
         evaluate=values["eval"]["every_steps"] > 0,
+        fd_batch_size=values["eval"]["fd_batch_size"] if values["eval"]["fd_every_steps"] else None,
         image_shape=list(image_shape),
     )
     return json.dumps(spec, sort_keys=True)
@@ -133,23 +138,26 @@ def build_programs(spec: str, mesh: Mesh) -> Programs:
         ),
         mesh,
     )
-    sample_fn = None
-    if sampling["num_samples"] > 0:
-        sample_fn = make_sample_fn(
+    def sampler_for(num_samples: int) -> Callable:
+        return make_sample_fn(
             model,
             process,
             image_shape=image_shape,
-            num_samples=sampling["num_samples"],
+            num_samples=num_samples,
             sampler=sampling["sampler"],
             options=sampler_options(values),
             guidance_scale=sampling["guidance_scale"],
             clip_x0=sampling["clip_x0"],
             mesh=mesh,
         )
+
+    sample_fn = sampler_for(sampling["num_samples"]) if sampling["num_samples"] > 0 else None
+    fd_sample_fn = sampler_for(values["fd_batch_size"]) if values["fd_batch_size"] else None
     eval_loss = _eval_loss_fn(loss_fn, mesh) if values["evaluate"] else None
     return Programs(
-        model, process, optimizer, init_fn, abstract, loss_fn, train_step, sample_fn, eval_loss
-    )
+        model, process, optimizer, init_fn, abstract, loss_fn, train_step, sample_fn, eval_loss,
+        fd_sample_fn,
+    )  # fmt: skip
 
 
 def _make_optimizer(

@@ -21,8 +21,8 @@ from typing import Any, Mapping
 import jax
 
 from diffjax.images import atomic_write
-from diffjax.version import __version__
 from diffjax.training.config_validation import ConfigError
+from diffjax.version import __version__
 
 __all__ = [
     "CHECKPOINT_DIR",

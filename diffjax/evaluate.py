@@ -1,0 +1,211 @@
+r"""Evaluates a trained run: ``python -m diffjax.evaluate --workdir DIR``.
+
+Examples::
+
+  python -m diffjax.evaluate --workdir runs/fmnist                  # FD-FMNIST, 10k samples
+  python -m diffjax.evaluate --workdir runs/fmnist --metrics fd,kid,pr,is,bpd --num 10000 \
+      --sampler dpm_solver --steps 20
+  python -m diffjax.evaluate --workdir runs/cifar10 --features inception --metrics fd,is,kid
+  python -m diffjax.evaluate --make_reference_stats --dataset cifar10 --split train \
+      --image_size 32 --features inception --out cifar10_train_inception.npz
+
+Draws ``--num`` samples from the newest good checkpoint (EMA weights; ``--noema`` for the raw
+ones), sample i with the key ``fold_in(key(seed), i)``, quantizes them to uint8, extracts
+features in batches sharded over the devices and streams them into float64 moments, then
+writes ``DIR/eval/<step>.json`` (results and the whole protocol: n, sampler, steps, options,
+guidance, weights, feature network and its checksum, reference statistics) and prints a table.
+An interrupted evaluation resumes where it stopped when rerun with the same flags.
+
+Metrics (``--metrics``, comma-separated): ``fd`` (FID with ``--features inception``,
+FD-FMNIST with ``--features fmnist``), ``kid``, ``pr`` (precision/recall), ``is``, ``bpd``
+(bits/dim of the discrete variational bound on the evaluation split). The default feature
+network is the shipped Fashion-MNIST classifier for 28x28x1 runs, Inception otherwise; Inception
+needs its published weights (``--inception_weights``, ``$DIFFJAX_INCEPTION_WEIGHTS``, the cache,
+or a download). The reference statistics default to the run's ``config.eval.split``, built once
+and cached in ``DIR/eval/``; ``--reference`` takes a pytorch-fid / clean-fid ``.npz`` instead.
+
+Unlike ``python -m diffjax.train``, it does not add the CPU convolution flag by default: with
+that flag and several CPU devices, XLA's sampling loop is not bit-reproducible from run to run,
+and without it sampling is as fast (``benchmarks/RESULTS.md``).
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import app, flags
+
+from diffjax.cli import (
+    cpu_devices_from_flag,
+    define_cpu_devices_flag,
+    define_fast_cpu_convolutions_flag,
+    parse_option,
+    run_program,
+)
+from diffjax.samplers.registry import SAMPLER_NAMES
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "The training run's folder.")
+_METRICS = flags.DEFINE_list("metrics", ["fd"], "Metrics: fd, kid, pr, is, bpd.")
+_NUM = flags.DEFINE_integer("num", 10_000, "Number of samples.")
+_BATCH = flags.DEFINE_integer("batch", 256, "Samples (and reference images) per batch.")
+_SAMPLER = flags.DEFINE_enum(
+    "sampler", None, list(SAMPLER_NAMES), "Sampler; default: the run's config."
+)
+_STEPS = flags.DEFINE_integer("steps", None, "Sampling steps; default: the run's config.")
+_OPTIONS = flags.DEFINE_multi_string("option", [], "A sampler option as name=value (repeatable).")
+_GUIDANCE = flags.DEFINE_float("guidance", None, "Guidance weight; default: the config's.")
+_EMA = flags.DEFINE_bool("ema", True, "Use the EMA weights (--noema: the raw weights).")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the samples.")
+_FEATURES = flags.DEFINE_enum(
+    "features", None, ["inception", "fmnist"],
+    "Feature network; default fmnist for 28x28x1 runs, else inception.",
+)  # fmt: skip
+_REFERENCE = flags.DEFINE_string(
+    "reference", None, "Reference statistics .npz (mu, sigma[, features]); default: built."
+)
+_NUM_REFERENCE = flags.DEFINE_integer(
+    "num_reference", 0, "Images of the split in a built reference (0: all)."
+)
+_INCEPTION_WEIGHTS = flags.DEFINE_string(
+    "inception_weights", None, "Path of pt_inception-2015-12-05-6726825d.pth."
+)
+_DOWNLOAD = flags.DEFINE_bool("download", True, "May download the Inception weights.")
+_BPD_NUM = flags.DEFINE_integer("bpd_num", 256, "Evaluation images for bpd.")
+_BPD_TIMESTEPS = flags.DEFINE_integer(
+    "bpd_timesteps", 100, "Timesteps per image for bpd (an unbiased estimate); 0: all T."
+)
+_MAKE_REFERENCE = flags.DEFINE_bool(
+    "make_reference_stats", False, "Only build reference statistics of a dataset split."
+)
+_DATASET = flags.DEFINE_string("dataset", None, "With --make_reference_stats and no --workdir.")
+_SPLIT = flags.DEFINE_string("split", None, "With --make_reference_stats: the split.")
+_IMAGE_SIZE = flags.DEFINE_integer("image_size", None, "With --dataset: the image size.")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "With --dataset: the TFDS data directory.")
+_OUT = flags.DEFINE_string("out", None, "With --make_reference_stats: the .npz to write.")
+_FAST_CPU_CONVOLUTIONS = define_fast_cpu_convolutions_flag(default=False)
+_CPU_DEVICES = define_cpu_devices_flag()
+
+
+def _dataset_values() -> dict:
+    """The config values a reference build needs, from --workdir or from --dataset."""
+    from diffjax.training.config_validation import ConfigError, upgrade_config
+    from diffjax.training.workdir import load_run_record
+
+    if _WORKDIR.value:
+        record = load_run_record(_WORKDIR.value)
+        if record is None:
+            raise ConfigError(f"{_WORKDIR.value} holds no diffjax run; pass a training --workdir.")
+        return upgrade_config(record["config"])
+    if not _DATASET.value or not _IMAGE_SIZE.value:
+        raise ConfigError("--make_reference_stats needs --workdir, or --dataset and --image_size.")
+    data = dict(
+        name=_DATASET.value, image_size=_IMAGE_SIZE.value, data_dir=_DATA_DIR.value,
+        manual_dir=None, download=True, num_threads=4, prefetch_batches=4,
+    )  # fmt: skip
+    return dict(data=data, seed=0, eval=dict(split=_SPLIT.value or "test"))
+
+
+def _default_features(image_shape) -> str:
+    return "fmnist" if tuple(image_shape) == (28, 28, 1) else "inception"
+
+
+def make_reference_main() -> str:
+    """Builds reference statistics as the flags say; returns the path written."""
+    from diffjax.metrics import load_feature_network
+    from diffjax.training.config_validation import ConfigError
+    from diffjax.training.evaluation import build_reference, reference_path
+    from diffjax.training.sharding import make_mesh
+
+    values = _dataset_values()
+    split = _SPLIT.value or values["eval"]["split"]
+    size = values["data"]["image_size"]
+    features = _FEATURES.value or (
+        "fmnist" if values["data"]["name"] == "fashion_mnist" and size == 28 else "inception"
+    )
+    network = load_feature_network(
+        features, weights_path=_INCEPTION_WEIGHTS.value, download=_DOWNLOAD.value
+    )
+    if _OUT.value:
+        path = _OUT.value
+    elif _WORKDIR.value:
+        path = reference_path(
+            _WORKDIR.value, network, values["data"]["name"], split, _NUM_REFERENCE.value
+        )
+    else:
+        raise ConfigError("--make_reference_stats without --workdir needs --out.")
+    try:
+        build_reference(
+            values, network, make_mesh(), path, split=split, num=_NUM_REFERENCE.value,
+            batch_size=_BATCH.value,
+        )  # fmt: skip
+    except ValueError as error:
+        raise ConfigError(f"--features {features}: {error}") from error
+    dataset = f"{values['data']['name']}:{split}"
+    print(f"diffjax.evaluate: wrote {path} ({network.name} features of {dataset})")
+    return path
+
+
+def evaluate_main() -> dict:
+    """Evaluates the run in ``--workdir`` as the flags say."""
+    from diffjax.training.config_validation import ConfigError
+    from diffjax.training.console import log
+    from diffjax.training.evaluation import EVAL_DIR, EvalSettings, evaluate_run, log_table
+    from diffjax.training.workdir import load_run_record
+
+    if not _WORKDIR.value:
+        raise ConfigError("--workdir is required (or --make_reference_stats with --dataset).")
+    record = load_run_record(_WORKDIR.value)
+    if record is None:
+        raise ConfigError(f"{_WORKDIR.value} holds no diffjax run; pass a training --workdir.")
+    from diffjax.training.config_validation import upgrade_config
+
+    config = upgrade_config(record["config"])
+    sampling = config["sampling"]
+    sampler = _SAMPLER.value or sampling["sampler"]
+    options = dict(sampling["options"]) if sampler == sampling["sampler"] else {}
+    options.update(parse_option(text) for text in _OPTIONS.value)
+    options = dict(
+        options, num_steps=_STEPS.value or sampling["num_steps"],
+        prediction_type=config["diffusion"]["prediction_type"],
+    )  # fmt: skip
+    settings = EvalSettings(
+        metrics=tuple(_METRICS.value),
+        num_samples=_NUM.value,
+        batch_size=_BATCH.value,
+        sampler=sampler,
+        options=options,
+        guidance_scale=sampling["guidance_scale"] if _GUIDANCE.value is None else _GUIDANCE.value,
+        ema=_EMA.value,
+        seed=_SEED.value,
+        features=_FEATURES.value or _default_features(record["dataset"]["image_shape"]),
+        reference=_REFERENCE.value,
+        num_reference=_NUM_REFERENCE.value,
+        bpd_num=_BPD_NUM.value,
+        bpd_timesteps=_BPD_TIMESTEPS.value or None,
+    )
+    result = evaluate_run(
+        _WORKDIR.value, settings, weights_path=_INCEPTION_WEIGHTS.value, download=_DOWNLOAD.value
+    )
+    path = os.path.join(_WORKDIR.value, EVAL_DIR, f"{result['step']}.json")
+    log(
+        f"diffjax.evaluate: step {result['step']}, {settings.num_samples} samples "
+        f"({sampler}, {options['num_steps']} steps, {settings.features} features), "
+        f"{result['seconds']:.0f} s; wrote {path}"
+    )
+    log_table(result)
+    return result
+
+
+def main(argv: list[str]) -> None:
+    """absl entry point: runs the evaluation; expected failures print one line."""
+    run_program(
+        "diffjax.evaluate",
+        argv,
+        make_reference_main if _MAKE_REFERENCE.value else evaluate_main,
+        fast_cpu_convolutions=_FAST_CPU_CONVOLUTIONS.value,
+        cpu_devices=cpu_devices_from_flag(_CPU_DEVICES.value, [_BATCH.value]),
+    )
+
+
+if __name__ == "__main__":
+    app.run(main)

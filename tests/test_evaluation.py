@@ -1,0 +1,247 @@
+"""The evaluation program: streamed features that resume, device-count invariance, the protocol
+record, reference statistics, and ``python -m diffjax.evaluate`` on a tiny trained run."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from train_helpers import PYTHON, fast_compiles, make_image_folder, make_test_config, run_cli
+
+import diffjax as dj
+from diffjax.metrics import frechet, load_feature_network
+from diffjax.training import evaluation, loop
+from diffjax.training.sharding import batch_sharding, make_mesh
+
+# 28x28 grayscale, the FD-FMNIST classifier's input; a 2-level UNet with attention at 14.
+TINY_28 = {"data.image_size": 28, "model.attn_resolutions": (14,)}
+
+
+@pytest.fixture(scope="module")
+def fmnist():
+    return load_feature_network("fmnist")
+
+
+def synthetic_source(mesh, seed=0):
+    """Deterministic uint8 images, image i a function of i only."""
+
+    def make_images(start, count):
+        index = np.arange(start, start + count)[:, None, None, None]
+        grid = np.arange(28 * 28).reshape(1, 28, 28, 1)
+        images = ((index * 37 + grid * (7 + seed)) % 251).astype(np.uint8)
+        return jax.device_put(images, batch_sharding(mesh))
+
+    return make_images
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_a_feature_job_resumes_to_the_same_moments_and_features(tmp_path, fmnist):
+    mesh = make_mesh()
+    settings = dict(source="synthetic")
+    whole = evaluation.FeatureJob(None, 100, fmnist, keep=("features", "logits"), settings=settings)
+    whole.run(synthetic_source(mesh), 16, progress=False)
+
+    source = synthetic_source(mesh)
+    calls = []
+
+    def failing(start, count):
+        calls.append(start)
+        if len(calls) == 3:
+            raise Interrupt  # a kill after two finished batches
+        return source(start, count)
+
+    folder = str(tmp_path / "job")
+    first = evaluation.FeatureJob(
+        folder, 100, fmnist, keep=("features", "logits"), settings=settings
+    )
+    with pytest.raises(Interrupt):
+        first.run(failing, 16, progress=False)
+    resumed = evaluation.FeatureJob(
+        folder, 100, fmnist, keep=("features", "logits"), settings=settings
+    )
+    assert resumed.done == 32
+    resumed.run(source, 16, progress=False)
+    np.testing.assert_array_equal(resumed.arrays["features"], whole.arrays["features"])
+    np.testing.assert_array_equal(resumed.arrays["logits"], whole.arrays["logits"])
+    np.testing.assert_array_equal(resumed.statistics().sigma, whole.statistics().sigma)
+    # Other settings discard the partial state instead of mixing two evaluations.
+    other = evaluation.FeatureJob(
+        folder, 100, fmnist, keep=("features",), settings=dict(source="b")
+    )
+    assert other.done == 0
+
+
+def test_generated_samples_and_their_distance_do_not_depend_on_the_device_count(fmnist):
+    """Per-sample keys: on 1 device or 8, in batches of 8 or 16, the same samples; the float32
+    features may round differently per batch shape (XLA's kernels), which moves the Fréchet
+    distance by far less than 1e-4 of itself."""
+    process = dj.RectifiedFlow()
+
+    def model_fn(x, t):  # a fixed smooth 'velocity field'
+        return jnp.tanh(x) - 0.3 * x + 1e-3 * t[:, None, None, None]
+
+    results = []
+    for devices, batch in ((1, 8), (8, 16)):
+        mesh = make_mesh(jax.devices()[:devices])
+
+        def sample_fn(params, keys, labels, mesh=mesh, batch=batch):
+            return dj.sample("flow_euler", model_fn, process, keys, (batch, 28, 28, 1),
+                             num_steps=4, out_sharding=batch_sharding(mesh))  # fmt: skip
+
+        job = evaluation.FeatureJob(None, 48, fmnist, keep=("features",), settings={})
+        job.run(
+            evaluation.sample_image_source(sample_fn, None, 3, None, mesh), batch, progress=False
+        )
+        results.append(job)
+    np.testing.assert_allclose(
+        results[0].arrays["features"], results[1].arrays["features"], atol=1e-3
+    )
+    reference = frechet.statistics_from_features(np.asarray(results[0].arrays["features"]) + 1.0)
+    distances = [frechet.frechet_distance(job.statistics(), reference) for job in results]
+    assert abs(distances[0] - distances[1]) < 1e-4 * distances[0], distances
+
+
+@pytest.fixture(scope="module")
+def trained_28(tmp_path_factory):
+    data_dir = make_image_folder(tmp_path_factory.mktemp("images28"), size=28)
+    workdir = str(tmp_path_factory.mktemp("run28"))
+    with fast_compiles():
+        loop.train_and_evaluate(make_test_config(data_dir, **TINY_28), workdir)
+    return workdir
+
+
+def _settings(**changes):
+    base = dict(
+        metrics=("fd", "pr", "is", "bpd"), num_samples=40, batch_size=16, sampler="ddim",
+        options=dict(num_steps=3, prediction_type="eps"), guidance_scale=1.0, ema=True, seed=0,
+        features="fmnist", bpd_num=16, bpd_timesteps=4,
+    )  # fmt: skip
+    return evaluation.EvalSettings(**{**base, **changes})
+
+
+def test_evaluate_run_writes_the_result_and_its_protocol(trained_28):
+    with fast_compiles():
+        record = evaluation.evaluate_run(trained_28, _settings(), progress=False)
+    path = os.path.join(trained_28, "eval", f"{record['step']}.json")
+    with open(path) as f:
+        saved = json.load(f)
+    assert saved["results"]["fd_fmnist"] == pytest.approx(record["results"]["fd_fmnist"])
+    results = saved["results"]
+    assert (
+        results["fd_fmnist"] > 0 and 0 <= results["precision"] <= 1 and results["is"]["mean"] >= 1
+    )
+    assert results["bpd"]["num_images"] == 16 and results["bpd"]["std_error"] > 0
+    protocol = saved["protocol"]
+    assert protocol["num_samples"] == 40 and protocol["sampler"] == "ddim"
+    assert protocol["options"]["num_steps"] == 3 and protocol["weights"] == "ema"
+    assert protocol["network"]["sha256"] == dj.metrics.fmnist_classifier.FMNIST_CLASSIFIER_SHA256
+    assert protocol["reference"]["count"] == 64  # the folder split's 64 images
+    assert not os.path.exists(os.path.join(trained_28, "eval", f"{record['step']}.partial"))
+
+
+def test_an_interrupted_evaluation_resumes_to_the_same_result(trained_28, monkeypatch):
+    settings = _settings(metrics=("fd",), num_samples=48, seed=5)
+    with fast_compiles():
+        expected = evaluation.evaluate_run(trained_28, settings, progress=False)["results"]
+        real_source = evaluation.sample_image_source
+        calls = []
+
+        def failing_source(*args, **kwargs):
+            source = real_source(*args, **kwargs)
+
+            def make_images(start, count):
+                calls.append(start)
+                if len(calls) == 2:
+                    raise Interrupt
+                return source(start, count)
+
+            return make_images
+
+        monkeypatch.setattr(evaluation, "sample_image_source", failing_source)
+        with pytest.raises(Interrupt):
+            evaluation.evaluate_run(trained_28, settings, progress=False)
+        monkeypatch.setattr(evaluation, "sample_image_source", real_source)
+        resumed = evaluation.evaluate_run(trained_28, settings, progress=False)["results"]
+    assert resumed["fd_fmnist"] == pytest.approx(expected["fd_fmnist"], rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(metrics=("fid",)), r"unknown \['fid'\]"),
+        (dict(batch_size=12), "must be a multiple of the 8 devices"),
+        (dict(metrics=("kid",)), "KID uses subsets of 1000 samples"),
+        (
+            dict(options=dict(num_steps=3, prediction_type="eps", eta=2.0)),
+            r"eta must be in \[0, 1\]",
+        ),
+        (dict(features="inception"), "Inception|inception"),
+    ],
+)
+def test_bad_settings_fail_before_sampling(trained_28, changes, message, monkeypatch, tmp_path):
+    monkeypatch.setenv("DIFFJAX_WEIGHTS_DIR", str(tmp_path / "weights"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(evaluation, "sample_image_source", lambda *a, **k: pytest.fail("sampled"))
+    with pytest.raises(Exception, match=message):
+        evaluation.evaluate_run(trained_28, _settings(**changes), download=False, progress=False)
+
+
+def test_reference_statistics_of_the_wrong_dimension_are_refused(trained_28, tmp_path, monkeypatch):
+    path = str(tmp_path / "wrong.npz")
+    frechet.save_statistics(
+        path, frechet.statistics_from_features(np.random.default_rng(0).normal(size=(10, 4)))
+    )
+    monkeypatch.setattr(evaluation, "sample_image_source", lambda *a, **k: pytest.fail("sampled"))
+    with pytest.raises(Exception, match="4-d statistics, but the feature network gives 128-d"):
+        evaluation.evaluate_run(
+            trained_28, _settings(reference=path, metrics=("fd",)), progress=False
+        )
+
+
+def evaluate_command(workdir, *flags):
+    return [PYTHON, "-m", "diffjax.evaluate", f"--workdir={workdir}", *flags]
+
+
+def test_the_evaluate_cli_prints_a_table_and_names_missing_weights_in_one_line(
+    trained_28, tmp_path
+):
+    result = run_cli(
+        evaluate_command(trained_28, "--num=32", "--batch=16", "--steps=2", "--metrics=fd,is")
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "fd_fmnist" in result.stderr and "wrote" in result.stderr
+    env_dirs = [f"--inception_weights={tmp_path / 'absent.pth'}"]
+    failed = run_cli(
+        evaluate_command(trained_28, "--num=32", "--batch=16", "--features=inception", *env_dirs)
+    )
+    assert failed.returncode == 1
+    lines = [line for line in failed.stderr.splitlines() if line.startswith("diffjax.evaluate:")]
+    assert len(lines) == 1 and "absent.pth" in lines[0] and "6726825d" in lines[0], failed.stderr[
+        -2000:
+    ]
+    assert "Traceback" not in failed.stderr
+    wrong = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
+    wrong.write_bytes(b"not the weights")
+    failed = run_cli(evaluate_command(trained_28, "--num=32", "--batch=16", "--features=inception",
+                                      f"--inception_weights={wrong}"))  # fmt: skip
+    assert failed.returncode == 1 and "is not the published" in failed.stderr
+    assert "Traceback" not in failed.stderr
+
+
+def test_make_reference_stats_from_a_dataset_split(tmp_path):
+    data_dir = make_image_folder(tmp_path / "images", num_per_class=8, size=28)
+    out = str(tmp_path / "ref.npz")
+    result = run_cli([
+        PYTHON, "-m", "diffjax.evaluate", "--make_reference_stats", "--dataset=folder",
+        f"--data_dir={data_dir}", "--split=train", "--image_size=28", "--features=fmnist",
+        f"--out={out}", "--batch=8",
+    ])  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    stats, metadata = frechet.load_statistics(out, expected_dim=128)
+    assert stats.count == 16 and metadata["split"] == "train"
+    assert frechet.load_features(out).shape == (16, 128)
