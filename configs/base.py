@@ -1,5 +1,9 @@
 r"""The base config: every key of a diffjax training run, set to the DDPM paper's choices.
 
+It is the base that the other configs edit, not a run of its own: the default run is
+configs/fashion_mnist.py (offline, on a CPU), and this file's values are the DDPM paper's
+CIFAR-10 run, configs/cifar10.py.
+
 Ho, Jain & Abbeel 2020, "Denoising Diffusion Probabilistic Models" (arXiv:2006.11239), Sec. 4 and
 Appendix B: a 35.7M-parameter UNet, linear betas 1e-4..0.02 over T = 1000, eps prediction, Adam
 at 2e-4 with 5000 warm-up steps, batch 128, dropout 0.1, EMA 0.9999, gradient clipping at 1,
@@ -9,7 +13,7 @@ shapes here fit 32x32 RGB data (CIFAR-10: see configs/cifar10.py for the full ru
 Every key is validated before anything compiles (diffjax/training/config_validation.py); any of
 them can be overridden from the command line, e.g.
 
-  python -m diffjax.train --config configs/default.py --workdir runs/x \
+  python -m diffjax.train --config configs/base.py --workdir runs/x \
       --config.data.name=cifar10 --config.training.num_steps=1000
 
 Expected: exactly configs/cifar10.py, whose docstring states the run (this file is its base;
@@ -152,4 +156,16 @@ def get_config() -> ml_collections.ConfigDict:
     # Global batch size and number of batches of each evaluation.
     config.eval.batch_size = 256
     config.eval.num_batches = 4
+    # A Fréchet distance of the EMA samples (drawn as the sample grids are) every this many
+    # steps and at the end, logged as 'fid' or 'fd_fmnist'; 0: never.
+    config.eval.fd_every_steps = 0
+    config.eval.fd_num_samples = 1000
+    # Samples per compiled call; a multiple of the device count.
+    config.eval.fd_batch_size = 200
+    # 'fmnist' (the shipped Fashion-MNIST classifier, 28x28x1 only, offline) or 'inception'
+    # (FID; needs the published weights).
+    config.eval.fd_features = "fmnist"
+    # Reference statistics (.npz with mu, sigma); None: built once from eval.split into
+    # workdir/eval/.
+    config.eval.fd_reference = config_dict.placeholder(str)
     return config

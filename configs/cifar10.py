@@ -6,7 +6,7 @@ Ho, Jain & Abbeel 2020 (arXiv:2006.11239), Sec. 4 and Appendix B: UNet with 128 
 multipliers (1, 2, 2, 2), two ResNet blocks per level, attention at 16x16, dropout 0.1; linear
 betas 1e-4..0.02 over T = 1000, eps prediction with the simple loss; Adam at 2e-4 with 5000
 warm-up steps, batch 128, gradient clipping at 1, EMA 0.9999, random horizontal flips,
-800k steps. Every value is the default of configs/default.py; this file names the dataset and
+800k steps. Every value is the default of configs/base.py; this file names the dataset and
 states the run.
 
 Data: TFDS `cifar10` (50,000 32x32 RGB training images). Preparing it needs TensorFlow once
@@ -22,12 +22,12 @@ recognisable objects after some tens of thousands of steps.
 import pathlib
 import runpy
 
-_default = runpy.run_path(str(pathlib.Path(__file__).with_name("default.py")))
+_base = runpy.run_path(str(pathlib.Path(__file__).with_name("base.py")))
 
 
 def get_config():
     """Returns the DDPM CIFAR-10 config."""
-    config = _default["get_config"]()
+    config = _base["get_config"]()
     config.data.name = "cifar10"
     config.data.image_size = 32
     config.data.batch_size = 128

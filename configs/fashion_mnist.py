@@ -22,12 +22,12 @@ from the newest checkpoint (every 250 steps). For sharper samples train longer, 
 import pathlib
 import runpy
 
-_default = runpy.run_path(str(pathlib.Path(__file__).with_name("default.py")))
+_base = runpy.run_path(str(pathlib.Path(__file__).with_name("base.py")))
 
 
 def get_config():
     """Returns the Fashion-MNIST CPU config."""
-    config = _default["get_config"]()
+    config = _base["get_config"]()
     config.data.name = "fashion_mnist"
     config.data.image_size = 28
     config.data.batch_size = 64
@@ -62,4 +62,8 @@ def get_config():
     config.eval.every_steps = 500
     config.eval.batch_size = 256
     config.eval.num_batches = 2
+    # FD-FMNIST of 1000 EMA samples (DDIM, 50 steps) at steps 500 and 1000.
+    config.eval.fd_every_steps = 500
+    config.eval.fd_num_samples = 1000
+    config.eval.fd_batch_size = 200
     return config

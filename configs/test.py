@@ -14,12 +14,12 @@ folder (--config.data.name=folder --config.data.data_dir=...), which needs no da
 import pathlib
 import runpy
 
-_default = runpy.run_path(str(pathlib.Path(__file__).with_name("default.py")))
+_base = runpy.run_path(str(pathlib.Path(__file__).with_name("base.py")))
 
 
 def get_config():
     """Returns the tiny test config (Fashion-MNIST downscaled to 8x8, a 2-level 8-channel UNet)."""
-    config = _default["get_config"]()
+    config = _base["get_config"]()
     config.data.name = "fashion_mnist"
     config.data.image_size = 8
     config.data.batch_size = 8

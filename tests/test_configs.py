@@ -22,7 +22,10 @@ from diffjax.training.config_validation import (
 )
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
-CONFIG_NAMES = ("default", "fashion_mnist", "cifar10", "cifar10_cond", "test")
+CONFIG_NAMES = (
+    "base", "fashion_mnist", "fashion_mnist_edm", "fashion_mnist_flow", "fashion_mnist_modern",
+    "cifar10", "cifar10_cond", "test",
+)  # fmt: skip
 
 
 def load(name):
