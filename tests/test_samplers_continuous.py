@@ -38,21 +38,31 @@ def unoptimized():
     jax.config.update("jax_disable_most_optimizations", previous)
 
 
-def exact_end(process, plan, x_T, flow):
+def exact_end(process, plan, x_T, flow, last_step_from_t_min=False):
     """The exact result of a deterministic sampler from x_T on this plan's grid, float64.
 
     The sigma/alpha samplers end with the denoiser at their last grid point l:
     E[x0 | x_l] = m + alpha_l s^2 z / sqrt(alpha_l^2 s^2 + sigma_l^2); the flow samplers end at
-    the state at t = 0, alpha(0) m + sqrt(alpha(0)^2 s^2 + sigma(0)^2) z.
+    the state at t = 0, alpha(0) m + sqrt(alpha(0)^2 s^2 + sigma(0)^2) z, except those whose
+    grid ends at a fixed t_min > 0 (``last_step_from_t_min``): their last step is one Euler
+    step from t_l = t_min with the exact velocity v = alpha'_l x0_hat + sigma'_l eps_hat, a step
+    of fixed length that no number of steps refines, so the reference includes it.
     """
     grid = plan.grid
     alpha_0, sigma_0 = np.float64(grid.alpha[0]), np.float64(grid.sigma[0])
     z = (np.asarray(x_T, np.float64) - alpha_0 * MEANS) / np.sqrt(alpha_0**2 * STDS**2 + sigma_0**2)
+    alpha, sigma = np.float64(grid.alpha[-2]), np.float64(grid.sigma[-2])
+    x0_hat = MEANS + alpha * STDS**2 * z / np.sqrt(alpha**2 * STDS**2 + sigma**2)
+    if flow and last_step_from_t_min:
+        t_last = np.float64(grid.time[-2])
+        d_alpha, d_sigma = process.derivatives(t_last, np)
+        x_last = alpha * MEANS + np.sqrt(alpha**2 * STDS**2 + sigma**2) * z
+        eps_hat = (x_last - alpha * x0_hat) / sigma
+        return x_last - t_last * (d_alpha * x0_hat + d_sigma * eps_hat)
     if flow:
         alpha, sigma = process.alpha_sigma(np.float64(0.0), np)
         return alpha * MEANS + np.sqrt(alpha**2 * STDS**2 + sigma**2) * z
-    alpha, sigma = np.float64(grid.alpha[-2]), np.float64(grid.sigma[-2])
-    return MEANS + alpha * STDS**2 * z / np.sqrt(alpha**2 * STDS**2 + sigma**2)
+    return x0_hat
 
 
 def run_error(process, name, prediction_type, num_steps):
@@ -65,7 +75,9 @@ def run_error(process, name, prediction_type, num_steps):
         name, model_fn, process, jax.random.key(0), x_T.shape, num_steps=num_steps,
         prediction_type=prediction_type, x_T=x_T,
     )  # fmt: skip
-    reference = exact_end(process, plan, x_T, name.startswith("flow"))
+    flow = name.startswith("flow")
+    fixed_t_min = flow and samplers.flow.DEFAULT_T_MIN[name.removeprefix("flow_")] > 0
+    reference = exact_end(process, plan, x_T, flow, last_step_from_t_min=fixed_t_min)
     return float(np.max(np.abs(np.asarray(out, np.float64) - reference)))
 
 
@@ -113,6 +125,18 @@ def test_euler_and_heun_on_the_karras_grid_do_not_depend_on_the_process():
     np.testing.assert_allclose(results[2], results[0], rtol=1e-3)
 
 
+@pytest.mark.parametrize("num_steps", [1, 2, 5])
+def test_uniform_grid_ends_at_t_min_or_one_step_above_the_data(num_steps):
+    trailing = samplers.uniform_times(num_steps, t_max=0.9)
+    np.testing.assert_allclose(trailing, 0.9 * np.arange(num_steps, 0, -1) / num_steps)
+    short_end = samplers.uniform_times(num_steps, t_max=0.9, t_min=0.01)
+    np.testing.assert_allclose(short_end, np.linspace(0.9, 0.01, num_steps))
+    assert short_end[-1] == (0.01 if num_steps > 1 else 0.9)
+    heun = samplers.SAMPLERS["flow_heun"].plan(dj.RectifiedFlow(), num_steps=num_steps)
+    assert heun.grid.time[-1] == 0.0
+    np.testing.assert_allclose(heun.grid.time[:-1], np.linspace(1.0, 1e-3, num_steps), rtol=1e-6)
+
+
 def test_ddim_on_rectified_flow_is_the_flow_euler_sampler():
     process = dj.RectifiedFlow()
     model_fn = oracle.exact_model_fn(GAUSS, process, "flow")
@@ -123,6 +147,14 @@ def test_ddim_on_rectified_flow_is_the_flow_euler_sampler():
         model_fn, process, jax.random.key(0), x_T.shape, num_steps=10, x_T=x_T
     )
     np.testing.assert_allclose(ddim, euler, atol=2e-5)
+    ddim_short = samplers.ddim_sample(
+        model_fn, process, jax.random.key(0), x_T.shape, num_steps=10, t_min=1e-3,
+        prediction_type="flow", x_T=x_T,
+    )  # fmt: skip
+    euler_short = samplers.flow_euler_sample(
+        model_fn, process, jax.random.key(0), x_T.shape, num_steps=10, t_min=1e-3, x_T=x_T
+    )
+    np.testing.assert_allclose(ddim_short, euler_short, atol=2e-5)
 
 
 class CallCounter:
@@ -148,8 +180,10 @@ def test_number_of_function_evaluations(name, expected):
     process = dj.RectifiedFlow()
     for num_steps in (5, 9):
         counter = CallCounter(oracle.exact_model_fn(GAUSS, process, "flow"))
-        out = samplers.sample(name, counter, process, jax.random.key(0), (4, DIM), num_steps=num_steps,
-                              prediction_type="flow")  # fmt: skip
+        out = samplers.sample(
+            name, counter, process, jax.random.key(0), (4, DIM), num_steps=num_steps,
+            prediction_type="flow",
+        )  # fmt: skip
         jax.block_until_ready(out)
         jax.effects_barrier()
         assert counter.calls == expected(num_steps), (name, num_steps)
@@ -288,6 +322,15 @@ def test_one_compile_per_shape_and_step_count(name, per_compile):
             r"zero SNR at t=1 .*'eps' prediction cannot recover x0",
         ),
         ("flow_euler", dj.RectifiedFlow(), dict(shift=0.0), ValueError, "shift must be in"),
+        ("flow_heun", dj.RectifiedFlow(), dict(t_min=1.0), ValueError, "need 0 <= t_min < t_max"),
+        ("flow_heun", dj.RectifiedFlow(), dict(t_min=-0.1), ValueError, "t_min must be in"),
+        (
+            "ddim",
+            dj.get_schedule("linear", 1000),
+            dict(t_min=0.01),
+            ValueError,
+            "t_min is for continuous processes",
+        ),
         ("heun", dj.EDM(), dict(sigma_min=90.0, sigma_max=100.0), ValueError, "does not overlap"),
         ("heun", dj.EDM(), dict(s_noise=-1.0), ValueError, "s_noise must be in"),
         ("heun", dj.EDM(), dict(eta=1.0), TypeError, r"does not take \['eta'\]"),

@@ -14,7 +14,8 @@ ancestral chain with the posterior ("fixed-small") variance, and it draws the sa
 :func:`~diffjax.samplers.ddpm_sample`. The noise scales are computed in float64 on the grid.
 
 Grids: a schedule's timesteps by ``spacing`` (:func:`~diffjax.samplers.spaced_timesteps`); a
-continuous process's times uniform from ``t_max`` to 1/S of it, like 'trailing'.
+continuous process's times uniform from ``t_max`` to 1/S of it, like 'trailing', or from ``t_max``
+to ``t_min`` when that is given (:func:`~diffjax.samplers.grids.uniform_times`).
 """
 
 from __future__ import annotations
@@ -51,13 +52,18 @@ def _ddim_body(model, process, x, carry, step, noise_key, settings, options):
 
 
 def _grid_times(
-    process: Any, num_steps: int, spacing: str | None, t_max: float | None
+    process: Any,
+    num_steps: int,
+    spacing: str | None,
+    t_max: float | None,
+    t_min: float | None = None,
 ) -> np.ndarray:
     if is_discrete(process):
-        if t_max is not None:
-            raise ValueError(
-                "t_max is for continuous processes; a schedule's grid is set by spacing."
-            )
+        for name, value in (("t_max", t_max), ("t_min", t_min)):
+            if value is not None:
+                raise ValueError(
+                    f"{name} is for continuous processes; a schedule's grid is set by spacing."
+                )
         return spaced_timesteps(process.num_timesteps, num_steps, spacing or "leading")
     spacing = spacing or "uniform"
     if spacing not in CONTINUOUS_SPACINGS:
@@ -68,7 +74,8 @@ def _grid_times(
     t_max = 1.0 if t_max is None else check_real(t_max, "t_max", 0.0, 1.0)
     if t_max == 0.0:
         raise ValueError("t_max must be > 0.")
-    return uniform_times(num_steps, t_max=t_max)
+    t_min = 0.0 if t_min is None else check_real(t_min, "t_min", 0.0, t_max)
+    return uniform_times(num_steps, t_max=t_max, t_min=t_min)
 
 
 def ddim_plan(
@@ -78,13 +85,14 @@ def ddim_plan(
     eta: float = 0.0,
     spacing: str | None = None,
     t_max: float | None = None,
+    t_min: float | None = None,
     prediction_type: str = "eps",
 ) -> Plan:
     """Checks DDIM's options and builds its grid (see :func:`ddim_sample`)."""
     check_process(process)
     predictions.check_prediction_supported(prediction_type, process)
     eta = check_real(eta, "eta", 0.0, 1.0, " (0: deterministic DDIM, 1: DDPM-like)")
-    grid = make_grid(process, _grid_times(process, num_steps, spacing, t_max))
+    grid = make_grid(process, _grid_times(process, num_steps, spacing, t_max, t_min))
     check_defined_start(grid, prediction_type, process)
     alpha, sigma = np.float64(grid.alpha), np.float64(grid.sigma)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -110,6 +118,7 @@ def ddim_sample(
     eta: float = 0.0,
     spacing: str | None = None,
     t_max: float | None = None,
+    t_min: float | None = None,
     prediction_type: str = "eps",
     clip_x0: bool = False,
     x_T: jnp.ndarray | None = None,
@@ -134,6 +143,8 @@ def ddim_sample(
         is at t = T-1); for a continuous process ``'uniform'`` (default).
       t_max: the first time of a continuous grid (default 1); below 1 for 'eps' models of
         processes with alpha(1) = 0.
+      t_min: the last time of a continuous grid, > 0 to end with a short step t_min -> 0
+        (default: none, the 'trailing'-like grid).
       prediction_type: what the model predicts (:data:`~diffjax.predictions.PREDICTION_TYPES`).
       clip_x0: clip each x0-prediction to [-1, 1] (for data scaled to that range).
       x_T: optional start ``[B, ...]`` (for interpolation, inversion, reproducibility);
@@ -150,7 +161,7 @@ def ddim_sample(
       ValueError / TypeError: for a bad argument, before anything is compiled.
     """
     plan = ddim_plan(
-        process, num_steps=num_steps, eta=eta, spacing=spacing, t_max=t_max,
+        process, num_steps=num_steps, eta=eta, spacing=spacing, t_max=t_max, t_min=t_min,
         prediction_type=prediction_type,
     )  # fmt: skip
     return run_plan(

@@ -12,6 +12,8 @@ t' = s t / (1 + (s - 1) t) (Esser et al. 2024, Sec. 5.3.2), from t = 1 to the da
 * ``flow_midpoint``: the velocity at the Euler half step (t_k + t_{k+1}) / 2; 2N calls.
 * ``flow_heun``: the average of the velocities at both ends; the last step, which lands on
   t = 0 where eps- and x0-derived velocities are undefined (0 / 0), is Euler: 2N - 1 calls.
+  Its grid therefore ends at ``t_min = 1e-3`` by default, so that the first-order last step is
+  short (EDM's Heun ends at sigma_min for the same reason); the others default to t_min = 0.
 
 The sample is the state at t = 0 (the data for rectified flow; for VE it still holds the
 process's sigma(0)).
@@ -42,6 +44,8 @@ __all__ = [
 ]
 
 FLOW_METHODS: tuple[str, ...] = ("euler", "midpoint", "heun")
+DEFAULT_T_MIN: dict[str, float] = {"euler": 0.0, "midpoint": 0.0, "heun": 1e-3}
+"""Each method's default last grid time (see the module docstring)."""
 
 
 def _velocity(model, settings, point: Point, x: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
@@ -83,6 +87,7 @@ def flow_plan(
     num_steps: int = 50,
     shift: float = 1.0,
     t_max: float = 1.0,
+    t_min: float | None = None,
     prediction_type: str = "flow",
 ) -> Plan:
     """Checks a flow sampler's options and builds its grid (see :func:`flow_euler_sample`)."""
@@ -97,7 +102,8 @@ def flow_plan(
     predictions.check_prediction_supported(prediction_type, process)
     shift = check_real(shift, "shift", 1e-6, 1e6, " (1: no shift)")
     t_max = check_real(t_max, "t_max", 1e-6, 1.0)
-    times = uniform_times(num_steps, t_max=t_max, shift=shift)
+    t_min = DEFAULT_T_MIN[method] if t_min is None else check_real(t_min, "t_min", 0.0, t_max)
+    times = uniform_times(num_steps, t_max=t_max, t_min=t_min, shift=shift)
     grid = make_grid(process, times)
     check_defined_start(grid, prediction_type, process)
     coefficients = {}
@@ -123,12 +129,13 @@ def _sampler(method: str, default_steps: int) -> Callable:
     def sample(
         model_fn: Callable, process: Any, key: jax.Array, shape: tuple[int, ...], *,
         num_steps: int = default_steps, shift: float = 1.0, t_max: float = 1.0,
-        prediction_type: str = "flow", clip_x0: bool = False, x_T: jnp.ndarray | None = None,
+        t_min: float | None = None, prediction_type: str = "flow", clip_x0: bool = False,
+        x_T: jnp.ndarray | None = None,
         return_trajectory: bool = False, dtype: DTypeLike = jnp.float32,
         out_sharding: jax.sharding.Sharding | None = None,
     ):  # fmt: skip
         plan = flow_plan(
-            process, method, num_steps=num_steps, shift=shift, t_max=t_max,
+            process, method, num_steps=num_steps, shift=shift, t_max=t_max, t_min=t_min,
             prediction_type=prediction_type,
         )  # fmt: skip
         return run_plan(
@@ -148,6 +155,8 @@ def _sampler(method: str, default_steps: int) -> Callable:
       num_steps: N, the number of steps ({calls} model calls).
       shift: SD3's time shift of the uniform grid (1: none; > 1 spends more steps near noise).
       t_max: the first time of the grid (below 1 for 'eps' models where alpha(1) = 0).
+      t_min: the last time of the grid, > 0 to end with a short step t_min -> 0 (default
+        {DEFAULT_T_MIN[method]}; see :func:`~diffjax.samplers.grids.uniform_times`).
       prediction_type: what the model predicts ('flow' for a velocity network).
       clip_x0: clip each x0-prediction to [-1, 1] (the velocity is then re-derived from it).
       x_T: optional start ``[B, ...]`` (default sigma(t_max) N(0, I)).

@@ -251,14 +251,23 @@ def log_snr_times(
 def uniform_times(
     num_steps: int, t_max: float = 1.0, t_min: float = 0.0, shift: float = 1.0
 ) -> np.ndarray:
-    """S times uniform in t from ``t_max`` towards ``t_min``, float64 [S], then SD3's shift
-    t' = s t / (1 + (s - 1) t); ``t_min`` itself is the data end that the last step lands on."""
+    """S times uniform in t from ``t_max``, float64 [S], then SD3's shift t' = s t / (1 + (s - 1) t)
+    (Esser et al. 2024, eq. 23).
+
+    With ``t_min = 0`` the times are linspace(t_max, 0, S + 1) without the 0 (the last step lands
+    on the data from t_max / S, like DDIM's 'trailing' spacing); with ``t_min > 0`` they are
+    linspace(t_max, t_min, S), so the last model call is at t_min and the last step, t_min to 0,
+    is short (the grid of diffusers' flow-matching schedulers, whose t_min is 1/1000).
+    """
     num_steps = check_num_steps(num_steps, 10**9)
     if not 0.0 <= t_min < t_max <= 1.0:
         raise ValueError(f"need 0 <= t_min < t_max <= 1, got t_min={t_min}, t_max={t_max}.")
     if not shift > 0:
         raise ValueError(f"shift must be > 0 (1: no shift), got {shift}.")
-    times = np.linspace(t_max, t_min, num_steps + 1)[:-1]
+    if t_min == 0.0:
+        times = np.linspace(t_max, 0.0, num_steps + 1)[:-1]
+    else:
+        times = np.linspace(t_max, t_min, num_steps)
     return shift * times / (1.0 + (shift - 1.0) * times)
 
 
