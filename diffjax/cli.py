@@ -49,6 +49,8 @@ __all__ = [
     "enable_compilation_cache",
     "enable_fast_cpu_convolutions",
     "expected_errors",
+    "load_config_flag",
+    "main_runner",
     "parse_option",
     "run_program",
     "usable_cpu_cores",
@@ -314,13 +316,81 @@ def parse_option(text: str) -> tuple[str, Any]:
     return name.strip(), raw
 
 
+def _one_line(text: str) -> str:
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
+def config_flag_error(error: BaseException, flag: str = "config") -> str | None:
+    """One line saying what went wrong reading an ml_collections config flag, or None.
+
+    ml_collections loads the file and applies the ``--config.*`` overrides while the flags are
+    parsed or when the value is first read; a missing file, an unknown key or a bad value then
+    raises ``OSError``, ``AttributeError``, ``KeyError``, ``TypeError`` or ``ValueError`` with a
+    message spread over several lines. Other errors give None.
+    """
+    if isinstance(error, OSError):
+        lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+        detail = lines[-1] if lines else str(error)
+        return (
+            f"--{flag}: the config file cannot be loaded ({detail}); pass the path of a "
+            f"configs/*.py file, relative to the current directory."
+        )
+    if isinstance(error, (AttributeError, KeyError)):
+        while error.args and isinstance(error.args[0], BaseException):
+            error = error.args[0]
+        detail = _one_line(error.args[0] if error.args and isinstance(error.args[0], str)
+                           else str(error))  # fmt: skip
+        return f"a --{flag}.* override names a key the config does not have: {detail}"
+    if isinstance(error, (TypeError, ValueError)):
+        return f"a --{flag}.* override has a bad value: {_one_line(str(error))}"
+    return None
+
+
+def load_config_flag(holder: Any, flag: str = "config") -> Any:
+    """The value of an ml_collections config flag, or a :class:`ConfigError` in one line.
+
+    See :func:`config_flag_error` for the errors it rewords.
+    """
+    from diffjax.training.config_validation import ConfigError
+
+    try:
+        config = holder.value
+        config.keys()  # a file that failed to load gives a placeholder that raises on any use
+        return config
+    except (OSError, AttributeError, KeyError, TypeError, ValueError) as error:
+        raise ConfigError(config_flag_error(error, flag)) from error
+
+
+def _flags_parser(name: str, argv: list[str]) -> list[str]:
+    """absl's flag parsing, with its errors as one line ``{name}: error: ...`` (exit 2).
+
+    Besides absl's own errors this covers the config flags' (:func:`config_flag_error`), which
+    ml_collections raises while it applies ``--config.*`` overrides during parsing.
+    """
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as error:
+        message = f"{_one_line(str(error))} (--helpshort lists the flags)"
+    except (OSError, AttributeError, KeyError, TypeError, ValueError) as error:
+        message = config_flag_error(error)
+    print(f"{name}: error: {message}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+def main_runner(name: str, main: Callable[[list[str]], None]) -> None:
+    """``app.run(main)`` with flag errors reported in one line (see :func:`_flags_parser`)."""
+    import functools
+
+    app.run(main, flags_parser=functools.partial(_flags_parser, name))
+
+
 def run_program(
     name: str,
     argv: Sequence[str],
     program: Callable[[], object],
     *,
     fast_cpu_convolutions: bool,
-    cpu_devices: int | None = None,
+    cpu_devices: int | Callable[[], int] | None = None,
     compilation_cache: str = DEFAULT_COMPILATION_CACHE,
 ) -> None:
     """The command-line programs' shared ``main``: set-up, run, and one-line failures.
@@ -337,22 +407,28 @@ def run_program(
       argv: absl's remaining arguments (only the program name is allowed).
       program: runs the work, reading the parsed flags itself.
       fast_cpu_convolutions: whether to add the CPU convolution flag.
-      cpu_devices: the number of CPU devices to ask for; None leaves JAX's default.
+      cpu_devices: the number of CPU devices to ask for (or a function returning it, called
+        inside the error handling, e.g. because it reads the config); None leaves JAX's default.
       compilation_cache: see :func:`enable_compilation_cache`.
     """
     if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {list(argv[1:])}")
+        print(f"{name}: error: unexpected arguments {list(argv[1:])}; every option is a "
+              f"--flag (--helpshort lists them).", file=sys.stderr, flush=True)  # fmt: skip
+        sys.exit(2)
     if not flags.FLAGS["verbosity"].present:
         # orbax logs every step of every save at INFO; the program prints its own summary.
         logging.set_verbosity(logging.WARNING)
-    if fast_cpu_convolutions:
-        enable_fast_cpu_convolutions()
-    if cpu_devices is not None:
-        use_cpu_devices(cpu_devices)
-    enable_compilation_cache(compilation_cache)
     errors = expected_errors()
     try:
+        if fast_cpu_convolutions:
+            enable_fast_cpu_convolutions()
+        if cpu_devices is not None:
+            use_cpu_devices(cpu_devices() if callable(cpu_devices) else cpu_devices)
+        enable_compilation_cache(compilation_cache)
         program()
+    except KeyboardInterrupt:
+        # The program has said where it stopped; no traceback for a Ctrl-C.
+        sys.exit(130)
     except errors as error:
         if logging.get_verbosity() >= logging.DEBUG:
             raise

@@ -33,12 +33,13 @@ from __future__ import annotations
 
 import os
 
-from absl import app, flags
+from absl import flags
 
 from diffjax.cli import (
     cpu_devices_from_flag,
     define_cpu_devices_flag,
     define_fast_cpu_convolutions_flag,
+    main_runner,
     parse_option,
     run_program,
 )
@@ -81,7 +82,15 @@ _DATASET = flags.DEFINE_string("dataset", None, "With --make_reference_stats and
 _SPLIT = flags.DEFINE_string("split", None, "With --make_reference_stats: the split.")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", None, "With --dataset: the image size.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "With --dataset: the TFDS data directory.")
-_OUT = flags.DEFINE_string("out", None, "With --make_reference_stats: the .npz to write.")
+_OUT = flags.DEFINE_string(
+    "out", None, "With --make_reference_stats: the .npz to write; with --samples: the .json."
+)
+_SAMPLES = flags.DEFINE_string(
+    "samples",
+    None,
+    "Score these samples (.npz with 'samples' in [-1, 1] or uint8) instead of "
+    "a run's; needs --reference.",
+)
 _FAST_CPU_CONVOLUTIONS = define_fast_cpu_convolutions_flag(default=False)
 _CPU_DEVICES = define_cpu_devices_flag()
 
@@ -145,6 +154,27 @@ def make_reference_main() -> str:
     return path
 
 
+def samples_main() -> dict:
+    """Scores ``--samples`` against ``--reference`` and prints (and writes ``--out``) the result."""
+    from diffjax.training.config_validation import ConfigError
+    from diffjax.training.console import log
+    from diffjax.training.evaluation import _write_json, evaluate_samples, log_table
+
+    if not _REFERENCE.value:
+        raise ConfigError("--samples needs --reference (the statistics to compare with).")
+    result = evaluate_samples(
+        _SAMPLES.value, _REFERENCE.value, features=_FEATURES.value or "inception",
+        metrics=tuple(_METRICS.value), batch_size=_BATCH.value,
+        weights_path=_INCEPTION_WEIGHTS.value, download=_DOWNLOAD.value,
+    )  # fmt: skip
+    if _OUT.value:
+        _write_json(_OUT.value, result)
+    num_samples = result["protocol"]["samples"]["num_samples"]
+    log(f"diffjax.evaluate: {num_samples} samples from {_SAMPLES.value}")
+    log_table(result)
+    return result
+
+
 def evaluate_main() -> dict:
     """Evaluates the run in ``--workdir`` as the flags say."""
     from diffjax.training.config_validation import ConfigError
@@ -201,11 +231,13 @@ def main(argv: list[str]) -> None:
     run_program(
         "diffjax.evaluate",
         argv,
-        make_reference_main if _MAKE_REFERENCE.value else evaluate_main,
+        make_reference_main
+        if _MAKE_REFERENCE.value
+        else (samples_main if _SAMPLES.value else evaluate_main),
         fast_cpu_convolutions=_FAST_CPU_CONVOLUTIONS.value,
         cpu_devices=cpu_devices_from_flag(_CPU_DEVICES.value, [_BATCH.value]),
     )
 
 
 if __name__ == "__main__":
-    app.run(main)
+    main_runner("diffjax.evaluate", main)

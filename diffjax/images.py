@@ -1,7 +1,8 @@
 """Image files for people to look at: sample grids (Pillow) and the loss curve (matplotlib).
 
 Every file is written to a temporary name in the same folder and then renamed over the target
-(``os.replace``), so a process killed while writing never leaves a half-written PNG behind.
+(``os.replace``), so a process killed while writing never leaves a half-written PNG behind. The
+file gets the permissions of a plain ``open`` (0666 minus the umask), not ``mkstemp``'s 0600.
 Pillow and matplotlib are imported inside the functions that use them; importing this module
 costs nothing.
 """
@@ -14,6 +15,11 @@ import tempfile
 from typing import Callable, Sequence
 
 import numpy as np
+
+# The process's umask, read once at import (reading it means setting it, which is not
+# thread-safe later): atomic writes give their files the permissions a plain open() would.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 __all__ = [
     "atomic_write",
@@ -45,6 +51,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> str:
     os.close(handle)
     try:
         write(tmp_path)
+        os.chmod(tmp_path, 0o666 & ~_UMASK)
         os.replace(tmp_path, path)
     finally:
         if os.path.exists(tmp_path):
@@ -143,6 +150,7 @@ def save_loss_curve(
     path: str | os.PathLike,
     smoothed: Sequence[float] | None = None,
     title: str = "training loss",
+    held_out: tuple[Sequence[int], Sequence[float]] | None = None,
 ) -> str:
     """Plots the loss against the step (log-scaled loss axis) into a PNG, atomically.
 
@@ -155,6 +163,7 @@ def save_loss_curve(
       path: the ``.png`` file to write.
       smoothed: an optional smoothed curve (e.g. the EMA of the loss) drawn on top.
       title: the plot title.
+      held_out: optional ``(steps, losses)`` of the held-out loss, drawn as points.
 
     Returns:
       ``path`` as a string.
@@ -170,11 +179,32 @@ def save_loss_curve(
     figure = Figure(figsize=(6.0, 4.0), dpi=100)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
-    axes.plot(steps, losses, color="tab:blue", alpha=0.4 if smoothed is not None else 1.0,
-              linewidth=1.0, label="loss")
+    axes.plot(
+        steps,
+        losses,
+        color="tab:blue",
+        alpha=0.4 if smoothed is not None else 1.0,
+        linewidth=1.0,
+        label="training loss (mean of each logging interval)",
+    )
     if smoothed is not None:
-        axes.plot(steps, smoothed, color="tab:blue", linewidth=2.0, label="EMA of loss")
-        axes.legend()
+        axes.plot(
+            steps,
+            smoothed,
+            color="tab:blue",
+            linewidth=2.0,
+            label="training loss, smoothed (EMA over ~100 steps)",
+        )
+    if held_out is not None and len(held_out[0]):
+        axes.plot(
+            *held_out,
+            color="tab:orange",
+            marker="o",
+            linestyle="--",
+            label="held-out loss of the EMA weights",
+        )
+    if smoothed is not None or held_out is not None:
+        axes.legend(fontsize=8)
     if len(losses) and min(losses) > 0:
         axes.set_yscale("log")
     axes.set_xlabel("step")

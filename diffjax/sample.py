@@ -28,12 +28,13 @@ from __future__ import annotations
 import os
 import time
 
-from absl import app, flags
+from absl import flags
 
 from diffjax.cli import (
     cpu_devices_from_flag,
     define_cpu_devices_flag,
     define_fast_cpu_convolutions_flag,
+    main_runner,
     parse_option,
     run_program,
 )
@@ -199,4 +200,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    main_runner("diffjax.sample", main)

@@ -20,7 +20,7 @@ with ``--verbosity=1`` to see its traceback.
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from diffjax.cli import (
@@ -28,6 +28,8 @@ from diffjax.cli import (
     cpu_devices_from_flag,
     define_cpu_devices_flag,
     define_fast_cpu_convolutions_flag,
+    load_config_flag,
+    main_runner,
     run_program,
 )
 
@@ -62,15 +64,14 @@ def main(argv: list[str]) -> None:
     run_program(
         "diffjax.train",
         argv,
-        lambda: train_and_evaluate(_CONFIG.value, _WORKDIR.value),
+        lambda: train_and_evaluate(load_config_flag(_CONFIG), _WORKDIR.value),
         fast_cpu_convolutions=_FAST_CPU_CONVOLUTIONS.value,
-        cpu_devices=cpu_devices_from_flag(
-            _CPU_DEVICES.value,
-            _batch_sizes(_CONFIG.value),
+        cpu_devices=lambda: cpu_devices_from_flag(
+            _CPU_DEVICES.value, _batch_sizes(load_config_flag(_CONFIG))
         ),
         compilation_cache=_COMPILATION_CACHE.value,
     )
 
 
 if __name__ == "__main__":
-    app.run(main)
+    main_runner("diffjax.train", main)

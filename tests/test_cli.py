@@ -51,7 +51,11 @@ def _run_probe(mode: str, xla_flags: str = "") -> tuple[str, int, str]:
     env = dict(os.environ, XLA_FLAGS=xla_flags, JAX_PLATFORMS="cpu")
     result = subprocess.run(
         [sys.executable, "-c", _CONV_PROBE, mode],
-        env=env, capture_output=True, text=True, timeout=120, check=True,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     )
     enabled, ynn_fusions, flags = result.stdout.rstrip("\n").split(" ", 2)
     return enabled, int(ynn_fusions), flags
@@ -175,7 +179,10 @@ def test_use_cpu_devices_only_before_the_backend_starts_and_not_over_the_user(mo
     result = subprocess.run(
         [sys.executable, "-c", _DEVICE_PROBE, mode],
         env={**clean, "JAX_PLATFORMS": "cpu", **env},
-        capture_output=True, text=True, timeout=120, check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     )
     assert result.stdout.strip() == expected
 

@@ -113,110 +113,146 @@ def broken(**changes):
 
 BAD_CONFIGS = {
     "unknown key with suggestion": (
-        lambda: broken(**{"training.num_stepz": 3}), ConfigError,
+        lambda: broken(**{"training.num_stepz": 3}),
+        ConfigError,
         r"Unknown config key 'training.num_stepz'.*Did you mean 'training.num_steps'",
     ),
     "unknown section": (lambda: broken(optimizer=1), ConfigError, "Unknown config key 'optimizer'"),
     "string for an int": (
-        lambda: broken(**{"training.num_steps": "100"}), ConfigTypeError,
+        lambda: broken(**{"training.num_steps": "100"}),
+        ConfigTypeError,
         "config.training.num_steps must be int, got '100'",
     ),
     "bool for an int": (
-        lambda: broken(**{"data.batch_size": True}), ConfigTypeError,
+        lambda: broken(**{"data.batch_size": True}),
+        ConfigTypeError,
         "config.data.batch_size must be int",
     ),
     "float for a tuple": (
-        lambda: broken(**{"model.channel_mults": 2.0}), ConfigTypeError,
+        lambda: broken(**{"model.channel_mults": 2.0}),
+        ConfigTypeError,
         "config.model.channel_mults must be tuple of int",
     ),
     "image size the UNet cannot halve": (
-        lambda: broken(**{"data.image_size": 9}), ConfigError,
+        lambda: broken(**{"data.image_size": 9}),
+        ConfigError,
         r"config.model \(unet\) does not fit config.data.image_size=9.*multiple of 2",
     ),
     "attention resolution that never occurs": (
-        lambda: broken(**{"model.attn_resolutions": (16,)}), ConfigError,
+        lambda: broken(**{"model.attn_resolutions": (16,)}),
+        ConfigError,
         r"attn_resolutions \(16,\) never occur",
     ),
     "groups not dividing channels": (
-        lambda: broken(**{"model.num_groups": 3}), ConfigError, "num_groups=3 must divide",
+        lambda: broken(**{"model.num_groups": 3}),
+        ConfigError,
+        "num_groups=3 must divide",
     ),
     "guidance without classes": (
-        lambda: broken(**{"sampling.guidance_scale": 3.0}), ConfigError,
+        lambda: broken(**{"sampling.guidance_scale": 3.0}),
+        ConfigError,
         "guidance_scale=3.0 asks for classifier-free guidance.*class-conditional",
     ),
     "guidance without label dropout": (
-        lambda: broken(**{"sampling.guidance_scale": 3.0, "model.num_classes": 2}), ConfigError,
+        lambda: broken(**{"sampling.guidance_scale": 3.0, "model.num_classes": 2}),
+        ConfigError,
         "needs the unconditional model that config.training.label_dropout > 0",
     ),
     "label dropout without classes": (
-        lambda: broken(**{"training.label_dropout": 0.1}), ConfigError,
+        lambda: broken(**{"training.label_dropout": 0.1}),
+        ConfigError,
         "label_dropout=0.1 drops class labels, but config.model.num_classes is None",
     ),
     "unknown schedule": (
-        lambda: broken(**{"diffusion.schedule": "cosinus"}), ConfigError,
+        lambda: broken(**{"diffusion.schedule": "cosinus"}),
+        ConfigError,
         r"config.diffusion.schedule must be one of \('linear'",
     ),
     "unknown sampler": (
-        lambda: broken(**{"sampling.sampler": "lms"}), ConfigError,
+        lambda: broken(**{"sampling.sampler": "lms"}),
+        ConfigError,
         "config.sampling.sampler must be one of",
     ),
     "sampler option out of range (checked by the sampler, before training)": (
-        lambda: broken(**{"sampling.options": {"eta": 1.5}}), ConfigError,
+        lambda: broken(**{"sampling.options": {"eta": 1.5}}),
+        ConfigError,
         r"config.sampling \(sampler 'ddim'.*eta must be in \[0, 1\].*got 1.5",
     ),
     "option of another sampler": (
         lambda: broken(**{"sampling.sampler": "dpm_solver", "sampling.options": {"eta": 0.5}}),
-        ConfigError, r"Sampler 'dpm_solver' does not take \['eta'\]",
+        ConfigError,
+        r"Sampler 'dpm_solver' does not take \['eta'\]",
     ),
     "flow sampler on a discrete schedule": (
-        lambda: broken(**{"sampling.sampler": "flow_euler"}), ConfigError,
+        lambda: broken(**{"sampling.sampler": "flow_euler"}),
+        ConfigError,
         "flow samplers integrate dx/dt = v in continuous time",
     ),
     "unknown process": (
-        lambda: broken(**{"diffusion.process": "vp"}), ConfigError,
+        lambda: broken(**{"diffusion.process": "vp"}),
+        ConfigError,
         r"config.diffusion.process must be one of \('discrete', 'vp_linear'",
     ),
     "unknown process option": (
         lambda: broken(**{"diffusion.process": "edm", "diffusion.process_options": {"sigma": 3.0}}),
-        ConfigError, r"Process 'edm' does not take \['sigma'\]",
+        ConfigError,
+        r"Process 'edm' does not take \['sigma'\]",
     ),
     "velocity prediction on a discrete schedule": (
-        lambda: broken(**{"diffusion.prediction_type": "flow"}), ConfigError,
+        lambda: broken(**{"diffusion.prediction_type": "flow"}),
+        ConfigError,
         "'flow' .* needs a continuous process",
     ),
     "time sampler a schedule cannot use": (
-        lambda: broken(**{"diffusion.time_sampler": "logit_normal"}), ConfigError,
+        lambda: broken(**{"diffusion.time_sampler": "logit_normal"}),
+        ConfigError,
         r"a discrete schedule draws t ~ U\{0, ..., T-1\}",
     ),
     "bad time sampler option": (
-        lambda: broken(**{
-            "diffusion.process": "rectified_flow", "diffusion.time_sampler": "logit_normal",
-            "diffusion.time_sampler_options": {"std": -1.0}, "sampling.sampler": "flow_euler",
-        }),
-        ConfigError, "std must be > 0",
+        lambda: broken(
+            **{
+                "diffusion.process": "rectified_flow",
+                "diffusion.time_sampler": "logit_normal",
+                "diffusion.time_sampler_options": {"std": -1.0},
+                "sampling.sampler": "flow_euler",
+            }
+        ),
+        ConfigError,
+        "std must be > 0",
+    ),
+    "float16 without loss scaling": (
+        lambda: broken(**{"model.param_dtype": "float16"}),
+        ConfigError,
+        r"config.model.param_dtype='float16' needs loss scaling",
     ),
     "unknown model": (
-        lambda: broken(**{"model.name": "dit"}), ConfigError,
+        lambda: broken(**{"model.name": "dit"}),
+        ConfigError,
         r"config.model.name: Unknown model 'dit'; expected one of \('unet',\)",
     ),
     "unknown nan policy": (
-        lambda: broken(**{"training.nan_policy": "ignore"}), ConfigError,
+        lambda: broken(**{"training.nan_policy": "ignore"}),
+        ConfigError,
         r"must be one of \('stop', 'skip'\)",
     ),
     "more sampling steps than timesteps": (
-        lambda: broken(**{"sampling.num_steps": 2000}), ConfigError,
+        lambda: broken(**{"sampling.num_steps": 2000}),
+        ConfigError,
         r"config.sampling \(sampler 'ddim', num_steps 2000.*num_steps must be in \[1, T=1000\]",
     ),
     "cosine decay shorter than warm-up": (
-        lambda: broken(**{"optim.lr_decay": "cosine", "optim.warmup_steps": 10}), ConfigError,
+        lambda: broken(**{"optim.lr_decay": "cosine", "optim.warmup_steps": 10}),
+        ConfigError,
         "needs config.optim.warmup_steps",
     ),
     "negative learning rate": (
-        lambda: broken(**{"optim.learning_rate": -1.0}), ConfigError,
+        lambda: broken(**{"optim.learning_rate": -1.0}),
+        ConfigError,
         "config.optim.learning_rate must be a finite number > 0, got -1.0",
     ),
     "zero checkpoint interval": (
-        lambda: broken(**{"training.checkpoint_every_steps": 0}), ConfigError,
+        lambda: broken(**{"training.checkpoint_every_steps": 0}),
+        ConfigError,
         "config.training.checkpoint_every_steps must be >= 1, got 0",
     ),
 }

@@ -14,7 +14,6 @@ import os
 import jax
 import numpy as np
 import pytest
-
 from train_helpers import (
     assert_states_equal,
     fast_compiles,

@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
 import train_step_worker
+
 from diffjax import get_schedule
 from diffjax.diffusion import alpha_sigma, eps_from_x0, v_from_x0_eps
 from diffjax.losses import denoising_loss
@@ -52,8 +52,12 @@ def worker_setup():
 
 def _tiny_unet():
     return UNet(
-        base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attn_resolutions=(),
-        dropout=0.0, num_groups=4,
+        base_channels=8,
+        channel_mults=(1, 2),
+        num_res_blocks=1,
+        attn_resolutions=(),
+        dropout=0.0,
+        num_groups=4,
     )
 
 
@@ -120,9 +124,9 @@ def test_overfits_a_fixed_batch(prediction_type):
         return eval_loss(lambda x_t, t: apply_fn(params, x_t, t, None, False, None))
 
     initial_loss = float(model_loss(state.params))
-    optimal_loss = float(jax.jit(eval_loss, static_argnums=0)(
-        _optimal_denoiser(images, schedule, prediction_type)
-    ))
+    optimal_loss = float(
+        jax.jit(eval_loss, static_argnums=0)(_optimal_denoiser(images, schedule, prediction_type))
+    )
     batch = {"image": images}
     for _ in range(200):
         state, metrics = train_step(state, batch, jax.random.key(1))
@@ -164,7 +168,10 @@ def test_two_processes_match_one_process(worker_setup, tmp_path):
     processes = [
         subprocess.Popen(
             [sys.executable, worker, str(process_id), str(port), str(tmp_path)],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         for process_id in range(2)
     ]
@@ -355,7 +362,9 @@ def test_loss_factory_rejects_bad_options(kwargs, error, message):
 
 
 def test_make_train_step_rejects_bad_options():
-    loss_fn = make_denoising_loss(flax_apply_fn(train_step_worker.TinyDenoiser()), get_schedule("cosine", 10))
+    loss_fn = make_denoising_loss(
+        flax_apply_fn(train_step_worker.TinyDenoiser()), get_schedule("cosine", 10)
+    )
     with pytest.raises(ValueError, match=r"ema_decay must lie in \[0, 1\]"):
         make_train_step(loss_fn, optax.sgd(0.1), ema_decay=1.5)
     with pytest.raises(TypeError, match="loss_fn must be callable"):
@@ -396,10 +405,44 @@ def test_frozen_arrays_are_arguments_not_constants_and_compile_once():
     # The teacher's 256 x 256 float32 values (256 KiB) would be printed into the HLO if they
     # were closed over; as an argument they are a parameter of a few bytes of text.
     assert len(hlo) < dim * dim, len(hlo)
-    baked = jax.jit(lambda s, b, k: make_train_step(_frozen_teacher_loss, optimizer)(s, b, k, teacher))
+    baked = jax.jit(
+        lambda s, b, k: make_train_step(_frozen_teacher_loss, optimizer)(s, b, k, teacher)
+    )
     assert len(baked.lower(state, batch, jax.random.key(1)).as_text()) > 4 * dim * dim
     first, _ = train_step(jax.tree.map(jnp.copy, state), batch, jax.random.key(1), teacher)
     other_teacher = {"teacher": -teacher["teacher"]}
     second, _ = train_step(jax.tree.map(jnp.copy, state), batch, jax.random.key(1), other_teacher)
     assert train_step.jitted._cache_size() == 1
     assert not np.allclose(first.params["w"], second.params["w"])
+
+
+def test_bfloat16_params_keep_float32_ema_and_optimizer_state_and_compile_once():
+    """Adam's b2 = 0.999 is 1.0 in bfloat16 (its bias correction would divide by zero), and an
+    EMA that turned float32 after one step would recompile: both stay float32 from the start."""
+    model = UNet(
+        base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attn_resolutions=(),
+        dropout=0.0, num_groups=4, param_dtype=jnp.bfloat16,
+    )  # fmt: skip
+    schedule = get_schedule("cosine", 100)
+    optimizer = make_optimizer(1e-3, warmup_steps=1)
+    mesh = make_mesh(jax.devices()[:1])
+
+    def init_fn(key):
+        return model.init(key, jnp.zeros((1, 8, 8, 1)), jnp.zeros((1,), jnp.int32))["params"]
+
+    state = create_train_state(init_fn, jax.random.key(0), optimizer, mesh)
+    step = jit_train_step(
+        make_train_step(make_denoising_loss(flax_apply_fn(model), schedule), optimizer), mesh
+    )
+
+    def dtypes(tree):
+        return {
+            leaf.dtype for leaf in jax.tree.leaves(tree) if jnp.issubdtype(leaf.dtype, jnp.floating)
+        }
+
+    for _ in range(3):
+        state, metrics = step(state, {"image": _fixed_images()}, jax.random.key(1))
+        assert bool(metrics["is_finite"]), metrics
+    assert dtypes(state.params) == {jnp.dtype(jnp.bfloat16)}
+    assert dtypes(state.ema_params) == dtypes(state.opt_state) == {jnp.dtype(jnp.float32)}
+    assert step.jitted._cache_size() == 1

@@ -75,8 +75,13 @@ def _numpy_adamw(params, grads_per_step, learning_rates, clip, weight_decay, b1,
 def test_make_optimizer_matches_numpy_adamw_with_clipping_and_warmup():
     peak, warmup, clip, weight_decay, b1, b2, eps = 1e-2, 2, 1.0, 0.1, 0.8, 0.95, 1e-6
     optimizer = make_optimizer(
-        peak, warmup_steps=warmup, grad_clip_norm=clip, weight_decay=weight_decay,
-        b1=b1, b2=b2, eps=eps,
+        peak,
+        warmup_steps=warmup,
+        grad_clip_norm=clip,
+        weight_decay=weight_decay,
+        b1=b1,
+        b2=b2,
+        eps=eps,
     )
     params = _init_params(jax.random.key(0))["dense"]
     rng = np.random.default_rng(1)
@@ -95,8 +100,14 @@ def test_make_optimizer_matches_numpy_adamw_with_clipping_and_warmup():
         )
     learning_rates = [peak * min(step, warmup) / warmup for step in range(4)]
     expected = _numpy_adamw(
-        jax.tree.map(np.asarray, params), grads_per_step, learning_rates, clip, weight_decay,
-        b1, b2, eps,
+        jax.tree.map(np.asarray, params),
+        grads_per_step,
+        learning_rates,
+        clip,
+        weight_decay,
+        b1,
+        b2,
+        eps,
     )
     # Norms are ~3-5 so the clip is active; the bias (ndim 1) must not decay.
     for name in params:

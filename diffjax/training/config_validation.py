@@ -264,8 +264,7 @@ def _check_keys(schema: Mapping[str, Any], config: Mapping[str, Any], prefix: st
             close = difflib.get_close_matches(key, list(schema), n=1)
             hint = f" Did you mean '{prefix}{close[0]}'?" if close else ""
             raise ConfigError(
-                f"Unknown config key '{prefix}{key}'.{hint} Allowed keys here: "
-                f"{sorted(schema)}."
+                f"Unknown config key '{prefix}{key}'.{hint} Allowed keys here: {sorted(schema)}."
             )
     for key, kind in schema.items():
         if key not in config:
@@ -447,6 +446,13 @@ def _check_ranges(values: Mapping[str, Any]) -> None:
 
     _check_choice(values, "model.dtype", tuple(DTYPES))
     _check_choice(values, "model.param_dtype", tuple(DTYPES))
+    for key in ("model.dtype", "model.param_dtype"):
+        _require(
+            _lookup(values, key) != "float16",
+            f"config.{key}='float16' needs loss scaling against gradient underflow, which "
+            f"diffjax does not implement; use 'bfloat16' (same memory, float32's range) or "
+            f"'float32'.",
+        )
     _check_model(values)
     process = _check_diffusion(values)
 

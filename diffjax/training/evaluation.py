@@ -49,6 +49,7 @@ __all__ = [
     "build_reference",
     "compute_metrics",
     "evaluate_run",
+    "evaluate_samples",
     "gather_to_host",
     "reference_path",
     "run_reference",
@@ -659,6 +660,72 @@ def evaluate_run(
         _write_json(os.path.join(workdir, EVAL_DIR, f"{run.step}.json"), record)
         shutil.rmtree(folder, ignore_errors=True)
     return record
+
+
+def evaluate_samples(
+    samples_path: str,
+    reference: str,
+    *,
+    features: str,
+    metrics: Sequence[str] = ("fd",),
+    batch_size: int = 256,
+    weights_path: str | None = None,
+    download: bool = True,
+    mesh: Mesh | None = None,
+) -> dict[str, Any]:
+    """Scores samples made elsewhere (another library, another script) with this protocol.
+
+    Args:
+      samples_path: an ``.npz`` whose ``samples`` are ``[N, H, W, C]`` floats in [-1, 1]
+        (quantized here with :func:`diffjax.images.to_uint8`) or uint8.
+      reference: reference statistics (with features for KID and precision/recall).
+      features: the feature network's name.
+      metrics: a subset of ``('fd', 'kid', 'pr', 'is')``.
+      batch_size: images per batch.
+      weights_path, download: the Inception weights, as in :func:`evaluate_run`.
+      mesh: the devices.
+
+    Returns:
+      ``{'results': ..., 'protocol': ...}``; the protocol records the samples file's SHA-256.
+    """
+    from diffjax.training.sharding import make_mesh
+    from diffjax.weights import sha256_of_file
+
+    mesh = make_mesh() if mesh is None else mesh
+    if "bpd" in metrics:
+        raise ConfigError("bpd needs the model, not samples; evaluate the run's --workdir.")
+    with np.load(samples_path, allow_pickle=False) as data:
+        if "samples" not in data:
+            raise ConfigError(f"{samples_path} needs an array 'samples' [N, H, W, C].")
+        samples = np.asarray(data["samples"])
+    if samples.ndim != 4:
+        raise ConfigError(f"{samples_path}: samples must be [N, H, W, C], got {samples.shape}.")
+    images = samples if samples.dtype == np.uint8 else to_uint8(samples)
+    network = load_feature_network(features, weights_path=weights_path, download=download)
+    try:
+        network.check_image_shape(images.shape[1:])
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
+    stats, metadata, reference_features = _load_reference(
+        reference, network, any(m in metrics for m in ("kid", "pr"))
+    )
+    batch_size = max(mesh.devices.size, batch_size - batch_size % mesh.devices.size)
+    padded = np.concatenate([images, np.repeat(images[-1:], -len(images) % batch_size, axis=0)])
+
+    def make_images(start: int, count: int) -> jax.Array:
+        return jax.device_put(padded[start : start + count], batch_sharding(mesh))
+
+    job = FeatureJob(None, len(images), network, keep=_keep(metrics), settings={})
+    job.run(make_images, batch_size, description="samples")
+    results = compute_metrics(metrics, network, job, stats, reference_features, seed=0)
+    protocol = dict(
+        samples=dict(path=os.path.abspath(samples_path), sha256=sha256_of_file(samples_path),
+                     num_samples=len(images)),
+        network=network.record(),
+        reference=dict(path=reference, metadata=metadata, count=stats.count),
+        diffjax_version=__version__,
+    )  # fmt: skip
+    return dict(results=results, protocol=protocol)
 
 
 def fd_during_training(

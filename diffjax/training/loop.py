@@ -46,6 +46,7 @@ from diffjax.training.config_validation import (
     validate_config,
 )
 from diffjax.training.console import log, report_progress
+from diffjax.training.evaluation import gather_to_host
 from diffjax.training.metrics_writer import MetricsWriter, read_metrics
 from diffjax.training.programs import build_programs, program_spec
 from diffjax.training.sampling import grid_labels
@@ -247,8 +248,7 @@ def _sample_grid(run: _Run, sample_fn, step: int, writer: MetricsWriter) -> None
     start = time.perf_counter()
     labels = grid_labels(sampling["num_samples"], run.programs.model.num_classes)
     keys = sample_keys(sampling["seed"], 0, sampling["num_samples"])
-    images = sample_fn(run.state.ema_params, keys, labels)
-    images = np.asarray(jax.device_get(images))
+    images = gather_to_host(sample_fn(run.state.ema_params, keys, labels))
     if jax.process_index() != 0:
         return
     height = run.info.image_shape[0]
@@ -306,9 +306,36 @@ class _FrechetDistance:
         )
 
 
+def _final_message(run: _Run, seconds: float) -> str:
+    """What the run wrote and what to do next, in a few lines."""
+    values, workdir = run.values, run.workdir
+    sampling = values["sampling"]
+    num_steps, kept = values["training"]["num_steps"], values["training"]["keep_checkpoints"]
+    lines = [f"diffjax: done at step {num_steps} ({seconds / 60:.1f} min). In {workdir}:"]
+    grids = sorted(os.listdir(os.path.join(workdir, SAMPLES_DIR))) if os.path.isdir(
+        os.path.join(workdir, SAMPLES_DIR)) else []  # fmt: skip
+    grids = [name for name in grids if name.startswith("step_")]
+    if grids:
+        lines.append(
+            f"  {SAMPLES_DIR}/{grids[-1]:<22} EMA samples ({sampling['sampler']}, "
+            f"{sampling['num_steps']} steps)"
+        )
+    lines += [
+        f"  {LOSS_PLOT_FILE:<30} the training and held-out loss",
+        f"  {'metrics.jsonl':<30} every logged number (tensorboard --logdir {workdir})",
+        f"  {CHECKPOINT_DIR + '/':<30} the newest {kept} checkpoints",
+        "Next:",
+        f"  python -m diffjax.sample --workdir {workdir}      more samples",
+        f"  python -m diffjax.evaluate --workdir {workdir}    a Fréchet distance of 10k samples",
+        "  the same train command with --config.training.num_steps=<more>: trains on from here",
+    ]
+    return "\n".join(lines)
+
+
 def _write_loss_plot(workdir: str) -> None:
-    records = [r for r in read_metrics(os.path.join(workdir, "metrics.jsonl")) if "loss" in r]
-    records = [r for r in records if r["loss"] is not None]
+    all_records = read_metrics(os.path.join(workdir, "metrics.jsonl"))
+    records = [r for r in all_records if r.get("loss") is not None]
+    held_out = [r for r in all_records if r.get("eval_loss") is not None]
     if not records or jax.process_index() != 0:
         return
     save_loss_curve(
@@ -316,6 +343,7 @@ def _write_loss_plot(workdir: str) -> None:
         [r["loss"] for r in records],
         os.path.join(workdir, LOSS_PLOT_FILE),
         smoothed=[r.get("loss_ema", r["loss"]) for r in records],
+        held_out=([r["step"] for r in held_out], [r["eval_loss"] for r in held_out]),
     )
 
 
@@ -483,6 +511,7 @@ def _train(run: _Run) -> TrainState:
     try:
         if run.data_state is not None:
             iterator.set_state(run.data_state)
+        step = run.start_step
         for step in range(run.start_step, num_steps):
             batch = host_batch_to_global(next(iterator), run.mesh)
             run.state, metrics = train_step(run.state, batch, run.train_key)
@@ -520,11 +549,15 @@ def _train(run: _Run) -> TrainState:
         run.checkpoints.wait_until_finished()
         logger.writer.flush()
         _write_loss_plot(run.workdir)
-        log(
-            f"diffjax: done at step {num_steps}; checkpoints in "
-            f"{os.path.join(run.workdir, CHECKPOINT_DIR)}"
-        )
+        log(_final_message(run, time.perf_counter() - logger.run_start))
         return run.state
+    except KeyboardInterrupt:
+        saved = run.last_saved_step
+        kept = (
+            f"the newest checkpoint is step {saved}" if saved else "no checkpoint was written yet"
+        )
+        log(f"diffjax: interrupted at step {step}; {kept}. Rerun the same command to resume.")
+        raise
     finally:
         iterator.close()
         logger.close()

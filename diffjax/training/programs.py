@@ -138,6 +138,7 @@ def build_programs(spec: str, mesh: Mesh) -> Programs:
         ),
         mesh,
     )
+
     def sampler_for(num_samples: int) -> Callable:
         return make_sample_fn(
             model,

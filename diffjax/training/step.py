@@ -24,6 +24,7 @@ from diffjax.training.sharding import batch_sharding, check_batch_divisible, rep
 from diffjax.training.train_state import (
     TrainState,
     ema_decay_at,
+    float32_copy,
     learning_rate_from_opt_state,
     update_ema,
 )
@@ -48,8 +49,10 @@ def make_train_step(
 
     Each call: derives this step's key as ``fold_in(key, state.step)`` (a resumed run draws
     the same noise), computes ``loss_fn(params, frozen, batch, step_key, train=True)`` and its
-    gradient with respect to ``params`` only, applies the optimizer, and updates the EMA with
-    :func:`diffjax.training.train_state.update_ema`.
+    gradient with respect to ``params`` only, applies the optimizer to a float32 copy of the
+    parameters (rounded back to their dtype), and updates the float32 EMA with
+    :func:`diffjax.training.train_state.update_ema`. For float32 parameters the casts are
+    no-ops.
 
     Args:
       loss_fn: ``loss_fn(params, frozen, batch, key, train) -> (loss, metrics)``, e.g.
@@ -81,9 +84,15 @@ def make_train_step(
             return loss_fn(params, frozen, batch, step_key, True)
 
         (loss, loss_metrics), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+        grads = float32_copy(grads)
         grad_norm = optax.tree.norm(grads)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        # The optimizer updates a float32 copy; bfloat16 parameters are rounded once at the end.
+        master = float32_copy(state.params)
+        updates, opt_state = optimizer.update(grads, state.opt_state, master)
+        params = jax.tree.map(
+            lambda new, old: new.astype(old.dtype), optax.apply_updates(master, updates),
+            state.params,
+        )  # fmt: skip
         ema_params = update_ema(state.ema_params, params, state.step, ema_decay)
         is_finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         if skip_nonfinite:

@@ -3,6 +3,12 @@
 :class:`TrainState` is plain data (step, params, EMA params, optimizer state): no functions, so
 it checkpoints as-is and passes through ``jax.jit`` as one argument. The optimizer is an optax
 ``GradientTransformation`` kept beside it and handed to the train step.
+
+Precision: the parameters are stored in the model's ``param_dtype`` (float32, or bfloat16 to
+halve their memory), but the optimizer state and the EMA are always float32: the optimizer
+updates a float32 copy of the parameters (:func:`float32_copy`) and the EMA is a float32 master
+copy, so Adam's second moment and its bias correction (b2 = 0.999 is 1.0 in bfloat16) keep
+their precision and the state's dtypes never change from one step to the next.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ __all__ = [
     "abstract_train_state",
     "create_train_state",
     "ema_decay_at",
+    "float32_copy",
     "learning_rate_from_opt_state",
     "learning_rate_schedule",
     "make_optimizer",
@@ -40,9 +47,10 @@ class TrainState:
 
     Attributes:
       step: int32 scalar, the number of optimizer updates applied so far.
-      params: the model parameters (any pytree of arrays).
-      ema_params: exponential moving average of ``params``, same structure (used for sampling).
-      opt_state: the optax optimizer state for ``params``.
+      params: the model parameters (any pytree of arrays, in the model's ``param_dtype``).
+      ema_params: exponential moving average of ``params``, same structure, float32 (used
+        for sampling).
+      opt_state: the optax optimizer state for the float32 copy of ``params``.
     """
 
     step: jnp.ndarray
@@ -132,7 +140,11 @@ def make_optimizer(
     if not (0 <= b1 < 1 and 0 <= b2 < 1):
         raise ValueError(f"b1 and b2 must lie in [0, 1), got b1={b1}, b2={b2}.")
     schedule = learning_rate_schedule(learning_rate, warmup_steps, total_steps)
-    adam = optax.inject_hyperparams(optax.adamw, static_args=("mask",))(
+    # float32 hyperparameters whatever the parameters' dtype: b2 = 0.999 rounds to 1.0 in
+    # bfloat16, and Adam's bias correction 1 - b2^t would then divide by zero.
+    adam = optax.inject_hyperparams(
+        optax.adamw, static_args=("mask",), hyperparam_dtype=jnp.float32
+    )(
         learning_rate=schedule,
         b1=b1,
         b2=b2,
@@ -179,12 +191,22 @@ def ema_decay_at(step: jnp.ndarray, decay: float) -> jnp.ndarray:
     return jnp.minimum(jnp.float32(decay), (1.0 + step) / (10.0 + step))
 
 
+def float32_copy(params: Params) -> Params:
+    """The floating-point leaves of ``params`` as float32 (the others unchanged): the copy the
+    optimizer updates and the EMA's dtype. A no-op for float32 parameters."""
+    return jax.tree.map(
+        lambda leaf: leaf.astype(jnp.float32) if jnp.issubdtype(leaf.dtype, jnp.floating) else leaf,
+        params,
+    )
+
+
 def update_ema(ema_params: Params, params: Params, step: jnp.ndarray, decay: float) -> Params:
     """One EMA update: ema <- decay_t * ema + (1 - decay_t) * params, decay_t = ema_decay_at(step).
 
     Args:
-      ema_params: the current average.
-      params: the freshly updated parameters (same structure).
+      ema_params: the current average (float32 in a :class:`TrainState`).
+      params: the freshly updated parameters (same structure, any float dtype; cast to the
+        average's dtype first).
       step: int scalar, updates applied before this one.
       decay: the asymptotic decay.
 
@@ -192,6 +214,7 @@ def update_ema(ema_params: Params, params: Params, step: jnp.ndarray, decay: flo
       The new average, same structure and dtypes as ``ema_params``.
     """
     decay_t = ema_decay_at(step, decay)
+    params = jax.tree.map(lambda new, old: new.astype(old.dtype), params, ema_params)
     return optax.incremental_update(params, ema_params, step_size=1.0 - decay_t)
 
 
@@ -243,11 +266,12 @@ def _init_state_fn(
 ) -> Callable[[jax.Array], TrainState]:
     def init_state(key: jax.Array) -> TrainState:
         params = init_fn(key)
+        master = float32_copy(params)
         return TrainState(
             step=jnp.zeros((), jnp.int32),
             params=params,
-            ema_params=jax.tree.map(jnp.copy, params),
-            opt_state=optimizer.init(params),
+            ema_params=jax.tree.map(jnp.copy, master),
+            opt_state=optimizer.init(master),
         )
 
     return init_state
@@ -273,6 +297,4 @@ def create_train_state(
     """
     init_state = _init_state_fn(init_fn, optimizer)
     shardings = train_state_shardings(jax.eval_shape(init_state, key), mesh)
-    return jax.jit(
-        init_state, in_shardings=replicated_sharding(mesh), out_shardings=shardings
-    )(key)
+    return jax.jit(init_state, in_shardings=replicated_sharding(mesh), out_shardings=shardings)(key)

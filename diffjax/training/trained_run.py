@@ -64,9 +64,7 @@ def load_trained_run(workdir: str | os.PathLike, mesh: Mesh | None = None) -> Tr
     values = validate_config(upgrade_config(record["config"]))
     mesh = make_mesh() if mesh is None else mesh
     programs = build_programs(program_spec(values, record["dataset"]["image_shape"]), mesh)
-    manager = CheckpointManager(
-        os.path.join(workdir, CHECKPOINT_DIR), read_only=True, report=log
-    )
+    manager = CheckpointManager(os.path.join(workdir, CHECKPOINT_DIR), read_only=True, report=log)
     try:
         restored = manager.restore_latest(programs.abstract_state)
     finally:
