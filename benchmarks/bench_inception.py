@@ -128,9 +128,15 @@ def main() -> int:
     results = {"batch_size": args.batch_size, "batches": args.batches, "image_size": IMAGE_SIZE}
     results["diffjax"] = diffjax_timings(args.batch_size, args.batches)
     command = [
-        args.peers_python, os.path.abspath(__file__), "--torch-worker",
-        "--batch-size", str(args.batch_size), "--batches", str(args.batches),
-        "--threads", str(args.threads),
+        args.peers_python,
+        os.path.abspath(__file__),
+        "--torch-worker",
+        "--batch-size",
+        str(args.batch_size),
+        "--batches",
+        str(args.batches),
+        "--threads",
+        str(args.threads),
     ]
     worker = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
     if worker.returncode != 0:
@@ -141,13 +147,17 @@ def main() -> int:
         results["diffjax"]["images_per_s"] / results["torch_fidelity"]["images_per_s"]
     )
 
-    print(f"FID Inception-v3, uint8 {IMAGE_SIZE}x{IMAGE_SIZE} -> 299x299, batch {args.batch_size}, "
-          f"{args.batches} timed batches, {args.threads} CPU threads")
+    print(
+        f"FID Inception-v3, uint8 {IMAGE_SIZE}x{IMAGE_SIZE} -> 299x299, batch {args.batch_size}, "
+        f"{args.batches} timed batches, {args.threads} CPU threads"
+    )
     print(f"{'extractor':<16}{'images/s':>10}{'batch s':>10}{'warm-up s':>11}")
     for name in ("diffjax", "torch_fidelity"):
         row = results[name]
-        print(f"{name:<16}{row['images_per_s']:>10.2f}{row['batch_s_median']:>10.2f}"
-              f"{row['warmup_s']:>11.2f}")
+        print(
+            f"{name:<16}{row['images_per_s']:>10.2f}{row['batch_s_median']:>10.2f}"
+            f"{row['warmup_s']:>11.2f}"
+        )
     print(f"diffjax / torch-fidelity: {results['speedup']:.2f}x")
     os.makedirs(os.path.dirname(OUT_PATH), exist_ok=True)
     with open(OUT_PATH, "w") as f:

@@ -46,16 +46,17 @@ from diffjax.training import (
     make_train_step,
 )
 
-OUT_PATH = os.path.join(
-    os.path.dirname(os.path.abspath(__file__)), "out", "bench_train_step.json"
-)
+OUT_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out", "bench_train_step.json")
 
 PRESETS: dict[str, dict[str, Any]] = {
     "fashion_mnist": dict(
         image_shape=(28, 28, 1),
         batch_size=64,
         model=dict(
-            base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=2, attn_resolutions=(14,),
+            base_channels=32,
+            channel_mults=(1, 2, 2),
+            num_res_blocks=2,
+            attn_resolutions=(14,),
             dropout=0.1,
         ),
     ),
@@ -63,8 +64,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         image_shape=(32, 32, 3),
         batch_size=128,
         model=dict(
-            base_channels=128, channel_mults=(1, 2, 2, 2), num_res_blocks=2,
-            attn_resolutions=(16,), dropout=0.1,
+            base_channels=128,
+            channel_mults=(1, 2, 2, 2),
+            num_res_blocks=2,
+            attn_resolutions=(16,),
+            dropout=0.1,
         ),
     ),
 }
@@ -106,7 +110,9 @@ def build_benchmark(
     state = create_train_state(init_fn, jax.random.key(seed), optimizer, mesh)
     train_step = jit_train_step(
         make_train_step(
-            flax_apply_fn(model), get_schedule("linear", 1000), optimizer,
+            flax_apply_fn(model),
+            get_schedule("linear", 1000),
+            optimizer,
             prediction_type=prediction_type,
         ),
         mesh,
@@ -114,8 +120,13 @@ def build_benchmark(
     images = np.random.default_rng(seed).uniform(-1, 1, (batch_size,) + tuple(image_shape))
     batch = {"image": jnp.asarray(images, jnp.float32)}
     return dict(
-        state=state, train_step=train_step, batch=batch, key=jax.random.key(seed + 1),
-        num_params=count_params(state.params), mesh=mesh, apply_fn=flax_apply_fn(model),
+        state=state,
+        train_step=train_step,
+        batch=batch,
+        key=jax.random.key(seed + 1),
+        num_params=count_params(state.params),
+        mesh=mesh,
+        apply_fn=flax_apply_fn(model),
     )
 
 
@@ -280,9 +291,12 @@ def main() -> None:
     results = []
     for name in args.presets.split(","):
         result = run_preset(
-            name, num_steps=args.steps or default_steps.get(name, 2),
-            warmup_steps=args.warmup_steps, batch_size=args.batch_size,
-            dtype=jnp.dtype(args.dtype), remat=args.remat,
+            name,
+            num_steps=args.steps or default_steps.get(name, 2),
+            warmup_steps=args.warmup_steps,
+            batch_size=args.batch_size,
+            dtype=jnp.dtype(args.dtype),
+            remat=args.remat,
         )
         results.append(result)
         print(
@@ -300,10 +314,13 @@ def main() -> None:
     with open(args.out, "w") as file:
         json.dump(
             dict(
-                jax_version=jax.__version__, machine=platform.machine(),
-                cpu_count=os.cpu_count(), results=results,
+                jax_version=jax.__version__,
+                machine=platform.machine(),
+                cpu_count=os.cpu_count(),
+                results=results,
             ),
-            file, indent=2,
+            file,
+            indent=2,
         )
     print(f"wrote {args.out}")
 

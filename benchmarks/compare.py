@@ -149,10 +149,17 @@ def diffjax_sample_worker(size: str, batch_size: int, repeats: int) -> None:
     # ddpm_steps=2 keeps the DDPM row (which run_speed always times) negligible.
     result = bench_sampling.run_speed([size], batch_size, 2, (), repeats)[size]
     rows = [row for row in result["samplers"] if row["sampler"] != "ddpm"]
-    print(json.dumps({"num_params": result["num_params"], "samplers": rows,
-                      "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
-                      "peak_rss_mib": _peak_rss_mib(),
-                      "xla_flags": os.environ.get("XLA_FLAGS", "")}))
+    print(
+        json.dumps(
+            {
+                "num_params": result["num_params"],
+                "samplers": rows,
+                "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+                "peak_rss_mib": _peak_rss_mib(),
+                "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            }
+        )
+    )
 
 
 # ------------------------------------------------------------------------------- the sections
@@ -174,8 +181,18 @@ def measure_peak(quick: bool) -> dict[str, Any]:
             path = os.path.join(tmp, "peak.json")
             load_before = _load()
             command, env = _pin(
-                [python, os.path.join(BENCH_DIR, "peak_matmul.py"), "--framework", framework,
-                 "--sizes", *sizes, "--min-seconds", "0.2" if quick else "1.0", "--json", path],
+                [
+                    python,
+                    os.path.join(BENCH_DIR, "peak_matmul.py"),
+                    "--framework",
+                    framework,
+                    "--sizes",
+                    *sizes,
+                    "--min-seconds",
+                    "0.2" if quick else "1.0",
+                    "--json",
+                    path,
+                ],
                 dict(os.environ, JAX_PLATFORMS="cpu"),
             )
             subprocess.run(command, check=True, capture_output=True, cwd=REPO, env=env)
@@ -211,17 +228,40 @@ def measure_train(sizes: Sequence[str], quick: bool) -> list[dict[str, Any]]:
         )
         for label, flags, cpu_devices in variants:
             row = run_json(
-                [sys.executable, os.path.abspath(__file__), "--worker", "train", "--sizes", size,
-                 "--steps", str(steps), "--warmup", str(warmup), "--cpu-devices", cpu_devices,
-                 *batch],
+                [
+                    sys.executable,
+                    os.path.abspath(__file__),
+                    "--worker",
+                    "train",
+                    "--sizes",
+                    size,
+                    "--steps",
+                    str(steps),
+                    "--warmup",
+                    str(warmup),
+                    "--cpu-devices",
+                    cpu_devices,
+                    *batch,
+                ],
                 env={"XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"},
             )
             rows.append(_train_row(size, label, row))
             _progress(rows[-1])
         for peer in PEERS:
             row = run_json(
-                [PEERS_PYTHON, os.path.join(BENCH_DIR, "peers", "train_peer.py"), "--peer", peer,
-                 "--size", size, "--steps", str(steps), "--warmup", str(warmup), *batch]
+                [
+                    PEERS_PYTHON,
+                    os.path.join(BENCH_DIR, "peers", "train_peer.py"),
+                    "--peer",
+                    peer,
+                    "--size",
+                    size,
+                    "--steps",
+                    str(steps),
+                    "--warmup",
+                    str(warmup),
+                    *batch,
+                ]
             )
             rows.append(_train_row(size, peer, row))
             _progress(rows[-1])
@@ -232,8 +272,10 @@ def _train_row(size: str, label: str, raw: dict[str, Any]) -> dict[str, Any]:
     """Normalises a diffjax or peer training result to one schema (keeps the raw one too)."""
     if raw.get("framework") == "torch":
         common = dict(
-            params=raw["params"], batch_size=raw["batch_size"],
-            compile_seconds=raw["first_step_seconds"], step_seconds=raw["median_step_seconds"],
+            params=raw["params"],
+            batch_size=raw["batch_size"],
+            compile_seconds=raw["first_step_seconds"],
+            step_seconds=raw["median_step_seconds"],
             images_per_second=raw["images_per_second"],
             train_gflops_per_image=raw.get("flops_per_image_train", float("nan")) / 1e9,
             forward_gflops_per_image=raw.get("flops_per_image_forward", float("nan")) / 1e9,
@@ -241,15 +283,25 @@ def _train_row(size: str, label: str, raw: dict[str, Any]) -> dict[str, Any]:
         )
     else:
         common = dict(
-            params=raw["num_params"], batch_size=raw["batch_size"],
-            compile_seconds=raw["compile_seconds"], step_seconds=raw["median_step_seconds"],
+            params=raw["num_params"],
+            batch_size=raw["batch_size"],
+            compile_seconds=raw["compile_seconds"],
+            step_seconds=raw["median_step_seconds"],
             images_per_second=raw["images_per_second"],
             train_gflops_per_image=raw["train_gflops_per_image"],
             forward_gflops_per_image=raw["forward_gflops_per_image"],
             flops_source="XLA cost analysis (whole step)",
         )
-    return dict(section="train", size=size, library=label, peak_rss_mib=raw["peak_rss_mib"],
-                load_before=raw["load_before"], load_after=raw["load_after"], raw=raw, **common)
+    return dict(
+        section="train",
+        size=size,
+        library=label,
+        peak_rss_mib=raw["peak_rss_mib"],
+        load_before=raw["load_before"],
+        load_after=raw["load_after"],
+        raw=raw,
+        **common,
+    )
 
 
 def measure_sample(sizes: Sequence[str], quick: bool) -> list[dict[str, Any]]:
@@ -266,37 +318,80 @@ def measure_sample(sizes: Sequence[str], quick: bool) -> list[dict[str, Any]]:
     rows = []
     for size in sizes:
         raw = run_json(
-            [sys.executable, os.path.abspath(__file__), "--worker", "sample", "--sizes", size,
-             "--batch-size", str(batch), "--repeats", str(repeats)],
+            [
+                sys.executable,
+                os.path.abspath(__file__),
+                "--worker",
+                "sample",
+                "--sizes",
+                size,
+                "--batch-size",
+                str(batch),
+                "--repeats",
+                str(repeats),
+            ],
             env={"XLA_FLAGS": FAST_CPU_CONVOLUTION_FLAG, "JAX_PLATFORMS": "cpu"},
         )
         for sampler_row in raw["samplers"]:
             sampler = "ddim" if sampler_row["sampler"] == "ddim" else "dpm_solver"
-            rows.append(dict(
-                section="sample", size=size, sampler=sampler, num_steps=sampler_row["steps"],
-                library="diffjax", devices=raw["devices"], params=raw["num_params"],
-                batch_size=batch,
-                seconds=sampler_row["run_s"], images_per_second=sampler_row["samples_per_s"],
-                compile_seconds=sampler_row["compile_s"], peak_rss_mib=raw["peak_rss_mib"],
-                load_before=raw["load_before"], load_after=raw["load_after"], raw=sampler_row,
-            ))
+            rows.append(
+                dict(
+                    section="sample",
+                    size=size,
+                    sampler=sampler,
+                    num_steps=sampler_row["steps"],
+                    library="diffjax",
+                    devices=raw["devices"],
+                    params=raw["num_params"],
+                    batch_size=batch,
+                    seconds=sampler_row["run_s"],
+                    images_per_second=sampler_row["samples_per_s"],
+                    compile_seconds=sampler_row["compile_s"],
+                    peak_rss_mib=raw["peak_rss_mib"],
+                    load_before=raw["load_before"],
+                    load_after=raw["load_after"],
+                    raw=sampler_row,
+                )
+            )
             _progress(rows[-1])
         for peer in PEERS:
             for sampler, num_steps in (("ddim", 50), ("dpm_solver", 20)):
                 raw_peer = run_json(
-                    [PEERS_PYTHON, os.path.join(BENCH_DIR, "peers", "sample_peer.py"),
-                     "--peer", peer, "--size", size, "--sampler", sampler,
-                     "--num-steps", str(num_steps), "--batch-size", str(batch),
-                     "--repeats", str(repeats)]
+                    [
+                        PEERS_PYTHON,
+                        os.path.join(BENCH_DIR, "peers", "sample_peer.py"),
+                        "--peer",
+                        peer,
+                        "--size",
+                        size,
+                        "--sampler",
+                        sampler,
+                        "--num-steps",
+                        str(num_steps),
+                        "--batch-size",
+                        str(batch),
+                        "--repeats",
+                        str(repeats),
+                    ]
                 )
-                rows.append(dict(
-                    section="sample", size=size, sampler=sampler, num_steps=num_steps,
-                    library=peer, params=raw_peer["params"], batch_size=batch,
-                    seconds=raw_peer["seconds"], images_per_second=raw_peer["images_per_second"],
-                    compile_seconds=0.0, peak_rss_mib=raw_peer["peak_rss_mib"],
-                    load_before=raw_peer["load_before"], load_after=raw_peer["load_after"],
-                    raw=raw_peer,
-                ))
+                rows.append(
+                    dict(
+                        section="sample",
+                        size=size,
+                        sampler=sampler,
+                        num_steps=num_steps,
+                        library=peer,
+                        params=raw_peer["params"],
+                        batch_size=batch,
+                        seconds=raw_peer["seconds"],
+                        images_per_second=raw_peer["images_per_second"],
+                        compile_seconds=0.0,
+                        peak_rss_mib=raw_peer["peak_rss_mib"],
+                        load_before=raw_peer["load_before"],
+                        load_after=raw_peer["load_after"],
+                        raw=raw_peer,
+                    )
+                )
                 _progress(rows[-1])
     return rows
 
@@ -315,19 +410,41 @@ def measure_scaling(quick: bool) -> list[dict[str, Any]]:
     rows = []
     for devices in (1, 2, 4, 8):
         raw = run_json(
-            [sys.executable, os.path.abspath(__file__), "--worker", "train", "--sizes",
-             "fashion_mnist", "--steps", str(steps), "--warmup", str(warmup), *batch],
-            env={"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} "
-                              f"{FAST_CPU_CONVOLUTION_FLAG}",
-                 "JAX_PLATFORMS": "cpu"},
+            [
+                sys.executable,
+                os.path.abspath(__file__),
+                "--worker",
+                "train",
+                "--sizes",
+                "fashion_mnist",
+                "--steps",
+                str(steps),
+                "--warmup",
+                str(warmup),
+                *batch,
+            ],
+            env={
+                "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} "
+                f"{FAST_CPU_CONVOLUTION_FLAG}",
+                "JAX_PLATFORMS": "cpu",
+            },
         )
-        rows.append(dict(
-            section="scaling", size="fashion_mnist", devices=devices, library="diffjax",
-            batch_size=raw["batch_size"], step_seconds=raw["median_step_seconds"],
-            images_per_second=raw["images_per_second"], compile_seconds=raw["compile_seconds"],
-            peak_rss_mib=raw["peak_rss_mib"], load_before=raw["load_before"],
-            load_after=raw["load_after"], raw=raw,
-        ))
+        rows.append(
+            dict(
+                section="scaling",
+                size="fashion_mnist",
+                devices=devices,
+                library="diffjax",
+                batch_size=raw["batch_size"],
+                step_seconds=raw["median_step_seconds"],
+                images_per_second=raw["images_per_second"],
+                compile_seconds=raw["compile_seconds"],
+                peak_rss_mib=raw["peak_rss_mib"],
+                load_before=raw["load_before"],
+                load_after=raw["load_after"],
+                raw=raw,
+            )
+        )
         _progress(rows[-1])
     return rows
 
@@ -335,9 +452,13 @@ def measure_scaling(quick: bool) -> list[dict[str, Any]]:
 def _progress(row: dict[str, Any]) -> None:
     """One line per finished measurement, so a long run shows where it is."""
     what = row.get("sampler") or (f"{row['devices']} devices" if "devices" in row else "train")
-    print(f"  done: {row['section']:<8} {row['size']:<14} {what:<12} {row['library']:<20} "
-          f"{row['images_per_second']:8.2f} images/s  (load {row['load_before']:.1f} -> "
-          f"{row['load_after']:.1f})", file=sys.stderr, flush=True)
+    print(
+        f"  done: {row['section']:<8} {row['size']:<14} {what:<12} {row['library']:<20} "
+        f"{row['images_per_second']:8.2f} images/s  (load {row['load_before']:.1f} -> "
+        f"{row['load_after']:.1f})",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 # --------------------------------------------------------------------------------- reporting
@@ -374,21 +495,36 @@ def format_report(result: dict[str, Any]) -> str:
     peak = result.get("peak")
     peak_gflops = peak["peak_float32_gflops"] if peak else float("nan")
     if peak:
-        lines += ["Peak matmul (best GFLOP/s over N = 1024, 2048, 4096):", "",
-                  "| framework | float32 | bfloat16 |", "|---|---|---|"]
+        lines += [
+            "Peak matmul (best GFLOP/s over N = 1024, 2048, 4096):",
+            "",
+            "| framework | float32 | bfloat16 |",
+            "|---|---|---|",
+        ]
         for framework in ("jax", "torch"):
-            best = {dtype: max((r["best_gflops"] for r in peak[framework]["rows"]
-                                if r["dtype"] == dtype), default=float("nan"))
-                    for dtype in ("float32", "bfloat16")}
+            best = {
+                dtype: max(
+                    (r["best_gflops"] for r in peak[framework]["rows"] if r["dtype"] == dtype),
+                    default=float("nan"),
+                )
+                for dtype in ("float32", "bfloat16")
+            }
             lines.append(f"| {framework} | {best['float32']:.0f} | {best['bfloat16']:.0f} |")
-        lines += ["", f"MFU below = achieved model GFLOP/s / {peak_gflops:.0f} "
-                      "(the best float32 matmul of either framework).", ""]
+        lines += [
+            "",
+            f"MFU below = achieved model GFLOP/s / {peak_gflops:.0f} "
+            "(the best float32 matmul of either framework).",
+            "",
+        ]
     train = [r for r in result["rows"] if r["section"] == "train"]
     if train:
-        lines += ["Training step (forward + backward + clip + Adam + EMA), float32:", "",
-                  "| size | library | params | batch | compile / 1st step s | step s | images/s "
-                  "| diffjax / this | GFLOP/image | GFLOP/s | MFU | peak RSS MiB | load |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "Training step (forward + backward + clip + Adam + EMA), float32:",
+            "",
+            "| size | library | params | batch | compile / 1st step s | step s | images/s "
+            "| diffjax / this | GFLOP/image | GFLOP/s | MFU | peak RSS MiB | load |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for size in SIZES:
             size_rows = [r for r in train if r["size"] == size]
             base = next((r for r in size_rows if r["library"] == "diffjax"), None)
@@ -403,19 +539,28 @@ def format_report(result: dict[str, Any]) -> str:
                     f"{100 * achieved / peak_gflops:.0f}% | {r['peak_rss_mib']:.0f} | "
                     f"{r['load_before']:.1f} |"
                 )
-        lines += ["", "GFLOP/image: diffjax from XLA's cost analysis of the whole step, peers "
-                      "from torch's FlopCounterMode (matmul/conv/attention only).", ""]
+        lines += [
+            "",
+            "GFLOP/image: diffjax from XLA's cost analysis of the whole step, peers "
+            "from torch's FlopCounterMode (matmul/conv/attention only).",
+            "",
+        ]
     sample = [r for r in result["rows"] if r["section"] == "sample"]
     if sample:
-        lines += ["Sampling (images/s, whole sampler run, best of the repeats):", "",
-                  "| size | sampler | library | batch | seconds | images/s | diffjax / this "
-                  "| load |", "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "Sampling (images/s, whole sampler run, best of the repeats):",
+            "",
+            "| size | sampler | library | batch | seconds | images/s | diffjax / this | load |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for size in SIZES:
             for sampler in ("ddim", "dpm_solver"):
                 group = [r for r in sample if r["size"] == size and r["sampler"] == sampler]
                 base = next((r for r in group if r["library"] == "diffjax"), None)
                 for r in group:
-                    ratio = _ratio(base["images_per_second"], r["images_per_second"]) if base else ""
+                    ratio = (
+                        _ratio(base["images_per_second"], r["images_per_second"]) if base else ""
+                    )
                     lines.append(
                         f"| {size} | {sampler}-{r['num_steps']} | {_library(r)} | "
                         f"{r['batch_size']} | {r['seconds']:.2f} | {r['images_per_second']:.2f} "
@@ -425,14 +570,19 @@ def format_report(result: dict[str, Any]) -> str:
     scaling = [r for r in result["rows"] if r["section"] == "scaling"]
     if scaling:
         base = scaling[0]["step_seconds"]
-        lines += ["Fake-device scaling (Fashion-MNIST step, global batch "
-                  f"{scaling[0]['batch_size']}, devices share the same cores):", "",
-                  "| devices | compile s | step s | images/s | step time vs 1 device | load |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            "Fake-device scaling (Fashion-MNIST step, global batch "
+            f"{scaling[0]['batch_size']}, devices share the same cores):",
+            "",
+            "| devices | compile s | step s | images/s | step time vs 1 device | load |",
+            "|---|---|---|---|---|---|",
+        ]
         for r in scaling:
-            lines.append(f"| {r['devices']} | {r['compile_seconds']:.1f} | "
-                          f"{r['step_seconds']:.3f} | {r['images_per_second']:.1f} | "
-                          f"{r['step_seconds'] / base:.2f}x | {r['load_before']:.1f} |")
+            lines.append(
+                f"| {r['devices']} | {r['compile_seconds']:.1f} | "
+                f"{r['step_seconds']:.3f} | {r['images_per_second']:.1f} | "
+                f"{r['step_seconds'] / base:.2f}x | {r['load_before']:.1f} |"
+            )
         lines.append("")
     lines.append("GPU: not measured (no GPU lent to this run).")
     return "\n".join(lines)
@@ -444,9 +594,15 @@ def _versions() -> str:
     names = ("jax", "jaxlib", "flax", "optax")
     ours = ", ".join(f"{name} {metadata.version(name)}" for name in names)
     peers = subprocess.run(
-        [PEERS_PYTHON, "-c", "import importlib.metadata as m; print(', '.join(f'{n} ' + "
-         "m.version(n) for n in ('torch', 'diffusers', 'denoising-diffusion-pytorch')))"],
-        capture_output=True, text=True, check=False,
+        [
+            PEERS_PYTHON,
+            "-c",
+            "import importlib.metadata as m; print(', '.join(f'{n} ' + "
+            "m.version(n) for n in ('torch', 'diffusers', 'denoising-diffusion-pytorch')))",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     ).stdout.strip()
     return f"{ours}; {peers or 'peers venv missing'}"
 
@@ -499,14 +655,18 @@ def main() -> None:
     now = datetime.datetime.now(datetime.timezone.utc)
     result: dict[str, Any] = dict(
         date=now.strftime("%Y-%m-%d %H:%M UTC"),
-        machine=dict(cpu=_cpu_name(), cpus=os.cpu_count(), pinned_cpus=args.cpus,
-                     load_start=_load()),
+        machine=dict(
+            cpu=_cpu_name(), cpus=os.cpu_count(), pinned_cpus=args.cpus, load_start=_load()
+        ),
         versions=_versions(),
         quick=args.quick,
         rows=[],
     )
-    print(f"compare.py: sections {args.sections}, sizes {args.sizes}, load {_load():.2f}",
-          file=sys.stderr, flush=True)
+    print(
+        f"compare.py: sections {args.sections}, sizes {args.sizes}, load {_load():.2f}",
+        file=sys.stderr,
+        flush=True,
+    )
     if "peak" in args.sections:
         result["peak"] = measure_peak(args.quick)
     if "train" in args.sections:

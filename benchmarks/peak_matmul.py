@@ -182,7 +182,9 @@ def main() -> None:
         )
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({"version": framework_version(args.framework), "rows": rows}, handle, indent=2)
+            json.dump(
+                {"version": framework_version(args.framework), "rows": rows}, handle, indent=2
+            )
 
 
 if __name__ == "__main__":

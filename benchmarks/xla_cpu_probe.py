@@ -253,8 +253,18 @@ def categorize_hlo(hlo_text: str) -> dict[str, str]:
                 categories[name] = "dot (YNNPACK)" if ynn else "dot"
             elif "reduce" in ops or "reduce-window" in ops:
                 categories[name] = "reduce"
-            elif ops and ops <= {"transpose", "copy", "bitcast", "reshape", "parameter",
-                                 "fusion", "slice", "concatenate", "pad", "broadcast"}:
+            elif ops and ops <= {
+                "transpose",
+                "copy",
+                "bitcast",
+                "reshape",
+                "parameter",
+                "fusion",
+                "slice",
+                "concatenate",
+                "pad",
+                "broadcast",
+            }:
                 categories[name] = "layout (transpose/copy)"
             elif "transpose" in ops:
                 categories[name] = "elementwise + transpose"
@@ -272,7 +282,6 @@ def _profile_train_step(size: str, repeats: int, dtype: str) -> dict[str, object
     import tempfile
 
     import jax
-
     from jax.profiler import ProfileData
 
     holder: dict[str, object] = {}
@@ -348,8 +357,10 @@ def run_subprocess(
 
 def _print_profile(row: dict[str, object]) -> None:
     """Prints the per-category and per-instruction times of one profile row."""
-    print(f"== XLA_FLAGS={row['flags']}  wall {row['wall_s'] * 1e3:.0f} ms/step "
-          f"({row['num_instructions']} HLO instructions)")
+    print(
+        f"== XLA_FLAGS={row['flags']}  wall {row['wall_s'] * 1e3:.0f} ms/step "
+        f"({row['num_instructions']} HLO instructions)"
+    )
     for category, seconds in row["category_s"].items():
         print(f"  {category:<26} {seconds * 1e3:9.1f} ms  {100 * seconds / row['wall_s']:5.1f}%")
     print("  top instructions:")
@@ -366,11 +377,16 @@ def main() -> None:
     parser.add_argument("--size", choices=("fashion_mnist", "cifar10"), default="fashion_mnist")
     parser.add_argument("--dtype", default="float32", help="float32 or bfloat16")
     parser.add_argument(
-        "--flags", nargs="+", choices=tuple(FLAG_PRESETS), default=["default"],
+        "--flags",
+        nargs="+",
+        choices=tuple(FLAG_PRESETS),
+        default=["default"],
         help="named XLA_FLAGS sets to compare (see FLAG_PRESETS)",
     )
     parser.add_argument(
-        "--raw-flags", action="append", default=[],
+        "--raw-flags",
+        action="append",
+        default=[],
         help='an XLA_FLAGS value to compare, written --raw-flags="--xla_..." (repeatable)',
     )
     parser.add_argument("--torch", action="store_true", help="conv under PyTorch instead")
@@ -392,8 +408,17 @@ def main() -> None:
         print(f"{'part':<6} {'wall-ms':>9} {'cpu-ms':>9} {columns}  XLA_FLAGS")
     for flags in flag_sets:
         for part in parts:
-            argv = [args.case, "--part", part if part in CONV_PARTS else "all",
-                    "--size", args.size, "--dtype", args.dtype, "--repeats", str(args.repeats)]
+            argv = [
+                args.case,
+                "--part",
+                part if part in CONV_PARTS else "all",
+                "--size",
+                args.size,
+                "--dtype",
+                args.dtype,
+                "--repeats",
+                str(args.repeats),
+            ]
             if args.torch:
                 argv.append("--torch")
             result = run_subprocess(
@@ -409,8 +434,11 @@ def main() -> None:
                 if args.case == "conv"
                 else f"{row['images_per_second']:8.1f} {row['first_call_s']:8.1f}"
             )
-            print(f"{part:<6} {row['wall_s'] * 1e3:9.1f} {row['cpu_s'] * 1e3:9.1f} {extra}  "
-                  f"{row['flags']}", flush=True)
+            print(
+                f"{part:<6} {row['wall_s'] * 1e3:9.1f} {row['cpu_s'] * 1e3:9.1f} {extra}  "
+                f"{row['flags']}",
+                flush=True,
+            )
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(rows, handle, indent=2)

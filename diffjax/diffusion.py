@@ -258,7 +258,9 @@ def p_mean_variance(
     schedule = _check_discrete(schedule, "p_mean_variance")
     t = check_time(schedule, t, x_t.shape[0])
     alpha, sigma = alpha_sigma(schedule, t, x_t.ndim, x_t.dtype)
-    pred_x0, _ = predict_x0_and_eps(model_output.astype(x_t.dtype), x_t, alpha, sigma, prediction_type)
+    pred_x0, _ = predict_x0_and_eps(
+        model_output.astype(x_t.dtype), x_t, alpha, sigma, prediction_type
+    )
     if clip_x0:
         pred_x0 = jnp.clip(pred_x0, -1.0, 1.0)
     posterior = q_posterior_mean_variance(schedule, pred_x0, x_t, t)
@@ -268,6 +270,4 @@ def p_mean_variance(
     if schedule.num_timesteps == 1:
         large = schedule.betas
     large_variance = extract(large, t, x_t.ndim).astype(x_t.dtype)
-    return PosteriorMeanVariance(
-        posterior.mean, large_variance, jnp.log(large_variance), pred_x0
-    )
+    return PosteriorMeanVariance(posterior.mean, large_variance, jnp.log(large_variance), pred_x0)

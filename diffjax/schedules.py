@@ -177,7 +177,8 @@ def rescale_zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
     betas = np.asarray(betas, dtype=np.float64)
     if betas.ndim != 1 or betas.shape[0] < 2:
         raise ValueError(
-            f"zero-terminal-SNR rescaling needs a 1-D schedule of >= 2 steps, got shape {betas.shape}."
+            "zero-terminal-SNR rescaling needs a 1-D schedule of >= 2 steps, got shape "
+            f"{betas.shape}."
         )
     sqrt_alphas_cumprod = np.sqrt(np.cumprod(1.0 - betas))
     first, last = sqrt_alphas_cumprod[0], sqrt_alphas_cumprod[-1]
@@ -231,9 +232,7 @@ def schedule_constants(betas) -> dict[str, np.ndarray]:
     one_minus = 1.0 - alphas_cumprod
     posterior_variance = betas * (1.0 - alphas_cumprod_prev) / one_minus
     clip_source = posterior_variance[1] if betas.shape[0] > 1 else betas[0]
-    posterior_log_variance_clipped = np.log(
-        np.concatenate([[clip_source], posterior_variance[1:]])
-    )
+    posterior_log_variance_clipped = np.log(np.concatenate([[clip_source], posterior_variance[1:]]))
     with np.errstate(divide="ignore"):
         snr = alphas_cumprod / one_minus
         log_snr = np.log(alphas_cumprod) - np.log(one_minus)

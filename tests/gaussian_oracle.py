@@ -152,7 +152,9 @@ def _continuous(prediction_type):
 _CONTINUOUS = {name: _continuous(name) for name in predictions.PREDICTION_TYPES}
 
 
-def exact_model_fn(mixture: GaussianMixture, process, prediction_type: str = "eps") -> jax.tree_util.Partial:
+def exact_model_fn(
+    mixture: GaussianMixture, process, prediction_type: str = "eps"
+) -> jax.tree_util.Partial:
     """The Bayes-optimal ``model_fn(x_in [B, ...], t_in [B]) -> prediction`` for this data law,
     for a schedule (t_in the index) or a continuous process (t_in its model time, x_in scaled
     as the 'edm' prediction's input)."""

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 import diffjax as dj
-from diffjax import diffusion
 
 T = 1000
 # The prediction types that the (alpha, sigma) conversions of a variance-preserving process
@@ -72,7 +71,9 @@ def test_posterior_is_bayes_product_of_forward_kernels(name):
     # Precision of a product is the sum of precisions; its mean the precision-weighted means.
     precision = alpha_t / beta_t + 1 / (1 - abar_prev)
     expected_var = 1 / precision
-    expected_mean = expected_var * (np.sqrt(alpha_t) * x_t / beta_t + np.sqrt(abar_prev) * x0 / (1 - abar_prev))
+    expected_mean = expected_var * (
+        np.sqrt(alpha_t) * x_t / beta_t + np.sqrt(abar_prev) * x0 / (1 - abar_prev)
+    )
     result = dj.q_posterior_mean_variance(
         schedule, jnp.asarray(x0, jnp.float32), jnp.asarray(x_t, jnp.float32), jnp.asarray(t)
     )
@@ -87,7 +88,9 @@ def test_posterior_at_first_step_is_x0_with_clipped_log_variance(schedule):
     result = dj.q_posterior_mean_variance(schedule, x0, x_t, jnp.array([0, 0]))
     np.testing.assert_allclose(result.mean, x0, atol=1e-6)
     assert float(result.variance[0, 0]) == 0.0
-    np.testing.assert_allclose(result.log_variance[0, 0], np.log(schedule.posterior_variance[1]), rtol=1e-6)
+    np.testing.assert_allclose(
+        result.log_variance[0, 0], np.log(schedule.posterior_variance[1]), rtol=1e-6
+    )
 
 
 @pytest.mark.parametrize("prediction_type", VP_PREDICTIONS)
@@ -121,7 +124,9 @@ def test_v_target_matches_its_definition(schedule):
     abar = np.asarray(schedule.alphas_cumprod, np.float64)[[100, 800]][:, None]
     expected = np.sqrt(abar) * 2.0 - np.sqrt(1 - abar) * 1.0
     alpha, sigma = dj.alpha_sigma(schedule, t, 2)
-    np.testing.assert_allclose(dj.v_from_x0_eps(x0, eps, alpha, sigma), np.broadcast_to(expected, (2, 3)), rtol=1e-5)
+    np.testing.assert_allclose(
+        dj.v_from_x0_eps(x0, eps, alpha, sigma), np.broadcast_to(expected, (2, 3)), rtol=1e-5
+    )
     x_t = dj.q_sample(schedule, x0, t, eps)
     v = dj.v_from_x0_eps(x0, eps, alpha, sigma)
     np.testing.assert_allclose(dj.x0_from_v(x_t, v, alpha, sigma), x0, atol=1e-5)
@@ -184,12 +189,16 @@ def test_functions_work_under_jit_vmap_and_grad(schedule, dtype):
     )(x0, t, eps)
     assert per_example.dtype == dtype
     np.testing.assert_allclose(
-        per_example.astype(jnp.float32), dj.q_sample(schedule, x0, t, eps).astype(jnp.float32), rtol=tolerance
+        per_example.astype(jnp.float32),
+        dj.q_sample(schedule, x0, t, eps).astype(jnp.float32),
+        rtol=tolerance,
     )
 
 
 def test_second_call_with_new_values_does_not_recompile(schedule):
-    step = jax.jit(lambda s, x, t, e: dj.q_posterior_mean_variance(s, x, dj.q_sample(s, x, t, e), t).mean)
+    step = jax.jit(
+        lambda s, x, t, e: dj.q_posterior_mean_variance(s, x, dj.q_sample(s, x, t, e), t).mean
+    )
     shape = (3, 4, 4, 2)
     step(schedule, jnp.zeros(shape), jnp.array([1, 2, 3]), jnp.ones(shape))
     step(dj.get_schedule("cosine", T), jnp.ones(shape), jnp.array([9, 8, 7]), jnp.zeros(shape))
@@ -199,18 +208,47 @@ def test_second_call_with_new_values_does_not_recompile(schedule):
 @pytest.mark.parametrize(
     "call, message",
     [
-        (lambda s: dj.q_sample(s, jnp.zeros((2, 3)), jnp.array([0, T]), jnp.zeros((2, 3))), r"\[0, 1000\)"),
-        (lambda s: dj.q_sample(s, jnp.zeros((2, 3)), jnp.array([-1, 0]), jnp.zeros((2, 3))), r"\[-1, 0\]"),
-        (lambda s: dj.q_sample(s, jnp.zeros((2, 3)), jnp.array([0, 1, 2]), jnp.zeros((2, 3))), r"shape \[B\] = \[2\]"),
-        (lambda s: dj.q_sample(s, jnp.zeros((2, 3)), jnp.array([0.5, 1.0]), jnp.zeros((2, 3))), "integer"),
-        (lambda s: dj.q_sample(s, jnp.zeros((2, 3)), jnp.array([0, 1]), jnp.zeros((2, 4))), "noise shape"),
-        (lambda s: dj.q_posterior_mean_variance(s, jnp.zeros((2, 3)), jnp.zeros((2, 4)), jnp.array([0, 1])), "x_t shape"),
-        (lambda s: dj.p_mean_variance(s, jnp.zeros((2, 3)), jnp.zeros((2, 3)), jnp.array([0, 1]), "score"), "'score'.*'eps', 'x0', 'v'"),
-        (lambda s: dj.p_mean_variance(s, jnp.zeros((2, 3)), jnp.zeros((2, 3)), jnp.array([0, 1]), "eps", "huge"), "'huge'.*'small', 'large'"),
+        (
+            lambda s: dj.q_sample(s, jnp.zeros((2, 3)), jnp.array([0, T]), jnp.zeros((2, 3))),
+            r"\[0, 1000\)",
+        ),
+        (
+            lambda s: dj.q_sample(s, jnp.zeros((2, 3)), jnp.array([-1, 0]), jnp.zeros((2, 3))),
+            r"\[-1, 0\]",
+        ),
+        (
+            lambda s: dj.q_sample(s, jnp.zeros((2, 3)), jnp.array([0, 1, 2]), jnp.zeros((2, 3))),
+            r"shape \[B\] = \[2\]",
+        ),
+        (
+            lambda s: dj.q_sample(s, jnp.zeros((2, 3)), jnp.array([0.5, 1.0]), jnp.zeros((2, 3))),
+            "integer",
+        ),
+        (
+            lambda s: dj.q_sample(s, jnp.zeros((2, 3)), jnp.array([0, 1]), jnp.zeros((2, 4))),
+            "noise shape",
+        ),
+        (
+            lambda s: dj.q_posterior_mean_variance(
+                s, jnp.zeros((2, 3)), jnp.zeros((2, 4)), jnp.array([0, 1])
+            ),
+            "x_t shape",
+        ),
+        (
+            lambda s: dj.p_mean_variance(
+                s, jnp.zeros((2, 3)), jnp.zeros((2, 3)), jnp.array([0, 1]), "score"
+            ),
+            "'score'.*'eps', 'x0', 'v'",
+        ),
+        (
+            lambda s: dj.p_mean_variance(
+                s, jnp.zeros((2, 3)), jnp.zeros((2, 3)), jnp.array([0, 1]), "eps", "huge"
+            ),
+            "'huge'.*'small', 'large'",
+        ),
         (lambda s: dj.prediction_target(jnp.zeros(2), jnp.zeros(2), 1.0, 0.0, "noise"), "'noise'"),
     ],
 )
 def test_bad_input_raises_clear_errors(schedule, call, message):
     with pytest.raises((ValueError, TypeError), match=message):
         call(schedule)
-

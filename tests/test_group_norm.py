@@ -69,6 +69,7 @@ def test_group_norm_gradient_is_orthogonal_to_group_shifts_and_scales():
     cotangent = jnp.asarray(np.random.default_rng(4).normal(size=shape), jnp.float32)
     _, vjp = jax.vjp(lambda x: group_norm(x, scale, bias, num_groups, 0.0), x)
     (dx,) = vjp(cotangent)
+
     def grouped(a):  # [B, H, W, C] -> [B, G, H * W, C / G]
         return np.asarray(a).reshape(2, 16, num_groups, 4).transpose(0, 2, 1, 3)
 

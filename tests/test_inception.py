@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import os
 
+import inception_reference as reference
 import jax
 import numpy as np
 import pytest
 
-import inception_reference as reference
 from diffjax.metrics import inception
 from diffjax.weights import (
     StateDictMismatchError,
@@ -89,7 +89,11 @@ def test_key_table_matches_the_independent_shape_table():
     assert conv.flax_path == ("params", "Mixed_5b", "branch1x1", "conv", "kernel")
     assert conv.transform is conv_kernel and conv.shape == (1, 1, 192, 64)
     assert by_key["Mixed_7c.branch_pool.bn.running_var"].flax_path == (
-        "batch_stats", "Mixed_7c", "branch_pool", "bn", "var"
+        "batch_stats",
+        "Mixed_7c",
+        "branch_pool",
+        "bn",
+        "var",
     )
     assert by_key["Conv2d_1a_3x3.bn.weight"].flax_path[-1] == "scale"
     assert by_key["fc.weight"].transform is linear_kernel
@@ -167,7 +171,9 @@ def test_features_match_torch_fidelity(fixture, variables):
     for group in ("small", "large"):
         outputs = inception.inception_features(variables, fixture[f"{group}_images"])
         assert {name: outputs[name].shape for name in FEATURES} == {
-            "pool3": (3, 2048), "logits_unbiased": (3, 1008), "logits": (3, 1008)
+            "pool3": (3, 2048),
+            "logits_unbiased": (3, 1008),
+            "logits": (3, 1008),
         }
         pool3 = np.asarray(outputs["pool3"])
         # The random weights keep activations O(1): pooled ReLU outputs, most of them alive.

@@ -7,10 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-from diffjax.models import layers
 from test_attention import attention_reference
 from test_group_norm import group_norm_reference
+
+from diffjax.models import layers
 
 
 @pytest.fixture(autouse=True, scope="module")

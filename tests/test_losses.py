@@ -89,13 +89,23 @@ def test_per_example_terms_match_float64_reference(prediction_type, weighting):
     x0 = _image_batch()
     loss, aux = jax.jit(
         lambda x, k: denoising_loss(
-            _linear_model, schedule, x, k, prediction_type=prediction_type, weighting=weighting,
+            _linear_model,
+            schedule,
+            x,
+            k,
+            prediction_type=prediction_type,
+            weighting=weighting,
             min_snr_gamma=GAMMA,
         )
     )(x0, jax.random.key(1))
     expected = _numpy_reference(
-        x0, np.asarray(aux["t"]), aux["noise"], np.cumprod(1.0 - betas),
-        prediction_type, weighting, GAMMA,
+        x0,
+        np.asarray(aux["t"]),
+        aux["noise"],
+        np.cumprod(1.0 - betas),
+        prediction_type,
+        weighting,
+        GAMMA,
     )
     chex.assert_shape(aux["loss"], (x0.shape[0],))
     np.testing.assert_allclose(aux["loss"], expected, rtol=REFERENCE_RTOL)
@@ -144,15 +154,22 @@ def test_weightings_are_one_x0_space_weighting(weighting):
     per_type = {}
     for prediction_type in PREDICTION_TYPES:
         _, aux = denoising_loss(
-            model_for(prediction_type), schedule, x0, jax.random.key(4), t=t,
-            prediction_type=prediction_type, weighting=weighting, min_snr_gamma=GAMMA,
+            model_for(prediction_type),
+            schedule,
+            x0,
+            jax.random.key(4),
+            t=t,
+            prediction_type=prediction_type,
+            weighting=weighting,
+            min_snr_gamma=GAMMA,
         )
         per_type[prediction_type] = aux
     noise = np.float64(per_type["x0"]["noise"])
     abar = np.cumprod(1.0 - schedules.linear_betas(NUM_TIMESTEPS))[np.asarray(t)]
-    x_t = np.sqrt(abar)[:, None, None, None] * np.float64(x0) + np.sqrt(1 - abar)[
-        :, None, None, None
-    ] * noise
+    x_t = (
+        np.sqrt(abar)[:, None, None, None] * np.float64(x0)
+        + np.sqrt(1 - abar)[:, None, None, None] * noise
+    )
     x0_error = np.mean((0.7 * np.tanh(x_t) - np.float64(x0)) ** 2, axis=(1, 2, 3))
     snr = abar / (1.0 - abar)
     if weighting == "uniform":
@@ -161,8 +178,10 @@ def test_weightings_are_one_x0_space_weighting(weighting):
         x0_weights = dict.fromkeys(PREDICTION_TYPES, _x0_space_weight(weighting, snr, GAMMA))
     for prediction_type in PREDICTION_TYPES:
         np.testing.assert_allclose(
-            per_type[prediction_type]["loss"], x0_weights[prediction_type] * x0_error,
-            rtol=CONVERSION_RTOL, err_msg=prediction_type,
+            per_type[prediction_type]["loss"],
+            x0_weights[prediction_type] * x0_error,
+            rtol=CONVERSION_RTOL,
+            err_msg=prediction_type,
         )
 
 
@@ -193,8 +212,14 @@ def test_finite_loss_and_grads_at_extreme_snr(prediction_type, weighting, schedu
             return params["scale"] * x_t + params["bias"]
 
         return denoising_loss(
-            model_fn, schedule, x0, jax.random.key(5), t=t,
-            prediction_type=prediction_type, weighting=weighting, min_snr_gamma=GAMMA,
+            model_fn,
+            schedule,
+            x0,
+            jax.random.key(5),
+            t=t,
+            prediction_type=prediction_type,
+            weighting=weighting,
+            min_snr_gamma=GAMMA,
         )[0]
 
     params = {"scale": jnp.float32(0.3), "bias": jnp.float32(0.1)}
@@ -266,9 +291,7 @@ def test_bad_options_raise_value_error(kwargs, message):
 def test_wrong_prediction_shape_raises():
     schedule = schedules.get_schedule("cosine", 10)
     with pytest.raises(ValueError, match=r"model_fn returned shape \(2, 4, 4, 1\)"):
-        denoising_loss(
-            lambda x_t, t: x_t[..., :1], schedule, _image_batch(2), jax.random.key(0)
-        )
+        denoising_loss(lambda x_t, t: x_t[..., :1], schedule, _image_batch(2), jax.random.key(0))
 
 
 # --------------------------------------------------------------- continuous-time losses
@@ -308,7 +331,9 @@ def test_mode_times_follow_their_law():
     f = lambda u: 1 - u - scale * (np.cos(np.pi * u / 2) ** 2 - 1 + u)  # noqa: E731
 
     def cdf(t):  # f is decreasing from f(0) = 1 to f(1) = 0: P(f(u) <= t) = 1 - f^-1(t).
-        return np.array([1.0 - optimize.brentq(lambda u: f(u) - x, 0.0, 1.0) for x in np.atleast_1d(t)])
+        return np.array(
+            [1.0 - optimize.brentq(lambda u: f(u) - x, 0.0, 1.0) for x in np.atleast_1d(t)]
+        )
 
     assert _ks_pvalue(losses.mode_times(scale), cdf) > KS_LEVEL
 
@@ -403,7 +428,9 @@ def test_continuous_losses_train_with_every_time_sampler():
 def test_time_sampler_errors_name_the_problem():
     with pytest.raises(ValueError, match=r"Unknown time sampler 'beta'"):
         losses.get_time_sampler("beta", dj.RectifiedFlow())
-    with pytest.raises(ValueError, match=r"does not take \['sd'\]; its options are \['mean', 'std', 'shift'\]"):
+    with pytest.raises(
+        ValueError, match=r"does not take \['sd'\]; its options are \['mean', 'std', 'shift'\]"
+    ):
         losses.get_time_sampler("logit_normal", dj.RectifiedFlow(), sd=1.0)
     with pytest.raises(ValueError, match="a discrete schedule draws"):
         losses.get_time_sampler("mode", schedules.get_schedule("cosine", 10))

@@ -9,10 +9,10 @@ import os
 
 import jax
 import jax.numpy as jnp
+import lpips_reference
 import numpy as np
 import pytest
 
-import lpips_reference
 from diffjax.metrics import lpips as lpips_module
 from diffjax.metrics.lpips import (
     LPIPS,

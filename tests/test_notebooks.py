@@ -112,7 +112,10 @@ def test_code_cells_drop_only_shell_and_magic_lines(tmp_path):
     notebook = {
         "cells": [
             {"cell_type": "markdown", "source": ["x = 1\n"]},
-            {"cell_type": "code", "source": ["a = 1\n", "!pip install x\n", "  %cd y\n", "b = '!'"]},
+            {
+                "cell_type": "code",
+                "source": ["a = 1\n", "!pip install x\n", "  %cd y\n", "b = '!'"],
+            },
         ]
     }
     path = tmp_path / "n.ipynb"

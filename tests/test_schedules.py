@@ -94,7 +94,9 @@ def test_derived_constants_match_float64_reference():
     for name, value in expected.items():
         stored = getattr(schedule, name)
         assert stored.dtype == jnp.float32, name
-        np.testing.assert_allclose(stored, value.astype(np.float32), rtol=1e-6, atol=1e-7, err_msg=name)
+        np.testing.assert_allclose(
+            stored, value.astype(np.float32), rtol=1e-6, atol=1e-7, err_msg=name
+        )
 
 
 def test_schedule_is_a_pytree_usable_under_jit_and_sharding():
@@ -107,7 +109,9 @@ def test_schedule_is_a_pytree_usable_under_jit_and_sharding():
 
     chex.assert_trees_all_close(total(schedule), schedule.alphas_cumprod.sum(), rtol=1e-6)
     mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
-    replicated = jax.device_put(schedule, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+    replicated = jax.device_put(
+        schedule, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    )
     assert replicated.num_timesteps == 100
     chex.assert_trees_all_close(replicated, schedule)
 

@@ -79,8 +79,11 @@ def _apply(model, params, x, t, labels, train=False, dropout_key=None):
 def test_cifar10_config_has_ddpm_parameter_count():
     """Ho et al. 2020 report 35.7M parameters; their diffusion_tf CIFAR-10 model has 35,746,307."""
     model = UNet(
-        base_channels=128, channel_mults=(1, 2, 2, 2), num_res_blocks=2,
-        attn_resolutions=(16,), dropout=0.1,
+        base_channels=128,
+        channel_mults=(1, 2, 2, 2),
+        num_res_blocks=2,
+        attn_resolutions=(16,),
+        dropout=0.1,
     )
     assert model == UNet()  # the defaults are the CIFAR-10 model
     params = _abstract_init(model, (1, 32, 32, 3))
@@ -253,7 +256,9 @@ def test_t_shape_and_x_dtype_are_checked():
         jax.eval_shape(model.init, jax.random.key(0), x, jax.ShapeDtypeStruct((3,), jnp.int32))
     with pytest.raises(TypeError, match="float array"):
         jax.eval_shape(
-            model.init, jax.random.key(0), jax.ShapeDtypeStruct((2, 16, 16, 3), jnp.uint8),
+            model.init,
+            jax.random.key(0),
+            jax.ShapeDtypeStruct((2, 16, 16, 3), jnp.uint8),
             jnp.zeros((2,), jnp.int32),
         )
 

@@ -76,8 +76,12 @@ def make_setup():
         "label": rng.integers(0, NUM_CLASSES, GLOBAL_BATCH_SIZE).astype(np.int32),
     }
     return dict(
-        init_fn=init_fn, optimizer=optimizer, train_step=train_step, batch=batch,
-        init_key=jax.random.key(0), step_key=jax.random.key(1),
+        init_fn=init_fn,
+        optimizer=optimizer,
+        train_step=train_step,
+        batch=batch,
+        init_key=jax.random.key(0),
+        step_key=jax.random.key(1),
     )
 
 

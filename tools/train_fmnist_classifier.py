@@ -101,9 +101,9 @@ def train(idx_dir: str, output: str) -> None:
         decay_steps=steps_per_epoch * fc.TRAINING_EPOCHS,
     )
     optimizer = optax.adam(schedule)
-    params = fc.FashionMnistClassifier().init(
-        jax.random.key(fc.TRAINING_SEED), train_images[:1]
-    )["params"]
+    params = fc.FashionMnistClassifier().init(jax.random.key(fc.TRAINING_SEED), train_images[:1])[
+        "params"
+    ]
     opt_state = optimizer.init(params)
     train_step = _make_train_step(optimizer)
     shuffle = np.random.default_rng(fc.TRAINING_SEED)

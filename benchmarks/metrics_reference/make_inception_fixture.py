@@ -78,10 +78,14 @@ def _resize_cases(
     return {
         "up_8x8_to_13x13": (rng.integers(0, 256, (2, 8, 8, 3)).astype(np.float32), (13, 13), None),
         "down_37x23_to_11x17": (
-            rng.integers(0, 256, (2, 37, 23, 3)).astype(np.float32), (11, 17), None
+            rng.integers(0, 256, (2, 37, 23, 3)).astype(np.float32),
+            (11, 17),
+            None,
         ),
         "fractional_8x8_to_13x13": (
-            rng.uniform(0, 255, (2, 8, 8, 3)).astype(np.float32), (13, 13), None
+            rng.uniform(0, 255, (2, 8, 8, 3)).astype(np.float32),
+            (13, 13),
+            None,
         ),
         "32x32_to_299": (small.astype(np.float32), (299, 299), GRID_299),
         "64x80_to_299": (large.astype(np.float32), (299, 299), GRID_299),
@@ -102,8 +106,11 @@ def make_fixture(workdir: str) -> None:
     tensors = {key: torch.from_numpy(value) for key, value in state_dict.items()}
     zip_path = os.path.join(workdir, "inception-random.pth")
     torch.save(tensors, zip_path)
-    torch.save(tensors, os.path.join(workdir, "inception-random-legacy.pth"),
-               _use_new_zipfile_serialization=False)
+    torch.save(
+        tensors,
+        os.path.join(workdir, "inception-random-legacy.pth"),
+        _use_new_zipfile_serialization=False,
+    )
 
     rng = np.random.default_rng(IMAGE_SEED)
     groups = {"small": _images(rng, SMALL_SIZE), "large": _images(rng, LARGE_SIZE)}

@@ -44,7 +44,8 @@ def main() -> None:
     module = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3), torch.nn.BatchNorm2d(3))
     torch.save(module.state_dict(), os.path.join(OUT, "module_state_dict.pth"))
     torch.save(
-        module.state_dict(), os.path.join(OUT, "module_state_dict_legacy.pth"),
+        module.state_dict(),
+        os.path.join(OUT, "module_state_dict_legacy.pth"),
         _use_new_zipfile_serialization=False,
     )
     np.savez(

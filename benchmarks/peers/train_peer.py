@@ -68,9 +68,7 @@ def run(
     model = build_model(peer, size)
     x0 = torch.rand(batch, spec["channels"], spec["image_size"], spec["image_size"]) * 2 - 1
     step = make_train_step(model)
-    autocast = (
-        torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-    )
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
     def one_step() -> None:
         with autocast:

@@ -220,8 +220,7 @@ def load_fmnist_classifier(
     found = {name: tuple(array.shape) for name, array in tensors.items()}
     if found != expected:
         raise ValueError(
-            f"{os.fspath(path)} holds tensors {found}, but FashionMnistClassifier needs "
-            f"{expected}."
+            f"{os.fspath(path)} holds tensors {found}, but FashionMnistClassifier needs {expected}."
         )
     return traverse_util.unflatten_dict(tensors, sep="/")
 

@@ -184,9 +184,7 @@ class InceptionB(nn.Module):
         branch3x3dbl = ConvBNReLU(96, (3, 3), padding=_same(3, 3), name="branch3x3dbl_2")(
             branch3x3dbl
         )
-        branch3x3dbl = ConvBNReLU(96, (3, 3), strides=(2, 2), name="branch3x3dbl_3")(
-            branch3x3dbl
-        )
+        branch3x3dbl = ConvBNReLU(96, (3, 3), strides=(2, 2), name="branch3x3dbl_3")(branch3x3dbl)
         branch_pool = _max_pool_3x3(x, stride=2)
         return jnp.concatenate([branch3x3, branch3x3dbl, branch_pool], axis=-1)
 
@@ -408,9 +406,7 @@ def _check_images(images: Any) -> None:
     dtype = getattr(images, "dtype", None)
     shape = getattr(images, "shape", None)
     if dtype is None or shape is None:
-        raise TypeError(
-            f"images must be a uint8 array [B, H, W, 3], got {type(images).__name__}."
-        )
+        raise TypeError(f"images must be a uint8 array [B, H, W, 3], got {type(images).__name__}.")
     if np.dtype(dtype) != np.uint8:
         hint = (
             "quantize float images first, e.g. diffjax.images.to_uint8(x) for x in [-1, 1] "

@@ -59,9 +59,7 @@ def sinusoidal_embedding(t: jnp.ndarray, dim: int, max_period: float = 10000.0) 
     if dim % 2 or dim < 4:
         raise ValueError(f"Embedding dim must be even and >= 4, got {dim}.")
     half = dim // 2
-    frequencies = jnp.exp(
-        -math.log(max_period) / (half - 1) * jnp.arange(half, dtype=jnp.float32)
-    )
+    frequencies = jnp.exp(-math.log(max_period) / (half - 1) * jnp.arange(half, dtype=jnp.float32))
     angles = t.astype(jnp.float32)[:, None] * frequencies[None, :]
     return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
 
@@ -251,9 +249,9 @@ class AttentionBlock(nn.Module):
             raise ValueError(
                 f"AttentionBlock: num_heads={self.num_heads} must divide channels={channels}."
             )
-        h = GroupNorm(
-            self.num_groups, dtype=self.dtype, param_dtype=self.param_dtype, name="norm"
-        )(x)
+        h = GroupNorm(self.num_groups, dtype=self.dtype, param_dtype=self.param_dtype, name="norm")(
+            x
+        )
         heads, head_dim = self.num_heads, channels // self.num_heads
         qkv = _QKVProjection(
             heads, head_dim, dtype=self.dtype, param_dtype=self.param_dtype, name="qkv"

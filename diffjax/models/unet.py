@@ -289,8 +289,12 @@ class UNet(nn.Module):
         attention = functools.partial(AttentionBlock, num_groups=self.num_groups, **common)
 
         h = nn.Conv(
-            channels, (3, 3), padding="SAME", kernel_init=default_kernel_init,
-            name="conv_in", **common,
+            channels,
+            (3, 3),
+            padding="SAME",
+            kernel_init=default_kernel_init,
+            name="conv_in",
+            **common,
         )(x.astype(self.dtype))
         skips = [h]
         for level, mult in enumerate(self.channel_mults):
@@ -310,9 +314,9 @@ class UNet(nn.Module):
         for level in reversed(range(num_levels)):
             for block in range(self.num_res_blocks + 1):
                 h = jnp.concatenate([h, skips.pop()], axis=-1)
-                h = res_block(
-                    channels * self.channel_mults[level], name=f"up_{level}_res_{block}"
-                )(h, temb, train)
+                h = res_block(channels * self.channel_mults[level], name=f"up_{level}_res_{block}")(
+                    h, temb, train
+                )
                 if h.shape[1] in self.attn_resolutions:
                     h = attention(name=f"up_{level}_attn_{block}")(h)
             if level != 0:
@@ -320,7 +324,11 @@ class UNet(nn.Module):
 
         h = nn.silu(GroupNorm(self.num_groups, name="norm_out", **common)(h))
         h = nn.Conv(
-            out_channels, (3, 3), padding="SAME", kernel_init=nn.initializers.zeros,
-            name="conv_out", **common,
+            out_channels,
+            (3, 3),
+            padding="SAME",
+            kernel_init=nn.initializers.zeros,
+            name="conv_out",
+            **common,
         )(h)
         return h.astype(jnp.float32)
