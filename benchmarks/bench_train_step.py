@@ -41,6 +41,7 @@ from diffjax.training import (
     create_train_state,
     flax_apply_fn,
     jit_train_step,
+    make_denoising_loss,
     make_mesh,
     make_optimizer,
     make_train_step,
@@ -110,10 +111,10 @@ def build_benchmark(
     state = create_train_state(init_fn, jax.random.key(seed), optimizer, mesh)
     train_step = jit_train_step(
         make_train_step(
-            flax_apply_fn(model),
-            get_schedule("linear", 1000),
+            make_denoising_loss(
+                flax_apply_fn(model), get_schedule("linear", 1000), prediction_type=prediction_type
+            ),
             optimizer,
-            prediction_type=prediction_type,
         ),
         mesh,
     )
@@ -175,7 +176,7 @@ def compile_step(setup: dict[str, Any]) -> tuple[Any, float, dict[str, float]]:
       reports none.
     """
     start = time.perf_counter()
-    lowered = setup["train_step"].jitted.lower(setup["state"], setup["batch"], setup["key"])
+    lowered = setup["train_step"].jitted.lower(setup["state"], setup["batch"], setup["key"], {})
     compiled = lowered.compile()
     compile_seconds = time.perf_counter() - start
     cost = _cost(compiled)
@@ -209,7 +210,7 @@ def time_steps(
     metrics = None
     for index in range(warmup_steps + num_steps):
         start = time.perf_counter()
-        state, metrics = compiled(state, batch, key)
+        state, metrics = compiled(state, batch, key, {})
         metrics["loss"].block_until_ready()
         if index >= warmup_steps:
             seconds.append(time.perf_counter() - start)
