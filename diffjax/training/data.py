@@ -1,4 +1,4 @@
-"""The input pipeline: image datasets per host, preprocessed, batched, resumable.
+"""The input pipeline: image datasets, preprocessed, batched, each host reading its rows, resumable.
 
 Sources (the ``name`` argument, ``config.data.name``):
 
@@ -13,15 +13,18 @@ Sources (the ``name`` argument, ``config.data.name``):
 
 The pipeline is a ``grain.MapDataset`` over the random-access source::
 
-    this host's contiguous slice of example indices -> shuffle(seed) -> repeat -> batch
-      -> read the batch (one batched read) -> center crop + resize -> random flip
-      -> uint8 to float32 in [-1, 1] -> thread prefetch
+    example indices -> shuffle(seed) -> repeat -> global batches of B = b * n indices
+      -> this host's rows [i b, (i + 1) b) -> read them (one batched read)
+      -> center crop + resize -> random flip -> uint8 to float32 in [-1, 1] -> thread prefetch
 
-Every batch is a pure function of its position (shuffle is an index permutation, the flips are
-drawn from a generator seeded by the batch index), so the output does not depend on thread
-timing, and the position of an iterator is one integer: :meth:`DataIterator.get_state` returns
-it as a small JSON-serialisable dict, and :meth:`DataIterator.set_state` resumes with exactly
-the batches an uninterrupted run would have produced.
+(host i of n, b examples per host). Every global batch is a pure function of its position and
+of (seed, B) alone (shuffle is an index permutation, the flips are drawn for the whole global
+batch from a generator seeded by its index), so the output depends neither on thread timing
+nor on how many hosts share the work: n hosts together feed exactly the batches one host
+would with batch B. The position of an iterator is one integer, the same on every host:
+:meth:`DataIterator.get_state` returns it as a small JSON-serialisable dict, and
+:meth:`DataIterator.set_state` resumes with exactly the batches an uninterrupted run would have
+produced, also with another number of hosts.
 
 Example::
 
@@ -59,6 +62,9 @@ __all__ = [
 DEFAULT_NAME = "fashion_mnist"
 FOLDER_NAME = "folder"
 _STATE_VERSION = 1
+_HOST_LAYOUT_KEYS = ("batch_size", "process_index", "process_count")
+"""Pipeline arguments that only say which rows this host reads: a state taken on one host
+layout resumes on another with the same global batch size."""
 
 
 class DatasetInfo(NamedTuple):
@@ -227,14 +233,6 @@ def _open_source(
     return source, _tfds_info(name, split, image_size, description, len(source))
 
 
-def _host_slice(num_examples: int, process_index: int, process_count: int) -> slice:
-    """Contiguous, near-equal slices: together they cover every example exactly once."""
-    return slice(
-        num_examples * process_index // process_count,
-        num_examples * (process_index + 1) // process_count,
-    )
-
-
 class _BatchLoader:
     """Reads and preprocesses one batch from a batch of example indices.
 
@@ -249,13 +247,31 @@ class _BatchLoader:
         image_size: int,
         labelled: bool,
         random_flip: bool,
+        rows: slice,
+        global_batch_size: int,
     ):
         self._source = source
         self._image_size = image_size
         self._labelled = labelled
         self._random_flip = random_flip
+        self._rows = rows
+        self._global_batch_size = global_batch_size
 
     def __call__(self, indices: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """This host's rows of one global batch of example indices, read and preprocessed."""
+        indices = np.asarray(indices)
+        # Drawn for the whole global batch, so that a flip does not depend on the host layout.
+        flips = rng.random(indices.shape[0]) < 0.5 if self._random_flip else None
+        several_hosts = self._rows.stop - self._rows.start < self._global_batch_size
+        if several_hosts and indices.shape[0] < self._global_batch_size:
+            # A short last batch (drop_remainder=False) is padded with its last example, so
+            # that every host feeds its b rows to the global array.
+            pad = self._global_batch_size - indices.shape[0]
+            indices = np.concatenate([indices, np.repeat(indices[-1:], pad)])
+            flips = None if flips is None else np.concatenate([flips, np.repeat(flips[-1:], pad)])
+        if several_hosts:
+            indices = indices[self._rows]
+            flips = None if flips is None else flips[self._rows]
         keys = [int(index) for index in indices]
         if hasattr(self._source, "__getitems__"):
             examples = self._source.__getitems__(keys)
@@ -267,8 +283,8 @@ class _BatchLoader:
                 for example in examples
             ]
         )
-        if self._random_flip:
-            images = preprocess.random_flip_left_right(images, rng)
+        if flips is not None:
+            images = preprocess.flip_left_right_where(images, flips)
         batch = {"image": preprocess.to_model_range(images)}
         if self._labelled:
             batch["label"] = np.asarray([example["label"] for example in examples], np.int32)
@@ -312,21 +328,28 @@ class DataIterator(Iterator[dict]):
         Args:
           state: a dict returned by :meth:`get_state` (after a JSON round trip is fine).
 
+        The state may come from another host or another number of hosts: the position is
+        that of the global batches, which depend only on the arguments compared here.
+
         Raises:
           ValueError: the state is malformed or was taken from a pipeline with other
-            arguments (dataset, split, batch size, seed, host slice, ...), which would make
-            the resumed sequence differ.
+            arguments (dataset, split, global batch size, seed, ...), which would make the
+            resumed sequence differ.
         """
         if not isinstance(state, dict) or state.get("version") != _STATE_VERSION:
             raise ValueError(
                 f"Not an input-pipeline state of version {_STATE_VERSION}: expected the dict "
                 f"from DataIterator.get_state(), got {state!r}."
             )
-        saved = state.get("pipeline", {})
+        saved = dict(state.get("pipeline", {}))
+        if "global_batch_size" not in saved and saved.get("process_count") == 1:
+            # Written before the global batch size was recorded; one host's batch order is
+            # the same.
+            saved["global_batch_size"] = saved.get("batch_size")
         differences = {
             key: (saved.get(key), value)
             for key, value in self._pipeline.items()
-            if saved.get(key) != value
+            if key not in _HOST_LAYOUT_KEYS and saved.get(key) != value
         }
         if differences:
             detail = ", ".join(
@@ -358,26 +381,23 @@ class Dataset:
     both start at the first batch.
 
     Attributes:
-      info: the :class:`DatasetInfo` (``num_examples`` counts all hosts).
+      info: the :class:`DatasetInfo` (``num_examples`` counts the whole split).
       batch_size: b, the per-host batch size.
-      process_index, process_count: this host's slice of ``process_count`` slices.
-      host_num_examples: examples in this host's slice.
+      global_batch_size: B = b * process_count.
+      process_index, process_count: this host reads rows [i b, (i + 1) b) of every global
+        batch.
     """
 
     def __init__(
-        self,
-        info: DatasetInfo,
-        grain_dataset: grain.IterDataset,
-        pipeline: dict[str, Any],
-        host_num_examples: int,
+        self, info: DatasetInfo, grain_dataset: grain.IterDataset, pipeline: dict[str, Any]
     ):
         self.info = info
         self._grain_dataset = grain_dataset
         self._pipeline = pipeline
         self.batch_size: int = pipeline["batch_size"]
+        self.global_batch_size: int = pipeline["global_batch_size"]
         self.process_index: int = pipeline["process_index"]
         self.process_count: int = pipeline["process_count"]
-        self.host_num_examples = host_num_examples
 
     def __iter__(self) -> DataIterator:
         return DataIterator(self._grain_dataset, self._pipeline)
@@ -386,14 +406,14 @@ class Dataset:
         return (
             f"Dataset({self.info.name!r}, split={self.info.split!r}, "
             f"image_shape={self.info.image_shape}, batch_size={self.batch_size}, "
-            f"host {self.process_index} of {self.process_count}: "
-            f"{self.host_num_examples} examples)"
+            f"host {self.process_index} of {self.process_count}, global batch "
+            f"{self.global_batch_size})"
         )
 
 
-def _derived_seeds(seed: int, process_index: int) -> tuple[int, int]:
-    """Independent uint32 seeds for the shuffle and the flips of one host."""
-    shuffle_seed, flip_seed = np.random.SeedSequence([seed, process_index]).generate_state(2)
+def _derived_seeds(seed: int) -> tuple[int, int]:
+    """Independent uint32 seeds for the shuffle and the flips (the same on every host)."""
+    shuffle_seed, flip_seed = np.random.SeedSequence([seed, 0]).generate_state(2)
     return int(shuffle_seed), int(flip_seed)
 
 
@@ -418,12 +438,13 @@ def create_dataset(
 ) -> Dataset:
     """Builds this host's input pipeline for an image dataset.
 
-    The host reads only its contiguous slice ``[N * i // n, N * (i + 1) // n)`` of the split
-    (``i`` = process index, ``n`` = process count; the slices of all hosts are disjoint and
-    cover the split, as ``tfds.split_for_jax_process`` does), shuffles it with a seed derived
-    from ``(seed, i)`` (a new permutation every epoch), repeats it, center-crops and resizes
-    every image to ``image_size``, optionally flips it, and batches. Batches are prefetched by
-    ``num_threads`` threads; their content never depends on thread timing.
+    The split is shuffled with a seed derived from ``seed`` (a new permutation every epoch),
+    repeated and cut into global batches of B = b * n examples (n = process count); host i
+    reads only rows ``[i b, (i + 1) b)`` of each, center-crops and resizes every image to
+    ``image_size`` and optionally flips it (flips drawn per global batch). So the global batches
+    depend on ``seed`` and B but not on n: two hosts with b = 32 feed the batches one host with
+    b = 64 reads. Batches are prefetched by ``num_threads`` threads; their content never depends
+    on thread timing.
 
     Args:
       name: ``"fashion_mnist"`` (default; offline), ``"folder"``, or a TFDS image dataset
@@ -442,7 +463,9 @@ def create_dataset(
       random_flip: mirror each image left-right with probability 1/2.
       shuffle: shuffle the order (each epoch differently); False reads the slice in order.
       num_epochs: None repeats forever (training); k stops after k passes (evaluation).
-      drop_remainder: with finite ``num_epochs``, drop the last incomplete batch.
+      drop_remainder: with finite ``num_epochs``, drop the last incomplete global batch. If
+        kept, it is short on one host; on several it is padded by repeating its last example,
+        so that every host gets b rows.
       process_index: this host's index; default ``jax.process_index()``.
       process_count: number of hosts; default ``jax.process_count()``.
       num_threads: threads preparing batches ahead (at most ``prefetch_batches``); 0 makes
@@ -481,32 +504,28 @@ def create_dataset(
     _check_int("process_index", process_index, 0, process_count - 1)
 
     source, info = _open_source(name, split, image_size, data_dir, manual_dir, download)
-    host_slice = _host_slice(info.num_examples, process_index, process_count)
-    host_num_examples = host_slice.stop - host_slice.start
-    if host_num_examples == 0:
-        raise ValueError(
-            f"Split {split!r} of {name!r} has {info.num_examples} examples, too few for "
-            f"{process_count} hosts: host {process_index} would get none."
-        )
-    shuffle_seed, flip_seed = _derived_seeds(seed, process_index)
+    global_batch_size = batch_size * process_count
+    shuffle_seed, flip_seed = _derived_seeds(seed)
     import grain  # imports orbax too: loaded only when a pipeline is built
 
-    # The pipeline runs on example indices and reads whole batches at the end, so every batch is
-    # a pure function of its position: (shuffled) indices, then flips drawn from a generator
-    # that grain seeds with (flip_seed, batch index).
-    indices = grain.MapDataset.range(host_slice.start, host_slice.stop)
+    # The pipeline runs on example indices and reads this host's rows at the end, so every
+    # batch is a pure function of its position: (shuffled) indices, then flips drawn from a
+    # generator that grain seeds with (flip_seed, batch index).
+    indices = grain.MapDataset.range(info.num_examples)
     if shuffle:
         indices = indices.shuffle(seed=shuffle_seed)
     if num_epochs != 1:
         indices = indices.repeat(num_epochs)
     # Batching after repeat: an endless run never meets a short batch (one may straddle two
     # epochs).
-    dataset = indices.batch(batch_size, drop_remainder=drop_remainder).random_map(
+    dataset = indices.batch(global_batch_size, drop_remainder=drop_remainder).random_map(
         _BatchLoader(
             source,
             image_size=image_size,
             labelled=info.num_classes is not None,
             random_flip=random_flip,
+            rows=slice(process_index * batch_size, (process_index + 1) * batch_size),
+            global_batch_size=global_batch_size,
         ),
         seed=flip_seed,
     )
@@ -521,6 +540,7 @@ def create_dataset(
         "split": split,
         "image_size": int(image_size),
         "batch_size": int(batch_size),
+        "global_batch_size": int(global_batch_size),
         "seed": int(seed),
         "random_flip": bool(random_flip),
         "shuffle": bool(shuffle),
@@ -529,7 +549,7 @@ def create_dataset(
         "process_index": int(process_index),
         "process_count": int(process_count),
     }
-    return Dataset(info, grain_dataset, pipeline, host_num_examples)
+    return Dataset(info, grain_dataset, pipeline)
 
 
 def dataset_from_config(

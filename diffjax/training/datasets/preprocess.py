@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-__all__ = ["center_crop_resize", "random_flip_left_right", "to_model_range"]
+__all__ = ["center_crop_resize", "flip_left_right_where", "to_model_range"]
 
 
 def center_crop_resize(image: np.ndarray, image_size: int) -> np.ndarray:
@@ -51,19 +51,18 @@ def center_crop_resize(image: np.ndarray, image_size: int) -> np.ndarray:
     return np.concatenate(resized, axis=-1)
 
 
-def random_flip_left_right(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Mirrors each image of a batch left-right, independently with probability 1/2.
+def flip_left_right_where(images: np.ndarray, flips: np.ndarray) -> np.ndarray:
+    """Mirrors the images of a batch left-right where ``flips`` is True.
 
     Args:
       images: ``[B, H, W, C]``.
-      rng: the generator that decides; the pipeline seeds it from the batch's index, so the
-        decisions do not depend on which thread runs it.
+      flips: bool ``[B]``; the pipeline draws them from a generator seeded by the batch's
+        index, so the decisions do not depend on which thread or host reads the batch.
 
     Returns:
-      ``[B, H, W, C]``, a new array: image i mirrored where the i-th draw is below 1/2.
+      ``[B, H, W, C]``, a new array: image i mirrored where ``flips[i]``.
     """
-    flip = rng.random(images.shape[0]) < 0.5
-    return np.where(flip[:, None, None, None], images[:, :, ::-1], images)
+    return np.where(np.asarray(flips)[:, None, None, None], images[:, :, ::-1], images)
 
 
 def to_model_range(images: np.ndarray) -> np.ndarray:
