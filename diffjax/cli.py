@@ -24,6 +24,12 @@ every step. Splitting the CPU into one JAX device per core (:func:`use_cpu_devic
 :func:`cpu_device_count`) runs the data-parallel shards side by side instead. It changes the
 device count only; the code and the global batch stay the same.
 
+**Several hosts.** With ``--multihost`` (or any of ``--coordinator_address``,
+``--num_processes``, ``--process_id``) a program first joins the other processes through
+``jax.distributed.initialize`` (:func:`start_multihost`); on a Cloud TPU pod slice, under SLURM,
+Open MPI or Kubernetes, JAX finds the others itself, so the same command runs on every host.
+CPU processes talk through gloo.
+
 XLA and JAX read these settings once, when the first JAX backend starts, so call both functions
 before anything runs a JAX computation (the CLIs do so unless given ``--nofast_cpu_convolutions``
 or ``--cpu_devices=1``; a notebook calls them itself). On GPU and TPU they are harmless: they
@@ -35,7 +41,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from absl import app, flags, logging
 
@@ -46,6 +52,7 @@ __all__ = [
     "cpu_devices_from_flag",
     "define_cpu_devices_flag",
     "define_fast_cpu_convolutions_flag",
+    "define_multihost_flags",
     "enable_compilation_cache",
     "enable_fast_cpu_convolutions",
     "expected_errors",
@@ -53,6 +60,7 @@ __all__ = [
     "main_runner",
     "parse_option",
     "run_program",
+    "start_multihost",
     "usable_cpu_cores",
     "use_cpu_devices",
     "with_fast_cpu_convolution_flag",
@@ -244,6 +252,109 @@ def cpu_devices_from_flag(flag_value: int, batch_sizes: Sequence[object]) -> int
     return cpu_device_count([s for s in batch_sizes if isinstance(s, int) and s >= 1])
 
 
+class MultihostError(RuntimeError):
+    """Joining a multi-host run failed (bad arguments, or the other processes cannot be reached)."""
+
+
+def start_multihost(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> None:
+    """Joins a multi-host run: ``jax.distributed.initialize`` with CPU collectives over gloo.
+
+    Call it before anything starts JAX's backend, in every process. Arguments left None are
+    found by JAX (Cloud TPU, SLURM, Open MPI, Kubernetes, ``$JAX_COORDINATOR_ADDRESS``).
+
+    Args:
+      coordinator_address: ``host:port`` of process 0, reachable from every process.
+      num_processes: the number of processes (>= 1).
+      process_id: this process's index in ``[0, num_processes)``.
+
+    Raises:
+      MultihostError: a bad argument, or the processes could not be joined; the message says
+        which.
+    """
+    import jax
+    from jax._src import xla_bridge
+
+    if num_processes is not None and num_processes < 1:
+        raise MultihostError(f"--num_processes must be >= 1, got {num_processes}.")
+    if process_id is not None and num_processes is not None and not 0 <= process_id < num_processes:
+        raise MultihostError(
+            f"--process_id must be in [0, {num_processes}) for --num_processes={num_processes}, "
+            f"got {process_id}."
+        )
+    if xla_bridge.backends_are_initialized():
+        raise MultihostError(
+            "JAX's backend has already started, so this process can no longer join a "
+            "multi-host run; call start_multihost() before any JAX computation."
+        )
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    try:
+        jax.distributed.initialize(
+            coordinator_address=coordinator_address or None,
+            num_processes=num_processes,
+            process_id=process_id,
+        )
+    except (RuntimeError, ValueError, TypeError) as error:
+        this_one = "auto" if process_id is None else process_id
+        raise MultihostError(
+            f"could not join the multi-host run (coordinator {coordinator_address or 'auto'}, "
+            f"{num_processes or 'auto'} processes, this one {this_one}): "
+            f"{_one_line(str(error))}. Outside a TPU pod, SLURM, Open MPI or Kubernetes pass "
+            f"--coordinator_address=HOST:PORT --num_processes=N --process_id=I on every host."
+        ) from error
+
+
+class MultihostFlags(NamedTuple):
+    """The holders of the multi-host flags (:func:`define_multihost_flags`)."""
+
+    multihost: flags.FlagHolder
+    coordinator_address: flags.FlagHolder
+    num_processes: flags.FlagHolder
+    process_id: flags.FlagHolder
+
+    def requested(self) -> bool:
+        """Whether the command asks to join a multi-host run."""
+        return bool(
+            self.multihost.value
+            or self.coordinator_address.value
+            or self.num_processes.value
+            or self.process_id.value >= 0
+        )
+
+    def start(self) -> None:
+        """:func:`start_multihost` with the flags' values (unset ones found by JAX)."""
+        start_multihost(
+            self.coordinator_address.value or None,
+            self.num_processes.value or None,
+            None if self.process_id.value < 0 else self.process_id.value,
+        )
+
+
+def define_multihost_flags() -> MultihostFlags:
+    """Defines ``--multihost``, ``--coordinator_address``, ``--num_processes``, ``--process_id``."""
+    return MultihostFlags(
+        flags.DEFINE_bool(
+            "multihost",
+            False,
+            "Join a multi-host run (jax.distributed.initialize) before JAX starts. On a Cloud TPU "
+            "pod slice, SLURM, Open MPI or Kubernetes the same command on every host finds the "
+            "others; elsewhere also pass --coordinator_address, --num_processes, --process_id.",
+        ),
+        flags.DEFINE_string(
+            "coordinator_address", "", "HOST:PORT of process 0 in a multi-host run."
+        ),
+        flags.DEFINE_integer(
+            "num_processes", 0, "Processes of a multi-host run (0: found by JAX).", lower_bound=0
+        ),
+        flags.DEFINE_integer(
+            "process_id", -1, "This process's index in a multi-host run (-1: found by JAX)."
+        ),
+    )
+
+
 DEFAULT_COMPILATION_CACHE = os.path.join("~", ".cache", "diffjax", "jax-cache")
 
 
@@ -280,6 +391,7 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     )
 
     return (
+        MultihostError,
         ConfigError,
         WorkdirError,
         NonFiniteLossError,
@@ -392,6 +504,7 @@ def run_program(
     fast_cpu_convolutions: bool,
     cpu_devices: int | Callable[[], int] | None = None,
     compilation_cache: str = DEFAULT_COMPILATION_CACHE,
+    multihost: MultihostFlags | None = None,
 ) -> None:
     """The command-line programs' shared ``main``: set-up, run, and one-line failures.
 
@@ -410,6 +523,8 @@ def run_program(
       cpu_devices: the number of CPU devices to ask for (or a function returning it, called
         inside the error handling, e.g. because it reads the config); None leaves JAX's default.
       compilation_cache: see :func:`enable_compilation_cache`.
+      multihost: the program's multi-host flags; when they ask for it, the process joins the
+        run (:func:`start_multihost`) after the CPU settings and before anything else.
     """
     if len(argv) > 1:
         print(f"{name}: error: unexpected arguments {list(argv[1:])}; every option is a "
@@ -424,6 +539,8 @@ def run_program(
             enable_fast_cpu_convolutions()
         if cpu_devices is not None:
             use_cpu_devices(cpu_devices() if callable(cpu_devices) else cpu_devices)
+        if multihost is not None and multihost.requested():
+            multihost.start()
         enable_compilation_cache(compilation_cache)
         program()
     except KeyboardInterrupt:

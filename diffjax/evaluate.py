@@ -39,6 +39,7 @@ from diffjax.cli import (
     cpu_devices_from_flag,
     define_cpu_devices_flag,
     define_fast_cpu_convolutions_flag,
+    define_multihost_flags,
     main_runner,
     parse_option,
     run_program,
@@ -93,6 +94,7 @@ _SAMPLES = flags.DEFINE_string(
 )
 _FAST_CPU_CONVOLUTIONS = define_fast_cpu_convolutions_flag(default=False)
 _CPU_DEVICES = define_cpu_devices_flag()
+_MULTIHOST = define_multihost_flags()
 
 
 def _dataset_values() -> dict:
@@ -235,6 +237,7 @@ def main(argv: list[str]) -> None:
         if _MAKE_REFERENCE.value
         else (samples_main if _SAMPLES.value else evaluate_main),
         fast_cpu_convolutions=_FAST_CPU_CONVOLUTIONS.value,
+        multihost=_MULTIHOST,
         cpu_devices=cpu_devices_from_flag(_CPU_DEVICES.value, [_BATCH.value]),
     )
 

@@ -34,6 +34,7 @@ from diffjax.cli import (
     cpu_devices_from_flag,
     define_cpu_devices_flag,
     define_fast_cpu_convolutions_flag,
+    define_multihost_flags,
     main_runner,
     parse_option,
     run_program,
@@ -56,13 +57,19 @@ _GUIDANCE = flags.DEFINE_float(
 _LABEL = flags.DEFINE_integer(
     "label", None, "Class of every sample (class-conditional runs); default: all classes in turn."
 )
-_SEED = flags.DEFINE_integer("seed", 0, "Random seed of the samples.")
+_SEED = flags.DEFINE_integer(
+    "seed",
+    None,
+    "Random seed of the samples (default: the run's config.sampling.seed, so that the first "
+    "sampling.num_samples samples are the training grid's, up to float rounding).",
+)
 _EMA = flags.DEFINE_bool("ema", True, "Use the EMA weights (--noema: the raw weights).")
 _OUT = flags.DEFINE_string(
     "out", None, "Output path without extension; default DIR/samples/<settings>."
 )
 _FAST_CPU_CONVOLUTIONS = define_fast_cpu_convolutions_flag(default=False)
 _CPU_DEVICES = define_cpu_devices_flag()
+_MULTIHOST = define_multihost_flags()
 flags.mark_flag_as_required("workdir")
 
 
@@ -91,6 +98,7 @@ def sample_main() -> str:
     from diffjax.images import atomic_write, save_image_grid
     from diffjax.samplers import check_sampler_options, sample_keys
     from diffjax.training.config_validation import ConfigError
+    from diffjax.training.evaluation import gather_to_host
     from diffjax.training.sampling import grid_labels, make_sample_fn
     from diffjax.training.sharding import make_mesh
     from diffjax.training.trained_run import load_trained_run
@@ -112,6 +120,7 @@ def sample_main() -> str:
     except (TypeError, ValueError) as error:
         raise ConfigError(f"--sampler={sampler} --steps={num_steps}: {error}") from error
     guidance = sampling["guidance_scale"] if _GUIDANCE.value is None else _GUIDANCE.value
+    seed = sampling["seed"] if _SEED.value is None else _SEED.value
     batch = min(_BATCH.value, _NUM.value)
     sample_fn = make_sample_fn(
         run.model,
@@ -137,8 +146,8 @@ def sample_main() -> str:
         if all_labels is not None:
             # The last call is padded to the compiled batch size, then trimmed.
             labels = jnp.asarray(np.resize(all_labels[index * batch : (index + 1) * batch], batch))
-        keys = sample_keys(_SEED.value, index * batch, batch)
-        return np.asarray(jax.device_get(sample_fn(params, keys, labels)))
+        keys = sample_keys(seed, index * batch, batch)
+        return gather_to_host(sample_fn(params, keys, labels))
 
     chunks, timed_seconds, timed_samples = [], 0.0, 0
     start = time.perf_counter()
@@ -159,11 +168,13 @@ def sample_main() -> str:
     samples = np.concatenate(chunks)[: _NUM.value].astype(np.float32)
 
     name = (
-        f"{sampler}_{num_steps}steps_step{run.step}_seed{_SEED.value}"
+        f"{sampler}_{num_steps}steps_step{run.step}_seed{seed}"
         + (f"_w{guidance:g}" if num_classes is not None else "")
         + ("" if _EMA.value else "_raw")
     )
     prefix = _OUT.value or os.path.join(_WORKDIR.value, "samples", f"cli_{name}")
+    if jax.process_index() != 0:
+        return prefix
     height = samples.shape[1]
     save_image_grid(samples, prefix + ".png", scale=max(1, 64 // height))
     arrays = {"samples": samples}
@@ -194,6 +205,7 @@ def main(argv: list[str]) -> None:
         argv,
         sample_main,
         fast_cpu_convolutions=_FAST_CPU_CONVOLUTIONS.value,
+        multihost=_MULTIHOST,
         # One compiled batch of min(--batch, --num) samples.
         cpu_devices=cpu_devices_from_flag(_CPU_DEVICES.value, [min(_BATCH.value, _NUM.value)]),
     )

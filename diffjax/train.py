@@ -28,6 +28,7 @@ from diffjax.cli import (
     cpu_devices_from_flag,
     define_cpu_devices_flag,
     define_fast_cpu_convolutions_flag,
+    define_multihost_flags,
     load_config_flag,
     main_runner,
     run_program,
@@ -45,6 +46,7 @@ _COMPILATION_CACHE = flags.DEFINE_string(
 )
 _FAST_CPU_CONVOLUTIONS = define_fast_cpu_convolutions_flag()
 _CPU_DEVICES = define_cpu_devices_flag()
+_MULTIHOST = define_multihost_flags()
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -66,6 +68,7 @@ def main(argv: list[str]) -> None:
         argv,
         lambda: train_and_evaluate(load_config_flag(_CONFIG), _WORKDIR.value),
         fast_cpu_convolutions=_FAST_CPU_CONVOLUTIONS.value,
+        multihost=_MULTIHOST,
         cpu_devices=lambda: cpu_devices_from_flag(
             _CPU_DEVICES.value, _batch_sizes(load_config_flag(_CONFIG))
         ),

@@ -142,6 +142,28 @@ def _broadcast_int(value: int) -> int:
     return int(multihost_utils.broadcast_one_to_all(np.int64(value)))
 
 
+def _broadcast_json(value: Any) -> Any:
+    """Process 0's JSON-serialisable ``value``, on every process."""
+    if jax.process_count() == 1:
+        return value
+    from jax.experimental import multihost_utils
+
+    text = np.frombuffer(json.dumps(value).encode(), np.uint8)
+    size = _broadcast_int(text.size)
+    buffer = np.zeros(size, np.uint8)
+    if jax.process_index() == 0:
+        buffer[:] = text
+    return json.loads(bytes(np.asarray(multihost_utils.broadcast_one_to_all(buffer))).decode())
+
+
+def _sync_processes(name: str) -> None:
+    """Waits until every process gets here (after process 0 wrote a file the others read)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"diffjax-{name}")
+
+
 def _write_json(path: str, payload: Any) -> None:
     def write(tmp_path: str) -> None:
         with open(tmp_path, "w", encoding="utf-8") as f:
@@ -257,8 +279,10 @@ class FeatureJob:
                 keys = dict(features=self.network.feature_key, logits=self.network.logits_key)
                 features = gather_to_host(outputs[self.network.feature_key])[:count]
                 self.moments = frechet.accumulate_moments(self.moments, features)
-                for name, array in self.arrays.items():
-                    array[done : done + count] = gather_to_host(outputs[keys[name]])[:count]
+                for name in self.keep:  # a gather is a collective: every process takes part
+                    kept = gather_to_host(outputs[keys[name]])[:count]
+                    if name in self.arrays:
+                        self.arrays[name][done : done + count] = kept
                 done += count
                 self.done = done
                 if self.folder is not None and jax.process_index() == 0:
@@ -423,6 +447,7 @@ def build_reference(
             network=network.record(), dataset=values["data"]["name"], split=split, count=total,
             image_shape=list(info.image_shape),
         )  # fmt: skip
+    _sync_processes(f"reference-{os.path.basename(path)}")
     job.remove()
     return path
 
@@ -441,7 +466,7 @@ def run_reference(
     cached in ``workdir/eval/``) the first time they are asked for."""
     split = values["eval"]["split"]
     path = reference_path(workdir, network, values["data"]["name"], split, num)
-    if not os.path.exists(path):
+    if not _broadcast_int(int(os.path.exists(path))):
         log(f"diffjax: reference statistics of {values['data']['name']}:{split} -> {path}")
         build_reference(
             values, network, mesh, path, split=split, num=num, batch_size=batch_size,
@@ -633,13 +658,15 @@ def evaluate_run(
         )  # fmt: skip
         source = sample_image_source(sample_fn, params, settings.seed, run.model.num_classes, mesh)
         job.run(source, settings.batch_size, description="samples", progress=progress)
-        results.update(
-            compute_metrics(
-                feature_metrics, network, job, reference, reference_features, settings.seed
+        if jax.process_index() == 0:  # the only process that holds a resumed job's arrays
+            results.update(
+                compute_metrics(
+                    feature_metrics, network, job, reference, reference_features, settings.seed
+                )
             )
-        )
     if "bpd" in settings.metrics:
         results["bpd"] = _bits_per_dim(run, settings, mesh, folder, progress)
+    results = _broadcast_json(results)
 
     record = dict(
         step=run.step,
