@@ -5,10 +5,11 @@ predictions, losses, samplers) takes arrays, a process (a :class:`DiffusionSched
 continuous process such as :class:`RectifiedFlow`) and a plain ``model_fn(x_t, t) ->
 prediction``, so a network written in any JAX framework plugs in unchanged; :class:`UNet` is
 the Flax network diffjax trains; the training machinery lives in :mod:`diffjax.training`.
-``import diffjax`` never imports TensorFlow, tensorflow-datasets, orbax or absl:
-:func:`train_and_evaluate` loads its module on first use.
-The CPU speed settings of the command-line programs (one device per core, Eigen convolutions)
-are in :mod:`diffjax.cli` for notebooks that want them; they must run before JAX starts.
+``import diffjax`` never imports TensorFlow, tensorflow-datasets, orbax or absl: the training
+program (:func:`train_and_evaluate`, :func:`load_trained_run`, :func:`create_dataset`,
+:func:`read_metrics`), the image grids and the CPU speed settings of the command-line programs
+(:func:`enable_fast_cpu_convolutions`, :func:`use_cpu_devices`, :func:`cpu_device_count`, which
+must run before JAX starts) load their modules on first use.
 """
 
 from typing import Any
@@ -138,6 +139,14 @@ __all__ = [
     "snr_loss_weight",
     "time_shift",
     "train_and_evaluate",
+    "load_trained_run",
+    "create_dataset",
+    "read_metrics",
+    "make_image_grid",
+    "save_image_grid",
+    "cpu_device_count",
+    "enable_fast_cpu_convolutions",
+    "use_cpu_devices",
     "uniform_times",
     "v_from_x0_eps",
     "x0_from_eps",
@@ -145,10 +154,25 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    # The training program imports orbax and grain; load it only when it is asked for.
-    if name == "train_and_evaluate":
-        from diffjax.training.loop import train_and_evaluate
+_LAZY: dict[str, str] = {
+    "train_and_evaluate": "diffjax.training.loop",
+    "load_trained_run": "diffjax.training.trained_run",
+    "create_dataset": "diffjax.training.data",
+    "read_metrics": "diffjax.training.metrics_writer",
+    "make_image_grid": "diffjax.images",
+    "save_image_grid": "diffjax.images",
+    "cpu_device_count": "diffjax.cli",
+    "enable_fast_cpu_convolutions": "diffjax.cli",
+    "use_cpu_devices": "diffjax.cli",
+}
+"""Public names whose modules import orbax, grain, TFDS, matplotlib or absl: loaded on first use."""
 
-        return train_and_evaluate
-    raise AttributeError(f"module 'diffjax' has no attribute {name!r}")
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'diffjax' has no attribute {name!r}")
+    import importlib
+
+    attribute = "make_grid" if name == "make_image_grid" else name
+    return getattr(importlib.import_module(module), attribute)

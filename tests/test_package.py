@@ -1,5 +1,6 @@
 """The package surface: what `import diffjax` loads and exports."""
 
+import inspect
 import subprocess
 import sys
 
@@ -18,9 +19,19 @@ def test_import_does_not_load_tensorflow_tfds_or_orbax():
     assert loaded == "[]"
 
 
-def test_every_exported_name_resolves():
+def test_every_exported_name_is_a_documented_function_class_or_constant():
     for name in diffjax.__all__:
-        assert getattr(diffjax, name) is not None, name
+        value = getattr(diffjax, name)
+        if callable(value):
+            assert inspect.getdoc(value), f"diffjax.{name} has no docstring"
+        else:
+            assert isinstance(value, (tuple, dict, frozenset)), (name, type(value))
+    assert sorted(diffjax.__all__) == sorted(set(diffjax.__all__))
+
+
+def test_lazy_names_are_their_modules_objects():
+    from diffjax.images import make_grid
     from diffjax.training.loop import train_and_evaluate
 
     assert diffjax.train_and_evaluate is train_and_evaluate
+    assert diffjax.make_image_grid is make_grid
