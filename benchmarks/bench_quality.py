@@ -13,8 +13,8 @@ written by ``benchmarks/peers/train_fmnist_peer.py``, scored by the same code:
 Rows: the DDPM run with DDIM-50 and DPM-Solver++-20 (and DDPM-1000 with ``--ddpm-1000``: 20x
 the sampling cost of the other two rows together); EDM with Heun at 1, 2, 4, 10 and 20 steps
 (NFE 2N - 1) and DPM-Solver++-20; rectified flow with Euler at 1, 2, 4, 10, 20 and 50 steps;
-with ``--runs ... modern``, the modern recipe with DDIM-50 (trailing) and DPM-Solver++-20. The DDPM run logs
-FD-FMNIST of 1000 samples every 250 steps, which ``fd_vs_steps.png`` plots. Every evaluation
+with ``--runs ... modern``, the modern recipe with DDIM-50 (trailing) and DPM-Solver++-20. The
+DDPM run logs FD-FMNIST of 1000 samples every 250 steps, which ``fd_vs_steps.png`` plots. Every evaluation
 records its full protocol in ``<run>/eval/<step>.json``; this script gathers them into
 ``benchmarks/out/bench_quality.json`` and prints one table.
 """

@@ -5,6 +5,7 @@ anything compiles. Each error must name the offending key and what is allowed.
 """
 
 import pathlib
+import re
 import runpy
 
 import pytest
@@ -64,10 +65,19 @@ def test_shipped_configs_are_valid_and_complete(name, num_devices):
 
 
 @pytest.mark.parametrize("name", CONFIG_NAMES)
-def test_config_docstrings_state_command_time_and_result(name):
+def test_the_commands_in_config_docstrings_name_this_file_and_real_keys(name):
+    """Every ``--config.KEY=VALUE`` that a config's docstring tells users to type names a key of
+    that config, and its train command names the file itself."""
     doc = runpy.run_path(str(CONFIG_DIR / f"{name}.py"))["__doc__"]
-    assert f"--config configs/{name}.py" in doc
-    assert "Expected" in doc
+    assert f"python -m diffjax.train --config configs/{name}.py" in doc
+    config = load(name)
+    for key, value in re.findall(r"--config\.([\w.]+)=(\S+)", doc):
+        section, _, leaf = key.rpartition(".")
+        node = config
+        for part in filter(None, section.split(".")):
+            node = node[part]
+        assert leaf in node, f"configs/{name}.py's docstring overrides {key}, which it lacks"
+        node[leaf] = type(node[leaf])(value.rstrip(".,")) if node[leaf] is not None else value
 
 
 def test_config_specific_choices():

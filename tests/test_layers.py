@@ -12,14 +12,7 @@ from test_group_norm import group_norm_reference
 
 from diffjax.models import layers
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compiles():
-    # The arrays here are tiny, so compile time is all that matters.
-    previous = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("unoptimized_module")
 
 
 def _perturb(params, seed, scale=0.3):

@@ -43,16 +43,6 @@ QUANTILE = 0.999
 DISCRETE_SAMPLERS = {"ddpm": 1, "ddim": 1, "dpm_solver": 1, "euler": 1, "heun": 2}
 
 
-@pytest.fixture
-def unoptimized():
-    """For short loops on small batches: XLA's optimisation passes would cost more than they save.
-    (Not for the T = 1000 loops over thousands of samples, which run 3x slower without them.)"""
-    previous = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
-
-
 def chi2_limit(dof: int) -> float:
     return float(stats.chi2.ppf(QUANTILE, dof))
 

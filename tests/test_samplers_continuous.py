@@ -29,13 +29,7 @@ GAUSS = oracle.gaussian(MEANS, STDS)
 QUANTILE = 0.999
 
 
-@pytest.fixture(autouse=True)
-def unoptimized():
-    """Short loops on small batches: XLA's optimisation passes would cost more than they save."""
-    previous = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("unoptimized")
 
 
 def exact_end(process, plan, x_T, flow, last_step_from_t_min=False):

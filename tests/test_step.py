@@ -36,13 +36,7 @@ from diffjax.training import (
 LAYOUT_ATOL = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def fast_compiles():
-    """Compile time dominates these tiny steps on CPU; XLA's optimisations are not needed."""
-    previous = jax.config.values["jax_disable_most_optimizations"]
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("unoptimized_module")
 
 
 @pytest.fixture(scope="module")
