@@ -25,8 +25,10 @@ or a download). The reference statistics default to the run's ``config.eval.spli
 and cached in ``DIR/eval/``; ``--reference`` takes a pytorch-fid / clean-fid ``.npz`` instead.
 
 Unlike ``python -m diffjax.train``, it does not add the CPU convolution flag by default: with
-that flag and several CPU devices, XLA's sampling loop is not bit-reproducible from run to run,
-and without it sampling is as fast (``benchmarks/RESULTS.md``).
+that flag and several CPU devices, XLA's sampling loop is not bit-reproducible from run to run
+(``--fast_cpu_convolutions`` adds it, for somewhat faster sampling: ``benchmarks/RESULTS.md``).
+``--seed`` defaults to the run's ``config.sampling.seed``, the seed of the FD-FMNIST logged
+during training.
 """
 
 from __future__ import annotations
@@ -57,7 +59,9 @@ _STEPS = flags.DEFINE_integer("steps", None, "Sampling steps; default: the run's
 _OPTIONS = flags.DEFINE_multi_string("option", [], "A sampler option as name=value (repeatable).")
 _GUIDANCE = flags.DEFINE_float("guidance", None, "Guidance weight; default: the config's.")
 _EMA = flags.DEFINE_bool("ema", True, "Use the EMA weights (--noema: the raw weights).")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the samples.")
+_SEED = flags.DEFINE_integer(
+    "seed", None, "Seed of the samples (default: the run's config.sampling.seed)."
+)
 _FEATURES = flags.DEFINE_enum(
     "features", None, ["inception", "fmnist"],
     "Feature network; default fmnist for 28x28x1 runs, else inception.",
@@ -208,7 +212,7 @@ def evaluate_main() -> dict:
         options=options,
         guidance_scale=sampling["guidance_scale"] if _GUIDANCE.value is None else _GUIDANCE.value,
         ema=_EMA.value,
-        seed=_SEED.value,
+        seed=sampling["seed"] if _SEED.value is None else _SEED.value,
         features=_FEATURES.value or _default_features(record["dataset"]["image_shape"]),
         reference=_REFERENCE.value,
         num_reference=_NUM_REFERENCE.value,

@@ -19,8 +19,8 @@ guidance default to the run's config; ``--option name=value`` sets any option of
 sampler (checked against it before anything compiles). On CPU it splits each batch over one JAX
 device per core (``--cpu_devices=N`` chooses the count); unlike the training CLI it leaves out
 the CPU convolution flag by default, because with it and several CPU devices the sampling loop
-is not bit-reproducible from run to run, and sampling is as fast without it
-(``--fast_cpu_convolutions`` adds it).
+is not bit-reproducible from run to run (``--fast_cpu_convolutions`` adds it, for somewhat
+faster sampling: ``benchmarks/RESULTS.md``).
 """
 
 from __future__ import annotations

@@ -286,7 +286,7 @@ def test_ddim_inversion_recovers_the_latent_of_the_exact_flow():
 @pytest.mark.parametrize("dim, num, std", [(2, 1000, 0.25), (DIM, 250, 0.5)])
 def test_ddpm_and_ddim_over_all_T_reproduce_a_mixture(dim, num, std):
     """4 well-separated modes. The T-step chains are not exact: on a lone Gaussian mode of width
-    s their exact law shrinks it (DDPM by 5.6% at s = 0.05, 0.8% at s = 0.5; see the README),
+    s their exact law shrinks it (DDPM by 5.6% at s = 0.05, 0.8% at s = 0.5; see benchmarks/RESULTS.md),
     so the widths and sample sizes here are those where that bias is under one standard error."""
     mixture = oracle.ring_mixture(4, 2.0, std, dim)
     schedule = SCHEDULES["linear"]
