@@ -24,7 +24,7 @@ from train_helpers import (
     train_command,
 )
 
-from diffjax.training import loop
+from diffjax.training import loop, sharding
 from diffjax.training.metrics_writer import read_metrics
 from diffjax.training.trained_run import load_trained_run
 
@@ -109,8 +109,9 @@ def test_resume_on_one_device_and_back_on_eight(reference, data_dir, tmp_path):
 
 
 def _inject_nan_at(monkeypatch, bad_step):
-    """Makes the image batch of update ``bad_step`` (1-based) all NaN."""
-    original = loop.host_batch_to_global
+    """Makes the image batch of update ``bad_step`` (1-based) all NaN (training batches reach
+    the devices through ``sharding.prefetch_to_mesh``, which looks the function up there)."""
+    original = sharding.host_batch_to_global
     calls = {"count": 0}
 
     def poisoned(batch, mesh):
@@ -119,7 +120,7 @@ def _inject_nan_at(monkeypatch, bad_step):
             batch = dict(batch, image=np.full_like(batch["image"], np.nan))
         return original(batch, mesh)
 
-    monkeypatch.setattr(loop, "host_batch_to_global", poisoned)
+    monkeypatch.setattr(sharding, "host_batch_to_global", poisoned)
 
 
 def test_nan_stops_the_run_naming_the_step_and_saves_nothing_after_it(

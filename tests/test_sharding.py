@@ -11,6 +11,7 @@ from diffjax.training.sharding import (
     check_batch_divisible,
     host_batch_to_global,
     make_mesh,
+    prefetch_to_mesh,
     process_batch_size,
     replicated_sharding,
 )
@@ -78,3 +79,39 @@ def test_host_batch_to_global_rejects_bad_batches():
         )
     with pytest.raises(ValueError, match="empty batch"):
         host_batch_to_global({}, mesh)
+
+
+class CountingIterator:
+    """Host batches 0, 1, 2, ... (``num`` of them) whose state is the next batch's index."""
+
+    def __init__(self, num: int):
+        self.position, self.num = 0, num
+
+    def __next__(self):
+        if self.position == self.num:
+            raise StopIteration
+        self.position += 1
+        return {"image": np.full((8, 2), self.position - 1, np.float32)}
+
+    def get_state(self):
+        return {"next": self.position}
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_prefetch_yields_every_batch_in_order_with_the_state_after_it(depth):
+    mesh = make_mesh()
+    iterator = CountingIterator(5)
+    batches = prefetch_to_mesh(iterator, mesh, depth)
+    first, state = next(batches)
+    # ``depth`` batches were read and sent to the devices before the first one is used.
+    assert iterator.position == depth and state == {"next": 1}
+    assert first["image"].sharding == batch_sharding(mesh)
+    rest = list(batches)
+    values = [int(np.asarray(batch["image"])[0, 0]) for batch, _ in [(first, state), *rest]]
+    assert values == [0, 1, 2, 3, 4]
+    assert [state for _, state in rest] == [{"next": i} for i in range(2, 6)]
+
+
+def test_prefetch_depth_must_be_positive():
+    with pytest.raises(ValueError, match="depth must be >= 1; got 0"):
+        next(prefetch_to_mesh(CountingIterator(1), make_mesh(), 0))

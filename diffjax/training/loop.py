@@ -50,7 +50,7 @@ from diffjax.training.evaluation import gather_to_host
 from diffjax.training.metrics_writer import MetricsWriter, read_metrics
 from diffjax.training.programs import build_programs, program_spec
 from diffjax.training.sampling import grid_labels
-from diffjax.training.sharding import host_batch_to_global, make_mesh
+from diffjax.training.sharding import host_batch_to_global, make_mesh, prefetch_to_mesh
 from diffjax.training.train_state import TrainState, create_train_state
 from diffjax.training.workdir import (
     CHECKPOINT_DIR,
@@ -512,8 +512,9 @@ def _train(run: _Run) -> TrainState:
         if run.data_state is not None:
             iterator.set_state(run.data_state)
         step = run.start_step
+        batches = prefetch_to_mesh(iterator, run.mesh)
         for step in range(run.start_step, num_steps):
-            batch = host_batch_to_global(next(iterator), run.mesh)
+            batch, data_state = next(batches)
             run.state, metrics = train_step(run.state, batch, run.train_key)
             logger.accumulator.add(metrics, step)
             done = step + 1
@@ -539,7 +540,7 @@ def _train(run: _Run) -> TrainState:
                 log(f"diffjax: held-out loss of the EMA weights at step {done}: {eval_value:.5f}")
             if save_now:
                 run.checkpoints.save(
-                    done, run.state, data_state=iterator.get_state(),
+                    done, run.state, data_state=data_state,
                     metadata=dict(config=run.values),
                 )  # fmt: skip
                 run.last_saved_step = done

@@ -9,7 +9,8 @@ only its own rows and :func:`host_batch_to_global` assembles them into one globa
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+import collections
+from typing import Any, Iterator, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -21,6 +22,7 @@ __all__ = [
     "check_batch_divisible",
     "host_batch_to_global",
     "make_mesh",
+    "prefetch_to_mesh",
     "process_batch_size",
     "replicated_sharding",
 ]
@@ -120,3 +122,38 @@ def host_batch_to_global(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, jax.
             f"local devices {num_local_devices} of this process."
         )
     return jax.make_array_from_process_local_data(batch_sharding(mesh), dict(batch))
+
+
+def prefetch_to_mesh(
+    iterator: Iterator[Mapping[str, Any]], mesh: Mesh, depth: int = 2
+) -> Iterator[tuple[dict[str, jax.Array], Any]]:
+    """Global batches placed on the devices ``depth - 1`` batches ahead of their use.
+
+    Yields ``(batch, data_state)``: the batch as :func:`host_batch_to_global` makes it, and the
+    iterator's ``get_state()`` right after that batch was read (what a checkpoint saved after
+    that batch's step must record, whatever was read ahead). When batch i is yielded, batch
+    i + 1 is already read and its transfer dispatched, so it overlaps step i on the devices.
+
+    Args:
+      iterator: host batches (dicts of this process's rows) with a ``get_state()`` method.
+      mesh: the data-parallel mesh.
+      depth: batches held on the devices at once (>= 1; 1 is no read-ahead).
+
+    Returns:
+      An iterator that ends when ``iterator`` does.
+    """
+    if depth < 1:
+        raise ValueError(f"depth must be >= 1; got {depth}.")
+    queue: collections.deque = collections.deque()
+    exhausted = False
+    while True:
+        while not exhausted and len(queue) < depth:
+            try:
+                host_batch = next(iterator)
+            except StopIteration:
+                exhausted = True
+                break
+            queue.append((host_batch_to_global(host_batch, mesh), iterator.get_state()))
+        if not queue:
+            return
+        yield queue.popleft()
