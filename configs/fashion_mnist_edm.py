@@ -12,7 +12,7 @@ lambda(sigma) = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2 (``loss_weightin
 which is 1 on F. Sample grids use EDM's deterministic Heun sampler on the Karras grid
 (sigma 0.002 to 80, rho 7) with 18 noise levels, i.e. 35 network evaluations.
 
-Expected: the cost of configs/fashion_mnist.py per training step (about 11 minutes on 2 cores;
+Expected: the cost of configs/fashion_mnist.py per training step (a quarter of an hour on 2 cores;
 the Heun grids cost 35 evaluations instead of 50), and FD-FMNIST logged at steps 500 and 1000
 (measured values: benchmarks/RESULTS.md).
 """

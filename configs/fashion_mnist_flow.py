@@ -10,7 +10,7 @@ logit-normal training times t = sigmoid(n), n ~ N(0, 1) (Esser et al. 2024, arXi
 eq. 19; ``time_sampler = 'logit_normal'``). Sample grids integrate the velocity with Euler's
 method in 50 uniform steps.
 
-Expected: the cost of configs/fashion_mnist.py per training step (about 11 minutes on 2 cores),
+Expected: the cost of configs/fashion_mnist.py per training step (a quarter of an hour on 2 cores),
 and FD-FMNIST logged at steps 500 and 1000; few-step samples (1, 2, 4 steps) are evaluated with
 python -m diffjax.evaluate (measured values: benchmarks/RESULTS.md).
 """

@@ -10,7 +10,7 @@ needs a v-predicting network (Salimans & Ho 2022) and 'trailing' sampling timest
 at t = T - 1; and the Min-SNR-5 loss weighting (Hang et al. 2023, arXiv:2303.09556), which
 balances the timesteps' conflicting gradients. Sample grids use DDIM in 50 trailing steps.
 
-Expected: the cost of configs/fashion_mnist.py (about 11 minutes on 2 cores) and FD-FMNIST
+Expected: the cost of configs/fashion_mnist.py (a quarter of an hour on 2 cores) and FD-FMNIST
 logged at steps 500 and 1000 (measured values: benchmarks/RESULTS.md).
 """
 
