@@ -10,8 +10,8 @@ written by ``benchmarks/peers/train_fmnist_peer.py``, scored by the same code:
   .venv/bin/python benchmarks/bench_quality.py --root runs/quality --only-evaluate \
       --peer-samples benchmarks/out/peer_lucidrains_fmnist_samples.npz
 
-Rows: the DDPM run with DDIM-50 and DPM-Solver++-20 (and DDPM-1000 with ``--ddpm-1000``: 20x
-the sampling cost of the other two rows together); EDM with Heun at 1, 2, 4, 10 and 20 steps
+Rows: the DDPM run with DDIM at 1, 2, 4, 10 and 50 steps and DPM-Solver++ at 4, 10 and 20 (and
+DDPM-1000 with ``--ddpm-1000``: 20x the sampling cost of DDIM-50 and DPM-Solver++-20 together); EDM with Heun at 1, 2, 4, 10 and 20 steps
 (NFE 2N - 1) and DPM-Solver++-20; rectified flow with Euler at 1, 2, 4, 10, 20 and 50 steps;
 with ``--runs ... modern``, the modern recipe with DDIM-50 (trailing) and DPM-Solver++-20. The
 DDPM run logs FD-FMNIST of 1000 samples every 250 steps, which ``fd_vs_steps.png`` plots. Every evaluation
@@ -37,7 +37,8 @@ RUNS = {
     "modern": ("configs/fashion_mnist_modern.py", []),
 }
 EVALUATIONS = {
-    "ddpm": [("ddim", 50, []), ("dpm_solver", 20, [])],
+    "ddpm": [("ddim", n, []) for n in (1, 2, 4, 10, 50)]
+    + [("dpm_solver", n, []) for n in (4, 10, 20)],
     "edm": [("heun", n, []) for n in (1, 2, 4, 10, 20)] + [("dpm_solver", 20, [])],
     "flow": [("flow_euler", n, []) for n in (1, 2, 4, 10, 20, 50)],
     "modern": [("ddim", 50, ["--option=spacing=trailing"]), ("dpm_solver", 20, [])],
