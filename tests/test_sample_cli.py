@@ -72,3 +72,14 @@ def test_sample_cli_rejects_a_bad_label_in_one_line(trained):
     lines = [line for line in result.stderr.splitlines() if line.startswith("diffjax.sample:")]
     assert lines == ["diffjax.sample: error: --label=7 is not a class of this run; allowed: 0..2."]
     assert "Traceback" not in result.stderr
+
+
+def test_sample_cli_rejects_more_steps_than_timesteps_in_one_line(trained):
+    result = run_cli(sample_command(trained, "--num=2", "--steps=5000"))
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.startswith("diffjax.sample:")]
+    assert lines == [
+        "diffjax.sample: error: --sampler=ddim --steps=5000: num_steps must be in [1, T=1000] "
+        "for a schedule of 1000 timesteps, got 5000."
+    ]
+    assert "Traceback" not in result.stderr
