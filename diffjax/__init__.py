@@ -5,8 +5,8 @@ predictions, losses, samplers) takes arrays, a process (a :class:`DiffusionSched
 continuous process such as :class:`RectifiedFlow`) and a plain ``model_fn(x_t, t) ->
 prediction``, so a network written in any JAX framework plugs in unchanged; :class:`UNet` is
 the Flax network diffjax trains; the training machinery lives in :mod:`diffjax.training`.
-``import diffjax`` never imports TensorFlow, tensorflow-datasets, orbax or absl: the training
-program (:func:`train_and_evaluate`, :func:`load_trained_run`, :func:`create_dataset`,
+``import diffjax`` never imports TensorFlow, tensorflow-datasets, orbax, absl or flax: the UNet
+(:class:`UNet`, :func:`count_params`), the training program (:func:`train_and_evaluate`, :func:`load_trained_run`, :func:`create_dataset`,
 :func:`read_metrics`), the image grids and the CPU speed settings of the command-line programs
 (:func:`enable_fast_cpu_convolutions`, :func:`use_cpu_devices`, :func:`cpu_device_count`, which
 must run before JAX starts) load their modules on first use.
@@ -44,7 +44,6 @@ from diffjax.losses import (
     time_shift,
     uniform_times,
 )
-from diffjax.models import UNet, count_params
 from diffjax.predictions import convert_prediction
 from diffjax.processes import (
     EDM,
@@ -155,6 +154,8 @@ __all__ = [
 
 
 _LAZY: dict[str, str] = {
+    "UNet": "diffjax.models",
+    "count_params": "diffjax.models",
     "train_and_evaluate": "diffjax.training.loop",
     "load_trained_run": "diffjax.training.trained_run",
     "create_dataset": "diffjax.training.data",
@@ -165,7 +166,8 @@ _LAZY: dict[str, str] = {
     "enable_fast_cpu_convolutions": "diffjax.cli",
     "use_cpu_devices": "diffjax.cli",
 }
-"""Public names whose modules import orbax, grain, TFDS, matplotlib or absl: loaded on first use."""
+"""Public names whose modules import flax (and through it absl), orbax, grain, TFDS or
+matplotlib: loaded on first use."""
 
 
 def __getattr__(name: str) -> Any:

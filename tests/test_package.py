@@ -7,10 +7,10 @@ import sys
 import diffjax
 
 
-def test_import_does_not_load_tensorflow_tfds_or_orbax():
+def test_import_does_not_load_tensorflow_tfds_orbax_absl_or_flax():
     code = (
         "import sys, diffjax\n"
-        "heavy = ('tensorflow', 'tensorflow_datasets', 'orbax', 'grain', 'chex')\n"
+        "heavy = ('tensorflow', 'tensorflow_datasets', 'orbax', 'grain', 'chex', 'absl', 'flax')\n"
         "print(sorted({m.split('.')[0] for m in sys.modules} & set(heavy)))\n"
     )
     loaded = subprocess.run(
@@ -35,3 +35,6 @@ def test_lazy_names_are_their_modules_objects():
 
     assert diffjax.train_and_evaluate is train_and_evaluate
     assert diffjax.make_image_grid is make_grid
+    from diffjax.models import UNet
+
+    assert diffjax.UNet is UNet
