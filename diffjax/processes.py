@@ -58,16 +58,19 @@ __all__ = [
     "ContinuousProcess",
     "Process",
     "RectifiedFlow",
+    "ScheduleTime",
     "VE",
     "VPCosine",
     "VPLinear",
     "alpha_sigma",
+    "as_continuous",
     "check_process",
     "check_time",
     "get_process",
     "is_discrete",
     "log_snr",
     "marginal",
+    "schedule_time",
     "sde_coefficients",
 ]
 
@@ -275,7 +278,107 @@ class RectifiedFlow:
         return 1000.0 * t
 
 
-Process = Union[DiffusionSchedule, VPLinear, VPCosine, VE, EDM, RectifiedFlow]
+@jax.tree_util.register_static
+@dataclasses.dataclass(frozen=True)
+class ScheduleTime:
+    """A discrete schedule seen in continuous time, for the ODE and SDE samplers and the ODE
+    likelihood of a model trained on a :class:`~diffjax.schedules.DiffusionSchedule`.
+
+    Index i of a schedule of T steps sits at t_i = (i + 1) / T; between the points the log-SNR
+    is interpolated linearly in t (and extrapolated linearly below t_0 = 1 / T), and alpha^2 =
+    sigmoid(lambda), sigma^2 = sigmoid(-lambda), so the marginals at the grid points are the
+    schedule's own. The network is called with the fractional index T t - 1, the input scale
+    its integer timesteps had. For the linear and cosine schedules this is, up to O(1 / T),
+    VPLinear(T beta_1, T beta_T) and VPCosine(s) (score_sde evaluates DDPM checkpoints the
+    same way). Build it with :func:`schedule_time`.
+
+    Attributes:
+      log_snr_table: the schedule's log-SNR at indices 0..T-1 (a tuple, so the process is a
+        hashable static pytree like the others).
+    """
+
+    log_snr_table: tuple[float, ...]
+    name = "schedule_time"
+    variance_preserving = True
+
+    @property
+    def num_timesteps(self) -> int:
+        """T of the schedule."""
+        return len(self.log_snr_table)
+
+    def first_time(self) -> float:
+        """t_0 = 1 / T, the time of index 0 (the schedule's smallest noise level)."""
+        return 1.0 / self.num_timesteps
+
+    def last_finite_time(self) -> float:
+        """The largest t with a finite log-SNR: 1, or (T - 1) / T for zero terminal SNR."""
+        return 1.0 if math.isfinite(self.log_snr_table[-1]) else 1.0 - 1.0 / self.num_timesteps
+
+    def _log_snr_and_slope(self, t: Any, xp: Any) -> tuple[Any, Any]:
+        table = xp.asarray(self.log_snr_table, dtype=xp.float64 if xp is np else jnp.float32)
+        count = self.num_timesteps
+        position = t * count - 1.0
+        lower = xp.clip(xp.floor(position), 0, count - 2).astype(xp.int32)
+        low, high = table[lower], table[lower + 1]
+        with np.errstate(invalid="ignore"):
+            slope = (high - low) * count
+            value = low + (position - lower) * (high - low)
+        return value, slope
+
+    def alpha_sigma(self, t: Any, xp: Any = jnp) -> tuple[Any, Any]:
+        """(sqrt(sigmoid(lambda(t))), sqrt(sigmoid(-lambda(t))))."""
+        log_snr, _ = self._log_snr_and_slope(t, xp)
+        return xp.exp(-0.5 * xp.logaddexp(0.0, -log_snr)), xp.exp(-0.5 * xp.logaddexp(0.0, log_snr))
+
+    def derivatives(self, t: Any, xp: Any = jnp) -> tuple[Any, Any]:
+        """alpha' = alpha sigma^2 lambda' / 2, sigma' = -sigma alpha^2 lambda' / 2 (lambda' is
+        constant between two indices)."""
+        log_snr, slope = self._log_snr_and_slope(t, xp)
+        alpha, sigma = self.alpha_sigma(t, xp)
+        return 0.5 * alpha * sigma**2 * slope, -0.5 * sigma * alpha**2 * slope
+
+    def t_from_log_snr(self, log_snr: Any, xp: Any = jnp) -> Any:
+        """The inverse of the interpolation (the table decreases; extrapolated at both ends)."""
+        table = np.asarray(self.log_snr_table, np.float64)
+        finite = table[np.isfinite(table)]
+        times = (np.arange(finite.shape[0]) + 1.0) / self.num_timesteps
+        inside = xp.interp(-log_snr, -xp.asarray(finite), xp.asarray(times))
+        first_slope = (finite[1] - finite[0]) * self.num_timesteps
+        below = times[0] + (log_snr - finite[0]) / first_slope
+        return xp.where(log_snr > finite[0], below, inside)
+
+    def model_time(self, t: Any, xp: Any = jnp) -> Any:
+        """The fractional index T t - 1."""
+        return t * self.num_timesteps - 1.0
+
+
+def schedule_time(schedule: DiffusionSchedule) -> ScheduleTime:
+    """The continuous-time view :class:`ScheduleTime` of a concrete schedule.
+
+    Raises:
+      TypeError: ``schedule`` is not a DiffusionSchedule, or is traced (it must be concrete,
+        as for the samplers' grids).
+    """
+    if not isinstance(schedule, DiffusionSchedule):
+        raise TypeError(f"schedule_time needs a DiffusionSchedule, got {type(schedule).__name__}.")
+    try:
+        table = np.asarray(schedule.log_snr, np.float64)
+    except jax.errors.TracerArrayConversionError as error:
+        raise TypeError(
+            "schedule_time needs a concrete schedule; close over it inside jax.jit instead of "
+            "passing it as an argument."
+        ) from error
+    if table.shape[0] < 2:
+        raise ValueError(f"schedule_time needs T >= 2 timesteps, got {table.shape[0]}.")
+    return ScheduleTime(tuple(float(value) for value in table))
+
+
+def as_continuous(process: Any) -> Any:
+    """``process`` itself if continuous, its :func:`schedule_time` view if a schedule."""
+    return schedule_time(process) if is_discrete(process) else process
+
+
+Process = Union[DiffusionSchedule, VPLinear, VPCosine, VE, EDM, RectifiedFlow, ScheduleTime]
 """A discrete :class:`~diffjax.schedules.DiffusionSchedule` or a continuous process."""
 
 CONTINUOUS_PROCESSES: dict[str, Callable[..., Any]] = {
@@ -350,7 +453,11 @@ def is_discrete(process: Any) -> bool:
 
 def check_process(process: Any) -> None:
     """Raises ``TypeError`` unless ``process`` is a schedule or one of the continuous processes."""
-    if not (is_discrete(process) or type(process) in CONTINUOUS_PROCESSES.values()):
+    if not (
+        is_discrete(process)
+        or type(process) in CONTINUOUS_PROCESSES.values()
+        or isinstance(process, ScheduleTime)
+    ):
         raise TypeError(
             f"process must be a diffjax DiffusionSchedule (get_schedule) or a continuous process "
             f"(get_process: {list(CONTINUOUS_PROCESSES)}), got {type(process).__name__}."

@@ -132,6 +132,8 @@ def time_from_model_time(process, t_in: jnp.ndarray) -> jnp.ndarray:
     """The process time behind a network time input (the inverse of ``process.model_time``)."""
     if isinstance(process, dj.EDM):
         return jnp.exp(4.0 * t_in) / process.sigma_max
+    if isinstance(process, dj.processes.ScheduleTime):
+        return (t_in + 1.0) / process.num_timesteps
     return t_in / 1000.0
 
 
@@ -378,3 +380,136 @@ def gaussian_moment_chi2(x, mean: np.ndarray, stds: np.ndarray) -> float:
     mean_term = num * (x.mean(0) - mean) ** 2 / stds**2
     std_term = 2.0 * (num - 1) * (x.std(0, ddof=1) / stds - 1.0) ** 2
     return float((mean_term + std_term).sum())
+
+
+class FullGaussian(NamedTuple):
+    """Data law N(mean, covariance) with a full covariance (float64 [D], [D, D])."""
+
+    mean: np.ndarray
+    covariance: np.ndarray
+
+    def sample(self, rng: np.random.Generator, num: int) -> np.ndarray:
+        return rng.multivariate_normal(self.mean, self.covariance, size=num)
+
+    def log_prob(self, x: np.ndarray, alpha: float = 1.0, sigma: float = 0.0) -> np.ndarray:
+        """log q_t(x) of x_t = alpha x_0 + sigma eps: N(alpha mean, alpha^2 C + sigma^2 I), [N]."""
+        dim = self.mean.shape[0]
+        covariance = alpha**2 * self.covariance + sigma**2 * np.eye(dim)
+        residual = np.asarray(x, np.float64) - alpha * self.mean
+        _, log_det = np.linalg.slogdet(covariance)
+        mahalanobis = np.einsum("nd,de,ne->n", residual, np.linalg.inv(covariance), residual)
+        return -0.5 * (mahalanobis + log_det + dim * np.log(2 * np.pi))
+
+
+def random_full_gaussian(dim: int, seed: int = 0) -> FullGaussian:
+    """N(m, Q diag(s^2) Q^T) with a random rotation Q and stds s spread over [0.2, 1]: strongly
+    correlated coordinates, so that Hutchinson's estimator has a non-zero variance."""
+    rng = np.random.default_rng(seed)
+    rotation, _ = np.linalg.qr(rng.standard_normal((dim, dim)))
+    stds = np.linspace(0.2, 1.0, dim)
+    return FullGaussian(0.3 * rng.standard_normal(dim), rotation @ np.diag(stds**2) @ rotation.T)
+
+
+def _full_gaussian_predict(prediction_type):
+    def predict(mean, eigenvalues, eigenvectors, process, x_in, t_in):
+        flat = x_in.reshape(x_in.shape[0], -1)
+        t = time_from_model_time(process, t_in)
+        m = dj.marginal(process, t, 2)
+        scale = predictions.input_scale(prediction_type, m)
+        x_t = flat if scale is None else flat / scale
+        gain = m.alpha * eigenvalues / (m.alpha**2 * eigenvalues + m.sigma**2)  # [B, D]
+        residual = (x_t - m.alpha * mean) @ eigenvectors
+        x0_hat = mean + (gain * residual) @ eigenvectors.T
+        eps_hat = (x_t - m.alpha * x0_hat) / m.sigma
+        return predictions.target(prediction_type, x0_hat, eps_hat, m).reshape(x_in.shape)
+
+    return predict
+
+
+_FULL_GAUSSIAN = {name: _full_gaussian_predict(name) for name in predictions.PREDICTION_TYPES}
+
+
+def full_gaussian_model_fn(law: FullGaussian, process, prediction_type: str = "x0"):
+    """The exact ``model_fn`` of N(mean, C) for a continuous process:
+    E[x_0 | x_t] = m + alpha C (alpha^2 C + sigma^2 I)^-1 (x_t - alpha m)."""
+    eigenvalues, eigenvectors = np.linalg.eigh(law.covariance)
+    return jax.tree_util.Partial(
+        _FULL_GAUSSIAN[prediction_type],
+        jnp.asarray(law.mean, jnp.float32),
+        jnp.asarray(eigenvalues, jnp.float32),
+        jnp.asarray(eigenvectors, jnp.float32),
+        process,
+    )
+
+
+class IntervalMixture(NamedTuple):
+    """Per axis (D independent axes), the piecewise-uniform law sum_k P_k U[lows_k, highs_k]:
+    what uniform dequantization makes of a discrete law on the 8-bit grid. float64 [K] each."""
+
+    weights: np.ndarray
+    lows: np.ndarray
+    highs: np.ndarray
+    dim: int
+
+    def entropy_bits(self) -> float:
+        """Bits per axis of the discrete law on the 8-bit bins: H(P) + sum_k P_k log2(n_k), with
+        n_k = (highs_k - lows_k) / (2 / 255) bins under component k."""
+        bins = (self.highs - self.lows) * 127.5
+        return float(-np.sum(self.weights * np.log2(self.weights / bins)))
+
+    def sample_levels(self, rng: np.random.Generator, num: int) -> np.ndarray:
+        """8-bit data k / 127.5 - 1 [num, D]: k uniform on component k's bins (float32)."""
+        component = rng.choice(len(self.weights), size=(num, self.dim), p=self.weights)
+        first = np.rint((self.lows + 1.0) * 127.5 + 0.5).astype(int)[component]
+        count = np.rint((self.highs - self.lows) * 127.5).astype(int)[component]
+        levels = first + np.floor(rng.random((num, self.dim)) * count).astype(int)
+        return (levels / 127.5 - 1.0).astype(np.float32)
+
+    def log_prob(self, x: np.ndarray, alpha: float, sigma: float) -> np.ndarray:
+        """log q_t(x) of x_t = alpha y + sigma eps, [N] (sums over the D axes), float64."""
+        from scipy.special import log_ndtr, logsumexp
+
+        x = np.asarray(x, np.float64)[..., None]
+        log_mass = _log_interval_mass(
+            x / alpha, sigma / alpha, self.lows, self.highs, log_ndtr, np
+        )
+        log_density = logsumexp(
+            np.log(self.weights) - np.log(self.highs - self.lows) + log_mass, axis=-1
+        ) - np.log(alpha)
+        return np.sum(log_density, axis=-1)
+
+
+def _log_interval_mass(mean, scale, lows, highs, log_ndtr, xp):
+    """log(Phi((high - mean) / scale) - Phi((low - mean) / scale)), stable on both sides."""
+    upper, lower = (highs - mean) / scale, (lows - mean) / scale
+    flip = lower > 0
+    big = xp.where(flip, log_ndtr(-lower), log_ndtr(upper))
+    small = xp.where(flip, log_ndtr(-upper), log_ndtr(lower))
+    return big + xp.log1p(-xp.exp(small - big))
+
+
+def _interval_predict(weights, lows, highs, process, x_in, t_in):
+    from jax.scipy.special import log_ndtr
+
+    t = time_from_model_time(process, t_in)
+    m = dj.marginal(process, t, x_in.ndim)
+    # At alpha = 0 the posterior is the prior; alpha = 1e-6 gives it to float32 precision.
+    alpha, sigma = jnp.maximum(m.alpha[..., None], 1e-6), m.sigma[..., None]
+    mean, scale = x_in[..., None] / alpha, sigma / alpha  # [B, ..., 1]
+    log_mass = _log_interval_mass(mean, scale, lows, highs, log_ndtr, jnp)  # [B, ..., K]
+    responsibilities = jax.nn.softmax(jnp.log(weights / (highs - lows)) + log_mass, axis=-1)
+    upper, lower = (highs - mean) / scale, (lows - mean) / scale
+    log_phi = lambda z: -0.5 * z**2 - 0.5 * np.log(2 * np.pi)  # noqa: E731
+    within = mean + scale * (jnp.exp(log_phi(lower) - log_mass) - jnp.exp(log_phi(upper) - log_mass))
+    return jnp.sum(responsibilities * jnp.clip(within, lows, highs), axis=-1)
+
+
+def interval_model_fn(law: IntervalMixture, process) -> jax.tree_util.Partial:
+    """The exact x0-prediction E[y | x_t] of the piecewise-uniform law (truncated normals)."""
+    return jax.tree_util.Partial(
+        _interval_predict,
+        jnp.asarray(law.weights, jnp.float32),
+        jnp.asarray(law.lows, jnp.float32),
+        jnp.asarray(law.highs, jnp.float32),
+        process,
+    )
