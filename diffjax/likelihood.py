@@ -408,7 +408,9 @@ def ode_likelihood(
     from diffjax.samplers.ode import check_ode_options
 
     if divergence not in DIVERGENCE_METHODS:
-        raise ValueError(f"Unknown divergence {divergence!r}; expected one of {DIVERGENCE_METHODS}.")
+        raise ValueError(
+            f"Unknown divergence {divergence!r}; expected one of {DIVERGENCE_METHODS}."
+        )
     dequantize = check_flag(dequantize, "dequantize")
     if not hasattr(x, "shape") or len(x.shape) < 2:
         raise ValueError(f"x must be an array [B, ...] of rank >= 2, got {getattr(x, 'shape', x)}.")

@@ -470,9 +470,7 @@ class IntervalMixture(NamedTuple):
         from scipy.special import log_ndtr, logsumexp
 
         x = np.asarray(x, np.float64)[..., None]
-        log_mass = _log_interval_mass(
-            x / alpha, sigma / alpha, self.lows, self.highs, log_ndtr, np
-        )
+        log_mass = _log_interval_mass(x / alpha, sigma / alpha, self.lows, self.highs, log_ndtr, np)
         log_density = logsumexp(
             np.log(self.weights) - np.log(self.highs - self.lows) + log_mass, axis=-1
         ) - np.log(alpha)
@@ -500,7 +498,9 @@ def _interval_predict(weights, lows, highs, process, x_in, t_in):
     responsibilities = jax.nn.softmax(jnp.log(weights / (highs - lows)) + log_mass, axis=-1)
     upper, lower = (highs - mean) / scale, (lows - mean) / scale
     log_phi = lambda z: -0.5 * z**2 - 0.5 * np.log(2 * np.pi)  # noqa: E731
-    within = mean + scale * (jnp.exp(log_phi(lower) - log_mass) - jnp.exp(log_phi(upper) - log_mass))
+    within = mean + scale * (
+        jnp.exp(log_phi(lower) - log_mass) - jnp.exp(log_phi(upper) - log_mass)
+    )
     return jnp.sum(responsibilities * jnp.clip(within, lows, highs), axis=-1)
 
 

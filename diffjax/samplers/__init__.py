@@ -8,13 +8,19 @@ shape.
 :func:`euler_sample`, ``heun_sample``  EDM's samplers on the Karras grid, with churn
                                        (Karras et al. 2022, Alg. 1-2)
 ``flow_euler/midpoint/heun_sample``    the velocity field dx/dt = v (rectified flow)
+:func:`euler_maruyama_sample`          Euler-Maruyama on the reverse SDE (Song et al. 2021)
+:func:`pc_sample`                      score_sde's predictor-corrector (reverse diffusion /
+                                       ancestral + Langevin), VP and VE
+:func:`ode_sample`                     the probability-flow ODE, adaptive (diffrax Tsit5 /
+                                       Dopri5 + PID), NFE reported
 :func:`ddim_invert`                    deterministic DDIM inversion x0 -> x_T
 :func:`classifier_free_guidance`       guided model_fn from a class-conditional one
 :func:`sample`                         any of the samplers by name (for CLIs and configs)
 =====================================  ========================================================
 
 Each sampler checks its options in Python and builds its grid in float64 NumPy (its *plan*),
-then runs one jitted ``jax.lax.scan`` over the grid through :func:`run_plan`: one compile per
+then runs one jitted ``jax.lax.scan`` over the grid through :func:`run_plan` (the adaptive
+:func:`ode_sample` is one ``diffrax.diffeqsolve`` instead): one compile per
 (model_fn, shape, number of steps, static options); a new key, x_T, process or set of params
 (bound in a :class:`jax.tree_util.Partial`) reuses it. Samples do not depend on
 ``out_sharding``; with per-sample keys they do not depend on the batch either. The single
@@ -47,6 +53,7 @@ from diffjax.samplers.grids import (
     uniform_times,
 )
 from diffjax.samplers.guidance import classifier_free_guidance
+from diffjax.samplers.ode import EVALS_PER_STEP, ODE_SOLVERS, OdeStats, ode_sample
 from diffjax.samplers.registry import (
     SAMPLER_NAMES,
     SAMPLERS,
@@ -55,6 +62,7 @@ from diffjax.samplers.registry import (
     sampler_options,
 )
 from diffjax.samplers.runner import Plan, run_plan
+from diffjax.samplers.sde import CORRECTORS, PREDICTORS, euler_maruyama_sample, pc_sample
 from diffjax.samplers.steps import (
     ddim_noise_scale,
     ddim_step,
@@ -63,6 +71,9 @@ from diffjax.samplers.steps import (
     flow_euler_step,
     flow_heun_step,
     heun_step,
+    langevin_step,
+    reverse_diffusion_step,
+    reverse_sde_step,
 )
 from diffjax.samplers.timesteps import (
     SOLVER_SPACINGS,
@@ -73,7 +84,12 @@ from diffjax.samplers.timesteps import (
 )
 
 __all__ = [
+    "CORRECTORS",
+    "EVALS_PER_STEP",
     "FLOW_METHODS",
+    "ODE_SOLVERS",
+    "OdeStats",
+    "PREDICTORS",
     "SAMPLERS",
     "SAMPLER_NAMES",
     "SOLVER_ORDERS",
@@ -96,6 +112,7 @@ __all__ = [
     "dpm_solver_coefficients",
     "dpm_solver_plan",
     "dpm_solver_sample",
+    "euler_maruyama_sample",
     "euler_plan",
     "euler_sample",
     "euler_step",
@@ -109,11 +126,16 @@ __all__ = [
     "heun_sample",
     "heun_step",
     "karras_sigmas",
+    "langevin_step",
     "karras_times",
     "log_snr_times",
     "log_snr_timesteps",
     "make_grid",
+    "ode_sample",
+    "pc_sample",
     "respace_schedule",
+    "reverse_diffusion_step",
+    "reverse_sde_step",
     "run_plan",
     "sample",
     "sample_keys",

@@ -32,7 +32,6 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable, NamedTuple
 
-import diffrax
 import jax
 import jax.numpy as jnp
 from jax.typing import DTypeLike
@@ -54,18 +53,20 @@ __all__ = [
     "ODE_SOLVERS",
     "OdeStats",
     "check_ode_options",
+    "ode_plan",
     "ode_sample",
     "ode_velocity",
     "per_sample_max_norm",
 ]
 
-ODE_SOLVERS: dict[str, Callable[[], diffrax.AbstractSolver]] = {
-    "tsit5": diffrax.Tsit5,
-    "dopri5": diffrax.Dopri5,
-    "dopri8": diffrax.Dopri8,
-    "bosh3": diffrax.Bosh3,
-    "heun": diffrax.Heun,
+ODE_SOLVERS: dict[str, str] = {
+    "tsit5": "Tsit5",
+    "dopri5": "Dopri5",
+    "dopri8": "Dopri8",
+    "bosh3": "Bosh3",
+    "heun": "Heun",
 }
+"""The solvers by name: diffrax's classes (diffrax is imported when a solve is traced)."""
 EVALS_PER_STEP: dict[str, tuple[int, int]] = {
     "tsit5": (1, 6),
     "dopri5": (1, 6),
@@ -177,6 +178,19 @@ def check_ode_options(
     return continuous, float(t_max), float(t_min)
 
 
+def ode_plan(
+    process: Any, *, solver: str = "tsit5", rtol: float = 1e-5, atol: float = 1e-5,
+    num_steps: int = 10, max_steps: int = 4096, t_max: float | None = None,
+    t_min: float | None = None, prediction_type: str = "eps",
+) -> tuple[Any, float, float]:  # fmt: skip
+    """:func:`check_ode_options` with :func:`ode_sample`'s defaults (the sampler registry's
+    option check)."""
+    return check_ode_options(
+        process, solver=solver, rtol=rtol, atol=atol, t_max=t_max, t_min=t_min,
+        num_steps=num_steps, max_steps=max_steps, prediction_type=prediction_type,
+    )  # fmt: skip
+
+
 def solve(
     vector_field: Callable, y0: Any, t0: float, t1: float, *, solver: str, rtol: float,
     atol: float, num_steps: int, max_steps: int,
@@ -187,10 +201,12 @@ def solve(
     Returns:
       ``(y at t1, OdeStats)``.
     """
+    import diffrax
+
     term = diffrax.ODETerm(lambda t, y, args: vector_field(t, y))
     controller = diffrax.PIDController(rtol=rtol, atol=atol, norm=per_sample_max_norm)
     solution = diffrax.diffeqsolve(
-        term, ODE_SOLVERS[solver](), t0, t1, dt0=(t1 - t0) / num_steps, y0=y0,
+        term, getattr(diffrax, ODE_SOLVERS[solver])(), t0, t1, dt0=(t1 - t0) / num_steps, y0=y0,
         stepsize_controller=controller, max_steps=max_steps, saveat=diffrax.SaveAt(t1=True),
     )  # fmt: skip
     start, per_step = EVALS_PER_STEP[solver]

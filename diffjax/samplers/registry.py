@@ -25,6 +25,8 @@ from diffjax.samplers.flow import (
     flow_midpoint_sample,
     flow_plan,
 )
+from diffjax.samplers.ode import ode_plan, ode_sample
+from diffjax.samplers.sde import euler_maruyama_plan, euler_maruyama_sample, pc_plan, pc_sample
 
 __all__ = [
     "SAMPLERS",
@@ -35,7 +37,9 @@ __all__ = [
     "sampler_options",
 ]
 
-COMMON_OPTIONS: tuple[str, ...] = ("clip_x0", "x_T", "return_trajectory", "dtype", "out_sharding")
+COMMON_OPTIONS: tuple[str, ...] = (
+    "clip_x0", "x_T", "return_trajectory", "return_stats", "dtype", "out_sharding",
+)  # fmt: skip
 """Keyword arguments every sampler takes, handled by the scan runner rather than the plan."""
 
 
@@ -58,6 +62,9 @@ SAMPLERS: dict[str, SamplerEntry] = {
         flow_midpoint_sample, functools.partial(flow_plan, method="midpoint")
     ),
     "flow_heun": SamplerEntry(flow_heun_sample, functools.partial(flow_plan, method="heun")),
+    "euler_maruyama": SamplerEntry(euler_maruyama_sample, euler_maruyama_plan),
+    "pc": SamplerEntry(pc_sample, pc_plan),
+    "ode": SamplerEntry(ode_sample, ode_plan),
 }
 SAMPLER_NAMES: tuple[str, ...] = tuple(SAMPLERS)
 
@@ -116,7 +123,7 @@ def sample(
 
     Args:
       name: ``'ddpm' | 'ddim' | 'dpm_solver' | 'euler' | 'heun' | 'flow_euler' |
-        'flow_midpoint' | 'flow_heun'``.
+        'flow_midpoint' | 'flow_heun' | 'euler_maruyama' | 'pc' | 'ode'``.
       model_fn: ``model_fn(x_in [B, ...], t_in [B]) -> prediction [B, ...]``.
       process: the schedule or continuous process.
       key: PRNG key, or ``[B]`` per-sample keys.

@@ -9,7 +9,10 @@ x = alpha x0_hat + sigma eps_hat. Scalars broadcast against ``[B, ...]`` states.
 In the coordinates y = x / alpha, s = sigma / alpha the probability-flow ODE of every process
 is dy/ds = eps_hat (Song et al. 2021, DDIM eq. 14; Karras et al. 2022, eq. 4 with s(t) = 1/alpha):
 :func:`euler_step` is its Euler step (= DDIM with eta = 0) and :func:`heun_step` EDM's
-second-order correction. The flow steps integrate dx/dt = v in the process's own time.
+second-order correction. The flow steps integrate dx/dt = v in the process's own time. The SDE
+steps (Song et al. 2021, score_sde) use the score -eps_hat / sigma of the reverse SDE
+dx = [f x - g^2 score] dt + g dw (eq. 6), f and g^2 from :func:`~diffjax.processes.
+sde_coefficients`.
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ __all__ = [
     "flow_euler_step",
     "flow_heun_step",
     "heun_step",
+    "langevin_step",
+    "reverse_diffusion_step",
+    "reverse_sde_step",
 ]
 
 
@@ -128,3 +134,55 @@ def flow_heun_step(
     """Heun's step of dx/dt = v: x_next = x + (t_next - t) (v + v_next) / 2, with v_next the
     velocity at the Euler prediction (:func:`flow_euler_step`) at t_next."""
     return x + jnp.asarray(t_next - t, x.dtype) * 0.5 * (velocity + velocity_next)
+
+
+def reverse_sde_step(
+    x: jnp.ndarray, eps_hat: jnp.ndarray, sigma: Any, drift: Any, diffusion_sq: Any, dt: Any,
+    noise: jnp.ndarray,
+) -> jnp.ndarray:  # fmt: skip
+    """One Euler-Maruyama step of the reverse SDE (score_sde, eq. 6), dt = t_next - t < 0:
+
+    x_next = x + (f x + g^2 eps_hat / sigma) dt + g sqrt(-dt) z.
+    """
+    mean = x + (drift * x + diffusion_sq * eps_hat / sigma) * dt
+    return mean + jnp.sqrt(diffusion_sq * -dt) * noise
+
+
+def reverse_diffusion_step(
+    x: jnp.ndarray, eps_hat: jnp.ndarray, alpha: Any, sigma: Any, alpha_next: Any,
+    sigma_next: Any, noise: jnp.ndarray,
+) -> jnp.ndarray:  # fmt: skip
+    """score_sde's reverse-diffusion predictor (Song et al. 2021, eq. 46) for any process.
+
+    The forward step from the next point to this one is x = a x_next + sqrt(v) z with
+    a = alpha / alpha_next and v = sigma^2 - a^2 sigma_next^2; reversing its discretisation,
+
+        x_next = (2 - a) x + v score + sqrt(v) z,    score = -eps_hat / sigma,
+
+    which is score_sde's step for VE (a = 1, v = sigma_i^2 - sigma_{i-1}^2) and for VP
+    (a = sqrt(1 - beta_i), v = beta_i) with the exact marginals in place of its
+    discretised betas.
+    """
+    ratio = alpha / alpha_next
+    variance = jnp.maximum(sigma**2 - (ratio * sigma_next) ** 2, 0.0)
+    return (2.0 - ratio) * x - variance * eps_hat / sigma + jnp.sqrt(variance) * noise
+
+
+def langevin_step(
+    x: jnp.ndarray, eps_hat: jnp.ndarray, sigma: Any, snr: Any, alpha_ratio_sq: Any,
+    noise: jnp.ndarray,
+) -> jnp.ndarray:  # fmt: skip
+    """One Langevin corrector step (score_sde, Algorithms 4 and 5) with score -eps_hat / sigma:
+
+        step = 2 a (r sigma)^2,   x <- x + step score + sqrt(2 step) z,
+
+    r the signal-to-noise ratio ``snr`` and a = (alpha / alpha_next)^2 (1 - beta_i for VP, 1
+    for VE). score_sde's step is 2 a (r ||z|| / ||score||)^2 with both norms averaged over the
+    batch; with ||z||^2 ~ D and ||score||^2 = ||eps_hat||^2 / sigma^2 ~ D / sigma^2 it is this
+    one. A step computed per sample from its own norms would be biased (the chain x + h(x)
+    score + sqrt(2 h(x)) z leaves p / h invariant, not p, and a step growing with ||z|| scales
+    the noise it is drawn with), and one from batch means makes a sample depend on its batch;
+    2 a (r sigma)^2 is neither.
+    """
+    step = 2.0 * alpha_ratio_sq * jnp.square(snr * sigma)
+    return x - step * eps_hat / sigma + jnp.sqrt(2.0 * step) * noise
