@@ -18,7 +18,10 @@ An interrupted evaluation resumes where it stopped when rerun with the same flag
 
 Metrics (``--metrics``, comma-separated): ``fd`` (FID with ``--features inception``,
 FD-FMNIST with ``--features fmnist``), ``kid``, ``pr`` (precision/recall), ``is``, ``bpd``
-(bits/dim of the discrete variational bound on the evaluation split). The default feature
+(bits/dim on the first ``--bpd_num`` images of the evaluation split: ``bpd_ode`` through the
+probability-flow ODE for every process, uniformly dequantized, at ``--bpd_rtol`` with
+``--bpd_divergence`` probes; and for a discrete schedule also ``bpd``, the variational bound
+with ``--bpd_timesteps`` timesteps per image). The default feature
 network is the shipped Fashion-MNIST classifier for 28x28x1 runs, Inception otherwise; Inception
 needs its published weights (``--inception_weights``, ``$DIFFJAX_INCEPTION_WEIGHTS``, the cache,
 or a download). The reference statistics default to the run's ``config.eval.split``, built once
@@ -80,6 +83,11 @@ _BPD_NUM = flags.DEFINE_integer("bpd_num", 256, "Evaluation images for bpd.")
 _BPD_TIMESTEPS = flags.DEFINE_integer(
     "bpd_timesteps", 100, "Timesteps per image for bpd (an unbiased estimate); 0: all T."
 )
+_BPD_RTOL = flags.DEFINE_float("bpd_rtol", 1e-5, "rtol = atol of the bpd ODE solve.")
+_BPD_DIVERGENCE = flags.DEFINE_enum(
+    "bpd_divergence", "rademacher", ["rademacher", "gaussian", "exact"],
+    "Divergence of the bpd ODE: Hutchinson probes, or exact (D vector-Jacobian products per evaluation).",
+)  # fmt: skip
 _MAKE_REFERENCE = flags.DEFINE_bool(
     "make_reference_stats", False, "Only build reference statistics of a dataset split."
 )
@@ -218,6 +226,8 @@ def evaluate_main() -> dict:
         num_reference=_NUM_REFERENCE.value,
         bpd_num=_BPD_NUM.value,
         bpd_timesteps=_BPD_TIMESTEPS.value or None,
+        bpd_rtol=_BPD_RTOL.value,
+        bpd_divergence=_BPD_DIVERGENCE.value,
     )
     result = evaluate_run(
         _WORKDIR.value, settings, weights_path=_INCEPTION_WEIGHTS.value, download=_DOWNLOAD.value

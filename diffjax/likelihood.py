@@ -34,8 +34,8 @@ Equations", Theorem 1; Song et al. 2021, score_sde, eq. 39)
 
 solved together with x(t) from x(t_min) = x in one ``diffrax.diffeqsolve``. The prior is
 N(0, sigma(t_max)^2 I), the distribution every sampler starts from. The divergence is exact (D
-Jacobian-vector products per evaluation; for small D) or Hutchinson's estimate eps^T (dv/dx)
-eps with one probe per example held fixed over the solve (Grathwohl et al. 2019, FFJORD, eq.
+vector-Jacobian products per evaluation; for small D) or Hutchinson's estimate eps^T (dv/dx)
+eps (one vector-Jacobian product) with one probe per example held fixed over the solve (Grathwohl et al. 2019, FFJORD, eq.
 7), Rademacher or Gaussian, drawn from ``fold_in`` keys: unbiased for the integral, with the
 variance 2 sum_{i != j} A_ij^2 (Rademacher) or 2 ||A||_F^2 (Gaussian) of the integrated
 Jacobian A. :func:`ode_likelihood` is the density of p_{t_min}, the model's marginal at the
@@ -296,19 +296,19 @@ def _draw(key: jax.Array, kind: str, shape: tuple[int, ...], dtype: Any) -> jnp.
 
 
 def _divergence(velocity_fn, x: jnp.ndarray, method: str, probe: jnp.ndarray | None):
-    """(v(x) [B, ...], div v(x) [B]): exact from D JVPs along the basis, or eps^T J eps."""
+    """(v(x) [B, ...], div v(x) [B]): eps^T (J^T eps), or exact from D vector-Jacobian products
+    along the basis. Reverse mode, so that networks with custom VJPs (the UNet's fused group
+    norm) are differentiable here too."""
     axes = tuple(range(1, x.ndim))
+    velocity, pullback = jax.vjp(velocity_fn, x)
     if method != "exact":
-        velocity, jvp = jax.jvp(velocity_fn, (x,), (probe,))
-        return velocity, jnp.sum(probe * jvp, axis=axes)
+        return velocity, jnp.sum(probe * pullback(probe)[0], axis=axes)
     dim = math.prod(x.shape[1:])
     basis = jnp.eye(dim, dtype=x.dtype).reshape((dim, 1) + x.shape[1:])
 
     def column(direction):
-        _, jvp = jax.jvp(velocity_fn, (x,), (jnp.broadcast_to(direction, x.shape),))
-        return jnp.sum(direction * jvp, axis=axes)
+        return jnp.sum(direction * pullback(jnp.broadcast_to(direction, x.shape))[0], axis=axes)
 
-    velocity = velocity_fn(x)
     return velocity, jnp.sum(jax.lax.map(column, basis), axis=0)
 
 
@@ -391,8 +391,8 @@ def ode_likelihood(
       key: PRNG key, or ``[B]`` per-example keys (then example i depends on key i alone): split
         into the dequantization noise and the Hutchinson probes.
       prediction_type: what the model predicts.
-      divergence: ``'rademacher' | 'gaussian'`` (Hutchinson's estimate, one JVP per
-        evaluation) or ``'exact'`` (D JVPs per evaluation).
+      divergence: ``'rademacher' | 'gaussian'`` (Hutchinson's estimate, one vector-Jacobian
+        product per evaluation) or ``'exact'`` (D of them per evaluation).
       dequantize: uniform dequantization and the 8-bit offset (True), or continuous data.
       solver, rtol, atol, num_steps, max_steps: as :func:`~diffjax.samplers.ode_sample`.
       t_min: the solve's first time (default 1e-5; 1 / T for a schedule).

@@ -34,6 +34,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import DTypeLike
 
 from diffjax import predictions
@@ -169,7 +170,7 @@ def check_ode_options(
     t_min = default_t_min(continuous) if t_min is None else check_real(t_min, "t_min", 0.0, 1.0)
     if not 0.0 < t_min < t_max:
         raise ValueError(f"need 0 < t_min < t_max, got t_min={t_min}, t_max={t_max}.")
-    alpha, _ = continuous.alpha_sigma(jnp.float32(t_max))
+    alpha, _ = continuous.alpha_sigma(np.float64(t_max), np)
     if prediction_type == "eps" and float(alpha) == 0.0:
         raise ValueError(
             f"alpha({t_max}) = 0: an 'eps' prediction cannot recover x0 at zero SNR; start below "

@@ -58,8 +58,10 @@ __all__ = [
 EVAL_DIR = "eval"
 EVAL_METRICS: tuple[str, ...] = ("fd", "is", "kid", "pr", "bpd")
 """``fd``: the Fréchet distance of the feature network (FID for 'inception', FD-FMNIST for
-'fmnist'); ``is``: Inception Score; ``kid``: KID; ``pr``: precision and recall; ``bpd``: bits/dim
-of the discrete variational bound on the evaluation split."""
+'fmnist'); ``is``: Inception Score; ``kid``: KID; ``pr``: precision and recall; ``bpd``: bits/dim on the
+evaluation split, through the probability-flow ODE (``bpd_ode``, every process: uniformly
+dequantized, :func:`diffjax.likelihood.ode_likelihood`) and, for a discrete schedule, also the
+variational bound (``bpd``, :func:`diffjax.likelihood.bits_per_dim`)."""
 
 
 class EvalSettings(NamedTuple):
@@ -78,7 +80,9 @@ class EvalSettings(NamedTuple):
       reference: a reference-statistics ``.npz``, or None to build it from the run's data.
       num_reference: images of the evaluation split in a built reference (0: all of it).
       bpd_num: evaluation images for bits/dim.
-      bpd_timesteps: timesteps per image for bits/dim (None: all T terms).
+      bpd_timesteps: timesteps per image for the discrete bound (None: all T terms).
+      bpd_rtol: rtol = atol of the ODE likelihood's solve.
+      bpd_divergence: the ODE likelihood's divergence, ``'rademacher' | 'gaussian' | 'exact'``.
     """
 
     metrics: tuple[str, ...]
@@ -94,6 +98,8 @@ class EvalSettings(NamedTuple):
     num_reference: int = 0
     bpd_num: int = 256
     bpd_timesteps: int | None = 100
+    bpd_rtol: float = 1e-5
+    bpd_divergence: str = "rademacher"
 
     def check(self, num_devices: int) -> None:
         """Raises :class:`ConfigError` for a bad setting, before anything is compiled."""
@@ -113,6 +119,13 @@ class EvalSettings(NamedTuple):
             raise ConfigError(
                 f"KID uses subsets of 1000 samples; {self.num_samples} samples are too few "
                 f"(use >= 1000, or leave kid out)."
+            )
+        from diffjax.likelihood import DIVERGENCE_METHODS
+
+        if self.bpd_divergence not in DIVERGENCE_METHODS or not 0 < self.bpd_rtol < 1:
+            raise ConfigError(
+                f"bpd_divergence must be one of {list(DIVERGENCE_METHODS)} and 0 < bpd_rtol < 1, "
+                f"got {self.bpd_divergence!r} and {self.bpd_rtol}."
             )
         if self.bpd_num < 1 or self.num_reference < 0:
             raise ConfigError(
@@ -503,9 +516,18 @@ def _save_array(path: str, array: np.ndarray) -> None:
     atomic_write(path, write)
 
 
-def _bits_per_dim(run: Any, settings: EvalSettings, mesh: Mesh, folder: str, progress: bool):
-    """Mean bits/dim of the bound on the first ``bpd_num`` evaluation images, resumably."""
-    from diffjax.likelihood import bits_per_dim
+def _bits_per_dim(
+    run: Any, settings: EvalSettings, mesh: Mesh, folder: str, method: str
+) -> dict[str, Any]:
+    """Mean bits/dim on the first ``bpd_num`` evaluation images, resumably (per-image values
+    are saved after each batch).
+
+    ``method`` 'vlb' is the discrete variational bound (``bpd_timesteps`` timesteps per image),
+    'ode' the probability-flow ODE likelihood with uniform dequantization; image i draws its
+    randomness from ``fold_in(seed, i)``.
+    """
+    from diffjax.likelihood import bits_per_dim, ode_likelihood
+    from diffjax.samplers import sample_keys
     from diffjax.training.data import dataset_from_config
 
     values = run.config
@@ -521,22 +543,32 @@ def _bits_per_dim(run: Any, settings: EvalSettings, mesh: Mesh, folder: str, pro
     conditional = model.num_classes is not None
 
     @jax.jit
-    def batch_bpd(params, images, labels, key):
+    def batch_bpd(params, images, labels, keys):
         def model_fn(x_t, t):
             return model.apply(
                 {"params": params}, x_t, t, labels if conditional else None, train=False
             )
 
-        return bits_per_dim(
-            model_fn, process, images, key, prediction_type=prediction_type,
-            num_timesteps=settings.bpd_timesteps,
-        ).bpd  # fmt: skip
+        if method == "vlb":
+            bound = bits_per_dim(
+                model_fn, process, images, keys[0], prediction_type=prediction_type,
+                num_timesteps=settings.bpd_timesteps,
+            )  # fmt: skip
+            return bound.bpd, jnp.zeros((), jnp.int32)
+        result = ode_likelihood(
+            model_fn, process, images, keys, prediction_type=prediction_type,
+            divergence=settings.bpd_divergence, rtol=settings.bpd_rtol, atol=settings.bpd_rtol,
+        )  # fmt: skip
+        return result.bpd, result.stats.num_function_evals
 
-    path = os.path.join(folder, "bpd.npy")
+    name = "bpd" if method == "vlb" else "bpd_ode"
+    path = os.path.join(folder, f"{name}.npy")
     values_done = (
         np.load(path) if os.path.exists(path) and jax.process_index() == 0 else np.zeros(0)
     )
     done = _broadcast_int(values_done.size)
+    evaluations = []
+    start = time.perf_counter()
     iterator = iter(dataset)
     try:
         for _ in range(done // batch_size):
@@ -553,8 +585,13 @@ def _bits_per_dim(run: Any, settings: EvalSettings, mesh: Mesh, folder: str, pro
                 )
                 labels = np.concatenate([labels, np.repeat(labels[-1:], wanted - labels.shape[0])])
             batch = host_batch_to_global({"image": images, "label": labels.astype(np.int32)}, mesh)
-            key = jax.random.fold_in(jax.random.key(settings.seed), done)
-            result = gather_to_host(batch_bpd(params, batch["image"], batch["label"], key))
+            if method == "vlb":
+                keys = jax.random.fold_in(jax.random.key(settings.seed), done)[None]
+            else:
+                keys = sample_keys(settings.seed, done, batch_size)
+            bpd, nfe = batch_bpd(params, batch["image"], batch["label"], keys)
+            result = gather_to_host(bpd)
+            evaluations.append(int(nfe))
             count = min(batch_size, total - done)
             collected.append(result[:count])
             done += count
@@ -563,8 +600,16 @@ def _bits_per_dim(run: Any, settings: EvalSettings, mesh: Mesh, folder: str, pro
     finally:
         iterator.close()
     bpd = np.concatenate(collected)
-    return dict(mean=float(bpd.mean()), std_error=float(bpd.std(ddof=1) / math.sqrt(bpd.size)),
-                num_images=int(bpd.size), timesteps=settings.bpd_timesteps or "all")  # fmt: skip
+    summary = dict(
+        mean=float(bpd.mean()), std_error=float(bpd.std(ddof=1) / math.sqrt(bpd.size)),
+        num_images=int(bpd.size), seconds=round(time.perf_counter() - start, 2),
+    )  # fmt: skip
+    if method == "vlb":
+        return dict(summary, timesteps=settings.bpd_timesteps or "all")
+    return dict(
+        summary, rtol=settings.bpd_rtol, divergence=settings.bpd_divergence,
+        dequantized=True, mean_function_evals=float(np.mean(evaluations)) if evaluations else None,
+    )  # fmt: skip
 
 
 def evaluate_run(
@@ -611,12 +656,6 @@ def evaluate_run(
     run = load_trained_run(workdir, mesh)
     values = run.config
     image_shape = tuple(run.dataset["image_shape"])
-    if "bpd" in settings.metrics and not is_discrete(run.process):
-        raise ConfigError(
-            f"bpd is the discrete model's variational bound; this run's process is "
-            f"{values['diffusion']['process']!r} (continuous), whose likelihood comes from the "
-            f"probability-flow ODE. Leave bpd out."
-        )
     try:
         check_sampler_options(settings.sampler, run.process, settings.options)
     except (TypeError, ValueError) as error:
@@ -665,7 +704,9 @@ def evaluate_run(
                 )
             )
     if "bpd" in settings.metrics:
-        results["bpd"] = _bits_per_dim(run, settings, mesh, folder, progress)
+        if is_discrete(run.process):
+            results["bpd"] = _bits_per_dim(run, settings, mesh, folder, "vlb")
+        results["bpd_ode"] = _bits_per_dim(run, settings, mesh, folder, "ode")
     results = _broadcast_json(results)
 
     record = dict(
@@ -783,6 +824,10 @@ def log_table(record: Mapping[str, Any]) -> None:
             text = f"{value['mean']:.6g} +- {value['std']:.3g}"
         elif isinstance(value, dict):
             text = f"{value['mean']:.6g} +- {value['std_error']:.3g} (standard error)"
+            if value.get("mean_function_evals"):
+                text += f", {value['mean_function_evals']:.0f} NFE per batch"
+            if "seconds" in value:
+                text += f", {value['seconds']:.0f} s"
         else:
             text = f"{value:.6g}"
         log(f"  {name:<12} {text}")
