@@ -129,6 +129,10 @@ def get_config() -> ml_collections.ConfigDict:
     # Probability of replacing a class label by the null label (classifier-free guidance).
     config.training.label_dropout = 0.0
     config.training.progress_bar = True
+    # Reflow (python -m diffjax.reflow sets both): the workdir whose EMA weights a fresh run
+    # starts from, and a folder of (noise, sample) pairs to train on instead of the dataset.
+    config.training.init_from = ""
+    config.training.pairs_dir = ""
 
     # EMA sample grids written to workdir/samples/ during training (same seed every time).
     config.sampling = ml_collections.ConfigDict()

@@ -391,6 +391,7 @@ def denoising_loss(
     offset_noise: float = 0.0,
     time_sampler: TimeSampler | None = None,
     t: jnp.ndarray | None = None,
+    noise: jnp.ndarray | None = None,
 ) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
     """The denoising regression loss (Ho et al. 2020, Algorithm 1 / eq. 14) for any process.
 
@@ -417,6 +418,9 @@ def denoising_loss(
         (:data:`TIME_SAMPLERS`, :func:`get_time_sampler`).
       t: optional ``[B]`` times to use instead of sampling them (int32 for a schedule, float
         in [0, 1] for a continuous process).
+      noise: optional ``[B, ...]`` eps paired with ``x0`` instead of a fresh draw (reflow
+        trains on the coupling (noise, ODE sample) of the previous flow, Liu et al. 2022,
+        Algorithm 1); offset noise is then not added.
 
     Returns:
       ``(loss, aux)``: ``loss`` is the float32 scalar mean of ``aux['loss']``; ``aux`` holds
@@ -442,7 +446,10 @@ def denoising_loss(
         else:
             t = (time_sampler or uniform_times())(t_key, batch_size)
     t = check_time(process, t, batch_size)
-    noise = offset_noise_like(noise_key, x0, offset_noise)
+    if noise is None:
+        noise = offset_noise_like(noise_key, x0, offset_noise)
+    elif noise.shape != x0.shape:
+        raise ValueError(f"noise has shape {noise.shape}; expected the data shape {x0.shape}.")
     x_t = q_sample(process, x0, t, noise)
     m = marginal(process, t, x0.ndim, jnp.float32)
     x_in, t_in = predictions.network_inputs(prediction_type, process, m, x_t, t)

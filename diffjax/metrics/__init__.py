@@ -9,6 +9,7 @@
 :func:`ssim`, :func:`psnr`             reconstructions, through dm-pix
 :func:`lpips_distance`                 LPIPS v0.1 (:mod:`~diffjax.metrics.lpips`)
 :func:`load_feature_network`           the Inception and Fashion-MNIST feature networks
+:func:`straightness`                   straightness of ODE paths (rectified flow, eq. 9)
 =====================================  =======================================================
 
 Bits/dim of a discrete model's variational bound is :func:`diffjax.likelihood.bits_per_dim`.
@@ -33,6 +34,7 @@ from diffjax.metrics.image_quality import psnr, ssim
 from diffjax.metrics.inception_score import inception_score
 from diffjax.metrics.kid import kernel_inception_distance, polynomial_mmd2
 from diffjax.metrics.precision_recall import precision_recall
+from diffjax.metrics.straightness import straightness
 
 __all__ = [
     "FEATURE_NETWORKS",
@@ -55,6 +57,7 @@ __all__ = [
     "ssim",
     "statistics_from_features",
     "statistics_from_moments",
+    "straightness",
 ]
 
 

@@ -102,6 +102,8 @@ CONFIG_SCHEMA: dict[str, Any] = {
         "nan_policy": STR,
         "label_dropout": FLOAT,
         "progress_bar": BOOL,
+        "init_from": STR,
+        "pairs_dir": STR,
     },
     "sampling": {
         "every_steps": INT,
@@ -180,6 +182,10 @@ def upgrade_config(values: Mapping[str, Any]) -> dict[str, Any]:
     Current configs pass unchanged.
     """
     values = config_to_dict(values)
+    if isinstance(values.get("training"), dict):
+        # Added in 0.3.0 (reflow): a fresh run's initial weights and its (noise, sample) pairs.
+        values["training"].setdefault("init_from", "")
+        values["training"].setdefault("pairs_dir", "")
     if not isinstance(values.get("model"), dict) or "name" in values["model"]:
         return values
     values["model"] = {"name": "unet", **values["model"]}

@@ -166,10 +166,20 @@ class _Run:
         values = self.values
         from diffjax.training.data import dataset_from_config  # grain and TFDS load here.
 
-        self.dataset = dataset_from_config(
-            values, self.mesh, values["data"]["split"], values["data"]["batch_size"],
-            random_flip=values["data"]["random_flip"],
-        )  # fmt: skip
+        if values["training"]["pairs_dir"]:
+            from diffjax.training.reflow import PairDataset
+
+            self.dataset = PairDataset(
+                values["training"]["pairs_dir"],
+                batch_size=values["data"]["batch_size"] // jax.process_count(),
+                seed=values["seed"], process_index=jax.process_index(),
+                process_count=jax.process_count(),
+            )  # fmt: skip
+        else:
+            self.dataset = dataset_from_config(
+                values, self.mesh, values["data"]["split"], values["data"]["batch_size"],
+                random_flip=values["data"]["random_flip"],
+            )  # fmt: skip
         self.info = self.dataset.info
         _check_dataset_fits(values, self.info)
         self.frechet_distance = None
@@ -201,7 +211,7 @@ class _Run:
             restored = self.checkpoints.restore_latest(abstract)
             if restored is None:
                 self.state = create_train_state(
-                    self.programs.init_fn, self.init_key, self.programs.optimizer, self.mesh
+                    self._init_fn(), self.init_key, self.programs.optimizer, self.mesh
                 )
                 self.start_step, self.data_state, self.last_saved_step = 0, None, None
             else:
@@ -210,6 +220,23 @@ class _Run:
         except BaseException:
             self.checkpoints.close()
             raise
+
+    def _init_fn(self):
+        """The network's initialiser, or the EMA weights of ``training.init_from``'s run."""
+        source = self.values["training"]["init_from"]
+        if not source:
+            return self.programs.init_fn
+        from diffjax.training.trained_run import load_trained_run
+
+        teacher = load_trained_run(source, self.mesh)
+        if teacher.config["model"] != self.values["model"]:
+            raise ConfigError(
+                f"config.training.init_from={source!r} holds a {teacher.config['model']} "
+                f"network; this run's is {self.values['model']}. Use the same config.model."
+            )
+        params = jax.device_get(teacher.state.ema_params)
+        log(f"diffjax: initialised from the EMA weights of {source} (step {teacher.step})")
+        return lambda key: jax.tree.map(jnp.asarray, params)
 
     def summary(self) -> str:
         devices = self.mesh.devices.reshape(-1)

@@ -150,7 +150,8 @@ def make_denoising_loss(
 
     Returns:
       ``loss_fn(params, frozen, batch, key, train) -> (loss, {'mse': ...})``. ``batch`` holds
-      ``'image'`` float ``[B, H, W, C]`` in [-1, 1] and, with ``num_classes``, ``'label'``.
+      ``'image'`` float ``[B, H, W, C]`` in [-1, 1], with ``num_classes`` ``'label'``, and
+      optionally ``'noise'`` ``[B, H, W, C]``, the eps paired with each image (reflow).
 
     Raises:
       ValueError: a bad option, before anything is traced.
@@ -189,7 +190,7 @@ def make_denoising_loss(
         loss, aux = denoising_loss(
             model_fn, process, batch["image"], loss_key, prediction_type=prediction_type,
             weighting=weighting, min_snr_gamma=min_snr_gamma, offset_noise=offset_noise,
-            time_sampler=time_sampler,
+            time_sampler=time_sampler, noise=batch.get("noise"),
         )  # fmt: skip
         return loss, dict(mse=jnp.mean(aux["mse"]))
 

@@ -1,0 +1,465 @@
+"""Reflow (Liu et al. 2022, "Flow Straight and Fast", arXiv:2209.03003, Algorithm 1): the
+(noise, sample) coupling of a trained flow as a dataset, and the training data it becomes.
+
+A trained model's deterministic sampler maps noise z to a sample x = ODE(z). Training the next
+rectified flow on the pairs (z, x), with x_t = (1 - t) x + t z and the target z - x, gives a
+flow whose paths are straighter (its straightness, :func:`diffjax.metrics.straightness`, is
+smaller), so one or two steps suffice. This module
+
+* generates the pairs (:func:`generate_pairs`): pair i's noise is N(0, I) drawn from
+  ``fold_in(key(seed), i)``, its sample the sampler's output from it; they are written in
+  shards of one batch (``pairs_00000.npz`` with ``noise`` and ``sample``, each written
+  atomically) beside a manifest (``pairs.json``) of the settings. A rerun skips the shards
+  already written and refuses other settings, so a killed generation resumes; the pairs
+  depend neither on the device count nor on where it stopped.
+* reads them as training data (:class:`PairDataset`): batches ``{'image': sample, 'noise':
+  noise}`` in a seeded order, with the same resumable, host-invariant position as the image
+  pipeline (:mod:`diffjax.training.data`); the denoising loss uses the given noise
+  (:func:`diffjax.losses.denoising_loss`).
+
+``python -m diffjax.reflow`` (:mod:`diffjax.reflow`) runs the whole procedure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffjax.images import atomic_write
+from diffjax.training.data import DatasetInfo
+
+__all__ = [
+    "DETERMINISTIC_SAMPLERS",
+    "PAIRS_MANIFEST",
+    "PairDataset",
+    "PairIterator",
+    "generate_pairs",
+    "measure_straightness",
+    "pair_noise",
+    "read_manifest",
+    "reflow",
+]
+
+PAIRS_MANIFEST = "pairs.json"
+PAIRS_NAME = "reflow_pairs"
+_STATE_VERSION = 1
+
+
+def _shard_path(pairs_dir: str, index: int) -> str:
+    return os.path.join(pairs_dir, f"pairs_{index:05d}.npz")
+
+
+def pair_noise(seed: int, first_index: int, count: int, shape: tuple[int, ...]) -> jax.Array:
+    """The noise of pairs first_index .. first_index + count - 1: N(0, I) of ``shape`` each,
+    from ``fold_in(key(seed), i)``; ``[count, *shape]`` float32."""
+    from diffjax.samplers import sample_keys
+
+    keys = sample_keys(seed, first_index, count)
+    return jax.vmap(lambda key: jax.random.normal(key, shape, jnp.float32))(keys)
+
+
+def read_manifest(pairs_dir: str | os.PathLike) -> dict[str, Any]:
+    """The settings a pair folder was generated with (its ``pairs.json``).
+
+    Raises:
+      FileNotFoundError: naming the folder, when it holds no manifest.
+    """
+    path = os.path.join(os.fspath(pairs_dir), PAIRS_MANIFEST)
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"{pairs_dir} holds no reflow pairs ({PAIRS_MANIFEST} is missing); make them with "
+            f"python -m diffjax.reflow."
+        )
+    with open(path) as f:
+        return json.load(f)
+
+
+def _complete_shards(pairs_dir: str, manifest: Mapping[str, Any]) -> int:
+    """How many shards, from the first, are complete (a shard is written atomically, so a
+    present one is whole; a gap ends the count)."""
+    batch, total = manifest["batch_size"], manifest["num_pairs"]
+    count = 0
+    while count * batch < total and os.path.exists(_shard_path(pairs_dir, count)):
+        count += 1
+    return count
+
+
+def generate_pairs(
+    sample_fn: Callable[[jax.Array], jax.Array],
+    pairs_dir: str | os.PathLike,
+    *,
+    num_pairs: int,
+    batch_size: int,
+    seed: int,
+    shape: tuple[int, ...],
+    settings: Mapping[str, Any],
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Writes the (noise, sample) pairs of a deterministic sampler, resumably.
+
+    Args:
+      sample_fn: ``sample_fn(noise [b, *shape]) -> samples [b, *shape]``: the sampler started
+        from that noise (scaled to the process's prior by the caller); called with
+        ``batch_size`` pairs at a time (the last call padded to a full batch).
+      pairs_dir: the output folder.
+      num_pairs: N pairs in all.
+      batch_size: pairs per call and per shard.
+      seed: the noise seed (pair i from ``fold_in(key(seed), i)``).
+      shape: one sample's shape ``(H, W, C)``.
+      settings: what produced the pairs (teacher, step, sampler, options, ...), stored in the
+        manifest and compared on resume.
+      progress: show a progress bar.
+
+    Returns:
+      The manifest (settings, ``num_pairs``, ``batch_size``, ``seed``, ``shape``).
+
+    Raises:
+      ValueError: the folder holds pairs made with other settings.
+    """
+    from tqdm import tqdm
+
+    pairs_dir = os.fspath(pairs_dir)
+    manifest = dict(
+        settings=json.loads(json.dumps(dict(settings))), num_pairs=int(num_pairs),
+        batch_size=int(batch_size), seed=int(seed), shape=list(shape),
+    )  # fmt: skip
+    os.makedirs(pairs_dir, exist_ok=True)
+    path = os.path.join(pairs_dir, PAIRS_MANIFEST)
+    if os.path.exists(path):
+        saved = read_manifest(pairs_dir)
+        if saved != manifest:
+            raise ValueError(
+                f"{pairs_dir} holds pairs made with other settings ({saved}); these are "
+                f"{manifest}. Use another folder or the original settings; nothing was changed."
+            )
+    elif jax.process_index() == 0:
+        atomic_write(path, lambda tmp: _write_json(tmp, manifest))
+    done = _complete_shards(pairs_dir, manifest)
+    num_shards = -(-num_pairs // batch_size)
+    bar = tqdm(
+        total=num_shards, initial=done, unit="batch", desc="reflow pairs",
+        disable=not progress or jax.process_index() != 0, dynamic_ncols=True,
+    )  # fmt: skip
+    for shard in range(done, num_shards):
+        first = shard * batch_size
+        count = min(batch_size, num_pairs - first)
+        noise = pair_noise(seed, first, batch_size, tuple(shape))
+        samples = _to_host(sample_fn(noise))[:count]
+        noise_host = np.asarray(noise)[:count]
+        if jax.process_index() == 0:
+            atomic_write(
+                _shard_path(pairs_dir, shard),
+                lambda tmp, n=noise_host, s=samples: _write_npz(tmp, noise=n, sample=s),
+            )
+        bar.update(1)
+    bar.close()
+    return manifest
+
+
+def _to_host(array: jax.Array) -> np.ndarray:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(array, tiled=True), np.float32)
+    return np.asarray(jax.device_get(array), np.float32)
+
+
+def _write_json(path: str, data: Any) -> None:
+    with open(path, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+
+
+def _write_npz(path: str, **arrays: np.ndarray) -> None:
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+class PairIterator:
+    """Endless host-local batches ``{'image': [b, ...], 'noise': [b, ...]}`` of a
+    :class:`PairDataset`, with a resumable position (``get_state`` / ``set_state``)."""
+
+    def __init__(self, dataset: PairDataset):
+        self._dataset = dataset
+        self._position = 0
+
+    def __iter__(self) -> PairIterator:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        rows = self._dataset.global_rows(self._position)
+        self._position += 1
+        d = self._dataset
+        mine = rows[d.process_index * d.batch_size : (d.process_index + 1) * d.batch_size]
+        return {"image": d.samples[mine], "noise": d.noise[mine]}
+
+    def get_state(self) -> dict[str, Any]:
+        """``{'version': 1, 'position': p, 'pipeline': {...}}`` (JSON-serialisable)."""
+        return {
+            "version": _STATE_VERSION,
+            "position": self._position,
+            "pipeline": self._dataset.pipeline,
+        }
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        """Resumes at a position from :meth:`get_state` (any host layout, same global batch).
+
+        Raises:
+          ValueError: a state of another pipeline (other pairs, seed or global batch).
+        """
+        if not isinstance(state, Mapping) or state.get("version") != _STATE_VERSION:
+            raise ValueError(f"Not a reflow-pairs iterator state: {state!r}.")
+        if state.get("pipeline") != self._dataset.pipeline:
+            raise ValueError(
+                f"The iterator state was taken from other pairs or settings "
+                f"({state.get('pipeline')}); these are {self._dataset.pipeline}."
+            )
+        self._position = int(state["position"])
+
+    def close(self) -> None:
+        """Nothing to stop (the pairs are in memory); for the image iterator's interface."""
+
+    def __enter__(self) -> PairIterator:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+class PairDataset:
+    """The pairs of a folder as training data (held in memory: 10k Fashion-MNIST pairs are
+    63 MB).
+
+    Global batch p holds the pairs ``order_e[(p mod K) B : (p mod K + 1) B]`` of epoch
+    e = p // K, K = N // B full batches per epoch, ``order_e`` a permutation seeded by
+    (seed, e); host i of n reads rows [i b, (i + 1) b) of it (b = B / n).
+
+    Attributes:
+      info: a :class:`~diffjax.training.data.DatasetInfo` (name ``'reflow_pairs'``).
+      samples, noise: float32 ``[N, ...]``.
+      batch_size, global_batch_size, process_index, process_count: the host layout.
+    """
+
+    def __init__(
+        self, pairs_dir: str | os.PathLike, *, batch_size: int, seed: int,
+        process_index: int = 0, process_count: int = 1,
+    ):  # fmt: skip
+        pairs_dir = os.fspath(pairs_dir)
+        manifest = read_manifest(pairs_dir)
+        shards = _complete_shards(pairs_dir, manifest)
+        expected = -(-manifest["num_pairs"] // manifest["batch_size"])
+        if shards < expected:
+            raise ValueError(
+                f"{pairs_dir} holds {shards} of its {expected} shards of pairs; finish them with "
+                f"python -m diffjax.reflow (it resumes) before training on them."
+            )
+        noise, samples = [], []
+        for index in range(shards):
+            with np.load(_shard_path(pairs_dir, index)) as shard:
+                noise.append(shard["noise"])
+                samples.append(shard["sample"])
+        self.noise = np.concatenate(noise).astype(np.float32)
+        self.samples = np.concatenate(samples).astype(np.float32)
+        global_batch = batch_size * process_count
+        if global_batch > self.samples.shape[0]:
+            raise ValueError(
+                f"the global batch {global_batch} is larger than the {self.samples.shape[0]} "
+                f"pairs in {pairs_dir}."
+            )
+        self.batch_size, self.global_batch_size = batch_size, global_batch
+        self.process_index, self.process_count = process_index, process_count
+        self.seed = seed
+        self.info = DatasetInfo(
+            PAIRS_NAME, "train", int(self.samples.shape[0]), None, None,
+            tuple(manifest["shape"]),
+        )  # fmt: skip
+        self.pipeline = dict(
+            pairs=os.path.abspath(pairs_dir), num_pairs=int(self.samples.shape[0]),
+            global_batch_size=global_batch, seed=int(seed),
+        )  # fmt: skip
+
+    def global_rows(self, position: int) -> np.ndarray:
+        """The pair indices of global batch ``position``."""
+        per_epoch = self.samples.shape[0] // self.global_batch_size
+        epoch, within = divmod(position, per_epoch)
+        order = np.random.default_rng([self.seed, epoch]).permutation(self.samples.shape[0])
+        return order[within * self.global_batch_size : (within + 1) * self.global_batch_size]
+
+    def __iter__(self) -> PairIterator:
+        return PairIterator(self)
+
+
+DETERMINISTIC_SAMPLERS: dict[str, Callable[[Mapping[str, Any]], bool]] = {
+    "flow_euler": lambda options: True,
+    "flow_midpoint": lambda options: True,
+    "flow_heun": lambda options: True,
+    "ode": lambda options: True,
+    "dpm_solver": lambda options: True,
+    "ddim": lambda options: float(options.get("eta", 0.0)) == 0.0,
+    "euler": lambda options: float(options.get("s_churn", 0.0)) == 0.0,
+    "heun": lambda options: float(options.get("s_churn", 0.0)) == 0.0,
+}
+"""The samplers that map noise to a sample deterministically (with these options)."""
+
+
+def _velocity_paths(run: Any, params: Any, noise: jax.Array, num_steps: int):
+    """Euler paths of a run's flow from ``noise``: (path [N + 1, B, ...], times [N + 1])."""
+    from diffjax import samplers
+
+    def model_fn(params, x, t):
+        return run.model.apply({"params": params}, x, t, None, train=False)
+
+    samples, trajectory = samplers.flow_euler_sample(
+        jax.tree_util.Partial(model_fn, params), run.process, jax.random.key(0), noise.shape,
+        num_steps=num_steps, prediction_type=run.config["diffusion"]["prediction_type"],
+        x_T=noise, return_trajectory=True,
+    )  # fmt: skip
+    path = jnp.concatenate([trajectory.x_t, samples[None]])
+    times = jnp.concatenate([trajectory.timesteps, jnp.zeros((1,), jnp.float32)])
+    return path, times
+
+
+def measure_straightness(
+    run: Any, *, num: int, num_steps: int, seed: int, batch_size: int
+) -> float:
+    """Straightness (:func:`diffjax.metrics.straightness`) of a rectified-flow run's EMA flow
+    along ``num_steps``-step Euler paths from ``num`` noises (``fold_in(key(seed), i)``), mean
+    over batches of ``batch_size``."""
+    from diffjax.metrics import straightness
+
+    values = []
+    shape = tuple(run.dataset["image_shape"])
+    for first in range(0, num, batch_size):
+        noise = pair_noise(seed, first, min(batch_size, num - first), shape)
+        path, times = _velocity_paths(run, run.state.ema_params, noise, num_steps)
+        values.append(float(straightness(path, times)) * noise.shape[0])
+    return sum(values) / num
+
+
+def _student_config(teacher_config: Mapping[str, Any], teacher: str, pairs_dir: str,
+                    train_steps: int, overrides: Mapping[str, Any]):  # fmt: skip
+    import ml_collections
+
+    from diffjax.training.config_validation import ConfigError
+
+    values = json.loads(json.dumps(teacher_config))
+    values["training"].update(init_from=teacher, pairs_dir=pairs_dir, num_steps=train_steps)
+    for key, value in overrides.items():
+        section, _, name = key.partition(".")
+        if section not in values or not isinstance(values[section], dict) or not name:
+            raise ConfigError(f"--config_override {key}={value!r}: no config key {key!r}.")
+        if name not in values[section]:
+            raise ConfigError(
+                f"--config_override {key}={value!r}: config.{section} has no key {name!r}; its "
+                f"keys are {sorted(values[section])}."
+            )
+        values[section][name] = value
+    return ml_collections.ConfigDict(values)
+
+
+def reflow(
+    teacher: str | os.PathLike, workdir: str | os.PathLike, *, num_pairs: int,
+    pair_batch: int, sampler: str, num_steps: int, options: Mapping[str, Any], seed: int,
+    train_steps: int, overrides: Mapping[str, Any], straightness_num: int,
+    straightness_steps: int,
+) -> dict[str, Any]:  # fmt: skip
+    """``python -m diffjax.reflow`` (:mod:`diffjax.reflow`): pairs, training, report.
+
+    Every stage resumes: the pairs skip written shards, the training resumes from its newest
+    checkpoint, and the report is recomputed from the final weights.
+
+    Returns:
+      The report written to ``workdir/reflow.json``: settings, training steps, and the
+      straightness of teacher and student.
+
+    Raises:
+      ConfigError: a teacher that is not a rectified flow, a sampler that is not
+        deterministic, or a bad option, before anything is compiled.
+    """
+    from diffjax import samplers
+    from diffjax.images import atomic_write
+    from diffjax.training.config_validation import ConfigError
+    from diffjax.training.loop import train_and_evaluate
+    from diffjax.training.sharding import batch_sharding, make_mesh
+    from diffjax.training.trained_run import load_trained_run
+
+    teacher, workdir = os.path.abspath(os.fspath(teacher)), os.path.abspath(os.fspath(workdir))
+    if teacher == workdir:
+        raise ConfigError("--workdir must differ from --teacher (the teacher is read only).")
+    for name, value, low in (("num_pairs", num_pairs, 2), ("pair_batch", pair_batch, 1),
+                             ("train_steps", train_steps, 1), ("straightness_num",
+                             straightness_num, 1), ("straightness_steps", straightness_steps, 1)):  # fmt: skip
+        if value < low:
+            raise ConfigError(f"--{name} must be >= {low}, got {value}.")
+    if sampler not in DETERMINISTIC_SAMPLERS or not DETERMINISTIC_SAMPLERS[sampler](options):
+        raise ConfigError(
+            f"--sampler={sampler} with options {dict(options)} is not deterministic; reflow "
+            f"pairs need one of {sorted(DETERMINISTIC_SAMPLERS)} (eta = 0, s_churn = 0)."
+        )
+    mesh = make_mesh()
+    if pair_batch % mesh.devices.size:
+        raise ConfigError(
+            f"--pair_batch={pair_batch} must be a multiple of the {mesh.devices.size} devices."
+        )
+    run = load_trained_run(teacher, mesh)
+    process_name = run.config["diffusion"]["process"]
+    if process_name != "rectified_flow":
+        raise ConfigError(
+            f"reflow straightens a rectified flow; the teacher {teacher} was trained with "
+            f"diffusion.process={process_name!r}. Train one with configs/fashion_mnist_flow.py."
+        )
+    prediction_type = run.config["diffusion"]["prediction_type"]
+    sampler_options = dict(options, num_steps=num_steps, prediction_type=prediction_type)
+    try:
+        samplers.check_sampler_options(sampler, run.process, sampler_options)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"--sampler={sampler} --steps={num_steps}: {error}") from error
+    if run.model.num_classes is not None:
+        raise ConfigError("reflow of class-conditional runs is not supported yet.")
+    config = _student_config(
+        run.config, teacher, os.path.join(workdir, "pairs"), train_steps, overrides
+    )
+    shape = tuple(run.dataset["image_shape"])
+    sharding = batch_sharding(mesh)
+    model = run.model
+
+    @jax.jit
+    def sample_fn(params, noise):
+        def model_fn(x, t):
+            return model.apply({"params": params}, x, t, None, train=False)
+
+        return samplers.sample(
+            sampler, model_fn, run.process, jax.random.key(0), noise.shape, x_T=noise,
+            clip_x0=run.config["sampling"]["clip_x0"], out_sharding=sharding,
+            **sampler_options,
+        )  # fmt: skip
+
+    os.makedirs(workdir, exist_ok=True)
+    params = run.state.ema_params
+    manifest = generate_pairs(
+        lambda noise: sample_fn(params, jax.device_put(noise, sharding)),
+        os.path.join(workdir, "pairs"), num_pairs=num_pairs, batch_size=pair_batch, seed=seed,
+        shape=shape,
+        settings=dict(teacher=teacher, step=run.step, sampler=sampler, options=sampler_options),
+    )  # fmt: skip
+    train_and_evaluate(config, workdir)
+    student = load_trained_run(workdir, mesh)
+    measure = dict(
+        num=straightness_num, num_steps=straightness_steps, seed=seed + 1,
+        batch_size=pair_batch,
+    )  # fmt: skip
+    report = dict(
+        teacher=teacher, teacher_step=run.step, student_step=student.step, pairs=manifest,
+        straightness=dict(
+            teacher=measure_straightness(run, **measure),
+            student=measure_straightness(student, **measure),
+            euler_steps=straightness_steps, num=straightness_num, noise_seed=seed + 1,
+        ),
+    )  # fmt: skip
+    if jax.process_index() == 0:
+        atomic_write(os.path.join(workdir, "reflow.json"), lambda tmp: _write_json(tmp, report))
+    return report
