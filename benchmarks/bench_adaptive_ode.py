@@ -26,13 +26,14 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from bench_sampling import _denoised_stds, _nfe_problem, _ratio, _statistics, oracle
 
 import diffjax as dj
 from diffjax import samplers
 
-from bench_sampling import _denoised_stds, _nfe_problem, _ratio, _statistics, oracle
-
-OUT_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out", "bench_adaptive_ode.json")
+OUT_PATH = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "out", "bench_adaptive_ode.json"
+)
 CASES = (
     ("rectified_flow", "flow", "flow_heun", (3, 4, 6, 8, 10, 14, 18, 25, 35, 50, 70, 100)),
     ("vp_linear", "eps", "dpm_solver", (4, 6, 8, 10, 14, 20, 30, 50, 70, 100, 150, 200)),

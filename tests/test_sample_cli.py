@@ -83,3 +83,21 @@ def test_sample_cli_rejects_more_steps_than_timesteps_in_one_line(trained):
         "for a schedule of 1000 timesteps, got 5000."
     ]
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "sampler, flags",
+    [("pc", ["--steps=3", "--option=t_max=0.999", "--option=snr=0.01"]),
+     ("ode", ["--option=rtol=0.01", "--option=atol=0.01"])],
+)  # fmt: skip
+def test_sample_cli_runs_the_sde_and_ode_samplers_with_guidance(trained, sampler, flags):
+    """The discrete run, sampled in its continuous-time view, with guidance 2 (the config's)."""
+    result = run_cli(
+        sample_command(trained, "--num=8", "--batch=8", f"--sampler={sampler}", *flags)
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    names = [name for name in os.listdir(os.path.join(trained, "samples")) if sampler in name]
+    with np.load(os.path.join(trained, "samples", sorted(names)[0].replace(".png", ".npz"))) as f:
+        samples = f["samples"]
+    assert samples.shape == (8, 8, 8, 1) and np.all(np.isfinite(samples))
+    assert np.all(np.abs(samples) <= 1.0)

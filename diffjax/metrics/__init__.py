@@ -12,7 +12,7 @@
 :func:`straightness`                   straightness of ODE paths (rectified flow, eq. 9)
 =====================================  =======================================================
 
-Bits/dim of a discrete model's variational bound is :func:`diffjax.likelihood.bits_per_dim`.
+Bits/dim (the discrete bound and the probability-flow ODE) are in :mod:`diffjax.likelihood`.
 The submodules that define networks (``inception``, ``lpips``, ``fmnist_classifier``) import
 Flax and are loaded on first use.
 """
