@@ -7,10 +7,10 @@ import sys
 import diffjax
 
 
-def test_import_does_not_load_tensorflow_tfds_orbax_absl_or_flax():
+def test_import_does_not_load_tensorflow_tfds_orbax_absl_flax_or_diffrax():
     code = (
         "import sys, diffjax\n"
-        "heavy = ('tensorflow', 'tensorflow_datasets', 'orbax', 'grain', 'chex', 'absl', 'flax')\n"
+        "heavy = ('tensorflow', 'tensorflow_datasets', 'orbax', 'grain', 'chex', 'absl', 'flax', 'diffrax')\n"
         "print(sorted({m.split('.')[0] for m in sys.modules} & set(heavy)))\n"
     )
     loaded = subprocess.run(
