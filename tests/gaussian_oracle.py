@@ -513,3 +513,17 @@ def interval_model_fn(law: IntervalMixture, process) -> jax.tree_util.Partial:
         jnp.asarray(law.highs, jnp.float32),
         process,
     )
+
+
+class CallCounter:
+    """A model wrapper that counts, at run time, how many times the model is evaluated."""
+
+    def __init__(self, model_fn):
+        self.model_fn, self.calls = model_fn, 0
+
+    def _count(self):
+        self.calls += 1
+
+    def __call__(self, x, t):
+        jax.debug.callback(self._count)
+        return self.model_fn(x, t)

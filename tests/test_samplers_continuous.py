@@ -151,20 +151,6 @@ def test_ddim_on_rectified_flow_is_the_flow_euler_sampler():
     np.testing.assert_allclose(ddim_short, euler_short, atol=2e-5)
 
 
-class CallCounter:
-    """A wrapper that counts, at run time, how many times the model is evaluated."""
-
-    def __init__(self, model_fn):
-        self.model_fn, self.calls = model_fn, 0
-
-    def _count(self):
-        self.calls += 1
-
-    def __call__(self, x, t):
-        jax.debug.callback(self._count)
-        return self.model_fn(x, t)
-
-
 @pytest.mark.parametrize(
     "name, expected",
     [("euler", lambda n: n), ("heun", lambda n: 2 * n - 1), ("flow_euler", lambda n: n),
@@ -173,7 +159,7 @@ class CallCounter:
 def test_number_of_function_evaluations(name, expected):
     process = dj.RectifiedFlow()
     for num_steps in (5, 9):
-        counter = CallCounter(oracle.exact_model_fn(GAUSS, process, "flow"))
+        counter = oracle.CallCounter(oracle.exact_model_fn(GAUSS, process, "flow"))
         out = samplers.sample(
             name, counter, process, jax.random.key(0), (4, DIM), num_steps=num_steps,
             prediction_type="flow",
@@ -253,14 +239,19 @@ def test_guidance_works_with_continuous_samplers():
         uncond = conditional(x, t, jnp.full_like(labels, 3))
         return uncond + 2.5 * (conditional(x, t, labels) - uncond)
 
-    for name in ("heun", "flow_midpoint"):
+    runs = {
+        "heun": dict(num_steps=4), "flow_midpoint": dict(num_steps=4),
+        "pc": dict(num_steps=4, t_max=0.999), "euler_maruyama": dict(num_steps=4, t_max=0.999),
+        "ode": dict(rtol=1e-3, atol=1e-3),
+    }  # fmt: skip
+    for name, options in runs.items():
         a = samplers.sample(
-            name, guided, process, jax.random.key(0), (4, DIM), num_steps=4, prediction_type="flow"
+            name, guided, process, jax.random.key(0), (4, DIM), prediction_type="flow", **options
         )
         b = samplers.sample(
-            name, mixed, process, jax.random.key(0), (4, DIM), num_steps=4, prediction_type="flow"
+            name, mixed, process, jax.random.key(0), (4, DIM), prediction_type="flow", **options
         )
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=name)
 
 
 class CountingModel:

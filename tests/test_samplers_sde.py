@@ -108,22 +108,10 @@ def test_pc_and_euler_maruyama_take_a_schedule_in_its_continuous_view():
     assert oracle.gaussian_moment_chi2(x, MEANS, target_stds(view, view.first_time())) < LIMIT
 
 
-class CallCounter:
-    def __init__(self, model_fn):
-        self.model_fn, self.calls = model_fn, 0
-
-    def _count(self):
-        self.calls += 1
-
-    def __call__(self, x, t):
-        jax.debug.callback(self._count)
-        return self.model_fn(x, t)
-
-
 @pytest.mark.parametrize("solver", list(samplers.ODE_SOLVERS))
 def test_the_adaptive_ode_reports_the_model_calls_it_made(solver):
     process = dj.RectifiedFlow()
-    counter = CallCounter(oracle.exact_model_fn(GAUSS, process, "flow"))
+    counter = oracle.CallCounter(oracle.exact_model_fn(GAUSS, process, "flow"))
     x, ode_stats = samplers.ode_sample(
         counter, process, jax.random.key(0), (4, DIM), solver=solver, rtol=1e-4, atol=1e-4,
         prediction_type="flow", return_stats=True,
@@ -181,24 +169,6 @@ def test_the_adaptive_ode_agrees_with_fixed_step_heun_at_high_nfe():
     # the velocity's x0 term).
     assert int(ode_stats.num_function_evals) < 1999
     np.testing.assert_allclose(adaptive, heun, rtol=0, atol=1e-3)
-
-
-def test_the_adaptive_ode_works_with_guidance():
-    process = dj.RectifiedFlow()
-
-    def conditional(x, t, labels):
-        return 0.5 * x + labels[:, None].astype(x.dtype) - 1.0
-
-    labels = jnp.asarray([0, 1, 2, 3])
-    guided = samplers.classifier_free_guidance(conditional, labels, 2.5, num_classes=3)
-
-    def mixed(x, t):
-        uncond = conditional(x, t, jnp.full_like(labels, 3))
-        return uncond + 2.5 * (conditional(x, t, labels) - uncond)
-
-    a = samplers.ode_sample(guided, process, jax.random.key(0), (4, DIM), prediction_type="flow")
-    b = samplers.ode_sample(mixed, process, jax.random.key(0), (4, DIM), prediction_type="flow")
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_the_adaptive_ode_runs_sharded():
