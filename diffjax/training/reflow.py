@@ -32,6 +32,7 @@ import numpy as np
 
 from diffjax.images import atomic_write
 from diffjax.training.data import DatasetInfo
+from diffjax.training.evaluation import gather_to_host
 
 __all__ = [
     "DETERMINISTIC_SAMPLERS",
@@ -149,7 +150,7 @@ def generate_pairs(
         first = shard * batch_size
         count = min(batch_size, num_pairs - first)
         noise = pair_noise(seed, first, batch_size, tuple(shape))
-        samples = _to_host(sample_fn(noise))[:count]
+        samples = np.asarray(gather_to_host(sample_fn(noise)), np.float32)[:count]
         noise_host = np.asarray(noise)[:count]
         if jax.process_index() == 0:
             atomic_write(
@@ -159,14 +160,6 @@ def generate_pairs(
         bar.update(1)
     bar.close()
     return manifest
-
-
-def _to_host(array: jax.Array) -> np.ndarray:
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        return np.asarray(multihost_utils.process_allgather(array, tiled=True), np.float32)
-    return np.asarray(jax.device_get(array), np.float32)
 
 
 def _write_json(path: str, data: Any) -> None:
@@ -273,6 +266,7 @@ class PairDataset:
         self.batch_size, self.global_batch_size = batch_size, global_batch
         self.process_index, self.process_count = process_index, process_count
         self.seed = seed
+        self._order, self._order_epoch = None, None
         self.info = DatasetInfo(
             PAIRS_NAME, "train", int(self.samples.shape[0]), None, None,
             tuple(manifest["shape"]),
@@ -286,7 +280,10 @@ class PairDataset:
         """The pair indices of global batch ``position``."""
         per_epoch = self.samples.shape[0] // self.global_batch_size
         epoch, within = divmod(position, per_epoch)
-        order = np.random.default_rng([self.seed, epoch]).permutation(self.samples.shape[0])
+        if self._order_epoch != epoch:  # one permutation per epoch, not per batch
+            rng = np.random.default_rng([self.seed, epoch])
+            self._order, self._order_epoch = rng.permutation(self.samples.shape[0]), epoch
+        order = self._order
         return order[within * self.global_batch_size : (within + 1) * self.global_batch_size]
 
     def __iter__(self) -> PairIterator:
