@@ -34,12 +34,19 @@ Equations", Theorem 1; Song et al. 2021, score_sde, eq. 39)
 
 solved together with x(t) from x(t_min) = x in one ``diffrax.diffeqsolve``. The prior is
 N(0, sigma(t_max)^2 I), the distribution every sampler starts from. The divergence is exact (D
-vector-Jacobian products per evaluation; for small D) or Hutchinson's estimate eps^T (dv/dx)
-eps (one vector-Jacobian product) with one probe per example held fixed over the solve (Grathwohl et al. 2019, FFJORD, eq.
-7), Rademacher or Gaussian, drawn from ``fold_in`` keys: unbiased for the integral, with the
-variance 2 sum_{i != j} A_ij^2 (Rademacher) or 2 ||A||_F^2 (Gaussian) of the integrated
-Jacobian A. :func:`ode_likelihood` is the density of p_{t_min}, the model's marginal at the
-solve's first time (t_min: 1e-5 as score_sde; index 0 for a schedule's continuous view).
+Jacobian products per evaluation; for small D) or Hutchinson's estimate eps^T (dv/dx) eps (one
+Jacobian product) with one probe per example held fixed over the solve (Grathwohl et al. 2019,
+FFJORD, eq. 7), Rademacher or Gaussian, drawn from ``fold_in`` keys: unbiased for the integral,
+with the variance 2 sum_{i != j} A_ij^2 (Rademacher) or 2 ||A||_F^2 (Gaussian) of the
+integrated Jacobian A. :func:`ode_likelihood` is the density of p_{t_min}, the model's marginal
+at the solve's first time (t_min: 1e-5 as score_sde; index 0 for a schedule's continuous view).
+
+The products are forward mode by default, (dv/dx) eps from ``jax.jvp``: no stored activations,
+and on XLA's CPU backend a convolution's input gradient inside the solver's while loop is
+compiled with a kernel layout that misses the fast convolution path (jax-ml/jax#12868), which
+makes reverse mode several times slower there. ``autodiff='reverse'`` (eps^T dv/dx from
+``jax.vjp``) is for networks that only have a ``custom_vjp`` (forward mode cannot
+differentiate them). Both give the same divergence to float32 rounding.
 
 Dequantization and the 8-bit offset. A density evaluated at the 256 grid values of 8-bit data
 can be as large as the model likes, so bits/dim computed that way (score_sde's
@@ -70,6 +77,7 @@ from diffjax.processes import is_discrete
 
 __all__ = [
     "BitsPerDim",
+    "AUTODIFF_MODES",
     "DIVERGENCE_METHODS",
     "EIGHT_BIT_OFFSET",
     "OdeLikelihood",
@@ -85,6 +93,7 @@ _BIN_HALF_WIDTH = 1.0 / 255.0
 EIGHT_BIT_OFFSET = math.log2(127.5)
 """-log2 of the bin width 2 / 255 of 8-bit data in [-1, 1]: added to the dequantized bits/dim."""
 DIVERGENCE_METHODS: tuple[str, ...] = ("exact", "rademacher", "gaussian")
+AUTODIFF_MODES: tuple[str, ...] = ("forward", "reverse")
 
 
 def normal_kl(mean_1: Any, log_var_1: Any, mean_2: Any, log_var_2: Any) -> jnp.ndarray:
@@ -295,19 +304,28 @@ def _draw(key: jax.Array, kind: str, shape: tuple[int, ...], dtype: Any) -> jnp.
     return one(key, shape)
 
 
-def _divergence(velocity_fn, x: jnp.ndarray, method: str, probe: jnp.ndarray | None):
-    """(v(x) [B, ...], div v(x) [B]): eps^T (J^T eps), or exact from D vector-Jacobian products
-    along the basis. Reverse mode, so that networks with custom VJPs (the UNet's fused group
-    norm) are differentiable here too."""
+def _divergence(velocity_fn, x: jnp.ndarray, method: str, probe: jnp.ndarray | None, autodiff: str):
+    """(v(x) [B, ...], div v(x) [B]): eps^T J eps, or exact from D products along the basis.
+
+    The examples are independent, so one product with a ``[B, ...]`` direction gives every
+    example's own ``eps_b^T J_b eps_b``. ``autodiff``: 'forward' (J eps, ``jax.linearize``) or
+    'reverse' (J^T eps, ``jax.vjp``); the same numbers either way."""
     axes = tuple(range(1, x.ndim))
-    velocity, pullback = jax.vjp(velocity_fn, x)
+    if autodiff == "forward":
+        velocity, product = jax.linearize(velocity_fn, x)
+    else:
+        velocity, pullback = jax.vjp(velocity_fn, x)
+
+        def product(direction):
+            return pullback(direction)[0]
+
     if method != "exact":
-        return velocity, jnp.sum(probe * pullback(probe)[0], axis=axes)
+        return velocity, jnp.sum(probe * product(probe), axis=axes)
     dim = math.prod(x.shape[1:])
     basis = jnp.eye(dim, dtype=x.dtype).reshape((dim, 1) + x.shape[1:])
 
     def column(direction):
-        return jnp.sum(direction * pullback(jnp.broadcast_to(direction, x.shape))[0], axis=axes)
+        return jnp.sum(direction * product(jnp.broadcast_to(direction, x.shape)), axis=axes)
 
     return velocity, jnp.sum(jax.lax.map(column, basis), axis=0)
 
@@ -315,13 +333,13 @@ def _divergence(velocity_fn, x: jnp.ndarray, method: str, probe: jnp.ndarray | N
 @functools.partial(
     jax.jit,
     static_argnames=(
-        "prediction_type", "divergence", "dequantize", "solver", "num_steps", "max_steps",
-        "t_max", "t_min",
+        "prediction_type", "divergence", "autodiff", "dequantize", "solver", "num_steps",
+        "max_steps", "t_max", "t_min",
     ),
 )  # fmt: skip
 def _ode_likelihood(
-    model, process, x, key, rtol, atol, *, prediction_type, divergence, dequantize, solver,
-    num_steps, max_steps, t_max, t_min,
+    model, process, x, key, rtol, atol, *, prediction_type, divergence, autodiff, dequantize,
+    solver, num_steps, max_steps, t_max, t_min,
 ):  # fmt: skip
     from diffjax.samplers.ode import ode_velocity, solve
 
@@ -337,7 +355,7 @@ def _ode_likelihood(
         def velocity_fn(y):
             return ode_velocity(model, prediction_type, process, t, y)[0]
 
-        velocity, div = _divergence(velocity_fn, x_t, divergence, probe)
+        velocity, div = _divergence(velocity_fn, x_t, divergence, probe, autodiff)
         return velocity, div
 
     (latent, integral), stats = solve(
@@ -371,6 +389,7 @@ def ode_likelihood(
     *,
     prediction_type: str = "eps",
     divergence: str = "rademacher",
+    autodiff: str = "forward",
     dequantize: bool = True,
     solver: str = "tsit5",
     rtol: float = 1e-5,
@@ -391,8 +410,10 @@ def ode_likelihood(
       key: PRNG key, or ``[B]`` per-example keys (then example i depends on key i alone): split
         into the dequantization noise and the Hutchinson probes.
       prediction_type: what the model predicts.
-      divergence: ``'rademacher' | 'gaussian'`` (Hutchinson's estimate, one vector-Jacobian
-        product per evaluation) or ``'exact'`` (D of them per evaluation).
+      divergence: ``'rademacher' | 'gaussian'`` (Hutchinson's estimate, one Jacobian product
+        per evaluation) or ``'exact'`` (D of them per evaluation).
+      autodiff: ``'forward'`` (Jacobian-vector products) or ``'reverse'`` (vector-Jacobian
+        products, for a network with a ``custom_vjp``); see the module docstring.
       dequantize: uniform dequantization and the 8-bit offset (True), or continuous data.
       solver, rtol, atol, num_steps, max_steps: as :func:`~diffjax.samplers.ode_sample`.
       t_min: the solve's first time (default 1e-5; 1 / T for a schedule).
@@ -402,7 +423,8 @@ def ode_likelihood(
       :class:`OdeLikelihood`.
 
     Raises:
-      ValueError / TypeError: a bad option, before anything is traced.
+      ValueError / TypeError: a bad option, before anything is traced; TypeError: a model_fn
+        with a ``custom_vjp`` under ``autodiff='forward'``.
     """
     from diffjax.samplers.common import as_model_pytree, check_flag
     from diffjax.samplers.ode import check_ode_options
@@ -411,6 +433,8 @@ def ode_likelihood(
         raise ValueError(
             f"Unknown divergence {divergence!r}; expected one of {DIVERGENCE_METHODS}."
         )
+    if autodiff not in AUTODIFF_MODES:
+        raise ValueError(f"Unknown autodiff {autodiff!r}; expected one of {AUTODIFF_MODES}.")
     dequantize = check_flag(dequantize, "dequantize")
     if not hasattr(x, "shape") or len(x.shape) < 2:
         raise ValueError(f"x must be an array [B, ...] of rank >= 2, got {getattr(x, 'shape', x)}.")
@@ -420,9 +444,17 @@ def ode_likelihood(
         process, solver=solver, rtol=rtol, atol=atol, t_max=t_max, t_min=t_min,
         num_steps=num_steps, max_steps=max_steps, prediction_type=prediction_type,
     )  # fmt: skip
-    return _ode_likelihood(
-        as_model_pytree(model_fn), continuous, jnp.asarray(x), key, jnp.float32(rtol),
-        jnp.float32(atol), prediction_type=prediction_type, divergence=divergence,
-        dequantize=dequantize, solver=solver, num_steps=int(num_steps),
-        max_steps=int(max_steps), t_max=t_max, t_min=t_min,
-    )  # fmt: skip
+    try:
+        return _ode_likelihood(
+            as_model_pytree(model_fn), continuous, jnp.asarray(x), key, jnp.float32(rtol),
+            jnp.float32(atol), prediction_type=prediction_type, divergence=divergence,
+            autodiff=autodiff, dequantize=dequantize, solver=solver, num_steps=int(num_steps),
+            max_steps=int(max_steps), t_max=t_max, t_min=t_min,
+        )  # fmt: skip
+    except TypeError as error:
+        if autodiff == "forward" and "custom_vjp" in str(error):
+            raise TypeError(
+                "ode_likelihood(autodiff='forward') cannot differentiate this model_fn: it uses a "
+                "jax.custom_vjp, which has no forward mode; pass autodiff='reverse'."
+            ) from error
+        raise

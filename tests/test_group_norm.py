@@ -61,6 +61,26 @@ def test_group_norm_gradients_match_flax_autodiff(shape, num_groups):
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * largest)
 
 
+@pytest.mark.parametrize("shape, num_groups", [((2, 5, 3, 8), 4), ((2, 6, 6, 12), 3)])
+def test_group_norm_forward_mode_matches_flax_autodiff(shape, num_groups):
+    x, scale, bias = (jnp.asarray(a, jnp.float32) for a in _inputs(shape, seed=3))
+    rng = np.random.default_rng(4)
+    tangents = tuple(jnp.asarray(rng.normal(size=a.shape), jnp.float32) for a in (x, scale, bias))
+    flax_norm = nn.GroupNorm(num_groups, epsilon=1e-6)
+
+    def flax_apply(x, scale, bias):
+        return flax_norm.apply({"params": {"scale": scale, "bias": bias}}, x)
+
+    expected_out, expected = jax.jvp(flax_apply, (x, scale, bias), tangents)
+    got_out, got = jax.jvp(
+        lambda x, scale, bias: group_norm(x, scale, bias, num_groups, 1e-6), (x, scale, bias),
+        tangents,
+    )  # fmt: skip
+    np.testing.assert_allclose(got_out, expected_out, atol=2e-5)
+    largest = float(jnp.abs(expected).max())
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * largest)
+
+
 def test_group_norm_gradient_is_orthogonal_to_group_shifts_and_scales():
     # GN's output does not change when a group is shifted or scaled, so dx must be orthogonal
     # to the constant and to x itself on every (example, group) slice.

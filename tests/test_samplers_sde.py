@@ -197,6 +197,7 @@ def test_the_adaptive_ode_runs_sharded():
         ("ode", dj.VE(), dict(solver="rk4"), ValueError, "solver 'rk4'"),
         ("ode", dj.VE(), dict(rtol=0.0), ValueError, "rtol"),
         ("ode", dj.RectifiedFlow(), {}, ValueError, "zero SNR"),
+        ("ode", dj.VPCosine(), {}, ValueError, "zero SNR"),
         ("ode", dj.VE(), dict(max_steps=0), ValueError, "max_steps"),
     ],
 )

@@ -171,10 +171,12 @@ def check_ode_options(
     if not 0.0 < t_min < t_max:
         raise ValueError(f"need 0 < t_min < t_max, got t_min={t_min}, t_max={t_max}.")
     alpha, _ = continuous.alpha_sigma(np.float64(t_max), np)
-    if prediction_type == "eps" and float(alpha) == 0.0:
+    # Below 1e-8 (cos(pi / 2) = 6e-17 for the cosine process at t = 1) alpha is zero SNR, as
+    # for the SDE samplers.
+    if prediction_type == "eps" and float(alpha) < 1e-8:
         raise ValueError(
-            f"alpha({t_max}) = 0: an 'eps' prediction cannot recover x0 at zero SNR; start below "
-            f"it (t_max < {t_max}) or use a 'v', 'x0' or 'flow' model."
+            f"alpha({t_max}) = {float(alpha):.3g}: an 'eps' prediction cannot recover x0 at zero "
+            f"SNR; start below it (e.g. t_max=0.999) or use a 'v', 'x0' or 'flow' model."
         )
     return continuous, float(t_max), float(t_min)
 
