@@ -95,7 +95,8 @@ def get_config() -> ml_collections.ConfigDict:
     # Per-channel offset noise scale (Guttenberg 2023); 0 disables it.
     config.diffusion.offset_noise = 0.0
     # Training times of a continuous process: 'uniform' (on [1e-5, 1]), 'logit_normal' and
-    # 'mode' (SD3), 'edm_lognormal' (EDM's noise levels); a discrete schedule uses 'uniform'.
+    # 'mode' (SD3), 'edm_lognormal' (EDM's noise levels), 'constant' (one-step distillation,
+    # python -m diffjax.reflow --distill); a discrete schedule uses 'uniform'.
     config.diffusion.time_sampler = "uniform"
     # Its options, e.g. {'mean': 0.0, 'std': 1.0, 'shift': 3.0} for 'logit_normal'.
     config.diffusion.time_sampler_options = ml_collections.ConfigDict()

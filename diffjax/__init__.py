@@ -33,6 +33,7 @@ from diffjax.diffusion import (
 from diffjax.losses import (
     LOSS_WEIGHTINGS,
     TIME_SAMPLERS,
+    constant_times,
     denoising_loss,
     edm_lognormal_times,
     get_time_sampler,
@@ -126,6 +127,7 @@ __all__ = [
     "get_time_sampler",
     "heun_sample",
     "log_snr",
+    "constant_times",
     "logit_normal_times",
     "loss_weight",
     "make_schedule",

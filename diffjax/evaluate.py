@@ -86,7 +86,11 @@ _BPD_TIMESTEPS = flags.DEFINE_integer(
 _BPD_RTOL = flags.DEFINE_float("bpd_rtol", 1e-5, "rtol = atol of the bpd ODE solve.")
 _BPD_DIVERGENCE = flags.DEFINE_enum(
     "bpd_divergence", "rademacher", ["rademacher", "gaussian", "exact"],
-    "Divergence of the bpd ODE: Hutchinson probes, or exact (D vector-Jacobian products per evaluation).",
+    "Divergence of the bpd ODE: Hutchinson probes, or exact (D Jacobian products per evaluation).",
+)  # fmt: skip
+_BPD_AUTODIFF = flags.DEFINE_enum(
+    "bpd_autodiff", "forward", ["forward", "reverse"],
+    "Jacobian products of the bpd ODE: forward mode, or reverse for a network with a custom_vjp.",
 )  # fmt: skip
 _MAKE_REFERENCE = flags.DEFINE_bool(
     "make_reference_stats", False, "Only build reference statistics of a dataset split."
@@ -228,6 +232,7 @@ def evaluate_main() -> dict:
         bpd_timesteps=_BPD_TIMESTEPS.value or None,
         bpd_rtol=_BPD_RTOL.value,
         bpd_divergence=_BPD_DIVERGENCE.value,
+        bpd_autodiff=_BPD_AUTODIFF.value,
     )
     result = evaluate_run(
         _WORKDIR.value, settings, weights_path=_INCEPTION_WEIGHTS.value, download=_DOWNLOAD.value

@@ -9,9 +9,9 @@ target:
 
 **Times.** t ~ U{0, ..., T-1} for a discrete schedule; for a continuous process one of the
 :data:`TIME_SAMPLERS`: uniform on [t_min, 1], SD3's logit-normal and mode densities (Esser et
-al. 2024, "Scaling Rectified Flow Transformers", arXiv:2403.03206, eqs. 19-20) and EDM's
+al. 2024, "Scaling Rectified Flow Transformers", arXiv:2403.03206, eqs. 19-20), EDM's
 log-normal noise level (Karras et al. 2022, Sec. 5: ln sigma ~ N(P_mean, P_std^2), mapped to
-t through the process's log-SNR). Each continuous sampler can apply SD3's shift
+t through the process's log-SNR) and a constant t (one-step distillation). Each continuous sampler can apply SD3's shift
 (:func:`time_shift`).
 
 **Weights.** Every weighting is a weight on the x_0-space error. At fixed x_t, a prediction's
@@ -59,6 +59,7 @@ __all__ = [
     "TimeSampler",
     "check_min_snr_gamma",
     "check_weighting",
+    "constant_times",
     "denoising_loss",
     "edm_lognormal_times",
     "get_time_sampler",
@@ -209,8 +210,25 @@ def edm_lognormal_times(process: Any, p_mean: float = -1.2, p_std: float = 1.2) 
     return sample
 
 
+def constant_times(t: float = 1.0) -> TimeSampler:
+    """Every example at the one time ``t``: the one-step distillation of a rectified flow
+    (Liu et al. 2022, "Flow Straight and Fast", arXiv:2209.03003, Sec. 2.3, "k-rectified flow
+    + distillation": fit the velocity only where the one Euler step starts, here t = 1, the
+    noise end of diffjax's x_t = (1 - t) x_0 + t eps)."""
+    t = _check_real("t", t)
+    if not 0.0 <= t <= 1.0:
+        raise ValueError(f"constant times need 0 <= t <= 1, got {t}.")
+
+    def sample(key: jax.Array, batch_size: int) -> jnp.ndarray:
+        del key
+        return jnp.full((batch_size,), t, jnp.float32)
+
+    return sample
+
+
 TIME_SAMPLERS: dict[str, Callable[..., TimeSampler]] = {
     "uniform": uniform_times,
+    "constant": constant_times,
     "logit_normal": logit_normal_times,
     "mode": mode_times,
     "edm_lognormal": edm_lognormal_times,

@@ -19,9 +19,16 @@ stages:
    (against the real data) and resumption. ``--config_override key=value`` (repeatable)
    changes other keys, e.g. ``optim.learning_rate=2e-4``.
 3. **Report**: the straightness of teacher and student along ``--straightness_steps``-step Euler
-   paths from ``--straightness_num`` fresh noises, written to ``NEW/reflow.json`` and printed.
-   One-step quality: ``python -m diffjax.evaluate --workdir NEW --sampler flow_euler --steps 1``
-   (and the same for the teacher).
+   paths from ``--straightness_num`` fresh noises, and the one-step distance of both (one Euler
+   step against the teacher's ``--sampler`` from the same noises), written to
+   ``NEW/reflow.json`` and printed. One-step quality: ``python -m diffjax.evaluate --workdir
+   NEW --sampler flow_euler --steps 1`` (and the same for the teacher).
+
+``--distill`` distils instead of reflowing (Liu et al. 2022, Sec. 2.3, "k-rectified flow +
+distillation"): the same pairs, but the student trains at t = 1 only (time sampler
+'constant'), where its one Euler step starts; usually the teacher is then a reflowed run::
+
+  python -m diffjax.reflow --teacher runs/flow_2rf --workdir runs/flow_2rf_distill --distill
 
 The teacher must be a rectified-flow run (``diffusion.process='rectified_flow'``).
 """
@@ -56,6 +63,9 @@ _OVERRIDE = flags.DEFINE_multi_string(
 )
 _STRAIGHTNESS_NUM = flags.DEFINE_integer("straightness_num", 256, "Noises for straightness.")
 _STRAIGHTNESS_STEPS = flags.DEFINE_integer("straightness_steps", 8, "Euler steps of its paths.")
+_DISTILL = flags.DEFINE_bool(
+    "distill", False, "Distil the teacher to one step (train at t = 1 only) instead of reflowing."
+)
 _FAST_CPU_CONVOLUTIONS = define_fast_cpu_convolutions_flag()
 _CPU_DEVICES = define_cpu_devices_flag()
 flags.mark_flags_as_required(["teacher", "workdir"])
@@ -73,8 +83,10 @@ def reflow_main() -> dict:
         train_steps=_TRAIN_STEPS.value,
         overrides=dict(parse_option(text) for text in _OVERRIDE.value),
         straightness_num=_STRAIGHTNESS_NUM.value, straightness_steps=_STRAIGHTNESS_STEPS.value,
+        distill=_DISTILL.value,
     )  # fmt: skip
-    print(json.dumps(report["straightness"], indent=2), flush=True)
+    summary = {key: report[key] for key in ("mode", "straightness", "one_step_distance")}
+    print(json.dumps(summary, indent=2), flush=True)
     print(f"diffjax.reflow: wrote {os.path.join(_WORKDIR.value, 'reflow.json')}", flush=True)
     return report
 

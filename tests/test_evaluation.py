@@ -139,6 +139,7 @@ def test_evaluate_run_writes_the_result_and_its_protocol(trained_28):
     # The dequantized ODE likelihood bounds -log2 P(x) >= 0 of 8-bit data from above.
     ode = results["bpd_ode"]
     assert ode["num_images"] == 16 and ode["mean"] > 0 and ode["mean_function_evals"] > 6
+    assert ode["autodiff"] == "forward" and saved["protocol"]["bpd_autodiff"] == "forward"
     protocol = saved["protocol"]
     assert protocol["num_samples"] == 40 and protocol["sampler"] == "ddim"
     assert protocol["options"]["num_steps"] == 3 and protocol["weights"] == "ema"
@@ -184,6 +185,7 @@ def test_an_interrupted_evaluation_resumes_to_the_same_result(trained_28, monkey
             r"eta must be in \[0, 1\]",
         ),
         (dict(features="inception"), "Inception|inception"),
+        (dict(bpd_autodiff="backward"), "bpd_autodiff must be one of"),
     ],
 )
 def test_bad_settings_fail_before_sampling(trained_28, changes, message, monkeypatch, tmp_path):

@@ -415,6 +415,7 @@ def test_continuous_losses_train_with_every_time_sampler():
         ("logit_normal", dj.RectifiedFlow(), {"shift": 2.0}),
         ("mode", dj.RectifiedFlow(), {}),
         ("edm_lognormal", dj.EDM(), {}),
+        ("constant", dj.RectifiedFlow(), {"t": 1.0}),
     ]:
         sampler = losses.get_time_sampler(name, process, **options)
         loss, aux = denoising_loss(
@@ -436,3 +437,11 @@ def test_time_sampler_errors_name_the_problem():
         losses.get_time_sampler("mode", schedules.get_schedule("cosine", 10))
     with pytest.raises(ValueError, match="scale in"):
         losses.mode_times(scale=3.0)
+    with pytest.raises(ValueError, match=r"0 <= t <= 1, got 1.5"):
+        losses.get_time_sampler("constant", dj.RectifiedFlow(), t=1.5)
+
+
+def test_constant_times_put_every_example_at_t():
+    times = losses.constant_times(0.25)(jax.random.key(0), 5)
+    assert times.dtype == jnp.float32
+    np.testing.assert_array_equal(times, np.full(5, 0.25, np.float32))

@@ -94,15 +94,10 @@ def _one_step_error(model_fn, noise):
     return float(distances.min(1).mean())
 
 
-def test_reflow_of_an_exact_two_mode_flow_straightens_it(tmp_path):
-    manifest = reflow.generate_pairs(
-        jax.jit(_exact_pairs), tmp_path / "pairs", num_pairs=4096, batch_size=1024, seed=0,
-        shape=(2,), settings=dict(teacher="exact two-mode flow"), progress=False,
-    )  # fmt: skip
-    assert manifest["num_pairs"] == 4096
-    dataset = reflow.PairDataset(tmp_path / "pairs", batch_size=512, seed=0)
+def _train_on_pairs(params, pairs_dir, num_steps, time_sampler=None):
+    """Adam on the paired flow-matching loss (the noise of each pair given)."""
+    dataset = reflow.PairDataset(pairs_dir, batch_size=512, seed=0)
     optimizer = optax.adam(1e-3)
-    params = _mlp_init(jax.random.key(1))
     opt_state = optimizer.init(params)
 
     @jax.jit
@@ -110,7 +105,7 @@ def test_reflow_of_an_exact_two_mode_flow_straightens_it(tmp_path):
         def loss_fn(params):
             return dj.denoising_loss(
                 jax.tree_util.Partial(_mlp, params), PROCESS, batch["image"], key,
-                prediction_type="flow", noise=batch["noise"],
+                prediction_type="flow", noise=batch["noise"], time_sampler=time_sampler,
             )[0]  # fmt: skip
 
         loss, grads = jax.value_and_grad(loss_fn)(params)
@@ -118,9 +113,26 @@ def test_reflow_of_an_exact_two_mode_flow_straightens_it(tmp_path):
         return optax.apply_updates(params, updates), opt_state, loss
 
     iterator = iter(dataset)
-    for step in range(3000):
+    for step in range(num_steps):
         batch = {k: jnp.asarray(v) for k, v in next(iterator).items()}
         params, opt_state, _ = train_step(params, opt_state, batch, jax.random.key(step))
+    return params
+
+
+@pytest.fixture(scope="module")
+def two_rectified(tmp_path_factory):
+    """The 2-rectified flow of the exact two-mode flow: an MLP trained on its ODE's pairs."""
+    folder = tmp_path_factory.mktemp("two_rectified")
+    manifest = reflow.generate_pairs(
+        jax.jit(_exact_pairs), folder / "pairs", num_pairs=4096, batch_size=1024, seed=0,
+        shape=(2,), settings=dict(teacher="exact two-mode flow"), progress=False,
+    )  # fmt: skip
+    assert manifest["num_pairs"] == 4096
+    return _train_on_pairs(_mlp_init(jax.random.key(1)), folder / "pairs", 3000), folder
+
+
+def test_reflow_of_an_exact_two_mode_flow_straightens_it(two_rectified):
+    params, _ = two_rectified
     noise = jax.random.normal(jax.random.key(2), (2048, 2))
     teacher = oracle.exact_model_fn(TWO_MODES, PROCESS, "flow")
     student = jax.tree_util.Partial(_mlp, params)
@@ -130,6 +142,40 @@ def test_reflow_of_an_exact_two_mode_flow_straightens_it(tmp_path):
     # One Euler step of the 1-rectified flow lands between the modes (at E[x0] = 0 for t = 1);
     # the 2-rectified flow's one step lands near a mode.
     assert _one_step_error(student, noise) < _one_step_error(teacher, noise) / 4
+
+
+def test_distilling_the_two_rectified_flow_makes_its_one_step_its_ode(two_rectified):
+    # k-RF + distillation (Liu et al. 2022, Sec. 2.3): pairs of the 2-RF's own 16-step ODE, and
+    # training at t = 1 only, where the one Euler step starts. The one step must then reproduce
+    # the 2-RF's ODE sample of fresh noise much better than the 2-RF's own one step does.
+    params, folder = two_rectified
+    two_rf = jax.tree_util.Partial(_mlp, params)
+
+    @jax.jit
+    def ode_of_two_rf(noise):
+        return samplers.flow_heun_sample(
+            two_rf, PROCESS, jax.random.key(0), noise.shape, x_T=noise, num_steps=16,
+            prediction_type="flow",
+        )  # fmt: skip
+
+    reflow.generate_pairs(
+        ode_of_two_rf, folder / "distill_pairs", num_pairs=4096, batch_size=1024, seed=1,
+        shape=(2,), settings=dict(teacher="2-RF"), progress=False,
+    )  # fmt: skip
+    distilled = jax.tree_util.Partial(
+        _mlp, _train_on_pairs(params, folder / "distill_pairs", 3000, dj.constant_times(1.0))
+    )
+    noise = jax.random.normal(jax.random.key(3), (2048, 2))
+    target = np.asarray(ode_of_two_rf(noise))
+
+    def distance(model_fn):
+        one_step = samplers.flow_euler_sample(
+            model_fn, PROCESS, jax.random.key(0), noise.shape, x_T=noise, num_steps=1,
+            prediction_type="flow",
+        )  # fmt: skip
+        return float(np.mean((np.asarray(one_step) - target) ** 2))
+
+    assert distance(distilled) < distance(two_rf) / 4, (distance(distilled), distance(two_rf))
 
 
 def _sample_first(noise):
@@ -253,8 +299,28 @@ def test_the_reflow_program_runs_end_to_end_and_resumes(flow_teacher, tmp_path):
         assert saved["init_from"] == teacher
         again = reflow.reflow(teacher, tmp_path / "student", **kwargs)
     assert again["straightness"] == report["straightness"]
+    assert again["one_step_distance"] == report["one_step_distance"]
+    assert report["mode"] == "reflow" and report["one_step_distance"]["student"] > 0
     with open(tmp_path / "student" / "reflow.json") as f:
         assert json.load(f)["pairs"]["num_pairs"] == 24
+
+
+def test_the_distill_program_trains_at_the_noise_end_only(flow_teacher, tmp_path):
+    teacher, _ = flow_teacher
+    with fast_compiles():
+        report = reflow.reflow(
+            teacher, tmp_path / "distilled", num_pairs=16, pair_batch=8, sampler="flow_euler",
+            num_steps=3, options={}, seed=0, train_steps=2, overrides={}, straightness_num=8,
+            straightness_steps=4, distill=True,
+        )  # fmt: skip
+    assert report["mode"] == "distill" and report["straightness"]["student"] is None
+    distance = report["one_step_distance"]
+    assert distance["teacher"] > 0 and distance["student"] > 0
+    assert distance["target"]["sampler"] == "flow_euler"
+    with open(tmp_path / "distilled" / "config.json") as f:
+        diffusion = json.load(f)["config"]["diffusion"]
+    assert diffusion["time_sampler"] == "constant"
+    assert diffusion["time_sampler_options"] == {"t": 1.0}
 
 
 def test_the_reflow_program_refuses_bad_input_before_compiling(flow_teacher, tmp_path):

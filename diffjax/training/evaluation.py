@@ -83,6 +83,8 @@ class EvalSettings(NamedTuple):
       bpd_timesteps: timesteps per image for the discrete bound (None: all T terms).
       bpd_rtol: rtol = atol of the ODE likelihood's solve.
       bpd_divergence: the ODE likelihood's divergence, ``'rademacher' | 'gaussian' | 'exact'``.
+      bpd_autodiff: its Jacobian products, ``'forward' | 'reverse'`` (for a network with a
+        ``custom_vjp``).
     """
 
     metrics: tuple[str, ...]
@@ -100,6 +102,7 @@ class EvalSettings(NamedTuple):
     bpd_timesteps: int | None = 100
     bpd_rtol: float = 1e-5
     bpd_divergence: str = "rademacher"
+    bpd_autodiff: str = "forward"
 
     def check(self, num_devices: int) -> None:
         """Raises :class:`ConfigError` for a bad setting, before anything is compiled."""
@@ -120,12 +123,16 @@ class EvalSettings(NamedTuple):
                 f"KID uses subsets of 1000 samples; {self.num_samples} samples are too few "
                 f"(use >= 1000, or leave kid out)."
             )
-        from diffjax.likelihood import DIVERGENCE_METHODS
+        from diffjax.likelihood import AUTODIFF_MODES, DIVERGENCE_METHODS
 
         if self.bpd_divergence not in DIVERGENCE_METHODS or not 0 < self.bpd_rtol < 1:
             raise ConfigError(
                 f"bpd_divergence must be one of {list(DIVERGENCE_METHODS)} and 0 < bpd_rtol < 1, "
                 f"got {self.bpd_divergence!r} and {self.bpd_rtol}."
+            )
+        if self.bpd_autodiff not in AUTODIFF_MODES:
+            raise ConfigError(
+                f"bpd_autodiff must be one of {list(AUTODIFF_MODES)}, got {self.bpd_autodiff!r}."
             )
         if self.bpd_num < 1 or self.num_reference < 0:
             raise ConfigError(
@@ -557,7 +564,8 @@ def _bits_per_dim(
             return bound.bpd, jnp.zeros((), jnp.int32)
         result = ode_likelihood(
             model_fn, process, images, keys, prediction_type=prediction_type,
-            divergence=settings.bpd_divergence, rtol=settings.bpd_rtol, atol=settings.bpd_rtol,
+            divergence=settings.bpd_divergence, autodiff=settings.bpd_autodiff,
+            rtol=settings.bpd_rtol, atol=settings.bpd_rtol,
         )  # fmt: skip
         return result.bpd, result.stats.num_function_evals
 
@@ -608,7 +616,7 @@ def _bits_per_dim(
         return dict(summary, timesteps=settings.bpd_timesteps or "all")
     return dict(
         summary, rtol=settings.bpd_rtol, divergence=settings.bpd_divergence,
-        dequantized=True, mean_function_evals=float(np.mean(evaluations)) if evaluations else None,
+        autodiff=settings.bpd_autodiff, dequantized=True, mean_function_evals=float(np.mean(evaluations)) if evaluations else None,
     )  # fmt: skip
 
 

@@ -17,7 +17,13 @@ smaller), so one or two steps suffice. This module
   pipeline (:mod:`diffjax.training.data`); the denoising loss uses the given noise
   (:func:`diffjax.losses.denoising_loss`).
 
-``python -m diffjax.reflow`` (:mod:`diffjax.reflow`) runs the whole procedure.
+``python -m diffjax.reflow`` (:mod:`diffjax.reflow`) runs the whole procedure. With
+``distill=True`` it distils instead (Liu et al. 2022, Sec. 2.3, "k-rectified flow +
+distillation"): the student is trained on the same pairs at t = 1 only (time sampler
+'constant'), where the one Euler step x = z - v(z, 1) starts, so that its single step maps z
+to the teacher's ODE(z). The report measures that directly, for both modes: the mean squared
+distance per dimension between one Euler step and the teacher's sampler from fresh noises
+(:func:`one_step_distance`).
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ __all__ = [
     "PairIterator",
     "generate_pairs",
     "measure_straightness",
+    "one_step_distance",
     "pair_noise",
     "read_manifest",
     "reflow",
@@ -337,14 +344,34 @@ def measure_straightness(
     return sum(values) / num
 
 
+def one_step_distance(
+    run: Any, target_fn: Callable[[jax.Array], jax.Array], *, num: int, seed: int,
+    batch_size: int,
+) -> float:  # fmt: skip
+    """Mean over ``num`` noises z (``fold_in(key(seed), i)``) and dimensions of
+    (x_1(z) - target(z))^2, x_1 the one-step Euler sample of a rectified-flow run's EMA flow
+    and ``target_fn(z [B, ...]) -> [B, ...]`` the sample it should reproduce (the teacher's
+    pair sampler)."""
+    total = 0.0
+    shape = tuple(run.dataset["image_shape"])
+    for first in range(0, num, batch_size):
+        noise = pair_noise(seed, first, min(batch_size, num - first), shape)
+        path, _ = _velocity_paths(run, run.state.ema_params, noise, 1)
+        error = jnp.square(path[-1] - target_fn(noise))
+        total += float(jnp.mean(error)) * noise.shape[0]
+    return total / num
+
+
 def _student_config(teacher_config: Mapping[str, Any], teacher: str, pairs_dir: str,
-                    train_steps: int, overrides: Mapping[str, Any]):  # fmt: skip
+                    train_steps: int, overrides: Mapping[str, Any], distill: bool):  # fmt: skip
     import ml_collections
 
     from diffjax.training.config_validation import ConfigError
 
     values = json.loads(json.dumps(teacher_config))
     values["training"].update(init_from=teacher, pairs_dir=pairs_dir, num_steps=train_steps)
+    if distill:
+        values["diffusion"].update(time_sampler="constant", time_sampler_options={"t": 1.0})
     for key, value in overrides.items():
         section, _, name = key.partition(".")
         if section not in values or not isinstance(values[section], dict) or not name:
@@ -362,16 +389,19 @@ def reflow(
     teacher: str | os.PathLike, workdir: str | os.PathLike, *, num_pairs: int,
     pair_batch: int, sampler: str, num_steps: int, options: Mapping[str, Any], seed: int,
     train_steps: int, overrides: Mapping[str, Any], straightness_num: int,
-    straightness_steps: int,
+    straightness_steps: int, distill: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
     """``python -m diffjax.reflow`` (:mod:`diffjax.reflow`): pairs, training, report.
 
     Every stage resumes: the pairs skip written shards, the training resumes from its newest
-    checkpoint, and the report is recomputed from the final weights.
+    checkpoint, and the report is recomputed from the final weights. ``distill``: train the
+    student at t = 1 only (one-step distillation, module docstring) instead of reflowing.
 
     Returns:
-      The report written to ``workdir/reflow.json``: settings, training steps, and the
-      straightness of teacher and student.
+      The report written to ``workdir/reflow.json``: settings, training steps, the
+      straightness of teacher and student (the teacher's only when distilling: a distilled
+      student is trained at t = 1 alone), and the one-step distance of both to the teacher's
+      sampler.
 
     Raises:
       ConfigError: a teacher that is not a rectified flow, a sampler that is not
@@ -418,7 +448,7 @@ def reflow(
     if run.model.num_classes is not None:
         raise ConfigError("reflow of class-conditional runs is not supported yet.")
     config = _student_config(
-        run.config, teacher, os.path.join(workdir, "pairs"), train_steps, overrides
+        run.config, teacher, os.path.join(workdir, "pairs"), train_steps, overrides, distill
     )
     shape = tuple(run.dataset["image_shape"])
     sharding = batch_sharding(mesh)
@@ -449,12 +479,24 @@ def reflow(
         num=straightness_num, num_steps=straightness_steps, seed=seed + 1,
         batch_size=pair_batch,
     )  # fmt: skip
+    one_step = dict(num=straightness_num, seed=seed + 1, batch_size=pair_batch)
+
+    def target_fn(noise):
+        return sample_fn(params, jax.device_put(noise, sharding))
+
     report = dict(
         teacher=teacher, teacher_step=run.step, student_step=student.step, pairs=manifest,
+        mode="distill" if distill else "reflow",
         straightness=dict(
             teacher=measure_straightness(run, **measure),
-            student=measure_straightness(student, **measure),
+            student=None if distill else measure_straightness(student, **measure),
             euler_steps=straightness_steps, num=straightness_num, noise_seed=seed + 1,
+        ),
+        one_step_distance=dict(
+            teacher=one_step_distance(run, target_fn, **one_step),
+            student=one_step_distance(student, target_fn, **one_step),
+            target=dict(sampler=sampler, options=sampler_options), num=straightness_num,
+            noise_seed=seed + 1,
         ),
     )  # fmt: skip
     if jax.process_index() == 0:
