@@ -12,8 +12,12 @@ measures, in one run:
    convolution beside it when ``benchmarks/.peers-venv`` exists;
 2. the Fashion-MNIST UNet (``configs/fashion_mnist.py``, trained weights from ``--workdir`` if
    given, else perturbed random ones): VJP and JVP per call, alone and in the loop;
-3. ``ode_likelihood`` of ``--batch`` test images with both ``autodiff`` modes: wall time,
-   NFE and bits/dim (they must agree to the solve's tolerance).
+3. ``ode_likelihood`` of ``--batch`` random 8-bit images (uniform levels: a cost measurement,
+   not a likelihood of data) with both ``autodiff`` modes: wall time, NFE and bits/dim (they
+   must agree to the solve's tolerance).
+
+Each product is timed with its forward pass (``jax.vjp``/``jax.jvp`` of the network from the
+input), as the solver evaluates it; PyTorch's row is the forward pass and the input gradient.
 
     .venv/bin/python benchmarks/bench_likelihood.py --workdir runs/quality/ddpm --rtol 1e-3
 
@@ -176,7 +180,7 @@ def main() -> None:
     for row in rows:
         looped = "" if row["in_loop_ms"] is None else f"{row['in_loop_ms']:11.2f}"
         print(f"{row['case']:42s} {row['alone_ms']:10.2f} {looped}")
-    print(f"\node_likelihood, {args.batch} images, rtol = atol = {args.rtol} "
+    print(f"\node_likelihood, {args.batch} random 8-bit images, rtol = atol = {args.rtol} "
           f"({'trained ' + args.workdir if args.workdir else 'random UNet'}):")  # fmt: skip
     for mode, values in likelihood.items():
         print(f"  autodiff={mode:8s} {values['seconds']:8.2f} s  NFE {values['nfe']:4d}  "

@@ -110,6 +110,7 @@ def _train_steps(prefix, **loss_options):
         return model.init(key, jnp.zeros((1, 8, 8, 1)), jnp.zeros((1,), jnp.int32))["params"]
 
     state = create_train_state(init, jax.random.key(0), optimizer, mesh)
+    initial = np.concatenate([np.asarray(leaf).ravel() for leaf in jax.tree.leaves(state.params)])
     loss_fn = make_denoising_loss(flax_apply_fn(model), schedule, **loss_options)
     step = jit_train_step(make_train_step(loss_fn, optimizer), mesh)
     images = jax.random.uniform(jax.random.key(3), (8, 8, 8, 1), minval=-1.0, maxval=1.0)
@@ -121,6 +122,7 @@ def _train_steps(prefix, **loss_options):
     return {
         f"{prefix}_losses": np.asarray(losses),
         f"{prefix}_params_flat": np.concatenate([np.asarray(leaf).ravel() for leaf in leaves]),
+        f"{prefix}_initial_params_flat": initial,
     }
 
 

@@ -69,13 +69,20 @@ def test_denoising_loss(losses, name):
 
 def test_train_step():
     result = golden_cases.compute_train_steps()
-    # Uniform eps loss: the generic step with the loss factory is the same computation.
+    # Uniform eps loss: the generic step with the loss factory is the same computation, so the
+    # losses agree bit for bit. The gradient does not: the group norm's derivative is now a JVP
+    # rule that JAX transposes (diffjax.models.group_norm), whose reductions round in another
+    # order than 0.1.0's hand-written backward. Adam passes a gradient's relative change on to
+    # the update, u = lr m / (sqrt(v) + eps) changes by at most the same fraction, and only
+    # gradient sums that nearly cancel change by more than a few ulps (by up to 0.2% here). So
+    # each parameter's three-step update must agree to 1% of its size.
     np.testing.assert_array_equal(
         result["train_uniform_eps_losses"], GOLDEN["train_uniform_eps_losses"]
     )
-    np.testing.assert_array_equal(
-        result["train_uniform_eps_params_flat"], GOLDEN["train_uniform_eps_params_flat"]
-    )
+    initial = result["train_uniform_eps_initial_params_flat"]
+    golden = GOLDEN["train_uniform_eps_params_flat"]
+    difference = np.abs(result["train_uniform_eps_params_flat"] - golden)
+    assert np.all(difference <= 0.01 * np.abs(golden - initial) + np.spacing(np.abs(golden)))
     # Min-SNR: the first loss carries only the weight's <= 4 ulps; the next two also the
     # parameters moved by the first updates (relative gradient change <= 4 ulps), which the
     # smooth loss passes on at the same order.
