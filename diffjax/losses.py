@@ -11,8 +11,8 @@ target:
 :data:`TIME_SAMPLERS`: uniform on [t_min, 1], SD3's logit-normal and mode densities (Esser et
 al. 2024, "Scaling Rectified Flow Transformers", arXiv:2403.03206, eqs. 19-20), EDM's
 log-normal noise level (Karras et al. 2022, Sec. 5: ln sigma ~ N(P_mean, P_std^2), mapped to
-t through the process's log-SNR) and a constant t (one-step distillation). Each continuous sampler can apply SD3's shift
-(:func:`time_shift`).
+t through the process's log-SNR) and a constant t (one-step distillation). Each continuous
+sampler can apply SD3's shift (:func:`time_shift`).
 
 **Weights.** Every weighting is a weight on the x_0-space error. At fixed x_t, a prediction's
 squared error is (det / sigma)^2 times that of its x_0 (``det`` from

@@ -276,26 +276,39 @@ def as_jax(grid: Grid) -> Grid:
     return jax.tree.map(jnp.asarray, grid)
 
 
-def check_defined_start(grid: Grid, prediction_type: str, process: Any) -> None:
-    """Raises ``ValueError`` if the first model call cannot recover x0 from its prediction.
+ZERO_SNR_ALPHA = 1e-8
+"""An alpha (or prediction determinant) below this is zero SNR: cos(pi / 2) rounds to 6e-17, not
+0, for the cosine process at t = 1."""
+
+
+def check_defined_at(
+    m: Marginal, prediction_type: str, process: Any, where: str
+) -> None:  # fmt: skip
+    """Raises ``ValueError`` if ``prediction_type`` cannot recover x0 at the scalar marginal
+    ``m`` (``where`` names the time in the message).
 
     At zero SNR (alpha = 0: a zero-terminal-SNR schedule's last step, t = 1 of the cosine or
     rectified-flow process) x0 = (x_t - sigma eps) / alpha is 0 / 0: an eps-prediction carries no
     information on x0 there (Lin et al. 2024, Sec. 3.2), and other types fail where their
-    determinant vanishes likewise.
+    determinant vanishes likewise (below :data:`ZERO_SNR_ALPHA` in magnitude).
     """
+    if np.all(np.abs(np.asarray(predictions.determinant(prediction_type, m))) >= ZERO_SNR_ALPHA):
+        return
+    alternatives = "'v' or 'x0'" if is_discrete(process) else "'v', 'x0' or 'flow'"
+    raise ValueError(
+        f"The {'schedule' if is_discrete(process) else 'process'} has zero SNR at {where} "
+        f"(alpha = {float(m.alpha):.3g}), where an {prediction_type!r} prediction cannot "
+        f"recover x0; use prediction_type {alternatives} there, or start below it."
+    )
+
+
+def check_defined_start(grid: Grid, prediction_type: str, process: Any) -> None:
+    """:func:`check_defined_at` the grid's first model call."""
     first = Marginal(
         np.float64(grid.alpha[0]), np.float64(grid.sigma[0]),
         None if grid.d_alpha is None else np.float64(grid.d_alpha[0]),
         None if grid.d_sigma is None else np.float64(grid.d_sigma[0]),
         process.variance_preserving if not is_discrete(process) else True,
     )  # fmt: skip
-    if np.all(np.asarray(predictions.determinant(prediction_type, first)) != 0):
-        return
     where = f"t={int(grid.time[0])}" if is_discrete(process) else f"t={float(grid.time[0]):.4g}"
-    alternatives = "'v' or 'x0'" if is_discrete(process) else "'v', 'x0' or 'flow'"
-    raise ValueError(
-        f"The {'schedule' if is_discrete(process) else 'process'} has zero SNR at {where} "
-        f"(alpha = {float(grid.alpha[0]):.3g}), where an {prediction_type!r} prediction cannot "
-        f"recover x0; use prediction_type {alternatives} there, or start the grid below it."
-    )
+    check_defined_at(first, prediction_type, process, where)

@@ -38,7 +38,7 @@ import numpy as np
 from jax.typing import DTypeLike
 
 from diffjax import predictions
-from diffjax.processes import as_continuous, check_process, marginal
+from diffjax.processes import Marginal, as_continuous, check_process, marginal
 from diffjax.samplers.common import (
     as_model_pytree,
     check_common_args,
@@ -48,6 +48,7 @@ from diffjax.samplers.common import (
     denoise,
     initial_state,
 )
+from diffjax.samplers.grids import check_defined_at
 
 __all__ = [
     "EVALS_PER_STEP",
@@ -170,14 +171,14 @@ def check_ode_options(
     t_min = default_t_min(continuous) if t_min is None else check_real(t_min, "t_min", 0.0, 1.0)
     if not 0.0 < t_min < t_max:
         raise ValueError(f"need 0 < t_min < t_max, got t_min={t_min}, t_max={t_max}.")
-    alpha, _ = continuous.alpha_sigma(np.float64(t_max), np)
-    # Below 1e-8 (cos(pi / 2) = 6e-17 for the cosine process at t = 1) alpha is zero SNR, as
-    # for the SDE samplers.
-    if prediction_type == "eps" and float(alpha) < 1e-8:
-        raise ValueError(
-            f"alpha({t_max}) = {float(alpha):.3g}: an 'eps' prediction cannot recover x0 at zero "
-            f"SNR; start below it (e.g. t_max=0.999) or use a 'v', 'x0' or 'flow' model."
-        )
+    start = np.float64(t_max)
+    check_defined_at(
+        Marginal(
+            *continuous.alpha_sigma(start, np), *continuous.derivatives(start, np),
+            continuous.variance_preserving,
+        ),
+        prediction_type, continuous, f"t={t_max:.4g}",
+    )  # fmt: skip
     return continuous, float(t_max), float(t_min)
 
 

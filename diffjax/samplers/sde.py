@@ -38,7 +38,12 @@ from jax.typing import DTypeLike
 from diffjax import predictions
 from diffjax.processes import as_continuous, check_process
 from diffjax.samplers.common import check_real, step_noise
-from diffjax.samplers.grids import check_defined_start, make_grid, uniform_times
+from diffjax.samplers.grids import (
+    ZERO_SNR_ALPHA,
+    check_defined_start,
+    make_grid,
+    uniform_times,
+)
 from diffjax.samplers.runner import Plan, run_plan
 from diffjax.samplers.steps import (
     ddim_noise_scale,
@@ -130,10 +135,10 @@ def _sde_plan(
         d_alpha, d_sigma = continuous.derivatives(times, np)
         drift = d_alpha / alpha
         diffusion_sq = 2.0 * sigma * d_sigma - 2.0 * drift * sigma**2
-    # alpha below 1e-8 (cos(pi / 2) = 6e-17 for the cosine process at t = 1) is zero SNR.
+    # alpha below ZERO_SNR_ALPHA (cos(pi / 2) = 6e-17 for the cosine process at t = 1) is zero SNR.
     if (
         not (np.all(np.isfinite(drift)) and np.all(np.isfinite(diffusion_sq)))
-        or np.min(alpha) < 1e-8
+        or np.min(alpha) < ZERO_SNR_ALPHA
     ):
         raise ValueError(
             f"the SDE of {continuous.name!r} has an infinite drift f = alpha' / alpha at t = "

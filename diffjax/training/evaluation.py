@@ -616,7 +616,8 @@ def _bits_per_dim(
         return dict(summary, timesteps=settings.bpd_timesteps or "all")
     return dict(
         summary, rtol=settings.bpd_rtol, divergence=settings.bpd_divergence,
-        autodiff=settings.bpd_autodiff, dequantized=True, mean_function_evals=float(np.mean(evaluations)) if evaluations else None,
+        autodiff=settings.bpd_autodiff, dequantized=True,
+        mean_function_evals=float(np.mean(evaluations)) if evaluations else None,
     )  # fmt: skip
 
 

@@ -310,17 +310,25 @@ DETERMINISTIC_SAMPLERS: dict[str, Callable[[Mapping[str, Any]], bool]] = {
 """The samplers that map noise to a sample deterministically (with these options)."""
 
 
-def _velocity_paths(run: Any, params: Any, noise: jax.Array, num_steps: int):
-    """Euler paths of a run's flow from ``noise``: (path [N + 1, B, ...], times [N + 1])."""
-    from diffjax import samplers
+def _ema_flow(run: Any) -> jax.tree_util.Partial:
+    """The run's EMA network as a ``model_fn(x_t, t)``; built once per run, so that every batch
+    of a measurement reuses one compiled sampler."""
 
     def model_fn(params, x, t):
         return run.model.apply({"params": params}, x, t, None, train=False)
 
+    return jax.tree_util.Partial(model_fn, run.state.ema_params)
+
+
+def _velocity_paths(run: Any, flow: jax.tree_util.Partial, noise: jax.Array, num_steps: int):
+    """Euler paths of ``flow`` (:func:`_ema_flow` of ``run``) from ``noise``:
+    (path [N + 1, B, ...], times [N + 1])."""
+    from diffjax import samplers
+
     samples, trajectory = samplers.flow_euler_sample(
-        jax.tree_util.Partial(model_fn, params), run.process, jax.random.key(0), noise.shape,
-        num_steps=num_steps, prediction_type=run.config["diffusion"]["prediction_type"],
-        x_T=noise, return_trajectory=True,
+        flow, run.process, jax.random.key(0), noise.shape, num_steps=num_steps,
+        prediction_type=run.config["diffusion"]["prediction_type"], x_T=noise,
+        return_trajectory=True,
     )  # fmt: skip
     path = jnp.concatenate([trajectory.x_t, samples[None]])
     times = jnp.concatenate([trajectory.timesteps, jnp.zeros((1,), jnp.float32)])
@@ -336,30 +344,33 @@ def measure_straightness(
     from diffjax.metrics import straightness
 
     values = []
+    flow = _ema_flow(run)
     shape = tuple(run.dataset["image_shape"])
     for first in range(0, num, batch_size):
         noise = pair_noise(seed, first, min(batch_size, num - first), shape)
-        path, times = _velocity_paths(run, run.state.ema_params, noise, num_steps)
+        path, times = _velocity_paths(run, flow, noise, num_steps)
         values.append(float(straightness(path, times)) * noise.shape[0])
     return sum(values) / num
 
 
 def one_step_distance(
-    run: Any, target_fn: Callable[[jax.Array], jax.Array], *, num: int, seed: int,
-    batch_size: int,
-) -> float:  # fmt: skip
-    """Mean over ``num`` noises z (``fold_in(key(seed), i)``) and dimensions of
-    (x_1(z) - target(z))^2, x_1 the one-step Euler sample of a rectified-flow run's EMA flow
-    and ``target_fn(z [B, ...]) -> [B, ...]`` the sample it should reproduce (the teacher's
-    pair sampler)."""
-    total = 0.0
-    shape = tuple(run.dataset["image_shape"])
+    runs: Mapping[str, Any], target_fn: Callable[[jax.Array], jax.Array], *, num: int,
+    seed: int, batch_size: int,
+) -> dict[str, float]:  # fmt: skip
+    """For each rectified-flow run, the mean over ``num`` noises z (``fold_in(key(seed), i)``)
+    and dimensions of (x_1(z) - target(z))^2: x_1 the one-step Euler sample of the run's EMA
+    flow, ``target_fn(z [B, ...]) -> [B, ...]`` the sample it should reproduce (the teacher's
+    pair sampler), computed once per batch for all runs. Returns ``{name: distance}``."""
+    totals = dict.fromkeys(runs, 0.0)
+    flows = {name: _ema_flow(run) for name, run in runs.items()}
+    shape = tuple(next(iter(runs.values())).dataset["image_shape"])
     for first in range(0, num, batch_size):
         noise = pair_noise(seed, first, min(batch_size, num - first), shape)
-        path, _ = _velocity_paths(run, run.state.ema_params, noise, 1)
-        error = jnp.square(path[-1] - target_fn(noise))
-        total += float(jnp.mean(error)) * noise.shape[0]
-    return total / num
+        target = target_fn(noise)
+        for name, run in runs.items():
+            path, _ = _velocity_paths(run, flows[name], noise, 1)
+            totals[name] += float(jnp.mean(jnp.square(path[-1] - target))) * noise.shape[0]
+    return {name: total / num for name, total in totals.items()}
 
 
 def _student_config(teacher_config: Mapping[str, Any], teacher: str, pairs_dir: str,
@@ -493,8 +504,7 @@ def reflow(
             euler_steps=straightness_steps, num=straightness_num, noise_seed=seed + 1,
         ),
         one_step_distance=dict(
-            teacher=one_step_distance(run, target_fn, **one_step),
-            student=one_step_distance(student, target_fn, **one_step),
+            **one_step_distance(dict(teacher=run, student=student), target_fn, **one_step),
             target=dict(sampler=sampler, options=sampler_options), num=straightness_num,
             noise_seed=seed + 1,
         ),
