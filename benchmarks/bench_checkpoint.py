@@ -70,8 +70,8 @@ def loop_seconds_per_step(setup: dict, steps: int, every: int, depth: int, folde
     import jax
     import numpy as np
 
+    from diffjax.sharding import prefetch_to_mesh
     from diffjax.training.checkpoint import CheckpointManager
-    from diffjax.training.sharding import prefetch_to_mesh
 
     host_images = np.asarray(setup["batch"]["image"])
 

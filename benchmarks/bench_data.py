@@ -1,6 +1,6 @@
 """Throughput of the input pipeline alone: Fashion-MNIST images/s, per batch size and flip.
 
-Measures what :func:`diffjax.training.data.create_dataset` delivers to the training loop (read,
+Measures what :func:`diffjax.data.pipeline.create_dataset` delivers to the training loop (read,
 crop/resize, flip, scale to [-1, 1], batch, thread prefetch), with no model. Each setting is
 warmed up, then timed over ``--seconds``; the table is printed and the numbers are written to
 ``benchmarks/out/bench_data.json``.
@@ -19,8 +19,8 @@ import os
 import platform
 import time
 
-from diffjax.training import data
-from diffjax.training.datasets import fashion_mnist
+from diffjax.data import pipeline as data
+from diffjax.data.datasets import fashion_mnist
 
 OUT_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out", "bench_data.json")
 

@@ -51,7 +51,7 @@ import numpy as np
 
 import diffjax as dj
 from diffjax import samplers
-from diffjax.training.sharding import batch_sharding, make_mesh
+from diffjax.sharding import batch_sharding, make_mesh
 
 # The exact denoisers live with the tests, which check them.
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))

@@ -153,8 +153,8 @@ def _train_step(
 
     from diffjax.models.unet import UNet
     from diffjax.schedules import get_schedule
+    from diffjax.sharding import make_mesh
     from diffjax.training.objectives import flax_apply_fn, make_denoising_loss
-    from diffjax.training.sharding import make_mesh
     from diffjax.training.step import jit_train_step, make_train_step
     from diffjax.training.train_state import create_train_state, make_optimizer
 

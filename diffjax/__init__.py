@@ -170,7 +170,7 @@ _LAZY: dict[str, str] = {
     "count_params": "diffjax.models",
     "train_and_evaluate": "diffjax.training.loop",
     "load_trained_run": "diffjax.training.trained_run",
-    "create_dataset": "diffjax.training.data",
+    "create_dataset": "diffjax.data.pipeline",
     "read_metrics": "diffjax.training.metrics_writer",
     "make_image_grid": "diffjax.images",
     "save_image_grid": "diffjax.images",

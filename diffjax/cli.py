@@ -378,9 +378,9 @@ def enable_compilation_cache(path: str = DEFAULT_COMPILATION_CACHE) -> None:
 def expected_errors() -> tuple[type[BaseException], ...]:
     """The failures that are the user's to fix (config, workdir, data, resume, divergence,
     weight files): the CLIs report them in one line instead of a traceback."""
+    from diffjax.data.datasets import DatasetUnavailableError
     from diffjax.training import checkpoint
     from diffjax.training.config_validation import ConfigError
-    from diffjax.training.datasets import DatasetUnavailableError
     from diffjax.training.loop import NonFiniteLossError
     from diffjax.training.workdir import WorkdirError
     from diffjax.weights import (

@@ -138,10 +138,10 @@ def _default_features(image_shape) -> str:
 
 def make_reference_main() -> str:
     """Builds reference statistics as the flags say; returns the path written."""
+    from diffjax.evaluation.references import build_reference, reference_path
     from diffjax.metrics import load_feature_network
+    from diffjax.sharding import make_mesh
     from diffjax.training.config_validation import ConfigError
-    from diffjax.training.evaluation import build_reference, reference_path
-    from diffjax.training.sharding import make_mesh
 
     values = _dataset_values()
     split = _SPLIT.value or values["eval"]["split"]
@@ -174,9 +174,10 @@ def make_reference_main() -> str:
 
 def samples_main() -> dict:
     """Scores ``--samples`` against ``--reference`` and prints (and writes ``--out``) the result."""
+    from diffjax.evaluation.features import write_json
+    from diffjax.evaluation.program import evaluate_samples, log_table
     from diffjax.training.config_validation import ConfigError
     from diffjax.training.console import log
-    from diffjax.training.evaluation import _write_json, evaluate_samples, log_table
 
     if not _REFERENCE.value:
         raise ConfigError("--samples needs --reference (the statistics to compare with).")
@@ -186,7 +187,7 @@ def samples_main() -> dict:
         weights_path=_INCEPTION_WEIGHTS.value, download=_DOWNLOAD.value,
     )  # fmt: skip
     if _OUT.value:
-        _write_json(_OUT.value, result)
+        write_json(_OUT.value, result)
     num_samples = result["protocol"]["samples"]["num_samples"]
     log(f"diffjax.evaluate: {num_samples} samples from {_SAMPLES.value}")
     log_table(result)
@@ -195,10 +196,10 @@ def samples_main() -> dict:
 
 def evaluate_main() -> dict:
     """Evaluates the run in ``--workdir`` as the flags say."""
+    from diffjax.evaluation.program import EvalSettings, evaluate_run, log_table
     from diffjax.training.config_validation import ConfigError
     from diffjax.training.console import log
-    from diffjax.training.evaluation import EVAL_DIR, EvalSettings, evaluate_run, log_table
-    from diffjax.training.workdir import load_run_record
+    from diffjax.training.workdir import EVAL_DIR, load_run_record
 
     if not _WORKDIR.value:
         raise ConfigError("--workdir is required (or --make_reference_stats with --dataset).")

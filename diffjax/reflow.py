@@ -12,7 +12,7 @@ stages:
 1. **Pairs**: ``--num_pairs`` noises z_i (from ``fold_in(key(--seed), i)``) and the teacher's
    EMA samples x_i = ODE(z_i) with a deterministic ``--sampler`` (``flow_euler``,
    ``flow_heun``, ``ode``, ...), written to ``NEW/pairs/`` in shards of ``--pair_batch``
-   (:mod:`diffjax.training.reflow`). Rerunning skips the shards already written.
+   (:mod:`diffjax.pipelines.reflow`). Rerunning skips the shards already written.
 2. **Training**: the teacher's config with ``training.init_from`` = the teacher (its EMA
    weights start the student) and ``training.pairs_dir`` = the pairs, for ``--train_steps``
    steps: ``python -m diffjax.train``'s loop, with its checkpoints, FD-FMNIST during training
@@ -74,7 +74,7 @@ flags.mark_flags_as_required(["teacher", "workdir"])
 def reflow_main() -> dict:
     """Runs the three stages; returns the report."""
     from diffjax.cli import parse_option
-    from diffjax.training.reflow import reflow
+    from diffjax.pipelines.reflow import reflow
 
     report = reflow(
         _TEACHER.value, _WORKDIR.value, num_pairs=_NUM_PAIRS.value,

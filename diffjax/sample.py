@@ -97,10 +97,9 @@ def sample_main() -> str:
 
     from diffjax.images import atomic_write, save_image_grid
     from diffjax.samplers import check_sampler_options, sample_keys
+    from diffjax.sharding import gather_to_host, make_mesh
     from diffjax.training.config_validation import ConfigError
-    from diffjax.training.evaluation import gather_to_host
     from diffjax.training.sampling import grid_labels, make_sample_fn
-    from diffjax.training.sharding import make_mesh
     from diffjax.training.trained_run import load_trained_run
 
     run = load_trained_run(_WORKDIR.value)

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from diffjax.sharding import make_mesh, replicated_sharding
 from diffjax.training.checkpoint import (
     CheckpointManager,
     IncompatibleCheckpointError,
@@ -23,7 +24,6 @@ from diffjax.training.checkpoint import (
     NoUsableCheckpointError,
     state_digest,
 )
-from diffjax.training.sharding import make_mesh, replicated_sharding
 from diffjax.training.train_state import abstract_train_state, create_train_state, make_optimizer
 
 OPTIMIZER = make_optimizer(1e-3, warmup_steps=10)

@@ -19,8 +19,8 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from diffjax.training import data
-from diffjax.training.datasets import DatasetUnavailableError, fashion_mnist, folder, preprocess
+from diffjax.data import pipeline as data
+from diffjax.data.datasets import DatasetUnavailableError, fashion_mnist, folder, preprocess
 
 IDX_DIR = fashion_mnist.DEFAULT_IDX_DIR
 HAVE_IDX = fashion_mnist.find_idx_files(IDX_DIR) is not None
@@ -288,7 +288,7 @@ def test_state_from_another_pipeline_is_rejected(fm_dir):
 def test_host_batch_becomes_a_global_array_split_over_the_devices(fm_dir):
     import jax
 
-    from diffjax.training import sharding
+    from diffjax import sharding
 
     mesh = sharding.make_mesh(jax.devices())  # conftest: 8 CPU devices
     (batch,) = take(fm_dataset(fm_dir), 1)

@@ -11,9 +11,10 @@ import pytest
 from train_helpers import PYTHON, fast_compiles, make_image_folder, make_test_config, run_cli
 
 import diffjax as dj
+from diffjax.evaluation import features, program
 from diffjax.metrics import frechet, load_feature_network
-from diffjax.training import evaluation, loop
-from diffjax.training.sharding import batch_sharding, make_mesh
+from diffjax.sharding import batch_sharding, make_mesh
+from diffjax.training import loop
 
 # 28x28 grayscale, the FD-FMNIST classifier's input; a 2-level UNet with attention at 14.
 TINY_28 = {"data.image_size": 28, "model.attn_resolutions": (14,)}
@@ -43,7 +44,7 @@ class Interrupt(Exception):
 def test_a_feature_job_resumes_to_the_same_moments_and_features(tmp_path, fmnist):
     mesh = make_mesh()
     settings = dict(source="synthetic")
-    whole = evaluation.FeatureJob(None, 100, fmnist, keep=("features", "logits"), settings=settings)
+    whole = features.FeatureJob(None, 100, fmnist, keep=("features", "logits"), settings=settings)
     whole.run(synthetic_source(mesh), 16, progress=False)
 
     source = synthetic_source(mesh)
@@ -56,12 +57,10 @@ def test_a_feature_job_resumes_to_the_same_moments_and_features(tmp_path, fmnist
         return source(start, count)
 
     folder = str(tmp_path / "job")
-    first = evaluation.FeatureJob(
-        folder, 100, fmnist, keep=("features", "logits"), settings=settings
-    )
+    first = features.FeatureJob(folder, 100, fmnist, keep=("features", "logits"), settings=settings)
     with pytest.raises(Interrupt):
         first.run(failing, 16, progress=False)
-    resumed = evaluation.FeatureJob(
+    resumed = features.FeatureJob(
         folder, 100, fmnist, keep=("features", "logits"), settings=settings
     )
     assert resumed.done == 32
@@ -70,9 +69,7 @@ def test_a_feature_job_resumes_to_the_same_moments_and_features(tmp_path, fmnist
     np.testing.assert_array_equal(resumed.arrays["logits"], whole.arrays["logits"])
     np.testing.assert_array_equal(resumed.statistics().sigma, whole.statistics().sigma)
     # Other settings discard the partial state instead of mixing two evaluations.
-    other = evaluation.FeatureJob(
-        folder, 100, fmnist, keep=("features",), settings=dict(source="b")
-    )
+    other = features.FeatureJob(folder, 100, fmnist, keep=("features",), settings=dict(source="b"))
     assert other.done == 0
 
 
@@ -93,10 +90,8 @@ def test_generated_samples_and_their_distance_do_not_depend_on_the_device_count(
             return dj.sample("flow_euler", model_fn, process, keys, (batch, 28, 28, 1),
                              num_steps=4, out_sharding=batch_sharding(mesh))  # fmt: skip
 
-        job = evaluation.FeatureJob(None, 48, fmnist, keep=("features",), settings={})
-        job.run(
-            evaluation.sample_image_source(sample_fn, None, 3, None, mesh), batch, progress=False
-        )
+        job = features.FeatureJob(None, 48, fmnist, keep=("features",), settings={})
+        job.run(features.sample_image_source(sample_fn, None, 3, None, mesh), batch, progress=False)
         results.append(job)
     np.testing.assert_allclose(
         results[0].arrays["features"], results[1].arrays["features"], atol=1e-3
@@ -121,12 +116,12 @@ def _settings(**changes):
         options=dict(num_steps=3, prediction_type="eps"), guidance_scale=1.0, ema=True, seed=0,
         features="fmnist", bpd_num=16, bpd_timesteps=4, bpd_rtol=1e-2,
     )  # fmt: skip
-    return evaluation.EvalSettings(**{**base, **changes})
+    return program.EvalSettings(**{**base, **changes})
 
 
 def test_evaluate_run_writes_the_result_and_its_protocol(trained_28):
     with fast_compiles():
-        record = evaluation.evaluate_run(trained_28, _settings(), progress=False)
+        record = program.evaluate_run(trained_28, _settings(), progress=False)
     path = os.path.join(trained_28, "eval", f"{record['step']}.json")
     with open(path) as f:
         saved = json.load(f)
@@ -151,8 +146,8 @@ def test_evaluate_run_writes_the_result_and_its_protocol(trained_28):
 def test_an_interrupted_evaluation_resumes_to_the_same_result(trained_28, monkeypatch):
     settings = _settings(metrics=("fd",), num_samples=48, seed=5)
     with fast_compiles():
-        expected = evaluation.evaluate_run(trained_28, settings, progress=False)["results"]
-        real_source = evaluation.sample_image_source
+        expected = program.evaluate_run(trained_28, settings, progress=False)["results"]
+        real_source = program.sample_image_source
         calls = []
 
         def failing_source(*args, **kwargs):
@@ -166,11 +161,11 @@ def test_an_interrupted_evaluation_resumes_to_the_same_result(trained_28, monkey
 
             return make_images
 
-        monkeypatch.setattr(evaluation, "sample_image_source", failing_source)
+        monkeypatch.setattr(program, "sample_image_source", failing_source)
         with pytest.raises(Interrupt):
-            evaluation.evaluate_run(trained_28, settings, progress=False)
-        monkeypatch.setattr(evaluation, "sample_image_source", real_source)
-        resumed = evaluation.evaluate_run(trained_28, settings, progress=False)["results"]
+            program.evaluate_run(trained_28, settings, progress=False)
+        monkeypatch.setattr(program, "sample_image_source", real_source)
+        resumed = program.evaluate_run(trained_28, settings, progress=False)["results"]
     assert resumed["fd_fmnist"] == pytest.approx(expected["fd_fmnist"], rel=1e-9)
 
 
@@ -191,9 +186,9 @@ def test_an_interrupted_evaluation_resumes_to_the_same_result(trained_28, monkey
 def test_bad_settings_fail_before_sampling(trained_28, changes, message, monkeypatch, tmp_path):
     monkeypatch.setenv("DIFFJAX_WEIGHTS_DIR", str(tmp_path / "weights"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setattr(evaluation, "sample_image_source", lambda *a, **k: pytest.fail("sampled"))
+    monkeypatch.setattr(program, "sample_image_source", lambda *a, **k: pytest.fail("sampled"))
     with pytest.raises(Exception, match=message):
-        evaluation.evaluate_run(trained_28, _settings(**changes), download=False, progress=False)
+        program.evaluate_run(trained_28, _settings(**changes), download=False, progress=False)
 
 
 def test_reference_statistics_of_the_wrong_dimension_are_refused(trained_28, tmp_path, monkeypatch):
@@ -201,11 +196,9 @@ def test_reference_statistics_of_the_wrong_dimension_are_refused(trained_28, tmp
     frechet.save_statistics(
         path, frechet.statistics_from_features(np.random.default_rng(0).normal(size=(10, 4)))
     )
-    monkeypatch.setattr(evaluation, "sample_image_source", lambda *a, **k: pytest.fail("sampled"))
+    monkeypatch.setattr(program, "sample_image_source", lambda *a, **k: pytest.fail("sampled"))
     with pytest.raises(Exception, match="4-d statistics, but the feature network gives 128-d"):
-        evaluation.evaluate_run(
-            trained_28, _settings(reference=path, metrics=("fd",)), progress=False
-        )
+        program.evaluate_run(trained_28, _settings(reference=path, metrics=("fd",)), progress=False)
 
 
 def evaluate_command(workdir, *flags):

@@ -37,12 +37,12 @@ from train_helpers import (
     train_command,
 )
 
+from diffjax.data.datasets import DatasetUnavailableError
+from diffjax.sharding import make_mesh
 from diffjax.training import loop
 from diffjax.training.checkpoint import CheckpointManager
 from diffjax.training.config_validation import ConfigError
-from diffjax.training.datasets import DatasetUnavailableError
 from diffjax.training.programs import build_programs, program_spec
-from diffjax.training.sharding import make_mesh
 from diffjax.training.trained_run import load_trained_run
 from diffjax.training.workdir import IncompatibleResumeError, WorkdirError, load_run_record
 

@@ -7,10 +7,10 @@ import jax
 import numpy as np
 import pytest
 
+from diffjax.data.datasets import fashion_mnist
 from diffjax.images import to_uint8
 from diffjax.metrics import fmnist_classifier as fc
 from diffjax.metrics import frechet
-from diffjax.training.datasets import fashion_mnist
 from diffjax.weights.files import WeightsChecksumError, sha256_of_file, verify_checksum
 
 IDX_DIR = os.environ.get(fashion_mnist.IDX_DIR_ENV) or fashion_mnist.DEFAULT_IDX_DIR

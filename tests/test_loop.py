@@ -24,7 +24,8 @@ from train_helpers import (
     train_command,
 )
 
-from diffjax.training import loop, sharding
+from diffjax import sharding
+from diffjax.training import loop
 from diffjax.training.metrics_writer import read_metrics
 from diffjax.training.trained_run import load_trained_run
 

@@ -2,7 +2,7 @@
 ``--num_processes``, ``--process_id``): two local processes of 4 CPU devices each, joined by
 ``jax.distributed`` over gloo, against one process of 8 devices.
 
-The global batches do not depend on the host count (diffjax/training/data.py), so the two
+The global batches do not depend on the host count (diffjax/data/pipeline.py), so the two
 layouts train on the same data with the same keys, and a run may resume on another number of
 processes; they differ only in how the gradient all-reduce sums (within one process, or across
 two through gloo).

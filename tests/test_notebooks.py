@@ -26,8 +26,8 @@ import numpy as np
 import pytest
 
 from diffjax import metrics
+from diffjax.data.datasets.fashion_mnist import IDX_FILES, read_idx
 from diffjax.images import make_grid
-from diffjax.training.datasets.fashion_mnist import IDX_FILES, read_idx
 from diffjax.training.metrics_writer import read_metrics
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]

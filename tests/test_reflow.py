@@ -23,8 +23,9 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 import diffjax as dj
 from diffjax import samplers
+from diffjax.data.pairs import load_pairs, pair_dataset
 from diffjax.metrics import straightness
-from diffjax.training import reflow
+from diffjax.pipelines import reflow
 from diffjax.training.config_validation import ConfigError
 from diffjax.training.loop import train_and_evaluate
 
@@ -96,7 +97,7 @@ def _one_step_error(model_fn, noise):
 
 def _train_on_pairs(params, pairs_dir, num_steps, time_sampler=None):
     """Adam on the paired flow-matching loss (the noise of each pair given)."""
-    dataset = reflow.PairDataset(pairs_dir, batch_size=512, seed=0)
+    dataset = pair_dataset(pairs_dir, batch_size=512, seed=0)
     optimizer = optax.adam(1e-3)
     opt_state = optimizer.init(params)
 
@@ -114,7 +115,7 @@ def _train_on_pairs(params, pairs_dir, num_steps, time_sampler=None):
 
     iterator = iter(dataset)
     for step in range(num_steps):
-        batch = {k: jnp.asarray(v) for k, v in next(iterator).items()}
+        batch = jax.tree.map(jnp.asarray, next(iterator))
         params, opt_state, _ = train_step(params, opt_state, batch, jax.random.key(step))
     return params
 
@@ -219,14 +220,13 @@ def test_pairs_resume_after_an_interruption_and_do_not_depend_on_the_devices(tmp
         return jitted(jax.device_put(noise, jax.devices()[0]))
 
     reflow.generate_pairs(one_device, tmp_path / "resumed", **kwargs)
-    whole = reflow.PairDataset(tmp_path / "whole", batch_size=8, seed=0)
-    resumed = reflow.PairDataset(tmp_path / "resumed", batch_size=8, seed=0)
-    np.testing.assert_array_equal(whole.noise, resumed.noise)
+    whole, resumed = load_pairs(tmp_path / "whole"), load_pairs(tmp_path / "resumed")
+    np.testing.assert_array_equal(whole["noise"], resumed["noise"])
     # The samples are the same function of the same noise; XLA compiles the sharded and the
     # one-device program with different fusions, so they may differ in the float32 rounding of
     # the model's arithmetic: a few ulps (|x| ~ 1.5: 1e-7 each) over 5 steps.
-    np.testing.assert_allclose(whole.samples, resumed.samples, rtol=0, atol=2e-6)
-    assert whole.samples.shape == (40, 2)
+    np.testing.assert_allclose(whole["image"], resumed["image"], rtol=0, atol=2e-6)
+    assert whole["image"].shape == (40, 2)
     with pytest.raises(ValueError, match="other settings"):
         reflow.generate_pairs(one_device, tmp_path / "resumed", **dict(kwargs, seed=4))
 
@@ -236,23 +236,22 @@ def test_the_pair_iterator_resumes_and_is_host_invariant(tmp_path):
         jax.jit(_sample_first), tmp_path, num_pairs=48, batch_size=16, seed=0, shape=(2,),
         settings={}, progress=False,
     )  # fmt: skip
-    one_host = iter(reflow.PairDataset(tmp_path, batch_size=8, seed=5))
+    one_host = iter(pair_dataset(tmp_path, batch_size=8, seed=5))
     batches = [next(one_host) for _ in range(7)]  # 6 per epoch: crosses into epoch 2
     state = json.loads(json.dumps(one_host.get_state()))
     following = next(one_host)
     hosts = [
-        iter(reflow.PairDataset(tmp_path, batch_size=4, seed=5, process_index=i,
-                                process_count=2))
+        iter(pair_dataset(tmp_path, batch_size=4, seed=5, process_index=i, process_count=2))
         for i in range(2)
     ]  # fmt: skip
     for batch in batches:
         halves = [next(host) for host in hosts]
         np.testing.assert_array_equal(np.concatenate([h["image"] for h in halves]), batch["image"])
-    fresh = iter(reflow.PairDataset(tmp_path, batch_size=8, seed=5))
+    fresh = iter(pair_dataset(tmp_path, batch_size=8, seed=5))
     fresh.set_state(state)
     np.testing.assert_array_equal(next(fresh)["noise"], following["noise"])
-    other = iter(reflow.PairDataset(tmp_path, batch_size=8, seed=6))
-    with pytest.raises(ValueError, match="other pairs or settings"):
+    other = iter(pair_dataset(tmp_path, batch_size=8, seed=6))
+    with pytest.raises(ValueError, match="other arguments"):
         other.set_state(state)
 
 

@@ -14,9 +14,9 @@ import pytest
 from train_helpers import PYTHON, fast_compiles, make_image_folder, make_test_config, run_cli
 
 from diffjax.samplers import sample_keys
+from diffjax.sharding import make_mesh
 from diffjax.training import loop
 from diffjax.training.sampling import make_sample_fn
-from diffjax.training.sharding import make_mesh
 from diffjax.training.trained_run import load_trained_run
 
 CONDITIONAL = {

@@ -1,11 +1,11 @@
-"""Tests for diffjax.training.sharding on the 8 fake CPU devices set up by conftest."""
+"""Tests for diffjax.sharding on the 8 fake CPU devices set up by conftest."""
 
 import jax
 import numpy as np
 import pytest
 from jax.sharding import AxisType, PartitionSpec
 
-from diffjax.training.sharding import (
+from diffjax.sharding import (
     DATA_AXIS,
     batch_sharding,
     check_batch_divisible,

@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from diffjax.training.sharding import make_mesh, replicated_sharding
+from diffjax.sharding import make_mesh, replicated_sharding
 from diffjax.training.train_state import (
     TrainState,
     abstract_train_state,

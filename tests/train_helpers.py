@@ -111,7 +111,7 @@ def assert_states_equal(actual, expected) -> None:
 
 def restore_newest(workdir: str):
     """The newest checkpoint of a workdir (read-only), restored on one device."""
-    from diffjax.training.sharding import make_mesh
+    from diffjax.sharding import make_mesh
     from diffjax.training.trained_run import load_trained_run
 
     return load_trained_run(workdir, mesh=make_mesh(jax.devices()[:1]))

@@ -34,14 +34,14 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from diffjax.metrics import fmnist_classifier as fc  # noqa: E402
-from diffjax.training.datasets.fashion_mnist import (  # noqa: E402
+from diffjax.data.datasets.fashion_mnist import (  # noqa: E402
     DEFAULT_IDX_DIR,
     IDX_DIR_ENV,
     IDX_FILES,
     find_idx_files,
     read_idx,
 )
+from diffjax.metrics import fmnist_classifier as fc  # noqa: E402
 from diffjax.weights.files import sha256_of_file  # noqa: E402
 
 _EVAL_BATCH_SIZE = 1000

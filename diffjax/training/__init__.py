@@ -4,14 +4,7 @@ Importing this package loads JAX, Flax and optax only; data input (tensorflow-da
 and checkpointing (orbax) live in submodules that import those libraries themselves.
 """
 
-from diffjax.training.objectives import (
-    ApplyFn,
-    LossFn,
-    drop_labels,
-    flax_apply_fn,
-    make_denoising_loss,
-)
-from diffjax.training.sharding import (
+from diffjax.sharding import (
     DATA_AXIS,
     batch_sharding,
     check_batch_divisible,
@@ -19,6 +12,13 @@ from diffjax.training.sharding import (
     make_mesh,
     process_batch_size,
     replicated_sharding,
+)
+from diffjax.training.objectives import (
+    ApplyFn,
+    LossFn,
+    drop_labels,
+    flax_apply_fn,
+    make_denoising_loss,
 )
 from diffjax.training.step import jit_train_step, make_train_step
 from diffjax.training.train_state import (

@@ -40,17 +40,16 @@ import numpy as np
 from diffjax.images import make_grid, save_image_grid, save_loss_curve, to_uint8
 from diffjax.models.unet import count_params
 from diffjax.samplers import sample_keys
+from diffjax.sharding import gather_to_host, host_batch_to_global, make_mesh, prefetch_to_mesh
 from diffjax.training.config_validation import (
     ConfigError,
     resume_conflicts,
     validate_config,
 )
 from diffjax.training.console import log, report_progress
-from diffjax.training.evaluation import gather_to_host
 from diffjax.training.metrics_writer import MetricsWriter, read_metrics
 from diffjax.training.programs import build_programs, program_spec
 from diffjax.training.sampling import grid_labels
-from diffjax.training.sharding import host_batch_to_global, make_mesh, prefetch_to_mesh
 from diffjax.training.train_state import TrainState, create_train_state
 from diffjax.training.workdir import (
     CHECKPOINT_DIR,
@@ -164,12 +163,12 @@ class _Run:
                     f"config or choose a new --workdir; nothing was changed."
                 )
         values = self.values
-        from diffjax.training.data import dataset_from_config  # grain and TFDS load here.
+        from diffjax.data.pipeline import dataset_from_config  # grain and TFDS load here.
 
         if values["training"]["pairs_dir"]:
-            from diffjax.training.reflow import PairDataset
+            from diffjax.data.pairs import pair_dataset
 
-            self.dataset = PairDataset(
+            self.dataset = pair_dataset(
                 values["training"]["pairs_dir"],
                 batch_size=values["data"]["batch_size"] // jax.process_count(),
                 seed=values["seed"], process_index=jax.process_index(),
@@ -301,12 +300,12 @@ class _FrechetDistance:
 
     def prepare(self, run: "_Run") -> None:
         """Loads the reference statistics, building them from the evaluation split if needed."""
+        from diffjax.evaluation.references import run_reference
         from diffjax.metrics import load_statistics
-        from diffjax.training import evaluation
 
         values = run.values
         evaluation_config = values["eval"]
-        path = evaluation_config["fd_reference"] or evaluation.run_reference(
+        path = evaluation_config["fd_reference"] or run_reference(
             run.workdir, values, self.network, run.mesh,
             batch_size=evaluation_config["batch_size"], progress=False,
         )  # fmt: skip
@@ -316,11 +315,11 @@ class _FrechetDistance:
             raise ConfigError(f"config.eval.fd_reference: {error}") from error
 
     def __call__(self, run: "_Run", step: int, writer: MetricsWriter) -> None:
-        from diffjax.training.evaluation import fd_during_training
+        from diffjax.evaluation.features import frechet_distance_of_samples
 
         evaluation_config = run.values["eval"]
         start = time.perf_counter()
-        value = fd_during_training(
+        value = frechet_distance_of_samples(
             self.network, run.programs.fd_sample_fn, run.state.ema_params, self.reference,
             num_samples=evaluation_config["fd_num_samples"],
             batch_size=evaluation_config["fd_batch_size"], seed=run.values["sampling"]["seed"],

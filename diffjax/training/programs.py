@@ -24,10 +24,10 @@ from jax.sharding import Mesh
 
 from diffjax.models.registry import build_model
 from diffjax.processes import is_discrete
+from diffjax.sharding import batch_sharding, replicated_sharding
 from diffjax.training.config_validation import build_process, build_time_sampler, sampler_options
 from diffjax.training.objectives import LossFn, flax_apply_fn, make_denoising_loss
 from diffjax.training.sampling import make_sample_fn
-from diffjax.training.sharding import batch_sharding, replicated_sharding
 from diffjax.training.step import jit_train_step, make_train_step
 from diffjax.training.train_state import TrainState, abstract_train_state, make_optimizer
 

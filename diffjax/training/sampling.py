@@ -16,8 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from diffjax.sharding import batch_sharding
 from diffjax.training.config_validation import ConfigError
-from diffjax.training.sharding import batch_sharding
 
 __all__ = ["grid_labels", "make_sample_fn"]
 

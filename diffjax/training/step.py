@@ -19,8 +19,8 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
+from diffjax.sharding import batch_sharding, check_batch_divisible, replicated_sharding
 from diffjax.training.objectives import LossFn
-from diffjax.training.sharding import batch_sharding, check_batch_divisible, replicated_sharding
 from diffjax.training.train_state import (
     TrainState,
     ema_decay_at,
@@ -134,14 +134,14 @@ def jit_train_step(
 
     Args:
       train_step: from :func:`make_train_step`.
-      mesh: the data-parallel mesh (:func:`diffjax.training.sharding.make_mesh`).
+      mesh: the data-parallel mesh (:func:`diffjax.sharding.make_mesh`).
       state_shardings: a sharding (or a ``TrainState`` of shardings) for the state; default
         replicated over ``mesh``.
 
     Returns:
       ``sharded_train_step(state, batch, key, frozen={}) -> (state, metrics)``. ``batch`` may
       be host NumPy arrays on a single process; with several processes pass the global arrays
-      of :func:`diffjax.training.sharding.host_batch_to_global`. Its attribute ``jitted`` is
+      of :func:`diffjax.sharding.host_batch_to_global`. Its attribute ``jitted`` is
       the underlying ``jax.jit`` function (for ``.lower(...)``, cost analysis and cache checks).
     """
     replicated = replicated_sharding(mesh)

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from diffjax.training.sharding import replicated_sharding
+from diffjax.sharding import replicated_sharding
 
 __all__ = [
     "TrainState",

@@ -8,10 +8,10 @@ from typing import Any, NamedTuple
 import flax.linen as nn
 from jax.sharding import Mesh
 
+from diffjax.sharding import make_mesh
 from diffjax.training.config_validation import upgrade_config, validate_config
 from diffjax.training.console import log
 from diffjax.training.programs import build_programs, program_spec
-from diffjax.training.sharding import make_mesh
 from diffjax.training.train_state import TrainState
 from diffjax.training.workdir import CHECKPOINT_DIR, RUN_RECORD_FILE, WorkdirError, load_run_record
 

@@ -8,6 +8,7 @@ Workdir layout::
     workdir/events.out.tfevents.*  TensorBoard
     workdir/samples/step_<step>.png  EMA sample grids (same seed every time)
     workdir/loss.png             the loss curve, written at the end
+    workdir/eval/                evaluation results and cached reference statistics
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from diffjax.version import __version__
 
 __all__ = [
     "CHECKPOINT_DIR",
+    "EVAL_DIR",
     "IncompatibleResumeError",
     "LOSS_PLOT_FILE",
     "RUN_RECORD_FILE",
@@ -40,6 +42,7 @@ __all__ = [
 RUN_RECORD_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
 SAMPLES_DIR = "samples"
+EVAL_DIR = "eval"
 LOSS_PLOT_FILE = "loss.png"
 # Headroom demanded on the workdir's disk beyond one checkpoint's size.
 _DISK_MARGIN_BYTES = 32 * 2**20

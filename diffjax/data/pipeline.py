@@ -3,7 +3,7 @@
 Sources (the ``name`` argument, ``config.data.name``):
 
 - ``"fashion_mnist"`` (the offline default): Fashion-MNIST prepared by the project's own TFDS
-  builder from the original IDX files (:mod:`diffjax.training.datasets.fashion_mnist`), taken
+  builder from the original IDX files (:mod:`diffjax.data.datasets.fashion_mnist`), taken
   from ``manual_dir`` / ``$DIFFJAX_FASHION_MNIST_DIR`` / ``/usr/share/datasets/fashion-mnist``
   (``apt-get install dataset-fashion-mnist``) or downloaded when none has them.
 - any other TFDS image dataset (``"mnist"``, ``"cifar10"``, ``"celeb_a"``,
@@ -43,19 +43,21 @@ from typing import TYPE_CHECKING, Any, Mapping, NamedTuple
 
 import numpy as np
 
-from diffjax.training.datasets import DatasetUnavailableError, preprocess
+from diffjax.data.datasets import DatasetUnavailableError, preprocess
 
 if TYPE_CHECKING:
     import grain
 
 __all__ = [
-    "FOLDER_NAME",
     "DEFAULT_NAME",
+    "FOLDER_NAME",
     "DataIterator",
     "Dataset",
     "DatasetUnavailableError",
     "DatasetInfo",
+    "array_dataset",
     "create_dataset",
+    "dataset_from_config",
     "get_dataset_info",
 ]
 
@@ -121,7 +123,7 @@ def _open_folder(
     split: str, image_size: int, data_dir: str | os.PathLike | None
 ) -> tuple[Sequence[dict[str, Any]], DatasetInfo]:
     """Lists the image folder (cheap: no image but the first is decoded) and describes it."""
-    from diffjax.training.datasets import folder  # Pillow only when needed
+    from diffjax.data.datasets import folder  # Pillow only when needed
 
     if data_dir is None:
         raise ValueError(
@@ -159,11 +161,11 @@ def _describe(
     """Builds the DatasetInfo of a source without preparing or reading its data."""
     if name == FOLDER_NAME:
         return _open_folder(split, image_size, data_dir)[1]
-    from diffjax.training.datasets import tfds_source  # tensorflow-datasets only when needed
+    from diffjax.data.datasets import tfds_source  # tensorflow-datasets only when needed
 
     builder = None
     if name == DEFAULT_NAME:
-        from diffjax.training.datasets import fashion_mnist
+        from diffjax.data.datasets import fashion_mnist
 
         builder = fashion_mnist.FashionMnistIdx(data_dir=data_dir, file_format="array_record")
     description = tfds_source.describe_tfds_dataset(
@@ -214,10 +216,10 @@ def _open_source(
     """Opens (preparing if needed) the random-access source and describes it."""
     if name == FOLDER_NAME:
         return _open_folder(split, image_size, data_dir)
-    from diffjax.training.datasets import tfds_source
+    from diffjax.data.datasets import tfds_source
 
     if name == DEFAULT_NAME:
-        from diffjax.training.datasets import fashion_mnist
+        from diffjax.data.datasets import fashion_mnist
 
         builder = fashion_mnist.prepare_fashion_mnist(
             data_dir=data_dir, idx_dir=manual_dir, download=download
@@ -234,25 +236,14 @@ def _open_source(
 
 
 class _BatchLoader:
-    """Reads and preprocesses one batch from a batch of example indices.
+    """Selects this host's rows of one global batch of example indices, then reads them.
 
-    Reading a whole batch at once lets ArrayRecord sources fetch the records in parallel
-    (``__getitems__``), about 6x faster than one random read per example.
+    ``read(indices, flips) -> batch`` does the reading: :class:`_ImageReader` for image
+    sources, :class:`_ArrayReader` for in-memory arrays (reflow pairs).
     """
 
-    def __init__(
-        self,
-        source: Sequence[dict[str, Any]],
-        *,
-        image_size: int,
-        labelled: bool,
-        random_flip: bool,
-        rows: slice,
-        global_batch_size: int,
-    ):
-        self._source = source
-        self._image_size = image_size
-        self._labelled = labelled
+    def __init__(self, read: Any, *, random_flip: bool, rows: slice, global_batch_size: int):
+        self._read = read
         self._random_flip = random_flip
         self._rows = rows
         self._global_batch_size = global_batch_size
@@ -272,6 +263,20 @@ class _BatchLoader:
         if several_hosts:
             indices = indices[self._rows]
             flips = None if flips is None else flips[self._rows]
+        return self._read(indices, flips)
+
+
+class _ImageReader:
+    """Reads examples ``{'image': uint8 [H, W, C], 'label': int}`` and preprocesses them.
+
+    Reading a whole batch at once lets ArrayRecord sources fetch the records in parallel
+    (``__getitems__``), about 6x faster than one random read per example.
+    """
+
+    def __init__(self, source: Sequence[dict[str, Any]], image_size: int, labelled: bool):
+        self._source, self._image_size, self._labelled = source, image_size, labelled
+
+    def __call__(self, indices: np.ndarray, flips: np.ndarray | None) -> dict[str, np.ndarray]:
         keys = [int(index) for index in indices]
         if hasattr(self._source, "__getitems__"):
             examples = self._source.__getitems__(keys)
@@ -289,6 +294,21 @@ class _BatchLoader:
         if self._labelled:
             batch["label"] = np.asarray([example["label"] for example in examples], np.int32)
         return batch
+
+
+class _ArrayReader:
+    """Rows of in-memory arrays ``{name: [N, ...]}`` (nested dicts allowed), unchanged."""
+
+    def __init__(self, arrays: Mapping[str, Any]):
+        self._arrays = arrays
+
+    def __call__(self, indices: np.ndarray, flips: np.ndarray | None) -> dict[str, Any]:
+        def take(value):
+            if isinstance(value, Mapping):
+                return {name: take(item) for name, item in value.items()}
+            return value[indices]
+
+        return take(self._arrays)
 
 
 class DataIterator(Iterator[dict]):
@@ -342,6 +362,11 @@ class DataIterator(Iterator[dict]):
                 f"from DataIterator.get_state(), got {state!r}."
             )
         saved = dict(state.get("pipeline", {}))
+        if "position" in state and "pairs" in saved:
+            # A reflow run of diffjax 0.2 read its pairs with an iterator of its own, whose
+            # state is the position alone; it continues from there, in this pipeline's order.
+            saved = {**self._pipeline, **saved}
+            state = dict(state, grain={"next_index": int(state["position"])})
         if "global_batch_size" not in saved and saved.get("process_count") == 1:
             # Written before the global batch size was recorded; one host's batch order is
             # the same.
@@ -491,6 +516,20 @@ def create_dataset(
     _check_int("prefetch_batches", prefetch_batches, 0)
     if num_epochs is not None:
         _check_int("num_epochs", num_epochs, 1)
+    process_index, process_count = _resolve_hosts(process_index, process_count)
+
+    source, info = _open_source(name, split, image_size, data_dir, manual_dir, download)
+    return _make_dataset(
+        _ImageReader(source, image_size, info.num_classes is not None), info,
+        pipeline=dict(name=name, split=split, image_size=int(image_size)),
+        batch_size=batch_size, seed=seed, random_flip=random_flip, shuffle=shuffle,
+        num_epochs=num_epochs, drop_remainder=drop_remainder, process_index=process_index,
+        process_count=process_count, num_threads=num_threads,
+        prefetch_batches=prefetch_batches,
+    )  # fmt: skip
+
+
+def _resolve_hosts(process_index: int | None, process_count: int | None) -> tuple[int, int]:
     if (process_index is None) != (process_count is None):
         raise ValueError(
             f"Give both process_index and process_count or neither (then JAX's are used), got "
@@ -502,8 +541,26 @@ def create_dataset(
         process_index, process_count = jax.process_index(), jax.process_count()
     _check_int("process_count", process_count, 1)
     _check_int("process_index", process_index, 0, process_count - 1)
+    return process_index, process_count
 
-    source, info = _open_source(name, split, image_size, data_dir, manual_dir, download)
+
+def _make_dataset(
+    read: Any,
+    info: DatasetInfo,
+    *,
+    pipeline: dict[str, Any],
+    batch_size: int,
+    seed: int,
+    random_flip: bool,
+    shuffle: bool,
+    num_epochs: int | None,
+    drop_remainder: bool,
+    process_index: int,
+    process_count: int,
+    num_threads: int,
+    prefetch_batches: int,
+) -> Dataset:
+    """The grain pipeline over any random-access reader (see the module docstring)."""
     global_batch_size = batch_size * process_count
     shuffle_seed, flip_seed = _derived_seeds(seed)
     import grain  # imports orbax too: loaded only when a pipeline is built
@@ -520,9 +577,7 @@ def create_dataset(
     # epochs).
     dataset = indices.batch(global_batch_size, drop_remainder=drop_remainder).random_map(
         _BatchLoader(
-            source,
-            image_size=image_size,
-            labelled=info.num_classes is not None,
+            read,
             random_flip=random_flip,
             rows=slice(process_index * batch_size, (process_index + 1) * batch_size),
             global_batch_size=global_batch_size,
@@ -536,9 +591,7 @@ def create_dataset(
         )
     )
     pipeline = {
-        "name": name,
-        "split": split,
-        "image_size": int(image_size),
+        **pipeline,
         "batch_size": int(batch_size),
         "global_batch_size": int(global_batch_size),
         "seed": int(seed),
@@ -550,6 +603,48 @@ def create_dataset(
         "process_count": int(process_count),
     }
     return Dataset(info, grain_dataset, pipeline)
+
+
+def array_dataset(
+    arrays: Mapping[str, Any],
+    info: DatasetInfo,
+    *,
+    pipeline: Mapping[str, Any],
+    batch_size: int,
+    seed: int,
+    shuffle: bool = True,
+    num_epochs: int | None = None,
+    drop_remainder: bool = True,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    num_threads: int = 0,
+    prefetch_batches: int = 0,
+) -> Dataset:
+    """The same pipeline over in-memory arrays: rows ``{name: arrays[name][i]}``, unchanged.
+
+    What reflow's (noise, sample) pairs and cached latents are read with: the batches have the
+    image pipeline's order, host layout and resumable position (:meth:`DataIterator.get_state`).
+
+    Args:
+      arrays: ``{name: [N, ...]}`` (nested dicts allowed), every leaf with N rows.
+      info: the description (``num_examples`` = N).
+      pipeline: what identifies the data in a saved iterator state (e.g. the folder).
+      batch_size, seed, shuffle, num_epochs, drop_remainder, process_index, process_count,
+        num_threads, prefetch_batches: as for :func:`create_dataset`.
+
+    Returns:
+      A :class:`Dataset` of batches ``{name: [b, ...]}``.
+    """
+    _check_int("batch_size", batch_size, 1)
+    _check_int("seed", seed, 0, 2**32 - 1)
+    process_index, process_count = _resolve_hosts(process_index, process_count)
+    return _make_dataset(
+        _ArrayReader(arrays), info, pipeline=dict(pipeline), batch_size=batch_size, seed=seed,
+        random_flip=False, shuffle=shuffle, num_epochs=num_epochs,
+        drop_remainder=drop_remainder, process_index=process_index,
+        process_count=process_count, num_threads=num_threads,
+        prefetch_batches=prefetch_batches,
+    )  # fmt: skip
 
 
 def dataset_from_config(
@@ -567,8 +662,8 @@ def dataset_from_config(
     Raises:
       ConfigError: a dataset name, split or folder that does not exist.
     """
+    from diffjax.sharding import process_batch_size
     from diffjax.training.config_validation import ConfigError
-    from diffjax.training.sharding import process_batch_size
 
     data = values["data"]
     try:

@@ -1,17 +1,17 @@
-"""Image sources behind :mod:`diffjax.training.data`.
+"""Image sources behind :mod:`diffjax.data.pipeline`.
 
 Each submodule turns one kind of storage into a random-access source of examples
 ``{"image": uint8 [H, W, C], "label": int}`` that the grain pipeline in
-:mod:`diffjax.training.data` shards, shuffles, preprocesses and batches:
+:mod:`diffjax.data.pipeline` shards, shuffles, preprocesses and batches:
 
-- :mod:`~diffjax.training.datasets.fashion_mnist`: the offline default, a TFDS builder of the
+- :mod:`~diffjax.data.datasets.fashion_mnist`: the offline default, a TFDS builder of the
   project's own that reads the original IDX files without TensorFlow.
-- :mod:`~diffjax.training.datasets.tfds_source`: any stock TFDS dataset through
+- :mod:`~diffjax.data.datasets.tfds_source`: any stock TFDS dataset through
   ``tfds.data_source`` (ArrayRecord files, NumPy decoding).
-- :mod:`~diffjax.training.datasets.folder`: a directory of the user's PNG/JPEG images.
+- :mod:`~diffjax.data.datasets.folder`: a directory of the user's PNG/JPEG images.
 
 Submodules import tensorflow-datasets or Pillow at module level, so this package imports none of
-them; :mod:`diffjax.training.data` loads the one it needs.
+them; :mod:`diffjax.data.pipeline` loads the one it needs.
 """
 
 

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import tensorflow_datasets as tfds
 
-from diffjax.training.datasets import DatasetUnavailableError
+from diffjax.data.datasets import DatasetUnavailableError
 
 __all__ = ["TfdsImageDataset", "describe_tfds_dataset", "open_tfds_dataset"]
 

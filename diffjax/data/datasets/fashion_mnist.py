@@ -30,8 +30,8 @@ import time
 import numpy as np
 import tensorflow_datasets as tfds
 
+from diffjax.data.datasets import DatasetUnavailableError
 from diffjax.training.console import log
-from diffjax.training.datasets import DatasetUnavailableError
 
 __all__ = [
     "APT_INSTALL_COMMAND",

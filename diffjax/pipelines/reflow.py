@@ -12,10 +12,9 @@ smaller), so one or two steps suffice. This module
   atomically) beside a manifest (``pairs.json``) of the settings. A rerun skips the shards
   already written and refuses other settings, so a killed generation resumes; the pairs
   depend neither on the device count nor on where it stopped.
-* reads them as training data (:class:`PairDataset`): batches ``{'image': sample, 'noise':
-  noise}`` in a seeded order, with the same resumable, host-invariant position as the image
-  pipeline (:mod:`diffjax.training.data`); the denoising loss uses the given noise
-  (:func:`diffjax.losses.denoising_loss`).
+* trains the next flow on them: the training program reads a pair folder
+  (``config.training.pairs_dir``) with :func:`diffjax.data.pairs.pair_dataset`, and the
+  denoising loss uses each pair's noise (:func:`diffjax.losses.denoising_loss`).
 
 ``python -m diffjax.reflow`` (:mod:`diffjax.reflow`) runs the whole procedure. With
 ``distill=True`` it distils instead (Liu et al. 2022, Sec. 2.3, "k-rectified flow +
@@ -36,30 +35,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffjax.images import atomic_write
-from diffjax.training.data import DatasetInfo
-from diffjax.training.evaluation import gather_to_host
+from diffjax.data.pairs import (
+    complete_shards,
+    read_manifest,
+    write_manifest,
+    write_shard,
+)
+from diffjax.evaluation.features import write_json
+from diffjax.sharding import gather_to_host
 
 __all__ = [
     "DETERMINISTIC_SAMPLERS",
-    "PAIRS_MANIFEST",
-    "PairDataset",
-    "PairIterator",
     "generate_pairs",
     "measure_straightness",
     "one_step_distance",
     "pair_noise",
-    "read_manifest",
     "reflow",
 ]
-
-PAIRS_MANIFEST = "pairs.json"
-PAIRS_NAME = "reflow_pairs"
-_STATE_VERSION = 1
-
-
-def _shard_path(pairs_dir: str, index: int) -> str:
-    return os.path.join(pairs_dir, f"pairs_{index:05d}.npz")
 
 
 def pair_noise(seed: int, first_index: int, count: int, shape: tuple[int, ...]) -> jax.Array:
@@ -69,32 +61,6 @@ def pair_noise(seed: int, first_index: int, count: int, shape: tuple[int, ...]) 
 
     keys = sample_keys(seed, first_index, count)
     return jax.vmap(lambda key: jax.random.normal(key, shape, jnp.float32))(keys)
-
-
-def read_manifest(pairs_dir: str | os.PathLike) -> dict[str, Any]:
-    """The settings a pair folder was generated with (its ``pairs.json``).
-
-    Raises:
-      FileNotFoundError: naming the folder, when it holds no manifest.
-    """
-    path = os.path.join(os.fspath(pairs_dir), PAIRS_MANIFEST)
-    if not os.path.exists(path):
-        raise FileNotFoundError(
-            f"{pairs_dir} holds no reflow pairs ({PAIRS_MANIFEST} is missing); make them with "
-            f"python -m diffjax.reflow."
-        )
-    with open(path) as f:
-        return json.load(f)
-
-
-def _complete_shards(pairs_dir: str, manifest: Mapping[str, Any]) -> int:
-    """How many shards, from the first, are complete (a shard is written atomically, so a
-    present one is whole; a gap ends the count)."""
-    batch, total = manifest["batch_size"], manifest["num_pairs"]
-    count = 0
-    while count * batch < total and os.path.exists(_shard_path(pairs_dir, count)):
-        count += 1
-    return count
 
 
 def generate_pairs(
@@ -137,17 +103,19 @@ def generate_pairs(
         batch_size=int(batch_size), seed=int(seed), shape=list(shape),
     )  # fmt: skip
     os.makedirs(pairs_dir, exist_ok=True)
-    path = os.path.join(pairs_dir, PAIRS_MANIFEST)
-    if os.path.exists(path):
+    try:
         saved = read_manifest(pairs_dir)
+    except FileNotFoundError:
+        saved = None
+    if saved is not None:
         if saved != manifest:
             raise ValueError(
                 f"{pairs_dir} holds pairs made with other settings ({saved}); these are "
                 f"{manifest}. Use another folder or the original settings; nothing was changed."
             )
     elif jax.process_index() == 0:
-        atomic_write(path, lambda tmp: _write_json(tmp, manifest))
-    done = _complete_shards(pairs_dir, manifest)
+        write_manifest(pairs_dir, manifest)
+    done = complete_shards(pairs_dir, manifest)
     num_shards = -(-num_pairs // batch_size)
     bar = tqdm(
         total=num_shards, initial=done, unit="batch", desc="reflow pairs",
@@ -160,141 +128,10 @@ def generate_pairs(
         samples = np.asarray(gather_to_host(sample_fn(noise)), np.float32)[:count]
         noise_host = np.asarray(noise)[:count]
         if jax.process_index() == 0:
-            atomic_write(
-                _shard_path(pairs_dir, shard),
-                lambda tmp, n=noise_host, s=samples: _write_npz(tmp, noise=n, sample=s),
-            )
+            write_shard(pairs_dir, shard, noise_host, samples)
         bar.update(1)
     bar.close()
     return manifest
-
-
-def _write_json(path: str, data: Any) -> None:
-    with open(path, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-
-
-def _write_npz(path: str, **arrays: np.ndarray) -> None:
-    with open(path, "wb") as f:
-        np.savez(f, **arrays)
-
-
-class PairIterator:
-    """Endless host-local batches ``{'image': [b, ...], 'noise': [b, ...]}`` of a
-    :class:`PairDataset`, with a resumable position (``get_state`` / ``set_state``)."""
-
-    def __init__(self, dataset: PairDataset):
-        self._dataset = dataset
-        self._position = 0
-
-    def __iter__(self) -> PairIterator:
-        return self
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        rows = self._dataset.global_rows(self._position)
-        self._position += 1
-        d = self._dataset
-        mine = rows[d.process_index * d.batch_size : (d.process_index + 1) * d.batch_size]
-        return {"image": d.samples[mine], "noise": d.noise[mine]}
-
-    def get_state(self) -> dict[str, Any]:
-        """``{'version': 1, 'position': p, 'pipeline': {...}}`` (JSON-serialisable)."""
-        return {
-            "version": _STATE_VERSION,
-            "position": self._position,
-            "pipeline": self._dataset.pipeline,
-        }
-
-    def set_state(self, state: Mapping[str, Any]) -> None:
-        """Resumes at a position from :meth:`get_state` (any host layout, same global batch).
-
-        Raises:
-          ValueError: a state of another pipeline (other pairs, seed or global batch).
-        """
-        if not isinstance(state, Mapping) or state.get("version") != _STATE_VERSION:
-            raise ValueError(f"Not a reflow-pairs iterator state: {state!r}.")
-        if state.get("pipeline") != self._dataset.pipeline:
-            raise ValueError(
-                f"The iterator state was taken from other pairs or settings "
-                f"({state.get('pipeline')}); these are {self._dataset.pipeline}."
-            )
-        self._position = int(state["position"])
-
-    def close(self) -> None:
-        """Nothing to stop (the pairs are in memory); for the image iterator's interface."""
-
-    def __enter__(self) -> PairIterator:
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
-
-
-class PairDataset:
-    """The pairs of a folder as training data (held in memory: 10k Fashion-MNIST pairs are
-    63 MB).
-
-    Global batch p holds the pairs ``order_e[(p mod K) B : (p mod K + 1) B]`` of epoch
-    e = p // K, K = N // B full batches per epoch, ``order_e`` a permutation seeded by
-    (seed, e); host i of n reads rows [i b, (i + 1) b) of it (b = B / n).
-
-    Attributes:
-      info: a :class:`~diffjax.training.data.DatasetInfo` (name ``'reflow_pairs'``).
-      samples, noise: float32 ``[N, ...]``.
-      batch_size, global_batch_size, process_index, process_count: the host layout.
-    """
-
-    def __init__(
-        self, pairs_dir: str | os.PathLike, *, batch_size: int, seed: int,
-        process_index: int = 0, process_count: int = 1,
-    ):  # fmt: skip
-        pairs_dir = os.fspath(pairs_dir)
-        manifest = read_manifest(pairs_dir)
-        shards = _complete_shards(pairs_dir, manifest)
-        expected = -(-manifest["num_pairs"] // manifest["batch_size"])
-        if shards < expected:
-            raise ValueError(
-                f"{pairs_dir} holds {shards} of its {expected} shards of pairs; finish them with "
-                f"python -m diffjax.reflow (it resumes) before training on them."
-            )
-        noise, samples = [], []
-        for index in range(shards):
-            with np.load(_shard_path(pairs_dir, index)) as shard:
-                noise.append(shard["noise"])
-                samples.append(shard["sample"])
-        self.noise = np.concatenate(noise).astype(np.float32)
-        self.samples = np.concatenate(samples).astype(np.float32)
-        global_batch = batch_size * process_count
-        if global_batch > self.samples.shape[0]:
-            raise ValueError(
-                f"the global batch {global_batch} is larger than the {self.samples.shape[0]} "
-                f"pairs in {pairs_dir}."
-            )
-        self.batch_size, self.global_batch_size = batch_size, global_batch
-        self.process_index, self.process_count = process_index, process_count
-        self.seed = seed
-        self._order, self._order_epoch = None, None
-        self.info = DatasetInfo(
-            PAIRS_NAME, "train", int(self.samples.shape[0]), None, None,
-            tuple(manifest["shape"]),
-        )  # fmt: skip
-        self.pipeline = dict(
-            pairs=os.path.abspath(pairs_dir), num_pairs=int(self.samples.shape[0]),
-            global_batch_size=global_batch, seed=int(seed),
-        )  # fmt: skip
-
-    def global_rows(self, position: int) -> np.ndarray:
-        """The pair indices of global batch ``position``."""
-        per_epoch = self.samples.shape[0] // self.global_batch_size
-        epoch, within = divmod(position, per_epoch)
-        if self._order_epoch != epoch:  # one permutation per epoch, not per batch
-            rng = np.random.default_rng([self.seed, epoch])
-            self._order, self._order_epoch = rng.permutation(self.samples.shape[0]), epoch
-        order = self._order
-        return order[within * self.global_batch_size : (within + 1) * self.global_batch_size]
-
-    def __iter__(self) -> PairIterator:
-        return PairIterator(self)
 
 
 DETERMINISTIC_SAMPLERS: dict[str, Callable[[Mapping[str, Any]], bool]] = {
@@ -419,10 +256,9 @@ def reflow(
         deterministic, or a bad option, before anything is compiled.
     """
     from diffjax import samplers
-    from diffjax.images import atomic_write
+    from diffjax.sharding import batch_sharding, make_mesh
     from diffjax.training.config_validation import ConfigError
     from diffjax.training.loop import train_and_evaluate
-    from diffjax.training.sharding import batch_sharding, make_mesh
     from diffjax.training.trained_run import load_trained_run
 
     teacher, workdir = os.path.abspath(os.fspath(teacher)), os.path.abspath(os.fspath(workdir))
@@ -510,5 +346,5 @@ def reflow(
         ),
     )  # fmt: skip
     if jax.process_index() == 0:
-        atomic_write(os.path.join(workdir, "reflow.json"), lambda tmp: _write_json(tmp, report))
+        write_json(os.path.join(workdir, "reflow.json"), report)
     return report

@@ -10,6 +10,7 @@ only its own rows and :func:`host_batch_to_global` assembles them into one globa
 from __future__ import annotations
 
 import collections
+import json
 from typing import Any, Iterator, Mapping, Sequence
 
 import jax
@@ -19,12 +20,16 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 __all__ = [
     "DATA_AXIS",
     "batch_sharding",
+    "broadcast_int",
+    "broadcast_json",
     "check_batch_divisible",
+    "gather_to_host",
     "host_batch_to_global",
     "make_mesh",
     "prefetch_to_mesh",
     "process_batch_size",
     "replicated_sharding",
+    "sync_processes",
 ]
 
 DATA_AXIS = "data"
@@ -98,16 +103,19 @@ def host_batch_to_global(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, jax.
     single process it is a sharded ``device_put``.
 
     Args:
-      batch: dict of host-local NumPy arrays, each ``[B_local, ...]`` with the same B_local.
+      batch: a dict (nested dicts allowed, e.g. ``{'image': ..., 'cond': {'label': ...}}``)
+        of host-local NumPy arrays, each ``[B_local, ...]`` with the same B_local.
       mesh: the data-parallel mesh.
 
     Returns:
       dict with the same keys of global ``jax.Array`` s sharded by :func:`batch_sharding`.
     """
-    if not batch:
+    leaves = jax.tree_util.tree_leaves_with_path(batch)
+    if not leaves:
         raise ValueError("host_batch_to_global got an empty batch; expected e.g. {'image': ...}.")
     local_sizes = {
-        name: np.shape(value)[0] if np.ndim(value) else None for name, value in batch.items()
+        jax.tree_util.keystr(path): np.shape(value)[0] if np.ndim(value) else None
+        for path, value in leaves
     }
     sizes = set(local_sizes.values())
     if None in sizes or len(sizes) != 1:
@@ -157,3 +165,43 @@ def prefetch_to_mesh(
         if not queue:
             return
         yield queue.popleft()
+
+
+def gather_to_host(array: jax.Array) -> np.ndarray:
+    """The whole of a (possibly multi-host) sharded array as NumPy, on every process."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(array, tiled=True))
+    return np.asarray(jax.device_get(array))
+
+
+def broadcast_int(value: int) -> int:
+    """Process 0's ``value`` on every process."""
+    if jax.process_count() == 1:
+        return value
+    from jax.experimental import multihost_utils
+
+    return int(multihost_utils.broadcast_one_to_all(np.int64(value)))
+
+
+def broadcast_json(value: Any) -> Any:
+    """Process 0's JSON-serialisable ``value``, on every process."""
+    if jax.process_count() == 1:
+        return value
+    from jax.experimental import multihost_utils
+
+    text = np.frombuffer(json.dumps(value).encode(), np.uint8)
+    size = broadcast_int(text.size)
+    buffer = np.zeros(size, np.uint8)
+    if jax.process_index() == 0:
+        buffer[:] = text
+    return json.loads(bytes(np.asarray(multihost_utils.broadcast_one_to_all(buffer))).decode())
+
+
+def sync_processes(name: str) -> None:
+    """Waits until every process gets here (after process 0 wrote a file the others read)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"diffjax-{name}")

@@ -1,0 +1,211 @@
+"""The one adapter from a network to a ``model_fn``, and the conditioning pytree it carries.
+
+Conditioning is a dict of arrays whose leading axis is the batch, for example
+
+================  ===========================  =============================================
+key               array                        what
+================  ===========================  =============================================
+``'label'``       int32 ``[B]``                a class (``num_classes`` is the null class)
+``'context'``     float ``[B, L, D]``          a token sequence for cross-attention (text)
+``'pooled'``      float ``[B, D]``             one vector per example (a pooled text embedding)
+``'control'``     float ``[B, H, W, C]``       a spatial condition (edges, depth; ControlNet)
+================  ===========================  =============================================
+
+No layer between the batch and the network looks inside it: the data pipeline puts it in the
+batch as ``batch['cond']``, the losses, samplers and guidance pass it along as a pytree, and
+only the network reads its keys (DESIGN rule 12).
+
+A registered network (:mod:`diffjax.models.registry`) is a Flax Linen module called as
+``module(x, t, cond, train=...)`` that declares
+
+* ``cond_keys``: the keys of ``cond`` it reads (a tuple of str; ``()`` for an unconditional
+  network), and
+* ``null_cond(cond) -> cond``: the null condition of each key, of the same structure and
+  shapes (for classifier-free guidance and condition dropout).
+
+:func:`make_model_fn` turns such a module and its parameters into the plain
+``model_fn(x_t, t)`` that every loss and sampler takes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+
+from diffjax.samplers.guidance import classifier_free_guidance
+
+__all__ = [
+    "Cond",
+    "ModuleApply",
+    "cond_keys",
+    "drop_cond",
+    "make_model_fn",
+    "null_cond",
+    "select_cond",
+]
+
+Cond = Mapping[str, Any]
+"""A conditioning pytree: ``{key: array [B, ...]}`` (see the module docstring)."""
+
+
+def cond_keys(module: Any) -> tuple[str, ...]:
+    """The keys of ``cond`` that ``module`` reads (its ``cond_keys``; ``()`` if it has none)."""
+    return tuple(getattr(module, "cond_keys", ()))
+
+
+def null_cond(module: Any, cond: Cond) -> dict[str, Any]:
+    """The module's null condition for ``cond`` (same keys, shapes and dtypes).
+
+    Raises:
+      TypeError: the module reads conditioning but declares no ``null_cond``.
+    """
+    if not cond_keys(module):
+        return {}
+    make_null = getattr(module, "null_cond", None)
+    if make_null is None:
+        raise TypeError(
+            f"{type(module).__name__} reads cond keys {cond_keys(module)} but has no "
+            f"null_cond(cond) method; classifier-free guidance and condition dropout need it."
+        )
+    return dict(make_null(cond))
+
+
+def select_cond(module: Any, cond: Cond | None) -> dict[str, Any]:
+    """The entries of ``cond`` that ``module`` reads.
+
+    A batch may carry more than the network takes (Fashion-MNIST's labels reach an
+    unconditional network); this drops the rest and refuses a missing key.
+
+    Args:
+      module: the network.
+      cond: the batch's conditioning (None: nothing).
+
+    Returns:
+      ``{key: cond[key]}`` for every key of :func:`cond_keys`.
+
+    Raises:
+      ValueError: a key the network reads is missing, naming the keys present.
+    """
+    cond = {} if cond is None else cond
+    wanted = cond_keys(module)
+    missing = [key for key in wanted if key not in cond]
+    if missing:
+        raise ValueError(
+            f"{type(module).__name__} needs cond keys {list(wanted)}; the conditioning holds "
+            f"{sorted(cond)} (missing {missing})."
+        )
+    return {key: cond[key] for key in wanted}
+
+
+def drop_cond(key: jax.Array, cond: Cond, null: Cond, probability: float) -> dict[str, Any]:
+    """Replaces each example's whole condition by the null one with ``probability``.
+
+    One Bernoulli draw per example, shared by every key, so the model learns the fully
+    unconditional prediction that classifier-free guidance subtracts (Ho & Salimans 2022,
+    "Classifier-Free Diffusion Guidance", Algorithm 1).
+
+    Args:
+      key: a JAX PRNG key.
+      cond: ``{key: [B, ...]}``.
+      null: the null condition, same structure and shapes.
+      probability: p in [0, 1).
+
+    Returns:
+      The conditioning with a Bernoulli(p) subset of the examples set to ``null``.
+    """
+    leaves = jax.tree.leaves(cond)
+    if not leaves or probability == 0:
+        return dict(cond)
+    batch = leaves[0].shape[0]
+    drop = jax.random.bernoulli(key, probability, (batch,))
+
+    def choose(value, empty):
+        mask = drop.reshape((batch,) + (1,) * (value.ndim - 1))
+        return jnp.where(mask, jnp.asarray(empty, value.dtype), value)
+
+    return jax.tree.map(choose, dict(cond), dict(null))
+
+
+@dataclasses.dataclass(frozen=True)
+class ModuleApply:
+    """``module.apply`` as a function of ``(params, cond, rng, x_in, t_in)``, hashable by value.
+
+    Two adapters of equal modules compare equal, so a sampler compiled for one is reused for
+    the other (a new :func:`make_model_fn` with new parameters does not recompile).
+    """
+
+    module: Any
+    train: bool = False
+
+    def __call__(self, params: Any, cond: Cond, rng: Any, x_in: jnp.ndarray, t_in: jnp.ndarray):
+        rngs = {} if rng is None else {"dropout": rng}
+        return self.module.apply({"params": params}, x_in, t_in, cond, train=self.train, rngs=rngs)
+
+    def with_cond(self, params: Any, rng: Any, x_in: jnp.ndarray, t_in: jnp.ndarray, cond: Cond):
+        """The same call with ``cond`` last, the order classifier-free guidance calls in."""
+        return self(params, cond, rng, x_in, t_in)
+
+
+def _check_guidance(module: Any, guidance_scale: float) -> float:
+    try:
+        scale = float(guidance_scale)
+    except (TypeError, jax.errors.ConcretizationTypeError) as error:
+        raise TypeError(f"guidance_scale must be a real number, got {guidance_scale!r}.") from error
+    if scale != 1.0 and not cond_keys(module):
+        raise ValueError(
+            f"guidance_scale={scale} needs a conditional network; {type(module).__name__} reads "
+            f"no conditioning (cond_keys=()). Use guidance_scale=1.0."
+        )
+    return scale
+
+
+def make_model_fn(
+    module: Any,
+    params: Any,
+    cond: Cond | None = None,
+    *,
+    train: bool = False,
+    rng: jax.Array | None = None,
+    guidance_scale: float = 1.0,
+    null: Cond | None = None,
+) -> jax.tree_util.Partial:
+    """A network and its parameters as the ``model_fn(x_t, t)`` of the losses and samplers.
+
+    The result is a :class:`jax.tree_util.Partial` whose bound arrays (params, cond, rng) are
+    traced, so a sampler compiled for it is reused when they change. With
+    ``guidance_scale != 1`` it is wrapped in classifier-free guidance on the whole ``cond``
+    pytree (:func:`diffjax.classifier_free_guidance`: one batched call on ``[x; x]`` with
+    ``[cond; null]``).
+
+    Args:
+      module: a registered network, called as ``module(x, t, cond, train=...)``.
+      params: its parameters (the ``'params'`` collection).
+      cond: the conditioning ``{key: [B, ...]}``; keys the module does not read are dropped
+        (:func:`select_cond`); None for an unconditional network.
+      train: run in training mode (dropout on; needs ``rng``).
+      rng: the dropout key when ``train``.
+      guidance_scale: w of classifier-free guidance; 1 is the plain conditional model.
+      null: the null condition for guidance; default the module's :func:`null_cond`.
+
+    Returns:
+      ``model_fn(x_in [B, ...], t_in [B]) -> prediction [B, ...]``.
+
+    Raises:
+      ValueError / TypeError: a missing cond key or guidance without conditioning; raised
+        here, before anything is traced.
+
+    Example:
+      >>> model_fn = make_model_fn(unet, params, {"label": labels}, guidance_scale=3.0)
+      >>> images = dj.sample("ddim", model_fn, schedule, keys, shape, num_steps=50)
+    """
+    cond = select_cond(module, cond)
+    scale = _check_guidance(module, guidance_scale)
+    apply = ModuleApply(module, bool(train))
+    if scale == 1.0:
+        return jax.tree_util.Partial(apply, params, cond, rng)
+    null = null_cond(module, cond) if null is None else select_cond(module, null)
+    conditional = jax.tree_util.Partial(apply.with_cond, params, rng)
+    return classifier_free_guidance(conditional, cond, scale, null_cond=null)
