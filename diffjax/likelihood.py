@@ -73,7 +73,7 @@ import jax.numpy as jnp
 
 from diffjax.diffusion import VARIANCE_TYPES, p_mean_variance, q_posterior_mean_variance, q_sample
 from diffjax.predictions import check_prediction_supported
-from diffjax.processes import is_discrete
+from diffjax.processes import as_jit_argument, is_discrete
 
 __all__ = [
     "BitsPerDim",
@@ -446,7 +446,8 @@ def ode_likelihood(
     )  # fmt: skip
     try:
         return _ode_likelihood(
-            as_model_pytree(model_fn), continuous, jnp.asarray(x), key, jnp.float32(rtol),
+            as_model_pytree(model_fn), as_jit_argument(continuous), jnp.asarray(x), key,
+            jnp.float32(rtol),
             jnp.float32(atol), prediction_type=prediction_type, divergence=divergence,
             autodiff=autodiff, dequantize=dequantize, solver=solver, num_steps=int(num_steps),
             max_steps=int(max_steps), t_max=t_max, t_min=t_min,

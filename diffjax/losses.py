@@ -454,6 +454,11 @@ def denoising_loss(
         raise ValueError(f"offset_noise must be >= 0, got {offset_noise}.")
     if x0.ndim < 2:
         raise ValueError(f"x0 must be [B, ..., C] with rank >= 2, got shape {x0.shape}.")
+    if not jnp.issubdtype(x0.dtype, jnp.floating):
+        raise TypeError(
+            f"x0 must be a float array [B, ..., C] (images scaled to [-1, 1]), got dtype "
+            f"{x0.dtype}."
+        )
     if time_sampler is not None and is_discrete(process):
         raise ValueError("time_sampler is for continuous processes; a schedule draws U{0..T-1}.")
     batch_size = x0.shape[0]

@@ -62,8 +62,10 @@ __all__ = [
     "VE",
     "VPCosine",
     "VPLinear",
+    "PROCESS_PROTOCOL",
     "alpha_sigma",
     "as_continuous",
+    "as_jit_argument",
     "check_process",
     "check_time",
     "get_process",
@@ -451,17 +453,60 @@ def is_discrete(process: Any) -> bool:
     return isinstance(process, DiffusionSchedule)
 
 
+PROCESS_PROTOCOL: tuple[str, ...] = (
+    "name", "variance_preserving", "alpha_sigma", "derivatives", "t_from_log_snr", "model_time",
+)  # fmt: skip
+"""The attributes a continuous process has (:class:`ContinuousProcess`)."""
+
+
 def check_process(process: Any) -> None:
-    """Raises ``TypeError`` unless ``process`` is a schedule or one of the continuous processes."""
-    if not (
-        is_discrete(process)
-        or type(process) in CONTINUOUS_PROCESSES.values()
-        or isinstance(process, ScheduleTime)
-    ):
+    """Raises ``TypeError`` unless ``process`` is a schedule or follows :class:`ContinuousProcess`.
+
+    Any object with the protocol's attributes works with every sampler, loss and the
+    likelihood (a user's own process class, not only the built-in ones); it must be hashable
+    (a frozen dataclass, say), because samplers compile one program per process, like the
+    built-ins, which are static pytrees.
+    """
+    if is_discrete(process):
+        return
+    missing = [name for name in PROCESS_PROTOCOL if not hasattr(process, name)]
+    if missing:
         raise TypeError(
             f"process must be a diffjax DiffusionSchedule (get_schedule) or a continuous process "
-            f"(get_process: {list(CONTINUOUS_PROCESSES)}), got {type(process).__name__}."
+            f"with {list(PROCESS_PROTOCOL)} (get_process: {list(CONTINUOUS_PROCESSES)}, or a "
+            f"class of your own); {type(process).__name__} lacks {missing}."
         )
+    try:
+        hash(process)
+    except TypeError as error:
+        raise TypeError(
+            f"A continuous process must be hashable (e.g. @dataclasses.dataclass(frozen=True)); "
+            f"{type(process).__name__} is not: {error}"
+        ) from error
+
+
+@jax.tree_util.register_static
+@dataclasses.dataclass(frozen=True)
+class _StaticProcess:
+    """A user's process class that is no JAX pytree, carried through ``jax.jit`` as a static
+    value, like the built-in processes (it delegates every attribute)."""
+
+    process: Any
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "process":
+            raise AttributeError(name)
+        return getattr(self.process, name)
+
+
+def as_jit_argument(process: Any) -> Any:
+    """``process`` in a form ``jax.jit`` takes as an argument: itself for a schedule or a
+    registered pytree (the built-ins are static pytrees), else a static wrapper."""
+    check_process(process)
+    leaves = jax.tree_util.tree_leaves(process)
+    if len(leaves) == 1 and leaves[0] is process:
+        return _StaticProcess(process)
+    return process
 
 
 def check_time(process: Any, t: Any, batch_size: int | None = None) -> jnp.ndarray:

@@ -167,6 +167,8 @@ def exact_model_fn(
             process.sqrt_alphas_cumprod,
             process.sqrt_one_minus_alphas_cumprod,
         )
+    # A process of the user's own (no JAX pytree) is bound as the static value samplers use.
+    process = dj.processes.as_jit_argument(process)
     return jax.tree_util.Partial(_CONTINUOUS[prediction_type], *_mixture_arrays(mixture), process)
 
 

@@ -1,7 +1,10 @@
 """Noise processes: closed forms against independent references, the SDE identities, inverses,
 the static-pytree behaviour, and the errors for bad times and names."""
 
+import dataclasses
 import math
+import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +13,8 @@ import pytest
 
 import diffjax as dj
 from diffjax import processes
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 CONTINUOUS = {name: dj.get_process(name) for name in processes.CONTINUOUS_PROCESSES}
 TIMES = np.linspace(0.02, 0.98, 25)
@@ -176,3 +181,171 @@ def test_time_checks_apply_only_to_concrete_values():
         jnp.asarray([0.2, 0.4])
     )
     np.testing.assert_allclose(out[:, 0], [0.8, 0.6], rtol=1e-6)
+
+
+# ------------------------------------------------------------- a process of the user's own
+
+
+@dataclasses.dataclass(frozen=True)
+class TrigFlow:
+    """A user's process class, none of the built-ins, and no JAX pytree: alpha = cos(a t),
+    sigma = sin(a t) (variance preserving; a < pi / 2 keeps alpha(1) > 0)."""
+
+    scale: float = 1.5
+    name = "trig_flow"
+    variance_preserving = True
+
+    def alpha_sigma(self, t, xp=jnp):
+        return xp.cos(self.scale * t), xp.sin(self.scale * t)
+
+    def derivatives(self, t, xp=jnp):
+        return -self.scale * xp.sin(self.scale * t), self.scale * xp.cos(self.scale * t)
+
+    def t_from_log_snr(self, log_snr, xp=jnp):
+        # log(alpha^2 / sigma^2) = -2 log tan(a t)
+        return xp.arctan(xp.exp(-0.5 * log_snr)) / self.scale
+
+    def model_time(self, t, xp=jnp):
+        return 1000.0 * t
+
+
+@dataclasses.dataclass(frozen=True)
+class UserRectifiedFlow:
+    """A user's copy of the rectified flow's formulas, to compare with the built-in bit for bit."""
+
+    name = "user_rectified_flow"
+    variance_preserving = False
+
+    def alpha_sigma(self, t, xp=jnp):
+        return 1.0 - t, t
+
+    def derivatives(self, t, xp=jnp):
+        return -xp.ones_like(t), xp.ones_like(t)
+
+    def t_from_log_snr(self, log_snr, xp=jnp):
+        return 1.0 / (1.0 + xp.exp(0.5 * log_snr))
+
+    def model_time(self, t, xp=jnp):
+        return 1000.0 * t
+
+
+USER_DIM = 4
+USER_MEANS, USER_STDS = np.linspace(-0.5, 0.5, USER_DIM), np.geomspace(0.2, 1.0, USER_DIM)
+
+
+def _user_x0_end(process, t_last, x_T, t_first):
+    """E[x0 | x_{t_last}] after the exact probability flow from x_T at t_first (Gaussian data:
+    z = (x - alpha m) / sqrt(alpha^2 s^2 + sigma^2) is constant along the flow)."""
+    alpha_0, sigma_0 = process.alpha_sigma(np.float64(t_first), np)
+    z = (np.asarray(x_T, np.float64) - alpha_0 * USER_MEANS) / np.sqrt(
+        alpha_0**2 * USER_STDS**2 + sigma_0**2
+    )
+    alpha, sigma = process.alpha_sigma(np.float64(t_last), np)
+    return USER_MEANS + alpha * USER_STDS**2 * z / np.sqrt(alpha**2 * USER_STDS**2 + sigma**2)
+
+
+def _user_error(name, num_steps, **options):
+    """Largest error of sampler ``name`` on TrigFlow against the exact flow map, one grid."""
+    import gaussian_oracle as oracle
+
+    from diffjax import samplers
+
+    process = TrigFlow()
+    model_fn = oracle.exact_model_fn(oracle.gaussian(USER_MEANS, USER_STDS), process, "x0")
+    plan = samplers.SAMPLERS[name].plan(
+        process, num_steps=num_steps, prediction_type="x0", **options
+    )
+    grid = plan.grid
+    x_T = float(grid.sigma[0]) * jax.random.normal(jax.random.key(0), (64, USER_DIM))
+    out = dj.sample(name, model_fn, process, jax.random.key(0), x_T.shape, x_T=x_T,
+                    num_steps=num_steps, prediction_type="x0", **options)  # fmt: skip
+    reference = _user_x0_end(process, float(grid.time[-2]), x_T, float(grid.time[0]))
+    return float(np.max(np.abs(np.asarray(out, np.float64) - reference)))
+
+
+@pytest.mark.parametrize(
+    "name, options, order",
+    [("ddim", dict(t_min=1e-3), 1), ("euler", {}, 1), ("heun", {}, 2)],
+)
+def test_a_user_process_class_samples_with_the_deterministic_samplers(name, options, order):
+    """For a process diffjax does not know, the error against the exact flow map of Gaussian
+    data falls with the method's order: the window of
+    test_samplers_continuous.test_error_against_the_exact_flow_falls_with_the_method_order."""
+    processes.check_process(TrigFlow())
+    errors = [_user_error(name, n, **options) for n in (16, 32, 64)]
+    orders = np.log2(np.asarray(errors[:-1]) / np.asarray(errors[1:]))
+    upper = order + (0.5 if order == 1 else 1.5)
+    assert np.all(orders > order - 0.5) and np.all(orders < upper), (errors, orders)
+
+
+def test_a_user_process_class_samples_with_the_adaptive_ode():
+    """The adaptive solve's error against the exact flow map falls with its tolerance (a
+    hundredfold smaller tolerance, at least a tenfold smaller error; the fifth-order pair's
+    error scales about as tol^(5/6))."""
+    import gaussian_oracle as oracle
+
+    process = TrigFlow()
+    model_fn = oracle.exact_model_fn(oracle.gaussian(USER_MEANS, USER_STDS), process, "x0")
+    x_T = jax.random.normal(jax.random.key(0), (64, USER_DIM))
+    reference = _user_x0_end(process, 1e-3, x_T, 1.0)
+    errors = []
+    for tolerance in (1e-3, 1e-5):
+        out = dj.ode_sample(model_fn, process, jax.random.key(0), x_T.shape, x_T=x_T,
+                            prediction_type="x0", rtol=tolerance, atol=tolerance, t_min=1e-3)  # fmt: skip
+        errors.append(float(np.max(np.abs(np.asarray(out, np.float64) - reference))))
+    assert errors[1] < errors[0] / 10, errors
+
+
+@pytest.mark.parametrize("name, options", [("euler_maruyama", {}), ("pc", dict(snr=0.01))])
+def test_a_user_process_class_samples_with_the_sde_samplers(name, options):
+    import gaussian_oracle as oracle
+    from scipy import stats
+
+    process = TrigFlow()
+    model_fn = oracle.exact_model_fn(oracle.gaussian(USER_MEANS, USER_STDS), process, "eps")
+    num = 4000
+    x = dj.sample(name, model_fn, process, dj.sample_keys(1, 0, num), (num, USER_DIM),
+                  num_steps=400, **options)  # fmt: skip
+    alpha, sigma = process.alpha_sigma(np.float64(1e-3), np)
+    stds = alpha * USER_STDS**2 / np.sqrt(alpha**2 * USER_STDS**2 + sigma**2)
+    # N samples of the law of E[x0 | x_{t_min}]: the moment statistic is chi^2 with 2D dof.
+    assert oracle.gaussian_moment_chi2(x, USER_MEANS, stds) < stats.chi2.ppf(0.999, 2 * USER_DIM)
+
+
+def test_a_user_process_class_gives_the_built_in_losses_and_samples_bit_for_bit():
+    user, built_in = UserRectifiedFlow(), dj.RectifiedFlow()
+    x0 = jax.random.uniform(jax.random.key(0), (8, 4, 4, 1), minval=-1, maxval=1)
+    params = {"w": jnp.float32(0.7)}
+
+    def loss(params, process):
+        return dj.denoising_loss(lambda x, t: params["w"] * x, process, x0, jax.random.key(1),
+                                 prediction_type="flow")[0]  # fmt: skip
+
+    assert loss(params, user) == loss(params, built_in)
+    grads = [jax.grad(loss)(params, process)["w"] for process in (user, built_in)]
+    assert grads[0] == grads[1]
+    model_fn = jax.tree_util.Partial(lambda x, t: -0.5 * x)
+    for name in ("flow_euler", "ddim"):
+        a, b = (
+            dj.sample(name, model_fn, process, jax.random.key(2), (4, 3), num_steps=5,
+                      prediction_type="flow")
+            for process in (user, built_in)
+        )  # fmt: skip
+        np.testing.assert_array_equal(a, b)
+
+
+def test_an_object_without_the_protocol_is_refused_by_name():
+    class Half:
+        name = "half"
+
+        def alpha_sigma(self, t, xp=jnp):
+            return 1 - t, t
+
+    with pytest.raises(TypeError, match=r"lacks \['variance_preserving', 'derivatives'"):
+        dj.sample("ddim", lambda x, t: x, Half(), jax.random.key(0), (2, 2))
+
+    class Unhashable(UserRectifiedFlow):
+        __hash__ = None
+
+    with pytest.raises(TypeError, match="must be hashable"):
+        dj.sample("ddim", lambda x, t: x, Unhashable(), jax.random.key(0), (2, 2))

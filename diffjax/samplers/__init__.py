@@ -14,8 +14,12 @@ shape.
 :func:`ode_sample`                     the probability-flow ODE, adaptive (diffrax Tsit5 /
                                        Dopri5 + PID), NFE reported
 :func:`ddim_invert`                    deterministic DDIM inversion x0 -> x_T
-:func:`classifier_free_guidance`       guided model_fn from a class-conditional one
-:func:`sample`                         any of the samplers by name (for CLIs and configs)
+:func:`classifier_free_guidance`       guided model_fn from a conditional one (any cond pytree)
+``guide=``                             every sampler's denoiser-level hook (x0_hat, eps_hat)
+                                       -> (x0_hat, eps_hat): :func:`clip_x0_guide`,
+                                       :func:`compose_guides`
+:func:`sample`                         any of the samplers by name (for CLIs and configs);
+                                       :func:`register_sampler` adds one
 =====================================  ========================================================
 
 Each sampler checks its options in Python and builds its grid in float64 NumPy (its *plan*),
@@ -52,16 +56,25 @@ from diffjax.samplers.grids import (
     make_grid,
     uniform_times,
 )
-from diffjax.samplers.guidance import classifier_free_guidance
+from diffjax.samplers.guidance import (
+    Guide,
+    classifier_free_guidance,
+    clip_x0_guide,
+    compose_guides,
+)
 from diffjax.samplers.ode import EVALS_PER_STEP, ODE_SOLVERS, OdeStats, ode_sample
 from diffjax.samplers.registry import (
+    COMMON_OPTIONS,
     SAMPLER_NAMES,
     SAMPLERS,
+    SamplerEntry,
     check_sampler_options,
+    is_deterministic,
+    register_sampler,
     sample,
     sampler_options,
 )
-from diffjax.samplers.runner import Plan, run_plan
+from diffjax.samplers.runner import BodySettings, Denoiser, Plan, Point, Step, run_plan
 from diffjax.samplers.sde import CORRECTORS, PREDICTORS, euler_maruyama_sample, pc_sample
 from diffjax.samplers.steps import (
     ddim_noise_scale,
@@ -84,6 +97,7 @@ from diffjax.samplers.timesteps import (
 )
 
 __all__ = [
+    "COMMON_OPTIONS",
     "CORRECTORS",
     "EVALS_PER_STEP",
     "FLOW_METHODS",
@@ -95,11 +109,19 @@ __all__ = [
     "SOLVER_ORDERS",
     "SOLVER_SPACINGS",
     "SPACINGS",
+    "BodySettings",
+    "Denoiser",
     "Grid",
+    "Guide",
     "Plan",
+    "Point",
+    "SamplerEntry",
+    "Step",
     "Trajectory",
     "check_sampler_options",
     "classifier_free_guidance",
+    "clip_x0_guide",
+    "compose_guides",
     "ddim_invert",
     "ddim_noise_scale",
     "ddim_plan",
@@ -125,6 +147,7 @@ __all__ = [
     "heun_plan",
     "heun_sample",
     "heun_step",
+    "is_deterministic",
     "karras_sigmas",
     "langevin_step",
     "karras_times",
@@ -133,6 +156,7 @@ __all__ = [
     "make_grid",
     "ode_sample",
     "pc_sample",
+    "register_sampler",
     "respace_schedule",
     "reverse_diffusion_step",
     "reverse_sde_step",

@@ -253,12 +253,17 @@ def denoise(
     model_time: jnp.ndarray,
     x: jnp.ndarray,
     clip_x0: bool = False,
+    *,
+    time: jnp.ndarray | None = None,
+    guide: Callable | None = None,
 ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
     """One model call at a grid point: ``(prediction, x0, eps)``, each ``[B, ...]``.
 
     The network sees ``x`` scaled as :func:`diffjax.predictions.input_scale` says and the
-    point's model time broadcast to ``[B]``. With ``clip_x0`` the x0-prediction is clipped to
-    [-1, 1] and eps re-derived from it, so the step stays on the line through x.
+    point's model time broadcast to ``[B]``. Its prediction becomes (x0_hat, eps_hat), which
+    ``guide`` may change (:mod:`diffjax.samplers.guidance`); with ``clip_x0`` the x0-prediction
+    is then clipped to [-1, 1] and eps re-derived from it, so the step stays on the line
+    through x. ``prediction`` is the network's raw output, before the guide and the clip.
 
     Args:
       model: ``model(x_in [B, ...], t_in [B]) -> prediction``.
@@ -267,6 +272,8 @@ def denoise(
       model_time: the network's time input, a scalar.
       x: the state ``[B, ...]``.
       clip_x0: clip the x0-prediction.
+      time: the point's process time, a scalar (what ``guide`` is told, as ``[B]``).
+      guide: ``guide(x_t, t, alpha, sigma, x0_hat, eps_hat) -> (x0_hat, eps_hat)``, or None.
 
     Raises:
       ValueError: the model returned another shape (raised while tracing).
@@ -281,6 +288,13 @@ def denoise(
         )
     prediction = prediction.astype(x.dtype)
     x0, eps = predictions.to_x0_eps(prediction_type, prediction, x, m)
+    if guide is not None:
+        if time is None:
+            raise ValueError("denoise with a guide needs the point's process time.")
+        time = jnp.asarray(time)
+        times = jnp.full((x.shape[0],), time, dtype=time.dtype)
+        x0, eps = guide(x, times, m.alpha, m.sigma, x0, eps)
+        x0, eps = x0.astype(x.dtype), eps.astype(x.dtype)
     if clip_x0:
         x0 = jnp.clip(x0, -1.0, 1.0)
         eps = (x - m.alpha * x0) / m.sigma

@@ -125,6 +125,7 @@ def ddim_sample(
     return_trajectory: bool = False,
     dtype: DTypeLike = jnp.float32,
     out_sharding: jax.sharding.Sharding | None = None,
+    guide: Callable | None = None,
 ):
     """DDIM sampling (Song et al. 2021, eqs. 12 and 16) as one ``lax.scan`` over S points.
 
@@ -153,6 +154,8 @@ def ddim_sample(
       dtype: dtype of the state (float32, or bfloat16 for speed).
       out_sharding: optional sharding of ``[B, ...]`` (e.g. ``NamedSharding(mesh, P('data'))``)
         kept on the state and the noise throughout; the samples do not depend on it.
+      guide: ``guide(x_t, t, alpha, sigma, x0_hat, eps_hat) -> (x0_hat, eps_hat)`` after each
+        network call (:mod:`diffjax.samplers.guidance`), before ``clip_x0``; None for none.
 
     Returns:
       Samples ``[B, ...]`` (the x0-prediction of the last step), or ``(samples, trajectory)``.
@@ -167,6 +170,7 @@ def ddim_sample(
     return run_plan(
         plan, model_fn, process, key, shape, clip_x0=clip_x0, x_T=x_T,
         return_trajectory=return_trajectory, dtype=dtype, out_sharding=out_sharding,
+        guide=guide,
     )  # fmt: skip
 
 

@@ -154,6 +154,7 @@ def ddpm_sample(
     return_trajectory: bool = False,
     dtype: DTypeLike = jnp.float32,
     out_sharding: jax.sharding.Sharding | None = None,
+    guide: Callable | None = None,
 ):
     """Ancestral sampling (Ho et al. 2020, Algorithm 2) as one ``lax.scan``.
 
@@ -176,6 +177,8 @@ def ddpm_sample(
       return_trajectory: also return a :class:`Trajectory`.
       dtype: dtype of the state.
       out_sharding: optional sharding of ``[B, ...]``; the samples do not depend on it.
+      guide: ``guide(x_t, t, alpha, sigma, x0_hat, eps_hat) -> (x0_hat, eps_hat)`` after each
+        network call (:mod:`diffjax.samplers.guidance`), before ``clip_x0``; None for none.
 
     Returns:
       Samples ``[B, ...]``, or ``(samples, trajectory)``.
@@ -190,4 +193,5 @@ def ddpm_sample(
     return run_plan(
         plan, model_fn, schedule, key, shape, clip_x0=clip_x0, x_T=x_T,
         return_trajectory=return_trajectory, dtype=dtype, out_sharding=out_sharding,
+        guide=guide,
     )  # fmt: skip

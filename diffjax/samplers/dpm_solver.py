@@ -156,6 +156,7 @@ def dpm_solver_sample(
     return_trajectory: bool = False,
     dtype: DTypeLike = jnp.float32,
     out_sharding: jax.sharding.Sharding | None = None,
+    guide: Callable | None = None,
 ):
     """DPM-Solver++(2M) sampling (Lu et al. 2022, Algorithm 2) as one ``lax.scan``.
 
@@ -184,6 +185,8 @@ def dpm_solver_sample(
       return_trajectory: also return a :class:`Trajectory`.
       dtype: dtype of the state.
       out_sharding: optional sharding of ``[B, ...]``.
+      guide: ``guide(x_t, t, alpha, sigma, x0_hat, eps_hat) -> (x0_hat, eps_hat)`` after each
+        network call (:mod:`diffjax.samplers.guidance`), before ``clip_x0``; None for none.
 
     Returns:
       Samples ``[B, ...]``, or ``(samples, trajectory)``.
@@ -198,4 +201,5 @@ def dpm_solver_sample(
     return run_plan(
         plan, model_fn, process, key, shape, clip_x0=clip_x0, x_T=x_T,
         return_trajectory=return_trajectory, dtype=dtype, out_sharding=out_sharding,
+        guide=guide,
     )  # fmt: skip

@@ -179,6 +179,8 @@ _ARGS_DOC = """
       return_trajectory: also return a :class:`Trajectory`.
       dtype: dtype of the state.
       out_sharding: optional sharding of ``[B, ...]``.
+      guide: ``guide(x_t, t, alpha, sigma, x0_hat, eps_hat) -> (x0_hat, eps_hat)`` after each
+        network call (:mod:`diffjax.samplers.guidance`), before ``clip_x0``; None for none.
 
     Returns:
       Samples ``[B, ...]``, or ``(samples, trajectory)``.
@@ -193,6 +195,7 @@ def euler_sample(
     prediction_type: str = "eps", clip_x0: bool = False, x_T: jnp.ndarray | None = None,
     return_trajectory: bool = False, dtype: DTypeLike = jnp.float32,
     out_sharding: jax.sharding.Sharding | None = None,
+    guide: Callable | None = None,
 ):  # fmt: skip
     """EDM's Euler sampler (Karras et al. 2022, Algorithm 2 without its Heun correction): N
     model calls on the Karras grid, one ``lax.scan``.
@@ -205,6 +208,7 @@ def euler_sample(
     return run_plan(
         plan, model_fn, process, key, shape, clip_x0=clip_x0, x_T=x_T,
         return_trajectory=return_trajectory, dtype=dtype, out_sharding=out_sharding,
+        guide=guide,
     )  # fmt: skip
 
 
@@ -216,6 +220,7 @@ def heun_sample(
     prediction_type: str = "eps", clip_x0: bool = False, x_T: jnp.ndarray | None = None,
     return_trajectory: bool = False, dtype: DTypeLike = jnp.float32,
     out_sharding: jax.sharding.Sharding | None = None,
+    guide: Callable | None = None,
 ):  # fmt: skip
     """EDM's Heun sampler (Karras et al. 2022, Algorithms 1-2): NFE = 2N - 1 model calls on
     the Karras grid, the last step Euler, one ``lax.scan``.
@@ -228,6 +233,7 @@ def heun_sample(
     return run_plan(
         plan, model_fn, process, key, shape, clip_x0=clip_x0, x_T=x_T,
         return_trajectory=return_trajectory, dtype=dtype, out_sharding=out_sharding,
+        guide=guide,
     )  # fmt: skip
 
 

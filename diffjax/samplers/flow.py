@@ -50,7 +50,7 @@ DEFAULT_T_MIN: dict[str, float] = {"euler": 0.0, "midpoint": 0.0, "heun": 1e-3}
 
 def _velocity(model, settings, point: Point, x: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
     prediction, x0, eps = settings.denoise(model, point, x)
-    if settings.prediction_type == "flow" and not settings.clip_x0:
+    if settings.prediction_type == "flow" and not settings.clip_x0 and model.guide is None:
         return prediction, x0
     return point.marginal.d_alpha * x0 + point.marginal.d_sigma * eps, x0
 
@@ -132,7 +132,7 @@ def _sampler(method: str, default_steps: int) -> Callable:
         t_min: float | None = None, prediction_type: str = "flow", clip_x0: bool = False,
         x_T: jnp.ndarray | None = None,
         return_trajectory: bool = False, dtype: DTypeLike = jnp.float32,
-        out_sharding: jax.sharding.Sharding | None = None,
+        out_sharding: jax.sharding.Sharding | None = None, guide: Callable | None = None,
     ):  # fmt: skip
         plan = flow_plan(
             process, method, num_steps=num_steps, shift=shift, t_max=t_max, t_min=t_min,
@@ -141,6 +141,7 @@ def _sampler(method: str, default_steps: int) -> Callable:
         return run_plan(
             plan, model_fn, process, key, shape, clip_x0=clip_x0, x_T=x_T,
             return_trajectory=return_trajectory, dtype=dtype, out_sharding=out_sharding,
+            guide=guide,
         )  # fmt: skip
 
     sample.__name__ = sample.__qualname__ = f"flow_{method}_sample"
@@ -163,6 +164,8 @@ def _sampler(method: str, default_steps: int) -> Callable:
       return_trajectory: also return a :class:`Trajectory`.
       dtype: dtype of the state.
       out_sharding: optional sharding of ``[B, ...]``.
+      guide: ``guide(x_t, t, alpha, sigma, x0_hat, eps_hat) -> (x0_hat, eps_hat)`` after each
+        network call (:mod:`diffjax.samplers.guidance`), before ``clip_x0``; None for none.
 
     Returns:
       Samples ``[B, ...]`` (the state at t = 0), or ``(samples, trajectory)``.

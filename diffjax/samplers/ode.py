@@ -38,7 +38,7 @@ import numpy as np
 from jax.typing import DTypeLike
 
 from diffjax import predictions
-from diffjax.processes import Marginal, as_continuous, check_process, marginal
+from diffjax.processes import Marginal, as_continuous, as_jit_argument, check_process, marginal
 from diffjax.samplers.common import (
     as_model_pytree,
     check_common_args,
@@ -96,7 +96,7 @@ class OdeStats(NamedTuple):
 
 def ode_velocity(
     model: Callable, prediction_type: str, process: Any, t: jnp.ndarray, x: jnp.ndarray,
-    clip_x0: bool = False,
+    clip_x0: bool = False, guide: Callable | None = None,
 ) -> tuple[jnp.ndarray, jnp.ndarray]:  # fmt: skip
     """The probability-flow velocity alpha' x0_hat + sigma' eps_hat at a scalar time t.
 
@@ -107,15 +107,17 @@ def ode_velocity(
       t: scalar float time in (0, 1].
       x: ``[B, ...]``.
       clip_x0: clip x0_hat to [-1, 1] first.
+      guide: applied to (x0_hat, eps_hat) first (:mod:`diffjax.samplers.guidance`).
 
     Returns:
       ``(velocity [B, ...], x0_hat [B, ...])``.
     """
     m = marginal(process, t, 0, x.dtype)
+    t = jnp.asarray(t, jnp.float32)
     prediction, x0, eps = denoise(
-        model, prediction_type, m, process.model_time(jnp.asarray(t, jnp.float32)), x, clip_x0
+        model, prediction_type, m, process.model_time(t), x, clip_x0, time=t, guide=guide
     )
-    if prediction_type == "flow" and not clip_x0:
+    if prediction_type == "flow" and not clip_x0 and guide is None:
         return prediction, x0
     return m.d_alpha * x0 + m.d_sigma * eps, x0
 
@@ -232,14 +234,14 @@ def solve(
     ),
 )  # fmt: skip
 def _run(
-    model, process, key, x_T, rtol, atol, *, shape, dtype, prediction_type, clip_x0, solver,
-    num_steps, max_steps, out_sharding, t_max, t_min,
+    model, guide, process, key, x_T, rtol, atol, *, shape, dtype, prediction_type, clip_x0,
+    solver, num_steps, max_steps, out_sharding, t_max, t_min,
 ):  # fmt: skip
     _, start_sigma = process.alpha_sigma(jnp.float32(t_max))
     x, _ = initial_state(key, x_T, shape, dtype, out_sharding, start_sigma.astype(dtype))
 
     def vector_field(t, x):
-        velocity, _ = ode_velocity(model, prediction_type, process, t, x, clip_x0)
+        velocity, _ = ode_velocity(model, prediction_type, process, t, x, clip_x0, guide)
         return constrain(velocity, out_sharding)
 
     x_end, stats = solve(
@@ -248,8 +250,9 @@ def _run(
     )  # fmt: skip
     m = marginal(process, jnp.float32(t_min), 0, dtype)
     _, x0, _ = denoise(
-        model, prediction_type, m, process.model_time(jnp.float32(t_min)), x_end, clip_x0
-    )
+        model, prediction_type, m, process.model_time(jnp.float32(t_min)), x_end, clip_x0,
+        time=jnp.float32(t_min), guide=guide,
+    )  # fmt: skip
     return constrain(x0, out_sharding), stats._replace(
         num_function_evals=stats.num_function_evals + 1
     )
@@ -274,6 +277,7 @@ def ode_sample(
     return_stats: bool = False,
     dtype: DTypeLike = jnp.float32,
     out_sharding: jax.sharding.Sharding | None = None,
+    guide: Callable | None = None,
 ):
     """Samples by solving the probability-flow ODE adaptively (see the module docstring).
 
@@ -295,6 +299,8 @@ def ode_sample(
       return_stats: also return the :class:`OdeStats` of the solve.
       dtype: dtype of the state.
       out_sharding: optional sharding of ``[B, ...]``.
+      guide: ``guide(x_t, t, alpha, sigma, x0_hat, eps_hat) -> (x0_hat, eps_hat)`` at every
+        evaluation (:mod:`diffjax.samplers.guidance`), before ``clip_x0``; None for none.
 
     Returns:
       Samples ``[B, ...]``, or ``(samples, OdeStats)``; the final x0-prediction is counted in
@@ -308,7 +314,8 @@ def ode_sample(
     clip_x0 = check_flag(clip_x0, "clip_x0")
     return_stats = check_flag(return_stats, "return_stats")
     samples, stats = _run(
-        as_model_pytree(model), continuous, key, x_T, jnp.float32(rtol), jnp.float32(atol),
+        as_model_pytree(model), None if guide is None else as_model_pytree(guide),
+        as_jit_argument(continuous), key, x_T, jnp.float32(rtol), jnp.float32(atol),
         shape=shape, dtype=dtype, prediction_type=prediction_type, clip_x0=clip_x0,
         solver=solver, num_steps=int(num_steps), max_steps=int(max_steps),
         out_sharding=out_sharding, t_max=t_max, t_min=t_min,

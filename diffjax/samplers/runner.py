@@ -8,10 +8,12 @@ new key, x_T, grid values, dynamic option or set of params (bound in a
 :class:`jax.tree_util.Partial`) reuses it.
 
 A body is called as ``body(model, process, x, carry, step, noise_key, settings, options)`` and
-returns ``(x_next, carry, x0_hat)``, where ``step`` holds the current and next :class:`Point`
-of the grid, the step's coefficients and its noise index, ``settings`` the static
-:class:`BodySettings` and ``options`` the plan's traced scalars. The process enters as a traced
-pytree, for bodies that need its marginal off the grid (EDM's churn).
+returns ``(x_next, carry, x0_hat)``, where ``model`` is the :class:`Denoiser` (the network and
+the sampler's ``guide``) that ``settings.denoise(model, point, x)`` evaluates, ``step`` holds
+the current and next :class:`Point` of the grid, the step's coefficients and its noise index,
+``settings`` the static :class:`BodySettings` and ``options`` the plan's traced scalars. The
+process enters as a traced pytree, for bodies that need its marginal off the grid (EDM's
+churn).
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffjax.processes import Marginal
+from diffjax.processes import Marginal, as_jit_argument
 from diffjax.samplers.common import (
     Trajectory,
+    as_model_pytree,
     check_common_args,
     check_flag,
     constrain,
@@ -35,7 +38,7 @@ from diffjax.samplers.common import (
 )
 from diffjax.samplers.grids import Grid, as_jax
 
-__all__ = ["BodySettings", "Plan", "Point", "Step", "run_plan"]
+__all__ = ["BodySettings", "Denoiser", "Plan", "Point", "Step", "run_plan"]
 
 
 class Plan(NamedTuple):
@@ -62,6 +65,14 @@ class Plan(NamedTuple):
     static: tuple[tuple[str, Any], ...] = ()
     options: dict[str, float] = {}
     initial_carry: Callable | None = None
+
+
+class Denoiser(NamedTuple):
+    """What a body evaluates at a point: the network and the guide applied to its outputs
+    (both pytrees, traced; ``guide`` None for none)."""
+
+    model: Any
+    guide: Any = None
 
 
 class Point(NamedTuple):
@@ -91,11 +102,13 @@ class BodySettings(NamedTuple):
     out_sharding: Any
     static: dict[str, Any]
 
-    def denoise(self, model: Callable, point: Point, x: jnp.ndarray):
-        """:func:`~diffjax.samplers.common.denoise` at ``point``: (prediction, x0, eps)."""
+    def denoise(self, denoiser: Denoiser, point: Point, x: jnp.ndarray):
+        """:func:`~diffjax.samplers.common.denoise` at ``point``: (prediction, x0, eps), with the
+        denoiser's guide applied."""
         return denoise(
-            model, self.prediction_type, point.marginal, point.model_time, x, self.clip_x0
-        )
+            denoiser.model, self.prediction_type, point.marginal, point.model_time, x,
+            self.clip_x0, time=point.time, guide=denoiser.guide,
+        )  # fmt: skip
 
     def noise(self, noise_key: jax.Array, step: Step) -> jnp.ndarray:
         """The step's N(0, I) noise (:func:`~diffjax.samplers.common.step_noise`)."""
@@ -125,7 +138,7 @@ def _slice(point: Point, selection: slice) -> Point:
     ),
 )  # fmt: skip
 def _run(
-    model, process, key, x_T, grid, coefficients, options, start_scale, *, body, initial_carry,
+    denoiser, process, key, x_T, grid, coefficients, options, start_scale, *, body, initial_carry,
     shape, dtype, prediction_type, variance_preserving, clip_x0, static, return_trajectory,
     out_sharding,
 ):  # fmt: skip
@@ -141,7 +154,7 @@ def _run(
 
     def scan_body(carry, step):
         x, extra = carry
-        x_next, extra, x0 = body(model, process, x, extra, step, noise_key, settings, options)
+        x_next, extra, x0 = body(denoiser, process, x, extra, step, noise_key, settings, options)
         history = (x, x0) if return_trajectory else None
         return (constrain(x_next, out_sharding), extra), history
 
@@ -164,6 +177,7 @@ def run_plan(
     return_trajectory: bool = False,
     dtype: Any = jnp.float32,
     out_sharding: jax.sharding.Sharding | None = None,
+    guide: Callable | None = None,
 ):
     """Runs a sampler's plan as one jitted ``lax.scan`` (see the module docstring).
 
@@ -178,16 +192,19 @@ def run_plan(
       return_trajectory: also return a :class:`~diffjax.samplers.Trajectory`.
       dtype: dtype of the state.
       out_sharding: optional sharding of ``[B, ...]``; the samples do not depend on it.
+      guide: ``guide(x_t, t, alpha, sigma, x0_hat, eps_hat) -> (x0_hat, eps_hat)`` applied
+        after each network call (:mod:`diffjax.samplers.guidance`), before ``clip_x0``.
 
     Returns:
       Samples ``[B, ...]``, or ``(samples, trajectory)``.
     """
     model, shape, dtype = check_common_args(model_fn, process, shape, key, x_T, dtype, out_sharding)
+    denoiser = Denoiser(model, None if guide is None else as_model_pytree(guide))
     clip_x0 = check_flag(clip_x0, "clip_x0")
     return_trajectory = check_flag(return_trajectory, "return_trajectory")
     return _run(
-        model,
-        process,
+        denoiser,
+        as_jit_argument(process),
         key,
         x_T,
         as_jax(plan.grid),

@@ -207,16 +207,19 @@ _COMMON_DOC = """
       return_trajectory: also return a :class:`~diffjax.samplers.Trajectory`.
       dtype: dtype of the state.
       out_sharding: optional sharding of ``[B, ...]``.
+      guide: ``guide(x_t, t, alpha, sigma, x0_hat, eps_hat) -> (x0_hat, eps_hat)`` after each
+        network call (:mod:`diffjax.samplers.guidance`), before ``clip_x0``; None for none.
 
     Returns:
       Samples ``[B, ...]``, or ``(samples, trajectory)``."""
 
 
 def _run(plan: Plan, process, model_fn, key, shape, clip_x0, x_T, return_trajectory, dtype,
-         out_sharding):  # fmt: skip
+         out_sharding, guide):  # fmt: skip
     return run_plan(
         plan, model_fn, as_continuous(process), key, shape, clip_x0=clip_x0, x_T=x_T,
         return_trajectory=return_trajectory, dtype=dtype, out_sharding=out_sharding,
+        guide=guide,
     )  # fmt: skip
 
 
@@ -225,13 +228,13 @@ def euler_maruyama_sample(
     num_steps: int = 1000, t_max: float = 1.0, t_min: float = DEFAULT_T_MIN,
     prediction_type: str = "eps", clip_x0: bool = False, x_T: jnp.ndarray | None = None,
     return_trajectory: bool = False, dtype: DTypeLike = jnp.float32,
-    out_sharding: jax.sharding.Sharding | None = None,
+    out_sharding: jax.sharding.Sharding | None = None, guide: Callable | None = None,
 ):  # fmt: skip
     plan = euler_maruyama_plan(
         process, num_steps=num_steps, t_max=t_max, t_min=t_min, prediction_type=prediction_type
     )
     return _run(plan, process, model_fn, key, shape, clip_x0, x_T, return_trajectory, dtype,
-                out_sharding)  # fmt: skip
+                out_sharding, guide)  # fmt: skip
 
 
 euler_maruyama_sample.__doc__ = (
@@ -249,6 +252,7 @@ def pc_sample(
     t_min: float = DEFAULT_T_MIN, prediction_type: str = "eps", clip_x0: bool = False,
     x_T: jnp.ndarray | None = None, return_trajectory: bool = False,
     dtype: DTypeLike = jnp.float32, out_sharding: jax.sharding.Sharding | None = None,
+    guide: Callable | None = None,
 ):  # fmt: skip
     plan = pc_plan(
         process, num_steps=num_steps, predictor=predictor, corrector=corrector,
@@ -256,7 +260,7 @@ def pc_sample(
         prediction_type=prediction_type,
     )  # fmt: skip
     return _run(plan, process, model_fn, key, shape, clip_x0, x_T, return_trajectory, dtype,
-                out_sharding)  # fmt: skip
+                out_sharding, guide)  # fmt: skip
 
 
 pc_sample.__doc__ = (
