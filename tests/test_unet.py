@@ -48,7 +48,8 @@ def _abstract_init(model, x_shape, labels=None):
     """Parameter shapes via jax.eval_shape: traced, never compiled or allocated."""
     x = jax.ShapeDtypeStruct(x_shape, jnp.float32)
     t = jax.ShapeDtypeStruct(x_shape[:1], jnp.int32)
-    return jax.eval_shape(model.init, jax.random.key(0), x, t, labels)["params"]
+    cond = None if labels is None else {"label": labels}
+    return jax.eval_shape(model.init, jax.random.key(0), x, t, cond)["params"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -60,14 +61,17 @@ def _conditional_model_and_params():
     """
     model = UNet(**TINY, num_classes=NUM_CLASSES)
     x, t = _inputs()
-    params = jax.jit(model.init)(jax.random.key(0), x, t, jnp.zeros((2,), jnp.int32))["params"]
+    params = jax.jit(model.init)(jax.random.key(0), x, t, {"label": jnp.zeros((2,), jnp.int32)})[
+        "params"
+    ]
     return model, params, _perturb(params, seed=1)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "train"))
 def _apply(model, params, x, t, labels, train=False, dropout_key=None):
     rngs = None if dropout_key is None else {"dropout": dropout_key}
-    return model.apply({"params": params}, x, t, labels, train=train, rngs=rngs)
+    cond = None if labels is None else {"label": labels}
+    return model.apply({"params": params}, x, t, cond, train=train, rngs=rngs)
 
 
 def test_cifar10_config_has_ddpm_parameter_count():
@@ -240,7 +244,13 @@ def test_labels_must_match_num_classes():
     x, t = _inputs()
     _, params, _ = _conditional_model_and_params()
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\]"):
-        conditional.apply({"params": params}, x, t, jnp.array([0, 4], jnp.int32))
+        conditional.apply({"params": params}, x, t, {"label": jnp.array([0, 4], jnp.int32)})
+    # Labels are the 'label' entry of the cond dict; a bare array gets the fix in the message.
+    with pytest.raises(TypeError, match=r"cond=\{'label': labels\}"):
+        conditional.apply({"params": params}, x, t, jnp.array([0, 1], jnp.int32))
+    assert conditional.cond_keys == ("label",) and UNet(**TINY).cond_keys == ()
+    null = conditional.null_cond({"label": jnp.array([0, 2])})
+    np.testing.assert_array_equal(null["label"], [NUM_CLASSES, NUM_CLASSES])
 
 
 def test_t_shape_and_x_dtype_are_checked():

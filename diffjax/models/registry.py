@@ -1,63 +1,95 @@
 """Networks by name, for configs: ``config.model.name`` picks one, its own keys configure it.
 
-Every registered network is a Flax Linen module called as ``module(x, t, labels, train=...)``
-with a ``num_classes`` attribute (``None`` for an unconditional model; label ``num_classes`` is
-the null label of classifier-free guidance), so the training program, sampling and resuming
-work with any of them. An entry lists the config keys of its network (with the type tags of
-:mod:`diffjax.training.config_validation`), builds the module from a validated ``config.model``
-section, and names the keys that fix the parameters' shapes and meaning (a resumed run must keep
-those). A network's options are validated by the network itself (its constructor and its
-``check_input_shape``), not by a second copy of the rules.
+Every registered network is a Flax Linen module called as ``module(x, t, cond, train=...)``
+that declares the conditioning it reads (``cond_keys``) and its null condition (``null_cond``;
+:mod:`diffjax.models.conditioning`), so the training program, sampling, guidance and resuming
+work with any of them. An entry holds the network's config section with its defaults (from
+which the config schema is derived: a key's type is its default's), builds the module from a
+validated ``config.model`` section, checks that it takes the data's shape, and names the keys
+that fix the parameters' shapes and meaning (a resumed run must keep those). A network's
+options are validated by the network itself (its constructor and ``check_input_shape``), not by
+a second copy of the rules.
 
-The DiT, the autoencoder and ControlNet will register here.
+The registry is open: :func:`register_model` adds a user's own Flax network, which a config
+then names (``config.model = diffjax.models.default_model_config('mine')``, with the module
+that registers it in ``config.imports``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Callable, Mapping, NamedTuple
 
 import flax.linen as nn
 import jax.numpy as jnp
+import ml_collections
+from ml_collections import config_dict
 
 from diffjax.models.unet import UNet, check_attn_resolutions, check_image_size
+from diffjax.names import RegistryNames
 
 __all__ = [
-    "COMMON_MODEL_KEYS",
     "DTYPES",
     "MODELS",
     "MODEL_NAMES",
     "ModelEntry",
     "build_model",
     "check_model_config",
+    "default_model_config",
     "model_entry",
+    "register_model",
 ]
 
 DTYPES: dict[str, Any] = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
-COMMON_MODEL_KEYS: dict[str, str] = {
-    "name": "str",
-    "num_classes": "int or None",
-    "dtype": "str",
-    "param_dtype": "str",
-}
-"""Keys every ``config.model`` has, whatever the network."""
+
+def _common_keys(name: str) -> ml_collections.ConfigDict:
+    """The keys every ``config.model`` has, whatever the network."""
+    section = ml_collections.ConfigDict()
+    # The network, by name in diffjax.models.MODELS; the other keys are that network's.
+    section.name = name
+    # None: unconditional. K: class-conditional on K classes (label K is the null label).
+    section.num_classes = config_dict.placeholder(int)
+    # Compute and parameter dtypes: 'float32' or 'bfloat16' (TPU/GPU).
+    section.dtype = "float32"
+    section.param_dtype = "float32"
+    return section
 
 
 class ModelEntry(NamedTuple):
     """A registered network.
 
     Attributes:
-      keys: the network's own config keys and their type tags.
+      defaults: ``defaults() -> dict`` of the network's own config keys and their default
+        values (an ``ml_collections.config_dict.placeholder(type)`` marks a key that may be
+        None); their types are the schema of the section.
       build: ``build(model_config) -> module``; ``model_config`` is the validated section.
-      check_input_shape: ``check(module, image_shape (H, W, C))`` raising ``ValueError`` for an
-        input the network cannot take.
-      state_keys: the keys of ``keys`` that fix the parameters (changing them breaks a resume).
+      check_input_shape: ``check(module, shape)`` raising ``ValueError`` for an input (one
+        example, ``(H, W, C)``, or ``(H, W)`` before the channel count is known) the network
+        cannot take.
+      state_keys: the keys of ``defaults`` that fix the parameters (changing them breaks a
+        resume).
     """
 
-    keys: Mapping[str, str]
+    defaults: Callable[[], Mapping[str, Any]]
     build: Callable[[Mapping[str, Any]], nn.Module]
     check_input_shape: Callable[[nn.Module, tuple[int, ...]], None]
     state_keys: tuple[str, ...]
+
+
+def _unet_defaults() -> dict[str, Any]:
+    # DDPM's CIFAR-10 values: 35.7M parameters.
+    return dict(
+        base_channels=128,
+        channel_mults=(1, 2, 2, 2),
+        num_res_blocks=2,
+        # Feature-map sizes (pixels) that get self-attention; each must occur in the UNet.
+        attn_resolutions=(16,),
+        dropout=0.1,
+        num_groups=32,
+        # Recompute activations in the backward pass: less memory, ~30% more compute.
+        remat=False,
+    )
 
 
 def _build_unet(config: Mapping[str, Any]) -> UNet:
@@ -76,6 +108,8 @@ def _build_unet(config: Mapping[str, Any]) -> UNet:
 
 
 def _check_unet_input(model: UNet, image_shape: tuple[int, ...]) -> None:
+    if len(image_shape) not in (2, 3):
+        raise ValueError(f"the UNet takes images (H, W, C), got inputs of shape {image_shape}.")
     for side in image_shape[:2]:
         check_image_size(side, model.channel_mults)
     check_attn_resolutions(image_shape[0], model.channel_mults, model.attn_resolutions)
@@ -83,15 +117,7 @@ def _check_unet_input(model: UNet, image_shape: tuple[int, ...]) -> None:
 
 MODELS: dict[str, ModelEntry] = {
     "unet": ModelEntry(
-        keys={
-            "base_channels": "int",
-            "channel_mults": "tuple of int",
-            "num_res_blocks": "int",
-            "attn_resolutions": "tuple of int",
-            "dropout": "float",
-            "num_groups": "int",
-            "remat": "bool",
-        },
+        defaults=_unet_defaults,
         build=_build_unet,
         check_input_shape=_check_unet_input,
         state_keys=(
@@ -103,14 +129,57 @@ MODELS: dict[str, ModelEntry] = {
         ),
     ),
 }
-MODEL_NAMES: tuple[str, ...] = tuple(MODELS)
+"""The registered networks by name (the built-in ones and those of :func:`register_model`)."""
+
+MODEL_NAMES: Sequence[str] = RegistryNames(MODELS)
+"""The names of the registered networks (a live view)."""
+
+
+def register_model(name: str, entry: ModelEntry) -> None:
+    """Adds a network that configs can name (``config.model.name``).
+
+    Args:
+      name: a new name.
+      entry: its :class:`ModelEntry`. The module it builds is called as
+        ``module(x, t, cond, train=...)``, returns the prediction of x's shape, and declares
+        ``cond_keys`` and ``null_cond`` if it reads conditioning.
+
+    Raises:
+      ValueError: the name is taken, or the entry's defaults reuse a common key.
+    """
+    if not isinstance(name, str) or not name or name in MODELS:
+        raise ValueError(
+            f"register_model needs a new, non-empty name; {name!r} is taken or empty "
+            f"(registered: {tuple(MODELS)})."
+        )
+    if not isinstance(entry, ModelEntry):
+        raise TypeError(f"entry must be a diffjax.models.ModelEntry, got {type(entry).__name__}.")
+    clash = sorted(set(entry.defaults()) & set(_common_keys(name)))
+    if clash:
+        raise ValueError(
+            f"Model {name!r} defines {clash}, which every config.model already has; rename them."
+        )
+    MODELS[name] = entry
 
 
 def model_entry(name: str) -> ModelEntry:
     """The registry entry of network ``name``; ``ValueError`` listing the names otherwise."""
     if name not in MODELS:
-        raise ValueError(f"Unknown model {name!r}; expected one of {MODEL_NAMES}.")
+        raise ValueError(f"Unknown model {name!r}; expected one of {tuple(MODELS)}.")
     return MODELS[name]
+
+
+def default_model_config(name: str) -> ml_collections.ConfigDict:
+    """The ``config.model`` section of network ``name`` with every default.
+
+    Example:
+      >>> config.model = default_model_config("unet")
+      >>> config.model.base_channels = 64
+    """
+    section = _common_keys(name)
+    for key, value in model_entry(name).defaults().items():
+        section[key] = value
+    return section
 
 
 def build_model(model_config: Mapping[str, Any]) -> nn.Module:
@@ -125,16 +194,26 @@ def build_model(model_config: Mapping[str, Any]) -> nn.Module:
     return model_entry(model_config["name"]).build(model_config)
 
 
-def check_model_config(model_config: Mapping[str, Any], image_shape: tuple[int, ...]) -> None:
-    """Builds the network and checks that it takes ``image_shape`` inputs.
+def check_model_config(model_config: Mapping[str, Any], input_shape: tuple[int, ...]) -> None:
+    """Builds the network and checks that it takes inputs of ``input_shape`` (one example).
 
     Raises:
-      ValueError: naming the bad option or the image size and what the network needs.
+      ValueError: naming the bad option or the input size and what the network needs.
     """
     if model_config["dtype"] not in DTYPES or model_config["param_dtype"] not in DTYPES:
         raise ValueError(
             f"dtype and param_dtype must be one of {tuple(DTYPES)}, got "
             f"{model_config['dtype']!r} and {model_config['param_dtype']!r}."
         )
+    for key in ("dtype", "param_dtype"):
+        if model_config[key] == "float16":
+            raise ValueError(
+                f"{key}='float16' needs loss scaling against gradient underflow, which diffjax "
+                f"does not implement; use 'bfloat16' (same memory, float32's range) or 'float32'."
+            )
+    if model_config["num_classes"] is not None and model_config["num_classes"] < 1:
+        raise ValueError(
+            f"num_classes must be None (unconditional) or >= 1, got {model_config['num_classes']}."
+        )
     entry = model_entry(model_config["name"])
-    entry.check_input_shape(entry.build(model_config), tuple(image_shape))
+    entry.check_input_shape(entry.build(model_config), tuple(input_shape))

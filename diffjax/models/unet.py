@@ -9,18 +9,20 @@ added to it (Dhariwal & Nichol 2021, "Diffusion Models Beat GANs", arXiv:2105.05
 
 The default fields are DDPM's CIFAR-10 model (35.7M parameters with 3 output channels).
 
-Typical use with the pure math in :mod:`diffjax` (which only ever sees a ``model_fn``)::
+It is called as every registered network is, ``unet(x, t, cond, train=...)``, with the class
+in ``cond['label']`` when ``num_classes`` is set (:mod:`diffjax.models.conditioning`). Typical
+use with the pure math in :mod:`diffjax` (which only ever sees a ``model_fn``)::
 
     model = UNet(base_channels=64, channel_mults=(1, 2, 2), attn_resolutions=(14,))
     params = model.init(key, x, t)["params"]
-    model_fn = lambda x_t, t: model.apply({"params": params}, x_t, t)
+    model_fn = diffjax.models.make_model_fn(model, params)
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -130,7 +132,7 @@ def count_params(params: Any) -> int:
 
 
 class UNet(nn.Module):
-    """DDPM UNet predicting an image-shaped output (eps, x0 or v) from ``(x_t, t[, labels])``.
+    """DDPM UNet predicting an image-shaped output (eps, x0 or v) from ``(x_t, t, cond)``.
 
     Attributes:
       base_channels: channels of the first level; also the sinusoidal embedding width, while
@@ -143,9 +145,10 @@ class UNet(nn.Module):
         inputs the height is matched. The middle block always has attention.
       dropout: dropout rate inside the ResNet blocks (active only with ``train=True``).
       out_channels: output channels; ``None`` means the input's channel count.
-      num_classes: enables class conditioning: an embedding table of ``num_classes + 1`` rows
-        added to the time embedding. Label ``num_classes`` is the "null" label used for
-        classifier-free guidance; dropping labels to it during training is the caller's job.
+      num_classes: enables class conditioning on ``cond['label']``: an embedding table of
+        ``num_classes + 1`` rows added to the time embedding. Label ``num_classes`` is the
+        null label of classifier-free guidance (:meth:`null_cond`); dropping labels to it
+        during training is the caller's job.
       num_groups: GroupNorm groups.
       dtype: compute dtype (e.g. ``jnp.bfloat16``); the output is always float32.
       param_dtype: parameter dtype.
@@ -194,8 +197,17 @@ class UNet(nn.Module):
         if self.num_classes is not None and self.num_classes < 1:
             raise ValueError(f"num_classes must be None or >= 1, got {self.num_classes}.")
 
+    @property
+    def cond_keys(self) -> tuple[str, ...]:
+        """``('label',)`` for a class-conditional UNet, else ``()``."""
+        return () if self.num_classes is None else ("label",)
+
+    def null_cond(self, cond: Mapping[str, Any]) -> dict[str, jnp.ndarray]:
+        """The null label ``num_classes`` for every example of ``cond['label']``."""
+        return {"label": jnp.full_like(jnp.asarray(cond["label"]), self.num_classes)}
+
     def _check_inputs(
-        self, x: jnp.ndarray, t: Any, labels: Any
+        self, x: jnp.ndarray, t: Any, cond: Any
     ) -> tuple[jnp.ndarray, jnp.ndarray | None]:
         """Validates shapes and dtypes at trace time; returns ``t`` as ``[B]`` and the labels."""
         if x.ndim != 4:
@@ -213,23 +225,29 @@ class UNet(nn.Module):
         if t.shape != (batch,):
             raise ValueError(f"t must be a scalar or have shape [B] = [{batch}], got {t.shape}.")
 
+        if cond is not None and not isinstance(cond, Mapping):
+            raise TypeError(
+                f"cond must be a dict such as {{'label': labels}} or None, got "
+                f"{type(cond).__name__}; pass class labels as cond={{'label': labels}}."
+            )
+        labels = None if cond is None else cond.get("label")
         if self.num_classes is None:
             if labels is not None:
                 raise ValueError(
-                    "labels were given but the UNet has num_classes=None (unconditional); "
+                    "cond['label'] was given but the UNet has num_classes=None (unconditional); "
                     "set num_classes to enable class conditioning."
                 )
             return t, None
         if labels is None:
             raise ValueError(
                 f"The UNet is class-conditional (num_classes={self.num_classes}) and needs "
-                f"labels int32 [B]; pass labels={self.num_classes} (the null label) for "
+                f"cond['label'] int32 [B]; pass the null label {self.num_classes} for "
                 f"unconditional predictions."
             )
         labels = jnp.asarray(labels)
         if not jnp.issubdtype(labels.dtype, jnp.integer) or labels.shape != (batch,):
             raise ValueError(
-                f"labels must be an integer array of shape [B] = [{batch}], got dtype "
+                f"cond['label'] must be an integer array of shape [B] = [{batch}], got dtype "
                 f"{labels.dtype} and shape {labels.shape}."
             )
         if not isinstance(labels, jax.core.Tracer):
@@ -246,7 +264,7 @@ class UNet(nn.Module):
         self,
         x: jnp.ndarray,
         t: jnp.ndarray,
-        labels: jnp.ndarray | None = None,
+        cond: Mapping[str, Any] | None = None,
         train: bool = False,
     ) -> jnp.ndarray:
         """Runs the UNet.
@@ -256,8 +274,9 @@ class UNet(nn.Module):
             ``2 ** (len(channel_mults) - 1)``.
           t: timesteps ``[B]`` (or a scalar, broadcast), int or float; embedded as given, so
             continuous time should be fed on the training scale (e.g. ``1000 * t``).
-          labels: int ``[B]`` class labels in ``[0, num_classes]`` (``num_classes`` = null
-            label) if the model is class-conditional, else ``None``.
+          cond: the conditioning dict; a class-conditional UNet reads ``cond['label']``, int
+            ``[B]`` in ``[0, num_classes]`` (``num_classes`` = null label). None or ``{}``
+            for an unconditional UNet.
           train: enables dropout; then ``apply`` needs ``rngs={'dropout': key}``.
 
         Returns:
@@ -265,10 +284,11 @@ class UNet(nn.Module):
 
         Raises:
           ValueError: for a bad image size, missing attention resolution, or a mismatch
-            between ``labels`` and ``num_classes``; raised while tracing, before compiling.
+            between ``cond['label']`` and ``num_classes``; raised while tracing, before
+            compiling.
           TypeError: if ``x`` is not a float array (e.g. raw uint8 images).
         """
-        t, labels = self._check_inputs(x, t, labels)
+        t, labels = self._check_inputs(x, t, cond)
         channels = self.base_channels
         out_channels = x.shape[-1] if self.out_channels is None else self.out_channels
         num_levels = len(self.channel_mults)
