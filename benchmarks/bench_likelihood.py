@@ -98,7 +98,7 @@ def _unet(workdir: str | None):
     import runpy
 
     import diffjax as dj
-    from diffjax.models.registry import build_model
+    from diffjax.models import build_model
 
     config = runpy.run_path(os.path.join(REPO, "configs", "fashion_mnist.py"))["get_config"]()
     model = build_model(config.model)
@@ -129,6 +129,7 @@ def main() -> None:
 
     import diffjax as dj
     from diffjax.likelihood import ode_likelihood
+    from diffjax.models import make_model_fn
 
     rows = []
     x = jax.random.normal(jax.random.key(0), (8, 28, 28, 32))
@@ -152,15 +153,14 @@ def main() -> None:
     t_in = jnp.full((args.batch,), 500.0)
 
     def unet(y):
-        return model.apply({"params": params}, y, t_in, None, train=False)
+        return make_model_fn(model, params)(y, t_in)
 
     for name, product in _products(unet).items():
         alone, in_loop = _alone_and_in_loop(product, images, args.repeats)
         rows.append(dict(case=f"UNet batch {args.batch} {name}", alone_ms=alone,
                          in_loop_ms=in_loop))  # fmt: skip
 
-    def model_fn(y, t):
-        return model.apply({"params": params}, y, t, None, train=False)
+    model_fn = make_model_fn(model, params)
 
     keys = dj.sample_keys(0, 0, args.batch)
     likelihood = {}

@@ -459,17 +459,13 @@ class _CompileTimer:
 
 
 def _unet_model_fn(preset: dict[str, Any]):
-    from diffjax.models import UNet, count_params
+    from diffjax.models import UNet, count_params, make_model_fn
 
     model = UNet(**preset["model"])
     height, width, channels = preset["image_shape"]
     x = jnp.zeros((1, height, width, channels))
     params = jax.jit(model.init)(jax.random.key(0), x, jnp.zeros((1,), jnp.int32))["params"]
-
-    def apply(params, x_t, t):
-        return model.apply({"params": params}, x_t, t)
-
-    return jax.tree_util.Partial(apply, params), count_params(params)
+    return make_model_fn(model, params), count_params(params)
 
 
 def run_speed(

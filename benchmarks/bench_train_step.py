@@ -36,10 +36,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffjax import get_schedule
-from diffjax.models import UNet, count_params
+from diffjax.models import UNet, count_params, make_model_fn
 from diffjax.training import (
     create_train_state,
-    flax_apply_fn,
     jit_train_step,
     make_denoising_loss,
     make_mesh,
@@ -112,7 +111,7 @@ def build_benchmark(
     train_step = jit_train_step(
         make_train_step(
             make_denoising_loss(
-                flax_apply_fn(model), get_schedule("linear", 1000), prediction_type=prediction_type
+                model, get_schedule("linear", 1000), prediction_type=prediction_type
             ),
             optimizer,
         ),
@@ -127,7 +126,7 @@ def build_benchmark(
         key=jax.random.key(seed + 1),
         num_params=count_params(state.params),
         mesh=mesh,
-        apply_fn=flax_apply_fn(model),
+        model=model,
     )
 
 
@@ -156,7 +155,7 @@ def forward_flops_per_image(setup: dict[str, Any]) -> float:
     timesteps = jnp.zeros((images.shape[0],), jnp.int32)
 
     def forward(params, x, t):
-        return setup["apply_fn"](params, x, t, None, False, None)
+        return make_model_fn(setup["model"], params)(x, t)
 
     compiled = jax.jit(forward).lower(setup["state"].params, images, timesteps).compile()
     return _cost(compiled)["flops"] / images.shape[0]

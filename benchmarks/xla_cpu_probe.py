@@ -154,7 +154,7 @@ def _train_step(
     from diffjax.models.unet import UNet
     from diffjax.schedules import get_schedule
     from diffjax.sharding import make_mesh
-    from diffjax.training.objectives import flax_apply_fn, make_denoising_loss
+    from diffjax.training.objectives import make_denoising_loss
     from diffjax.training.step import jit_train_step, make_train_step
     from diffjax.training.train_state import create_train_state, make_optimizer
 
@@ -176,9 +176,7 @@ def _train_step(
         mesh,
     )
     step = jit_train_step(
-        make_train_step(
-            make_denoising_loss(flax_apply_fn(model), get_schedule("linear", 1000)), optimizer
-        ),
+        make_train_step(make_denoising_loss(model, get_schedule("linear", 1000)), optimizer),
         mesh,
     )
     batch = {"image": np.random.default_rng(0).uniform(-1, 1, shape).astype(np.float32)}

@@ -27,7 +27,7 @@ def get_config():
     """Returns the class-conditional CIFAR-10 config with classifier-free guidance."""
     config = _cifar10["get_config"]()
     config.model.num_classes = 10
-    config.training.label_dropout = 0.1
+    config.training.cond_dropout = 0.1
     config.sampling.guidance_scale = 3.0
     config.sampling.num_samples = 100
     return config

@@ -64,6 +64,8 @@ from diffjax.processes import (
 from diffjax.samplers import (
     SAMPLER_NAMES,
     classifier_free_guidance,
+    clip_x0_guide,
+    compose_guides,
     ddim_invert,
     ddim_sample,
     ddpm_sample,
@@ -76,6 +78,7 @@ from diffjax.samplers import (
     heun_sample,
     ode_sample,
     pc_sample,
+    register_sampler,
     sample,
     sample_keys,
 )
@@ -107,6 +110,8 @@ __all__ = [
     "VPLinear",
     "alpha_sigma",
     "classifier_free_guidance",
+    "clip_x0_guide",
+    "compose_guides",
     "convert_prediction",
     "count_params",
     "ddim_invert",
@@ -141,6 +146,7 @@ __all__ = [
     "q_mean_variance",
     "q_posterior_mean_variance",
     "q_sample",
+    "register_sampler",
     "rescale_zero_terminal_snr",
     "sample",
     "sample_keys",

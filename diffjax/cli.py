@@ -379,8 +379,8 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     """The failures that are the user's to fix (config, workdir, data, resume, divergence,
     weight files): the CLIs report them in one line instead of a traceback."""
     from diffjax.data.datasets import DatasetUnavailableError
+    from diffjax.errors import ConfigError
     from diffjax.training import checkpoint
-    from diffjax.training.config_validation import ConfigError
     from diffjax.training.loop import NonFiniteLossError
     from diffjax.training.workdir import WorkdirError
     from diffjax.weights import (
@@ -412,7 +412,7 @@ def parse_option(text: str) -> tuple[str, Any]:
     Raises:
       ConfigError: the text is not ``name=value``.
     """
-    from diffjax.training.config_validation import ConfigError
+    from diffjax.errors import ConfigError
 
     name, separator, raw = text.partition("=")
     if not separator or not name.strip():
@@ -463,7 +463,7 @@ def load_config_flag(holder: Any, flag: str = "config") -> Any:
 
     See :func:`config_flag_error` for the errors it rewords.
     """
-    from diffjax.training.config_validation import ConfigError
+    from diffjax.errors import ConfigError
 
     try:
         config = holder.value

@@ -49,15 +49,16 @@ from diffjax.cli import (
     parse_option,
     run_program,
 )
-from diffjax.samplers.registry import SAMPLER_NAMES
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The training run's folder.")
 _METRICS = flags.DEFINE_list("metrics", ["fd"], "Metrics: fd, kid, pr, is, bpd.")
 _NUM = flags.DEFINE_integer("num", 10_000, "Number of samples.")
 _BATCH = flags.DEFINE_integer("batch", 256, "Samples (and reference images) per batch.")
-_SAMPLER = flags.DEFINE_enum(
-    "sampler", None, list(SAMPLER_NAMES), "Sampler; default: the run's config."
-)
+_SAMPLER = flags.DEFINE_string(
+    "sampler", None,
+    "Sampler by name (diffjax.samplers.SAMPLER_NAMES, or one the run's config.imports "
+    "registers); default: the run's config.",
+)  # fmt: skip
 _STEPS = flags.DEFINE_integer("steps", None, "Sampling steps; default: the run's config.")
 _OPTIONS = flags.DEFINE_multi_string("option", [], "A sampler option as name=value (repeatable).")
 _GUIDANCE = flags.DEFINE_float("guidance", None, "Guidance weight; default: the config's.")
@@ -115,7 +116,8 @@ _MULTIHOST = define_multihost_flags()
 
 def _dataset_values() -> dict:
     """The config values a reference build needs, from --workdir or from --dataset."""
-    from diffjax.training.config_validation import ConfigError, upgrade_config
+    from diffjax.errors import ConfigError
+    from diffjax.training.config import upgrade_config
     from diffjax.training.workdir import load_run_record
 
     if _WORKDIR.value:
@@ -138,10 +140,10 @@ def _default_features(image_shape) -> str:
 
 def make_reference_main() -> str:
     """Builds reference statistics as the flags say; returns the path written."""
+    from diffjax.errors import ConfigError
     from diffjax.evaluation.references import build_reference, reference_path
     from diffjax.metrics import load_feature_network
     from diffjax.sharding import make_mesh
-    from diffjax.training.config_validation import ConfigError
 
     values = _dataset_values()
     split = _SPLIT.value or values["eval"]["split"]
@@ -174,9 +176,9 @@ def make_reference_main() -> str:
 
 def samples_main() -> dict:
     """Scores ``--samples`` against ``--reference`` and prints (and writes ``--out``) the result."""
+    from diffjax.errors import ConfigError
     from diffjax.evaluation.features import write_json
     from diffjax.evaluation.program import evaluate_samples, log_table
-    from diffjax.training.config_validation import ConfigError
     from diffjax.training.console import log
 
     if not _REFERENCE.value:
@@ -196,8 +198,8 @@ def samples_main() -> dict:
 
 def evaluate_main() -> dict:
     """Evaluates the run in ``--workdir`` as the flags say."""
+    from diffjax.errors import ConfigError
     from diffjax.evaluation.program import EvalSettings, evaluate_run, log_table
-    from diffjax.training.config_validation import ConfigError
     from diffjax.training.console import log
     from diffjax.training.workdir import EVAL_DIR, load_run_record
 
@@ -206,7 +208,7 @@ def evaluate_main() -> dict:
     record = load_run_record(_WORKDIR.value)
     if record is None:
         raise ConfigError(f"{_WORKDIR.value} holds no diffjax run; pass a training --workdir.")
-    from diffjax.training.config_validation import upgrade_config
+    from diffjax.training.config import upgrade_config
 
     config = upgrade_config(record["config"])
     sampling = config["sampling"]

@@ -39,12 +39,13 @@ from diffjax.cli import (
     parse_option,
     run_program,
 )
-from diffjax.samplers.registry import SAMPLER_NAMES
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The training run's folder.")
-_SAMPLER = flags.DEFINE_enum(
-    "sampler", None, list(SAMPLER_NAMES), "Sampler; default: the run's config."
-)
+_SAMPLER = flags.DEFINE_string(
+    "sampler", None,
+    "Sampler by name (diffjax.samplers.SAMPLER_NAMES, or one the run's config.imports "
+    "registers); default: the run's config.",
+)  # fmt: skip
 _STEPS = flags.DEFINE_integer("steps", None, "Sampling steps; default: the run's config.")
 _OPTIONS = flags.DEFINE_multi_string(
     "option", [], "A sampler option as name=value (repeatable), e.g. eta=0.5 or s_churn=10."
@@ -74,7 +75,7 @@ flags.mark_flag_as_required("workdir")
 
 
 def _check_flags(num_classes: int | None) -> None:
-    from diffjax.training.config_validation import ConfigError
+    from diffjax.errors import ConfigError
 
     if _NUM.value < 1 or _BATCH.value < 1:
         raise ConfigError(f"--num and --batch must be >= 1, got {_NUM.value} and {_BATCH.value}.")
@@ -92,19 +93,21 @@ def sample_main() -> str:
       The path prefix of the written ``.png`` and ``.npz``.
     """
     import jax
-    import jax.numpy as jnp
     import numpy as np
 
+    from diffjax.errors import ConfigError
+    from diffjax.generation import class_labels
     from diffjax.images import atomic_write, save_image_grid
-    from diffjax.samplers import check_sampler_options, sample_keys
+    from diffjax.samplers import check_sampler_options
     from diffjax.sharding import gather_to_host, make_mesh
-    from diffjax.training.config_validation import ConfigError
-    from diffjax.training.sampling import grid_labels, make_sample_fn
+    from diffjax.training.frozen import load_frozen
+    from diffjax.training.programs import SampleConditions, make_run_generator, sample_drawer
     from diffjax.training.trained_run import load_trained_run
 
-    run = load_trained_run(_WORKDIR.value)
+    mesh = make_mesh()
+    run = load_trained_run(_WORKDIR.value, mesh)
     sampling = run.config["sampling"]
-    num_classes = run.model.num_classes
+    num_classes = run.config["model"]["num_classes"]
     _check_flags(num_classes)
     sampler = _SAMPLER.value or sampling["sampler"]
     num_steps = _STEPS.value or sampling["num_steps"]
@@ -121,32 +124,25 @@ def sample_main() -> str:
     guidance = sampling["guidance_scale"] if _GUIDANCE.value is None else _GUIDANCE.value
     seed = sampling["seed"] if _SEED.value is None else _SEED.value
     batch = min(_BATCH.value, _NUM.value)
-    sample_fn = make_sample_fn(
-        run.model,
-        run.process,
-        image_shape=tuple(run.dataset["image_shape"]),
-        num_samples=batch,
-        sampler=sampler,
-        options=options,
+    generate = make_run_generator(
+        run.config, run.programs, batch, mesh, sampler=sampler, options=options,
         guidance_scale=guidance,
-        clip_x0=sampling["clip_x0"],
-        mesh=make_mesh(),
-    )
+    )  # fmt: skip
+    frozen, _ = load_frozen(run.config, run.programs, mesh)
     params = run.state.ema_params if _EMA.value else run.state.params
+    all_labels = None
     if _LABEL.value is not None:
         all_labels = np.full((_NUM.value,), _LABEL.value, np.int32)
     elif num_classes is not None:
-        all_labels = np.asarray(grid_labels(_NUM.value, num_classes))
-    else:
-        all_labels = None
+        all_labels = class_labels(np.arange(_NUM.value), num_classes, blocks=_NUM.value)
+    draw_samples = sample_drawer(
+        generate, params, seed=seed, conditions=SampleConditions(run.config, run.model),
+        frozen=frozen, labels=all_labels,
+    )  # fmt: skip
 
     def draw(index: int) -> np.ndarray:
-        labels = None
-        if all_labels is not None:
-            # The last call is padded to the compiled batch size, then trimmed.
-            labels = jnp.asarray(np.resize(all_labels[index * batch : (index + 1) * batch], batch))
-        keys = sample_keys(seed, index * batch, batch)
-        return gather_to_host(sample_fn(params, keys, labels))
+        # The last call is padded to the compiled batch size, then trimmed.
+        return gather_to_host(draw_samples(index * batch, batch))
 
     chunks, timed_seconds, timed_samples = [], 0.0, 0
     start = time.perf_counter()

@@ -1,7 +1,12 @@
-"""Data parallelism with ``jax.jit`` shardings: the mesh, its two shardings, host-to-global batches.
+"""Parallelism with ``jax.jit`` shardings: the named mesh, the sharding rules, host batches.
 
-One mesh axis, ``'data'``, spans every device of every process. The train state is replicated
-(``P()``) and the batch is split along its first axis (``P('data')``); ``jax.jit`` with these
+The mesh's axes are named (``config.sharding.mesh_axes``): ``'data'`` by default, spanning every
+device of every process; ``'fsdp'`` is the second batch axis that parameter sharding will use.
+The batch is split along its first axis over the batch axes (``P('data')``). Where the state
+lives is a *sharding rule* (:data:`SHARDING_RULES`, chosen by ``config.sharding.rules``):
+``rules(abstract_tree, mesh) -> tree of NamedSharding``, applied alike to the train state, the
+frozen networks and the parameters restored for sampling. The default, ``'replicated'``, puts
+a whole copy on every device (``P()``): data parallelism, where ``jax.jit`` with these
 shardings makes the compiler insert the gradient all-reduce, so the step code has no ``pmap``
 and no ``pmean``. With several processes (``jax.distributed.initialize()``), each process loads
 only its own rows and :func:`host_batch_to_global` assembles them into one global array.
@@ -11,14 +16,16 @@ from __future__ import annotations
 
 import collections
 import json
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 __all__ = [
+    "BATCH_AXES",
     "DATA_AXIS",
+    "SHARDING_RULES",
     "batch_sharding",
     "broadcast_int",
     "broadcast_json",
@@ -28,40 +35,145 @@ __all__ = [
     "make_mesh",
     "prefetch_to_mesh",
     "process_batch_size",
+    "register_sharding_rules",
+    "replicated_rules",
     "replicated_sharding",
+    "resolve_mesh_shape",
+    "state_shardings",
     "sync_processes",
 ]
 
 DATA_AXIS = "data"
+BATCH_AXES: tuple[str, ...] = ("data", "fsdp")
+"""The mesh axes the batch is split over (every axis of a mesh is one of them)."""
 
 
-def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A 1-D device mesh with the single axis ``'data'``.
+def make_mesh(
+    devices: Sequence[jax.Device] | None = None,
+    axes: Sequence[str] = (DATA_AXIS,),
+    shape: Sequence[int] = (-1,),
+) -> Mesh:
+    """A device mesh with named axes (by default the 1-D ``'data'`` mesh over every device).
 
-    The axis type is passed explicitly as ``AxisType.Auto`` (the compiler propagates shardings
-    from the jit boundary), so the behaviour does not change with JAX's default for new meshes.
+    The axis types are passed explicitly as ``AxisType.Auto`` (the compiler propagates
+    shardings from the jit boundary), so the behaviour does not change with JAX's default for
+    new meshes.
 
     Args:
       devices: the devices to span; default ``jax.devices()``, i.e. every device of every
         process.
+      axes: the axis names, each one of :data:`BATCH_AXES`.
+      shape: the axis sizes; at most one -1, which takes the remaining devices.
 
     Returns:
-      ``jax.sharding.Mesh`` of shape ``{'data': len(devices)}``.
+      ``jax.sharding.Mesh`` of shape ``{axis: size}``.
+
+    Raises:
+      ValueError: no devices, unknown or repeated axis names, or sizes that do not multiply
+        to the device count.
     """
     devices = jax.devices() if devices is None else list(devices)
     if not devices:
         raise ValueError("make_mesh needs at least one device, got an empty list.")
-    return Mesh(np.asarray(devices), (DATA_AXIS,), axis_types=(AxisType.Auto,))
+    axes = tuple(axes)
+    shape = resolve_mesh_shape(axes, shape, len(devices))
+    return Mesh(np.asarray(devices).reshape(shape), axes, axis_types=(AxisType.Auto,) * len(axes))
+
+
+def resolve_mesh_shape(
+    axes: Sequence[str], shape: Sequence[int], num_devices: int | None
+) -> tuple[int, ...]:
+    """The mesh's axis sizes with -1 resolved, after checking the axes and sizes.
+
+    Args:
+      axes: the axis names, each one of :data:`BATCH_AXES`.
+      shape: the sizes; at most one -1 (the remaining devices).
+      num_devices: the device count, or None to check only the names and sizes.
+
+    Returns:
+      The sizes (``shape`` unchanged when ``num_devices`` is None).
+
+    Raises:
+      ValueError: naming the axes, the shape and the device count.
+    """
+    axes, shape = tuple(axes), [int(size) for size in shape]
+    if len(axes) != len(shape) or not axes or len(set(axes)) != len(axes):
+        raise ValueError(
+            f"mesh axes {axes} and shape {tuple(shape)} must be non-empty, of equal length, and "
+            f"the names distinct."
+        )
+    unknown = [axis for axis in axes if axis not in BATCH_AXES]
+    if unknown:
+        raise ValueError(f"mesh axes {unknown} are not supported; use axes of {BATCH_AXES}.")
+    if shape.count(-1) > 1 or any(size < 1 and size != -1 for size in shape):
+        raise ValueError(f"mesh shape {tuple(shape)}: sizes >= 1, with at most one -1.")
+    if num_devices is None:
+        return tuple(shape)
+    known = int(np.prod([size for size in shape if size != -1]))
+    if -1 in shape and num_devices % known == 0:
+        shape[shape.index(-1)] = num_devices // known
+    if int(np.prod(shape)) != num_devices:
+        raise ValueError(
+            f"mesh axes {axes} with shape {tuple(shape)} do not fit the {num_devices} devices."
+        )
+    return tuple(shape)
 
 
 def replicated_sharding(mesh: Mesh) -> NamedSharding:
-    """Every device holds the whole array (``P()``): used for the train state and the key."""
+    """Every device holds the whole array (``P()``): used for replicated state and keys."""
     return NamedSharding(mesh, PartitionSpec())
 
 
+def _batch_spec(mesh: Mesh) -> PartitionSpec:
+    axes = tuple(axis for axis in mesh.axis_names if axis in BATCH_AXES)
+    return PartitionSpec(axes[0] if len(axes) == 1 else axes)
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """The leading (batch) axis is split over ``'data'`` (``P('data')``); other axes are whole."""
-    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+    """The leading (batch) axis is split over the batch axes (``P('data')``); others whole."""
+    return NamedSharding(mesh, _batch_spec(mesh))
+
+
+def replicated_rules(abstract_tree: Any, mesh: Mesh) -> Any:
+    """The ``'replicated'`` sharding rule: every leaf whole on every device (``P()``)."""
+    replicated = replicated_sharding(mesh)
+    return jax.tree.map(lambda _: replicated, abstract_tree)
+
+
+SHARDING_RULES: dict[str, Callable[[Any, Mesh], Any]] = {"replicated": replicated_rules}
+"""Sharding rules by name: ``rules(abstract_tree, mesh) -> tree of NamedSharding``."""
+
+
+def register_sharding_rules(name: str, rules: Callable[[Any, Mesh], Any]) -> None:
+    """Adds a sharding rule that ``config.sharding.rules`` can name.
+
+    Args:
+      name: a new name.
+      rules: ``rules(abstract_tree, mesh) -> tree of NamedSharding`` for any pytree of
+        ``jax.ShapeDtypeStruct`` (the train state, a frozen network's parameters).
+
+    Raises:
+      ValueError: the name is taken or empty.
+    """
+    if not isinstance(name, str) or not name or name in SHARDING_RULES:
+        raise ValueError(
+            f"register_sharding_rules needs a new, non-empty name; {name!r} is taken or empty "
+            f"(registered: {tuple(SHARDING_RULES)})."
+        )
+    SHARDING_RULES[name] = rules
+
+
+def state_shardings(abstract_tree: Any, mesh: Mesh, rules: str = "replicated") -> Any:
+    """The shardings the rule ``rules`` gives the leaves of ``abstract_tree`` on ``mesh``.
+
+    Raises:
+      ValueError: an unknown rule name.
+    """
+    if rules not in SHARDING_RULES:
+        raise ValueError(
+            f"Unknown sharding rules {rules!r}; expected one of {tuple(SHARDING_RULES)}."
+        )
+    return SHARDING_RULES[rules](abstract_tree, mesh)
 
 
 def check_batch_divisible(global_batch_size: int, mesh: Mesh) -> None:
@@ -69,13 +181,13 @@ def check_batch_divisible(global_batch_size: int, mesh: Mesh) -> None:
 
     Args:
       global_batch_size: B, summed over all processes.
-      mesh: the data-parallel mesh.
+      mesh: the mesh.
     """
     num_devices = mesh.devices.size
     if global_batch_size < 1 or global_batch_size % num_devices:
         raise ValueError(
             f"The global batch size {global_batch_size} must be a positive multiple of the "
-            f"number of devices {num_devices} (mesh axis {DATA_AXIS!r})."
+            f"number of devices {num_devices} (mesh axes {tuple(mesh.axis_names)})."
         )
 
 

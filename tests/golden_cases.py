@@ -13,7 +13,6 @@ import numpy as np
 import diffjax as dj
 from diffjax.training import (
     create_train_state,
-    flax_apply_fn,
     jit_train_step,
     make_denoising_loss,
     make_mesh,
@@ -111,7 +110,7 @@ def _train_steps(prefix, **loss_options):
 
     state = create_train_state(init, jax.random.key(0), optimizer, mesh)
     initial = np.concatenate([np.asarray(leaf).ravel() for leaf in jax.tree.leaves(state.params)])
-    loss_fn = make_denoising_loss(flax_apply_fn(model), schedule, **loss_options)
+    loss_fn = make_denoising_loss(model, schedule, **loss_options)
     step = jit_train_step(make_train_step(loss_fn, optimizer), mesh)
     images = jax.random.uniform(jax.random.key(3), (8, 8, 8, 1), minval=-1.0, maxval=1.0)
     losses = []

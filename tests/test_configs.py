@@ -10,17 +10,17 @@ import runpy
 
 import pytest
 
-from diffjax.training.config_validation import (
-    CONFIG_SCHEMA,
+from diffjax.errors import ConfigError, ConfigTypeError
+from diffjax.training.config import (
     RESUME_KEYS,
-    ConfigError,
-    ConfigTypeError,
+    base_config,
     config_schema,
     config_to_dict,
     resume_conflicts,
+    schema_of,
     upgrade_config,
-    validate_config,
 )
+from diffjax.training.programs import validate_config
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 CONFIG_NAMES = (
@@ -60,7 +60,7 @@ def test_every_config_file_in_configs_is_covered():
 @pytest.mark.parametrize("num_devices", [1, 8])
 def test_shipped_configs_are_valid_and_complete(name, num_devices):
     values = validate_config(load(name), num_devices=num_devices)
-    schema = config_schema(values["model"]["name"])
+    schema = config_schema(values)
     assert config_keys(values, schema) == schema_keys(schema)
 
 
@@ -91,7 +91,7 @@ def test_config_specific_choices():
     assert (cifar.training.num_steps, cifar.model.dropout, cifar.optim.ema_decay) == (
         800_000, 0.1, 0.9999)  # fmt: skip
     assert cifar.data.random_flip
-    assert cond.model.num_classes == 10 and cond.training.label_dropout > 0
+    assert cond.model.num_classes == 10 and cond.training.cond_dropout > 0
     assert cond.sampling.guidance_scale > 1
     assert test.training.num_steps <= 10 and test.model.base_channels <= 8
 
@@ -100,8 +100,8 @@ def test_ddpm_cifar10_unet_has_35_7m_parameters():
     import jax
     import jax.numpy as jnp
 
+    from diffjax.models import build_model
     from diffjax.models.unet import count_params
-    from diffjax.training.programs import build_model
 
     values = validate_config(load("cifar10"))
     model = build_model(values["model"])
@@ -161,17 +161,37 @@ BAD_CONFIGS = {
     "guidance without classes": (
         lambda: broken(**{"sampling.guidance_scale": 3.0}),
         ConfigError,
-        "guidance_scale=3.0 asks for classifier-free guidance.*class-conditional",
+        "guidance_scale=3.0 asks for classifier-free guidance.*conditional network",
     ),
-    "guidance without label dropout": (
+    "guidance without condition dropout": (
         lambda: broken(**{"sampling.guidance_scale": 3.0, "model.num_classes": 2}),
         ConfigError,
-        "needs the unconditional model that config.training.label_dropout > 0",
+        "needs the unconditional model that config.training.cond_dropout > 0",
     ),
-    "label dropout without classes": (
-        lambda: broken(**{"training.label_dropout": 0.1}),
+    "condition dropout without classes": (
+        lambda: broken(**{"training.cond_dropout": 0.1}),
         ConfigError,
-        "label_dropout=0.1 drops class labels, but config.model.num_classes is None",
+        "cond_dropout=0.1 drops the condition, but the network reads none",
+    ),
+    "unknown objective": (
+        lambda: broken(**{"objective.name": "gan"}),
+        ConfigError,
+        r"config.objective.name: Unknown objective 'gan'; expected one of \('denoising'",
+    ),
+    "unknown codec": (
+        lambda: broken(**{"codec.name": "vae"}),
+        ConfigError,
+        r"config.codec \('vae'\): Unknown codec 'vae'",
+    ),
+    "mesh axes of another kind": (
+        lambda: broken(**{"sharding.mesh_axes": ("model",)}),
+        ConfigError,
+        r"config.sharding: mesh axes \['model'\] are not supported",
+    ),
+    "unknown sharding rules": (
+        lambda: broken(**{"sharding.rules": "zero3"}),
+        ConfigError,
+        r"config.sharding.rules must be one of \('replicated',",
     ),
     "unknown schedule": (
         lambda: broken(**{"diffusion.schedule": "cosinus"}),
@@ -238,7 +258,7 @@ BAD_CONFIGS = {
     "unknown model": (
         lambda: broken(**{"model.name": "dit"}),
         ConfigError,
-        r"config.model.name: Unknown model 'dit'; expected one of \('unet',\)",
+        r"config.model.name: Unknown model 'dit'; expected one of \('unet',",
     ),
     "unknown nan policy": (
         lambda: broken(**{"training.nan_policy": "ignore"}),
@@ -303,7 +323,7 @@ def test_resume_conflicts_list_only_the_keys_that_break_a_resume():
         "seed: 0 in the workdir, 1 now",
         "model.base_channels: 8 in the workdir, 16 now",
     ]
-    assert all(key.split(".")[0] in CONFIG_SCHEMA for key in RESUME_KEYS)
+    assert all(key.split(".")[0] in schema_of(base_config()) for key in RESUME_KEYS)
     continuous = config_to_dict(broken(**{"diffusion.process": "rectified_flow"}))
     assert resume_conflicts(saved, continuous) == [
         "diffusion.process: 'discrete' in the workdir, 'rectified_flow' now"
@@ -324,6 +344,33 @@ def test_a_0_1_0_run_record_is_upgraded_to_what_0_1_0_did():
     assert upgraded["sampling"]["options"] == {"eta": 0.5} and "eta" not in upgraded["sampling"]
     assert validate_config(upgraded)
     assert upgrade_config(values) == values
+
+
+def test_a_0_2_0_run_record_is_upgraded_to_what_0_2_0_did():
+    """0.2.0 had no imports, codec, objective or sharding section and called the condition
+    dropout label_dropout."""
+    values = config_to_dict(load("cifar10_cond"))
+    old = {key: value for key, value in values.items()
+           if key not in ("imports", "codec", "objective", "sharding")}  # fmt: skip
+    old["training"] = dict(values["training"])
+    old["training"]["label_dropout"] = old["training"].pop("cond_dropout")
+    upgraded = upgrade_config(old)
+    assert upgraded == values
+    assert resume_conflicts(old, values) == []
+
+
+def test_the_schema_is_derived_from_the_base_config():
+    """One source of truth: every key of the base config is in the schema with its default's
+    type; placeholders may be None; empty sections are free option mappings."""
+    schema = schema_of(base_config())
+    assert schema["optim"]["grad_clip_norm"] == "float or None"
+    assert schema["data"]["data_dir"] == "str or None"
+    assert schema["model"]["num_classes"] == "int or None"
+    assert schema["model"]["channel_mults"] == "tuple of int"
+    assert schema["imports"] == "tuple of str"
+    assert schema["sampling"]["options"].startswith("mapping")
+    assert schema["training"]["num_steps"] == "int"
+    assert schema_keys(schema) == schema_keys(config_schema(config_to_dict(base_config())))
 
 
 def test_config_read_back_from_json_compares_equal():

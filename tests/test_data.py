@@ -14,6 +14,7 @@ import os
 import socket
 import time
 
+import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -145,9 +146,9 @@ def test_batches_have_shapes_range_and_labels(fm_dir):
     assert dataset.info.image_shape == (28, 28, 1) and dataset.info.num_examples == 2000
     for batch in take(dataset, 3):
         assert batch["image"].shape == (64, 28, 28, 1) and batch["image"].dtype == np.float32
-        assert batch["label"].shape == (64,) and batch["label"].dtype == np.int32
+        assert batch["cond"]["label"].shape == (64,) and batch["cond"]["label"].dtype == np.int32
         assert batch["image"].min() >= -1.0 and batch["image"].max() <= 1.0
-        assert set(np.unique(batch["label"])) <= set(range(10))
+        assert set(np.unique(batch["cond"]["label"])) <= set(range(10))
         to_uint8(batch["image"])  # every value is k / 127.5 - 1 for an integer k
     # Fashion-MNIST uses the full pixel range: both ends map exactly onto -1 and 1.
     assert batch["image"].min() == -1.0 and batch["image"].max() == 1.0
@@ -159,7 +160,7 @@ def test_unshuffled_batch_is_the_source_scaled_to_minus_one_one(fm_dir):
     (batch,) = take(fm_dataset(fm_dir, shuffle=False, num_threads=0), 1)
     expected = images[:64].astype(np.float64) / 127.5 - 1.0
     np.testing.assert_allclose(batch["image"], expected, rtol=0, atol=1e-6)
-    np.testing.assert_array_equal(batch["label"], labels[:64])
+    np.testing.assert_array_equal(batch["cond"]["label"], labels[:64])
 
 
 @needs_idx
@@ -169,7 +170,7 @@ def test_order_is_fixed_by_the_seed_and_not_by_threads(fm_dir):
     other = take(fm_dataset(fm_dir, seed=4, random_flip=True, num_threads=4), 4)
     for a, b in zip(first, again, strict=True):
         np.testing.assert_array_equal(a["image"], b["image"])
-        np.testing.assert_array_equal(a["label"], b["label"])
+        np.testing.assert_array_equal(a["cond"]["label"], b["cond"]["label"])
     assert not np.array_equal(first[0]["image"], other[0]["image"])
 
 
@@ -181,7 +182,7 @@ def test_each_epoch_is_a_new_permutation_of_the_split(fm_dir):
     epochs = [
         (
             np.concatenate([to_uint8(b["image"]) for b in part]),
-            np.concatenate([b["label"] for b in part]),
+            np.concatenate([b["cond"]["label"] for b in part]),
         )
         for part in (batches[:4], batches[4:])
     ]
@@ -201,7 +202,7 @@ def _host_batches(fm_dir, count, num_hosts, state=None, **kwargs):
         for index in range(num_hosts)
     ]  # fmt: skip
     return [
-        {key: np.concatenate([host[k][key] for host in per_host]) for key in per_host[0][k]}
+        jax.tree.map(lambda *parts: np.concatenate(parts), *[host[k] for host in per_host])
         for k in range(count)
     ]
 
@@ -213,7 +214,7 @@ def test_hosts_together_feed_the_batches_of_one_host(fm_dir, num_hosts):
     one_host = take(fm_dataset(fm_dir, **kwargs), 3)
     for single, joined in zip(one_host, _host_batches(fm_dir, 3, num_hosts, **kwargs), strict=True):
         np.testing.assert_array_equal(single["image"], joined["image"])
-        np.testing.assert_array_equal(single["label"], joined["label"])
+        np.testing.assert_array_equal(single["cond"]["label"], joined["cond"]["label"])
 
 
 @needs_idx
@@ -235,12 +236,14 @@ def test_a_short_last_batch_is_padded_on_several_hosts_and_covers_the_split(fm_d
     images, labels = raw_examples(fm_dir, split)
     kwargs = dict(split=split, shuffle=False, num_epochs=1, drop_remainder=False)
     (short,) = take(fm_dataset(fm_dir, **kwargs), 5)[4:]
-    assert short["label"].shape == (45,)
+    assert short["cond"]["label"].shape == (45,)
     joined = _host_batches(fm_dir, 5, 2, **kwargs)
-    assert [batch["label"].shape[0] for batch in joined] == [64] * 5
+    assert [batch["cond"]["label"].shape[0] for batch in joined] == [64] * 5
     got = np.concatenate([to_uint8(batch["image"]) for batch in joined])
     np.testing.assert_array_equal(got[:301], images)
-    np.testing.assert_array_equal(np.concatenate([b["label"] for b in joined])[:301], labels)
+    np.testing.assert_array_equal(
+        np.concatenate([b["cond"]["label"] for b in joined])[:301], labels
+    )
     np.testing.assert_array_equal(got[301:], np.repeat(images[-1:], 19, axis=0))
 
 
@@ -269,7 +272,7 @@ def test_restored_state_continues_with_the_same_batches(fm_dir):
     resumed = take(fm_dataset(fm_dir, **kwargs), 4, state=state)
     for a, b in zip(expected, resumed, strict=True):
         np.testing.assert_array_equal(a["image"], b["image"])
-        np.testing.assert_array_equal(a["label"], b["label"])
+        np.testing.assert_array_equal(a["cond"]["label"], b["cond"]["label"])
 
 
 @needs_idx
@@ -298,7 +301,7 @@ def test_host_batch_becomes_a_global_array_split_over_the_devices(fm_dir):
         (64 // len(jax.devices()), 28, 28, 1)
     }
     np.testing.assert_array_equal(np.asarray(global_batch["image"]), batch["image"])
-    np.testing.assert_array_equal(np.asarray(global_batch["label"]), batch["label"])
+    np.testing.assert_array_equal(np.asarray(global_batch["cond"]["label"]), batch["cond"]["label"])
 
 
 def test_missing_fashion_mnist_fails_at_once_with_the_fix(tmp_path, monkeypatch):
@@ -403,7 +406,7 @@ def test_stock_tfds_image_dataset_is_read_and_decoded_without_tensorflow(png_dir
     # Constant images stay constant through crop + bicubic resize: value 10 * index.
     values = to_uint8(batch["image"]).reshape(12, -1)
     assert np.all(values == values[:, :1])
-    labels = batch["label"]
+    labels = batch["cond"]["label"]
     np.testing.assert_array_equal(values[:, 0] // 10 % 3, labels)
 
 
@@ -470,7 +473,7 @@ def test_folder_with_class_subfolders(tmp_path):
     assert dataset.info.class_names == ("cat", "dog") and dataset.info.num_examples == 3
     (batch,) = take(dataset, 1)
     assert batch["image"].shape == (3, 32, 32, 3)
-    np.testing.assert_array_equal(batch["label"], [0, 0, 1])
+    np.testing.assert_array_equal(batch["cond"]["label"], [0, 0, 1])
     got = to_uint8(batch["image"])
     # Sorted walk, a folder's own files before its subfolders': cat/wide.png,
     # cat/nested/flat.png, dog/tall.jpg.
@@ -496,7 +499,7 @@ def test_flat_grayscale_folder_has_one_channel_and_no_labels(tmp_path):
         process_count=1,
     )
     (batch,) = take(dataset, 1)
-    assert set(batch) == {"image"} and batch["image"].shape == (5, 4, 4, 1)
+    assert batch["cond"] == {} and batch["image"].shape == (5, 4, 4, 1)
     np.testing.assert_array_equal(to_uint8(batch["image"])[:, 0, 0, 0], [0, 50, 100, 150, 200])
 
 

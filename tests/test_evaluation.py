@@ -86,12 +86,12 @@ def test_generated_samples_and_their_distance_do_not_depend_on_the_device_count(
     for devices, batch in ((1, 8), (8, 16)):
         mesh = make_mesh(jax.devices()[:devices])
 
-        def sample_fn(params, keys, labels, mesh=mesh, batch=batch):
-            return dj.sample("flow_euler", model_fn, process, keys, (batch, 28, 28, 1),
-                             num_steps=4, out_sharding=batch_sharding(mesh))  # fmt: skip
+        def draw(start, count, mesh=mesh):
+            return dj.sample("flow_euler", model_fn, process, dj.sample_keys(3, start, count),
+                             (count, 28, 28, 1), num_steps=4, out_sharding=batch_sharding(mesh))  # fmt: skip
 
         job = features.FeatureJob(None, 48, fmnist, keep=("features",), settings={})
-        job.run(features.sample_image_source(sample_fn, None, 3, None, mesh), batch, progress=False)
+        job.run(features.sample_image_source(draw, mesh), batch, progress=False)
         results.append(job)
     np.testing.assert_allclose(
         results[0].arrays["features"], results[1].arrays["features"], atol=1e-3

@@ -32,18 +32,18 @@ from train_helpers import (
     fast_compiles,
     make_image_folder,
     make_test_config,
+    restore_full,
     run_cli,
     subprocess_env,
     train_command,
 )
 
 from diffjax.data.datasets import DatasetUnavailableError
+from diffjax.errors import ConfigError
 from diffjax.sharding import make_mesh
 from diffjax.training import loop
 from diffjax.training.checkpoint import CheckpointManager
-from diffjax.training.config_validation import ConfigError
 from diffjax.training.programs import build_programs, program_spec
-from diffjax.training.trained_run import load_trained_run
 from diffjax.training.workdir import IncompatibleResumeError, WorkdirError, load_run_record
 
 # A run long enough to be killed in several places, short enough for CI.
@@ -156,8 +156,9 @@ KILLS = [kill_at_random_moment, kill_mid_save, kill_at_random_moment, kill_mid_s
 
 def test_sigkill_at_any_moment_loses_nothing(reference, data_dir, tmp_path):
     expected_workdir, expected = reference
+    dataset = dict(image_shape=(8, 8, 1), cond_spec=(("label", (), "int32"),))
     abstract = build_programs(
-        program_spec(load_run_record(expected_workdir)["config"], (8, 8, 1)), make_mesh()
+        program_spec(load_run_record(expected_workdir)["config"], dataset), make_mesh()
     ).abstract_state
     rng = random.Random(KILL_SEED)
     workdir = str(tmp_path / "killed")
@@ -181,7 +182,7 @@ def test_sigkill_at_any_moment_loses_nothing(reference, data_dir, tmp_path):
         survived.append((moment, restorable))
     finished = run_cli(train_command(workdir, data_dir, **RUN))
     assert finished.returncode == 0, finished.stderr[-3000:]
-    final = load_trained_run(workdir)
+    final = restore_full(workdir)
     assert final.step == 24
     assert_states_equal(final.state, expected)
     leftovers = os.listdir(os.path.join(workdir, "checkpoints"))
@@ -222,7 +223,7 @@ def test_bfloat16_params_train_and_resume_after_a_kill(data_dir, tmp_path):
     finished = run_cli(train_command(workdir, data_dir, **BFLOAT16_RUN))
     assert finished.returncode == 0, finished.stderr[-3000:]
     assert "resuming at step" in finished.stderr
-    assert_states_equal(load_trained_run(workdir).state, expected)
+    assert_states_equal(restore_full(workdir).state, expected)
 
 
 def _largest_file(folder):

@@ -21,13 +21,12 @@ from train_helpers import (
     PYTHON,
     REPO,
     make_image_folder,
+    restore_full,
     run_cli,
     state_leaves,
     subprocess_env,
     train_command,
 )
-
-from diffjax.training.trained_run import load_trained_run
 
 # 28x28 images for the FD-FMNIST evaluation; a checkpoint every 4 steps, a grid every 6.
 RUN = {
@@ -126,7 +125,7 @@ def test_two_hosts_train_resume_on_one_host_and_evaluate_like_one_host(
     # One process of 8 devices sums the same gradients in another order (within one process
     # instead of through gloo across two); over 12 Adam steps (lr 1e-3, each step moves a
     # parameter by at most about lr) a summation-order difference stays far below one step.
-    two_hosts, one_host = load_trained_run(workdir), load_trained_run(reference)
+    two_hosts, one_host = restore_full(workdir), restore_full(reference)
     assert two_hosts.step == one_host.step == 12
     for got, want in zip(state_leaves(two_hosts.state), state_leaves(one_host.state), strict=True):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)

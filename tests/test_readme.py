@@ -1,4 +1,5 @@
-"""The README must stay true: its code runs, its two commands are CI's, its layout exists.
+"""The README must stay true: its code runs, its two commands are CI's, its size stays a README's,
+and the layout in docs/architecture.md exists.
 
 Conventions of README.md that this file relies on:
 
@@ -9,9 +10,10 @@ Conventions of README.md that this file relies on:
   (tiny shapes, no downloads, no training). A block whose info string is ``python norun`` (or
   ``python-norun``) needs something a test machine lacks, such as a trained run, a dataset or
   weight files. It is only compiled, never run.
-- The block under ``## Layout`` lists one entry per line: indentation (two spaces a level) nests
-  an entry in the folder above it, and the entry is the text before the first run of two spaces,
-  either one path or several names separated by ", ". Every entry must exist in the repository.
+- The block under ``## Layout`` of docs/architecture.md lists one entry per line: indentation
+  (two spaces a level) nests an entry in the folder above it, and the entry is the text before
+  the first run of two spaces, either one path or several names separated by ", ". Every entry
+  must exist in the repository.
 """
 
 import pathlib
@@ -21,6 +23,8 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
+ARCHITECTURE = REPO / "docs" / "architecture.md"
+README_WORDS = 1500
 
 INSTALL_AND_TRAIN = (
     "apt-get update && apt-get install -y dataset-fashion-mnist; python3 -m venv .venv && "
@@ -93,11 +97,17 @@ def test_the_two_commands_come_first_and_ci_runs_the_test_command_verbatim(readm
     assert "python3 -m venv .venv" in ci
 
 
-def test_every_path_of_the_layout_exists(readme):
-    paths = layout_paths(readme)
+def test_the_readme_stays_short_and_links_pages_that_exist(readme):
+    assert len(readme.split()) <= README_WORDS
+    for target in re.findall(r"\]\(((?:docs|benchmarks)/[^)#]+)", readme):
+        assert (REPO / target).exists(), target
+
+
+def test_every_path_of_the_layout_exists():
+    paths = layout_paths(ARCHITECTURE.read_text(encoding="utf-8"))
     assert len(paths) > 30 and "diffjax/samplers/runner.py" in paths
     missing = [path for path in paths if not (REPO / path).exists()]
-    assert not missing, f"README's Layout lists paths that do not exist: {missing}"
+    assert not missing, f"docs/architecture.md's Layout lists paths that do not exist: {missing}"
     for path in paths:
         assert (REPO / path).is_dir() == path.endswith("/"), f"{path}: folder or file?"
 
@@ -108,19 +118,26 @@ def test_norun_blocks_are_valid_python(readme):
             compile(source, f"README.md:{line} (python block {index})", "exec")
 
 
-def test_python_blocks_run_in_order_in_one_namespace(readme, unoptimized):
-    blocks = python_blocks(readme)
-    assert sum(runs for _, _, runs in blocks) >= 6
-    namespace = {"__name__": "readme"}
-    for index, (source, line, runs) in enumerate(blocks):
+def run_python_blocks(text: str, name: str) -> int:
+    """Runs the Python blocks of a Markdown text in order in one namespace; returns how many ran.
+    A failing block fails the test naming its file, line and first line."""
+    namespace = {"__name__": name}
+    ran = 0
+    for index, (source, line, runs) in enumerate(python_blocks(text)):
         if not runs:
             continue
         first = source.strip().splitlines()[0]
-        code = compile(source, f"README.md:{line}", "exec")
+        code = compile(source, f"{name}:{line}", "exec")
         try:
             exec(code, namespace)
         except Exception as error:
             pytest.fail(
-                f"README python block {index} (line {line}, starting {first!r}) failed: "
+                f"{name} python block {index} (line {line}, starting {first!r}) failed: "
                 f"{type(error).__name__}: {error}"
             )
+        ran += 1
+    return ran
+
+
+def test_python_blocks_run_in_order_in_one_namespace(readme, unoptimized):
+    assert run_python_blocks(readme, "README.md") >= 1

@@ -1,9 +1,9 @@
 """``python -m diffjax.sample``: PNG + npz from a trained run, timing line, guidance, errors.
 
-A class-conditional tiny run (2 classes, label dropout 0.5, guidance 2) is trained in-process;
-the CLI's samples must equal those of the library's ``make_sample_fn`` called with the same
-EMA parameters, key and labels (the CLI is only a wrapper), and its labels must cycle through
-the classes.
+A class-conditional tiny run (2 classes, condition dropout 0.5, guidance 2) is trained
+in-process; the CLI's samples must equal those of the library's ``make_generator`` called with
+the same EMA parameters, key and labels (the CLI is only a wrapper), and its labels must come in
+blocks, one class after the other.
 """
 
 import os
@@ -13,15 +13,15 @@ import numpy as np
 import pytest
 from train_helpers import PYTHON, fast_compiles, make_image_folder, make_test_config, run_cli
 
+from diffjax.generation import make_generator
 from diffjax.samplers import sample_keys
 from diffjax.sharding import make_mesh
 from diffjax.training import loop
-from diffjax.training.sampling import make_sample_fn
 from diffjax.training.trained_run import load_trained_run
 
 CONDITIONAL = {
     "model.num_classes": 2,
-    "training.label_dropout": 0.5,
+    "training.cond_dropout": 0.5,
     "sampling.guidance_scale": 2.0,
 }
 
@@ -54,14 +54,15 @@ def test_sample_cli_writes_png_and_npz_equal_to_the_library(trained):
     assert np.all(np.abs(samples) <= 1.0)  # clip_x0 keeps the x0-predictions in range
 
     run = load_trained_run(trained)
-    sample_fn = make_sample_fn(
-        run.model, run.process, image_shape=(8, 8, 1), num_samples=8, sampler="ddim",
+    generate = make_generator(
+        run.model, run.process, shape=(8, 8, 1), num_samples=8, sampler="ddim",
         options=dict(num_steps=3, prediction_type="eps"), guidance_scale=2.0, clip_x0=True,
         mesh=make_mesh(),
     )  # fmt: skip
     # Sample i is drawn with fold_in(key(seed), i), whatever batch it falls in.
-    first = sample_fn(run.state.ema_params, sample_keys(1, 0, 8), labels[:8])
-    second = sample_fn(run.state.ema_params, sample_keys(1, 8, 8), np.resize(labels[8:], 8))
+    params = run.state.ema_params
+    first = generate(params, sample_keys(1, 0, 8), {"label": labels[:8]})
+    second = generate(params, sample_keys(1, 8, 8), {"label": np.resize(labels[8:], 8)})
     expected = np.concatenate([np.asarray(first), np.asarray(second)[:2]])
     np.testing.assert_allclose(samples, expected, rtol=0, atol=1e-6)
 

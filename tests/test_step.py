@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,17 +18,17 @@ import train_step_worker
 from diffjax import get_schedule
 from diffjax.diffusion import alpha_sigma, eps_from_x0, v_from_x0_eps
 from diffjax.losses import denoising_loss
-from diffjax.models import UNet
+from diffjax.models import UNet, make_model_fn
 from diffjax.training import (
     TrainState,
     create_train_state,
-    drop_labels,
-    flax_apply_fn,
+    group_optimizer,
     jit_train_step,
     make_denoising_loss,
     make_mesh,
     make_optimizer,
     make_train_step,
+    trainable_part,
 )
 
 # One SGD step is linear in the gradient; the device layouts differ only in the float32
@@ -99,10 +100,9 @@ def test_overfits_a_fixed_batch(prediction_type):
         return model.init(key, sample, jnp.zeros((1,), jnp.int32))["params"]
 
     state = create_train_state(init_fn, jax.random.key(0), optimizer, mesh)
-    apply_fn = flax_apply_fn(model)
     train_step = jit_train_step(
         make_train_step(
-            make_denoising_loss(apply_fn, schedule, prediction_type=prediction_type), optimizer
+            make_denoising_loss(model, schedule, prediction_type=prediction_type), optimizer
         ),
         mesh,
     )
@@ -115,7 +115,7 @@ def test_overfits_a_fixed_batch(prediction_type):
 
     @jax.jit
     def model_loss(params):
-        return eval_loss(lambda x_t, t: apply_fn(params, x_t, t, None, False, None))
+        return eval_loss(make_model_fn(model, params))
 
     initial_loss = float(model_loss(state.params))
     optimal_loss = float(
@@ -221,44 +221,43 @@ def test_second_call_does_not_recompile():
     assert int(state.step) == 3 and bool(metrics["is_finite"])
 
 
-def _labels_probe(num_classes):
-    """An apply_fn whose x0-prediction is 1 exactly where the label is the null label, so
-    with all-zero images the unweighted MSE metric is the fraction of labels dropped."""
+class _LabelProbe(nn.Module):
+    """An x0-prediction of 1 exactly where cond['label'] is the null label, so with all-zero
+    images the unweighted MSE metric is the fraction of conditions dropped."""
 
-    def apply_fn(params, x_t, t, labels, train, dropout_key):
-        is_null = (labels == num_classes).astype(x_t.dtype)[:, None, None, None]
-        return jnp.zeros_like(x_t) + is_null + 0.0 * params["unused"]
+    num_classes: int
 
-    return apply_fn
+    cond_keys = ("label",)
+
+    def null_cond(self, cond):
+        return {"label": jnp.full_like(cond["label"], self.num_classes)}
+
+    @nn.compact
+    def __call__(self, x_t, t, cond, train=False):
+        unused = self.param("unused", nn.initializers.zeros, ())
+        is_null = (cond["label"] == self.num_classes).astype(x_t.dtype)[:, None, None, None]
+        return jnp.zeros_like(x_t) + is_null + 0.0 * unused
 
 
-@pytest.mark.parametrize("label_dropout", [0.0, 0.25])
-def test_label_dropout_reaches_the_model(label_dropout):
+@pytest.mark.parametrize("cond_dropout", [0.0, 0.25])
+def test_cond_dropout_reaches_the_model(cond_dropout):
     num_classes, batch_size = 5, 4096
     optimizer = optax.sgd(0.0)
     loss_fn = make_denoising_loss(
-        _labels_probe(num_classes), get_schedule("cosine", 10), prediction_type="x0",
-        num_classes=num_classes, label_dropout=label_dropout,
+        _LabelProbe(num_classes), get_schedule("cosine", 10), prediction_type="x0",
+        cond_dropout=cond_dropout,
     )  # fmt: skip
     train_step = make_train_step(loss_fn, optimizer)
     params = {"unused": jnp.zeros(())}
     state = TrainState(jnp.int32(0), params, params, optimizer.init(params))
     batch = {
         "image": jnp.zeros((batch_size, 1, 1, 1)),
-        "label": jnp.asarray(np.arange(batch_size) % num_classes, jnp.int32),
+        "cond": {"label": jnp.asarray(np.arange(batch_size) % num_classes, jnp.int32)},
     }
     _, metrics = jax.jit(train_step)(state, batch, jax.random.key(0), {})
     # Binomial(4096, p) / 4096 has std sqrt(p (1 - p) / 4096) ~ 0.0068 at p = 0.25: 5 std.
-    tolerance = 5 * np.sqrt(label_dropout * (1 - label_dropout) / batch_size)
-    assert abs(float(metrics["mse"]) - label_dropout) <= tolerance
-
-
-def test_drop_labels_only_writes_the_null_label():
-    labels = jnp.arange(1000, dtype=jnp.int32) % 7
-    dropped = drop_labels(jax.random.key(0), labels, 7, 0.5)
-    changed = np.asarray(dropped != labels)
-    np.testing.assert_array_equal(np.asarray(dropped)[changed], 7)
-    assert 0.4 < changed.mean() < 0.6  # Binomial(1000, 0.5)/1000: std 0.016, ~6 std margin
+    tolerance = 5 * np.sqrt(cond_dropout * (1 - cond_dropout) / batch_size)
+    assert abs(float(metrics["mse"]) - cond_dropout) <= tolerance
 
 
 @pytest.fixture(scope="module")
@@ -304,9 +303,7 @@ def test_per_step_noise_comes_from_the_step_counter(worker_setup, single_device)
 def test_nonfinite_batch(skip_nonfinite):
     model = train_step_worker.TinyDenoiser()
     optimizer = make_optimizer(1e-2)
-    loss_fn = make_denoising_loss(
-        flax_apply_fn(model), get_schedule("cosine", train_step_worker.NUM_TIMESTEPS)
-    )
+    loss_fn = make_denoising_loss(model, get_schedule("cosine", train_step_worker.NUM_TIMESTEPS))
     train_step = make_train_step(loss_fn, optimizer, skip_nonfinite=skip_nonfinite)
     mesh = make_mesh(jax.devices()[:1])
 
@@ -334,7 +331,7 @@ def test_batch_not_divisible_by_devices_names_both_numbers(worker_setup):
     state = create_train_state(
         worker_setup["init_fn"], worker_setup["init_key"], worker_setup["optimizer"], mesh
     )
-    batch = {name: value[:12] for name, value in worker_setup["batch"].items()}
+    batch = jax.tree.map(lambda value: value[:12], worker_setup["batch"])
     with pytest.raises(ValueError, match=r"batch size 12 .* devices 8"):
         jit_train_step(worker_setup["train_step"], mesh)(state, batch, worker_setup["step_key"])
 
@@ -344,21 +341,17 @@ def test_batch_not_divisible_by_devices_names_both_numbers(worker_setup):
     [
         (dict(prediction_type="score"), ValueError, r"'eps', 'x0', 'v'"),
         (dict(weighting="p2"), ValueError, r"'uniform', 'min_snr'"),
-        (dict(label_dropout=0.1), ValueError, "needs num_classes"),
-        (dict(num_classes=3, label_dropout=1.0), ValueError, r"label_dropout must lie in \[0, 1\)"),
+        (dict(cond_dropout=0.1), ValueError, "an unconditional network has nothing to drop"),
+        (dict(cond_dropout=1.0), ValueError, r"cond_dropout must lie in \[0, 1\)"),
     ],
 )
 def test_loss_factory_rejects_bad_options(kwargs, error, message):
     with pytest.raises(error, match=message):
-        make_denoising_loss(
-            flax_apply_fn(train_step_worker.TinyDenoiser()), get_schedule("cosine", 10), **kwargs
-        )
+        make_denoising_loss(train_step_worker.TinyDenoiser(), get_schedule("cosine", 10), **kwargs)
 
 
 def test_make_train_step_rejects_bad_options():
-    loss_fn = make_denoising_loss(
-        flax_apply_fn(train_step_worker.TinyDenoiser()), get_schedule("cosine", 10)
-    )
+    loss_fn = make_denoising_loss(train_step_worker.TinyDenoiser(), get_schedule("cosine", 10))
     with pytest.raises(ValueError, match=r"ema_decay must lie in \[0, 1\]"):
         make_train_step(loss_fn, optax.sgd(0.1), ema_decay=1.5)
     with pytest.raises(TypeError, match="loss_fn must be callable"):
@@ -369,8 +362,12 @@ def test_make_train_step_rejects_bad_options():
     "batch, error, message",
     [
         ({"pixels": np.zeros((2, 4, 4, 2), np.float32)}, ValueError, "needs an 'image'"),
-        ({"image": np.zeros((2, 4, 4, 2), np.uint8)}, TypeError, "float array"),
-        ({"image": np.zeros((2, 4, 4, 2), np.float32)}, ValueError, "needs a 'label'"),
+        (
+            {"image": np.zeros((2, 4, 4, 2), np.uint8), "cond": {"label": np.zeros(2, np.int32)}},
+            TypeError,
+            "float array",
+        ),
+        ({"image": np.zeros((2, 4, 4, 2), np.float32)}, ValueError, r"needs cond keys \['label'\]"),
     ],
 )
 def test_bad_batches_raise_before_compiling(worker_setup, single_device, batch, error, message):
@@ -425,9 +422,7 @@ def test_bfloat16_params_keep_float32_ema_and_optimizer_state_and_compile_once()
         return model.init(key, jnp.zeros((1, 8, 8, 1)), jnp.zeros((1,), jnp.int32))["params"]
 
     state = create_train_state(init_fn, jax.random.key(0), optimizer, mesh)
-    step = jit_train_step(
-        make_train_step(make_denoising_loss(flax_apply_fn(model), schedule), optimizer), mesh
-    )
+    step = jit_train_step(make_train_step(make_denoising_loss(model, schedule), optimizer), mesh)
 
     def dtypes(tree):
         return {
@@ -440,3 +435,91 @@ def test_bfloat16_params_keep_float32_ema_and_optimizer_state_and_compile_once()
     assert dtypes(state.params) == {jnp.dtype(jnp.bfloat16)}
     assert dtypes(state.ema_params) == dtypes(state.opt_state) == {jnp.dtype(jnp.float32)}
     assert step.jitted._cache_size() == 1
+
+
+def _two_layer_loss(params, frozen, batch, key, train):
+    hidden = jnp.tanh(batch["image"].reshape(batch["image"].shape[0], -1) @ params["body"]["w"])
+    prediction = hidden @ params["head"]["w"]
+    return jnp.mean((prediction - 1.0) ** 2), {}
+
+
+def _two_layer_params():
+    keys = jax.random.split(jax.random.key(0), 2)
+    return {
+        "body": {"w": jax.random.normal(keys[0], (16, 8)) / 4},
+        "head": {"w": jax.random.normal(keys[1], (8, 1)) / 3},
+    }
+
+
+def test_a_frozen_group_stays_bit_identical_and_has_no_optimizer_state():
+    params = _two_layer_params()
+    labels = {"body": {"w": "frozen"}, "head": {"w": "head"}}
+    trainable = jax.tree.map(lambda label: label != "frozen", labels)
+    optimizer = group_optimizer(trainable_part(labels, trainable), {"head": optax.adam(1e-2)})
+    mesh = make_mesh(jax.devices()[:1])
+    state = create_train_state(lambda key: params, jax.random.key(0), optimizer, mesh,
+                               trainable=trainable)  # fmt: skip
+    # Adam's two moments for the head's 8 weights, nothing for the body's 128.
+    moments = [leaf.size for leaf in jax.tree.leaves(state.opt_state) if leaf.ndim]
+    assert sum(moments) == 2 * 8
+    step = jit_train_step(make_train_step(_two_layer_loss, optimizer, trainable=trainable), mesh)
+    batch = {"image": np.random.default_rng(0).normal(size=(8, 4, 4, 1)).astype(np.float32)}
+    for _ in range(3):
+        state, metrics = step(state, batch, jax.random.key(1))
+    np.testing.assert_array_equal(state.params["body"]["w"], params["body"]["w"])
+    np.testing.assert_array_equal(state.ema_params["body"]["w"], params["body"]["w"])
+    assert not np.array_equal(state.params["head"]["w"], params["head"]["w"])
+    assert float(metrics["loss"]) < float(_two_layer_loss(params, {}, batch, None, True)[0])
+
+
+def test_groups_with_their_own_rates_and_updates_in_alternation():
+    """Two groups of SGD with rates 0.1 and 0.2, the second updated only on odd steps (a GAN
+    discriminator's schedule): each group's change is its rate times its gradient, on its steps."""
+    params = _two_layer_params()
+    labels = {"body": {"w": "body"}, "head": {"w": "head"}}
+    optimizer = group_optimizer(
+        labels,
+        {
+            "body": optax.sgd(0.1),
+            "head": optax.transforms.conditionally_mask(optax.sgd(0.2), lambda n: n % 2 == 1),
+        },
+    )
+    state = TrainState(jnp.int32(0), params, params, optimizer.init(params))
+    step = jax.jit(make_train_step(_two_layer_loss, optimizer))
+    batch = {"image": np.random.default_rng(0).normal(size=(8, 4, 4, 1)).astype(np.float32)}
+    for number in range(3):
+        grads = jax.grad(lambda p: _two_layer_loss(p, {}, batch, None, True)[0])(state.params)
+        before = state.params
+        state, _ = step(state, batch, jax.random.key(1), {})
+        np.testing.assert_allclose(
+            state.params["body"]["w"], before["body"]["w"] - 0.1 * grads["body"]["w"], atol=1e-7
+        )
+        head_rate = 0.2 if number % 2 == 1 else 0.0
+        np.testing.assert_allclose(
+            state.params["head"]["w"], before["head"]["w"] - head_rate * grads["head"]["w"],
+            atol=1e-7,
+        )  # fmt: skip
+
+
+def _running_mean_loss(params, frozen, batch, key, train, extra):
+    """A loss that keeps state outside the gradient: the running mean of the batch means."""
+    mean = jnp.mean(batch["image"])
+    count = extra["count"] + 1
+    new_extra = {"count": count, "mean": extra["mean"] + (mean - extra["mean"]) / count}
+    loss = jnp.mean((batch["image"] * params["w"] - new_extra["mean"]) ** 2)
+    return loss, ({}, new_extra)
+
+
+def test_state_outside_the_gradient_is_carried_by_the_step():
+    optimizer = optax.sgd(0.01)
+    params = {"w": jnp.float32(0.5)}
+    extra = {"count": jnp.float32(0.0), "mean": jnp.float32(0.0)}
+    state = TrainState(jnp.int32(0), params, params, optimizer.init(params), extra)
+    step = jax.jit(make_train_step(_running_mean_loss, optimizer, stateful=True))
+    means = []
+    for index in range(4):
+        image = np.full((2, 1, 1, 1), float(index), np.float32)
+        means.append(float(index))
+        state, _ = step(state, {"image": image}, jax.random.key(0), {})
+    assert float(state.extra["count"]) == 4.0
+    np.testing.assert_allclose(float(state.extra["mean"]), np.mean(means), rtol=1e-6)

@@ -109,9 +109,14 @@ def assert_states_equal(actual, expected) -> None:
         np.testing.assert_array_equal(got, want)
 
 
-def restore_newest(workdir: str):
-    """The newest checkpoint of a workdir (read-only), restored on one device."""
-    from diffjax.sharding import make_mesh
+def restore_full(workdir: str, mesh=None):
+    """The newest checkpoint of a workdir, read-only, with its whole train state (optimizer
+    state included; load_trained_run reads the parameters only)."""
+    from diffjax.training.checkpoint import CheckpointManager
     from diffjax.training.trained_run import load_trained_run
 
-    return load_trained_run(workdir, mesh=make_mesh(jax.devices()[:1]))
+    run = load_trained_run(workdir, mesh)
+    folder = os.path.join(os.fspath(workdir), "checkpoints")
+    with CheckpointManager(folder, read_only=True) as manager:
+        restored = manager.restore_latest(run.programs.abstract_state)
+    return run._replace(state=restored.state, step=restored.step)

@@ -19,6 +19,7 @@ import sys
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -30,16 +31,24 @@ IMAGE_SHAPE = (4, 4, 2)
 
 class TinyDenoiser(nn.Module):
     """A per-pixel MLP with time and label embeddings and dropout: cheap to compile, but it
-    exercises every input the UNet takes (x, t, labels, train + the 'dropout' stream)."""
+    exercises every input the UNet takes (x, t, cond['label'], train + the 'dropout' stream)."""
 
     num_classes: int | None = None
     dropout: float = 0.0
     features: int = 8
 
+    @property
+    def cond_keys(self):
+        return () if self.num_classes is None else ("label",)
+
+    def null_cond(self, cond):
+        return {"label": jnp.full_like(cond["label"], self.num_classes)}
+
     @nn.compact
-    def __call__(self, x, t, labels=None, train=False):
+    def __call__(self, x, t, cond=None, train=False):
         hidden = nn.Dense(self.features)(x)
         hidden = hidden + nn.Embed(NUM_TIMESTEPS, self.features)(t)[:, None, None, :]
+        labels = None if cond is None else cond.get("label")
         if labels is not None:
             label_embedding = nn.Embed(self.num_classes + 1, self.features)(labels)
             hidden = hidden + label_embedding[:, None, None, :]
@@ -54,26 +63,25 @@ def make_setup():
     layouts is the float32 summation order of the gradient all-reduce.
     """
     from diffjax import get_schedule
-    from diffjax.training import flax_apply_fn, make_denoising_loss, make_train_step
+    from diffjax.training import make_denoising_loss, make_train_step
 
     model = TinyDenoiser(num_classes=NUM_CLASSES, dropout=0.2)
     images = np.zeros((1,) + IMAGE_SHAPE, np.float32)
     timesteps = labels = np.zeros((1,), np.int32)
 
     def init_fn(key):
-        return model.init(key, images, timesteps, labels)["params"]
+        return model.init(key, images, timesteps, {"label": labels})["params"]
 
     schedule = get_schedule("cosine", NUM_TIMESTEPS)
     optimizer = optax.sgd(0.5)
     loss_fn = make_denoising_loss(
-        flax_apply_fn(model), schedule, prediction_type="v", weighting="min_snr",
-        num_classes=NUM_CLASSES, label_dropout=0.3,
-    )  # fmt: skip
+        model, schedule, prediction_type="v", weighting="min_snr", cond_dropout=0.3
+    )
     train_step = make_train_step(loss_fn, optimizer, ema_decay=0.99)
     rng = np.random.default_rng(0)
     batch = {
         "image": rng.uniform(-1, 1, (GLOBAL_BATCH_SIZE,) + IMAGE_SHAPE).astype(np.float32),
-        "label": rng.integers(0, NUM_CLASSES, GLOBAL_BATCH_SIZE).astype(np.int32),
+        "cond": {"label": rng.integers(0, NUM_CLASSES, GLOBAL_BATCH_SIZE).astype(np.int32)},
     }
     return dict(
         init_fn=init_fn,
@@ -113,10 +121,9 @@ def main(process_id: int, port: int, out_dir: str) -> None:
         raise RuntimeError(f"Expected 4 local of 8 global devices, got {jax.devices()}.")
     setup = make_setup()
     half = GLOBAL_BATCH_SIZE // 2
-    local_batch = {
-        name: value[process_id * half : (process_id + 1) * half]
-        for name, value in setup["batch"].items()
-    }
+    local_batch = jax.tree.map(
+        lambda value: value[process_id * half : (process_id + 1) * half], setup["batch"]
+    )
     mesh = make_mesh()
     if process_batch_size(GLOBAL_BATCH_SIZE, mesh) != half:
         raise RuntimeError(f"process_batch_size should be {half} on each of 2 processes.")

@@ -10,6 +10,8 @@ Sources (the ``name`` argument, ``config.data.name``):
   ``"oxford_flowers102"``, ``"downsampled_imagenet/64x64"``, ...) through ``as_data_source``;
   reading needs no TensorFlow, preparing one does (``pip install "diffjax[tf]"``).
 - ``"folder"``: the PNG/JPEG images under ``data_dir``, optionally in class subfolders.
+- a dataset of in-memory arrays registered with :func:`register_dataset` (images with any
+  conditioning: class labels, text embeddings, control images).
 
 The pipeline is a ``grain.MapDataset`` over the random-access source::
 
@@ -30,7 +32,8 @@ Example::
 
     dataset = create_dataset(name="fashion_mnist", image_size=28, batch_size=64, seed=0)
     iterator = iter(dataset)
-    batch = next(iterator)   # {"image": float32 [64, 28, 28, 1] in [-1, 1], "label": int32 [64]}
+    batch = next(iterator)   # {"image": float32 [64, 28, 28, 1] in [-1, 1],
+                             #  "cond": {"label": int32 [64]}}
     state = iterator.get_state()          # store in the checkpoint (JSON)
     iterator.set_state(state)             # after restoring it
 """
@@ -44,6 +47,8 @@ from typing import TYPE_CHECKING, Any, Mapping, NamedTuple
 import numpy as np
 
 from diffjax.data.datasets import DatasetUnavailableError, preprocess
+from diffjax.errors import ConfigError
+from diffjax.sharding import process_batch_size
 
 if TYPE_CHECKING:
     import grain
@@ -55,10 +60,14 @@ __all__ = [
     "Dataset",
     "DatasetUnavailableError",
     "DatasetInfo",
+    "DATASETS",
     "array_dataset",
+    "check_data_config",
     "create_dataset",
+    "dataset_cond",
     "dataset_from_config",
     "get_dataset_info",
+    "register_dataset",
 ]
 
 DEFAULT_NAME = "fashion_mnist"
@@ -67,6 +76,33 @@ _STATE_VERSION = 1
 _HOST_LAYOUT_KEYS = ("batch_size", "process_index", "process_count")
 """Pipeline arguments that only say which rows this host reads: a state taken on one host
 layout resumes on another with the same global batch size."""
+
+
+DATASETS: dict[str, Any] = {}
+"""Datasets of in-memory arrays by name (:func:`register_dataset`)."""
+
+
+def register_dataset(name: str, load: Any) -> None:
+    """Adds a dataset of in-memory arrays that configs can name (``config.data.name``).
+
+    Args:
+      name: a new name (not ``'fashion_mnist'``, ``'folder'`` or one already registered).
+      load: ``load(split, image_size) -> (arrays, num_classes)`` with ``arrays`` =
+        ``{'image': float32 [N, S, S, C] in [-1, 1], 'cond': {key: [N, ...]}}`` (S =
+        ``image_size``) and ``num_classes`` the number of labels of ``cond['label']`` or None;
+        raises ``ValueError`` for a split or size it does not have.
+
+    Raises:
+      ValueError: the name is taken or empty.
+    """
+    if not isinstance(name, str) or not name or name in DATASETS or name in (
+        DEFAULT_NAME, FOLDER_NAME,
+    ):  # fmt: skip
+        raise ValueError(
+            f"register_dataset needs a new, non-empty name; {name!r} is taken or empty "
+            f"(registered: {sorted(DATASETS)} and {DEFAULT_NAME!r}, {FOLDER_NAME!r})."
+        )
+    DATASETS[name] = load
 
 
 class DatasetInfo(NamedTuple):
@@ -78,10 +114,13 @@ class DatasetInfo(NamedTuple):
       num_examples: examples in the split over all hosts, or None when a TFDS dataset is not
         prepared yet (:func:`create_dataset` prepares it; its ``info`` always has the count).
       num_classes: number of labels, or None for an unlabelled dataset (then batches have no
-        ``"label"``).
+        ``cond['label']``).
       class_names: label names, or None.
       image_shape: ``(H, W, C)`` of every preprocessed image: ``(image_size, image_size, C)``
         with C = 1 for grayscale, 3 for RGB.
+      cond_spec: what each batch's ``'cond'`` holds: ``(key, shape, dtype)`` per entry, the
+        shape without the batch axis (``(('label', (), 'int32'),)`` for a labelled image
+        dataset).
     """
 
     name: str
@@ -90,11 +129,21 @@ class DatasetInfo(NamedTuple):
     num_classes: int | None
     class_names: tuple[str, ...] | None
     image_shape: tuple[int, int, int]
+    cond_spec: tuple[tuple[str, tuple[int, ...], str], ...] = ()
+
+    @property
+    def cond_keys(self) -> tuple[str, ...]:
+        """The keys of each batch's ``'cond'``."""
+        return tuple(key for key, _, _ in self.cond_spec)
 
     @property
     def channels(self) -> int:
         """C, the channel count of the preprocessed images."""
         return self.image_shape[-1]
+
+
+def _label_spec(num_classes: int | None) -> tuple[tuple[str, tuple[int, ...], str], ...]:
+    return () if num_classes is None else (("label", (), "int32"),)
 
 
 def _check_int(name: str, value: Any, minimum: int, maximum: int | None = None) -> None:
@@ -138,6 +187,7 @@ def _open_folder(
         source.num_classes,
         source.class_names,
         (image_size, image_size, source.channels),
+        _label_spec(source.num_classes),
     )
     return source, info
 
@@ -152,7 +202,27 @@ def _tfds_info(
         description.num_classes,
         description.class_names,
         (image_size, image_size, description.channels),
+        _label_spec(description.num_classes),
     )
+
+
+def _open_arrays(name: str, split: str, image_size: int) -> tuple[dict[str, Any], DatasetInfo]:
+    arrays, num_classes = DATASETS[name](split, image_size)
+    images = np.asarray(arrays["image"])
+    if images.ndim != 4 or images.shape[1:3] != (image_size, image_size):
+        raise ValueError(
+            f"the registered dataset {name!r} gave images of shape {images.shape}; expected "
+            f"[N, {image_size}, {image_size}, C]."
+        )
+    cond = {key: np.asarray(value) for key, value in dict(arrays.get("cond", {})).items()}
+    spec = tuple(
+        (key, tuple(int(side) for side in value.shape[1:]), value.dtype.name)
+        for key, value in cond.items()
+    )
+    info = DatasetInfo(
+        name, split, int(images.shape[0]), num_classes, None, tuple(images.shape[1:]), spec
+    )
+    return {"image": images.astype(np.float32), "cond": cond}, info
 
 
 def _describe(
@@ -161,6 +231,8 @@ def _describe(
     """Builds the DatasetInfo of a source without preparing or reading its data."""
     if name == FOLDER_NAME:
         return _open_folder(split, image_size, data_dir)[1]
+    if name in DATASETS:
+        return _open_arrays(name, split, image_size)[1]
     from diffjax.data.datasets import tfds_source  # tensorflow-datasets only when needed
 
     builder = None
@@ -290,10 +362,10 @@ class _ImageReader:
         )
         if flips is not None:
             images = preprocess.flip_left_right_where(images, flips)
-        batch = {"image": preprocess.to_model_range(images)}
+        cond = {}
         if self._labelled:
-            batch["label"] = np.asarray([example["label"] for example in examples], np.int32)
-        return batch
+            cond["label"] = np.asarray([example["label"] for example in examples], np.int32)
+        return {"image": preprocess.to_model_range(images), "cond": cond}
 
 
 class _ArrayReader:
@@ -308,13 +380,16 @@ class _ArrayReader:
                 return {name: take(item) for name, item in value.items()}
             return value[indices]
 
-        return take(self._arrays)
+        batch = take(self._arrays)
+        if flips is not None:
+            batch["image"] = preprocess.flip_left_right_where(batch["image"], flips)
+        return batch
 
 
 class DataIterator(Iterator[dict]):
     """An endless (or ``num_epochs``-long) iterator of host-local batches with a resumable position.
 
-    Yields ``{"image": float32 [b, S, S, C] in [-1, 1], "label": int32 [b]}`` (``"label"`` only
+    Yields ``{"image": float32 [b, S, S, C] in [-1, 1], "cond": {"label": int32 [b]}}`` (``"label"`` only
     for labelled datasets), ``b`` the per-host batch size. Created by ``iter(dataset)``.
     """
 
@@ -500,7 +575,7 @@ def create_dataset(
 
     Returns:
       A :class:`Dataset`; ``iter(dataset)`` yields dicts of host-local NumPy arrays
-      ``{"image": float32 [b, S, S, C] in [-1, 1], "label": int32 [b]}`` (no ``"label"`` for
+      ``{"image": float32 [b, S, S, C] in [-1, 1], "cond": {"label": int32 [b]}}`` (no ``"label"`` for
       unlabelled data).
 
     Raises:
@@ -518,9 +593,14 @@ def create_dataset(
         _check_int("num_epochs", num_epochs, 1)
     process_index, process_count = _resolve_hosts(process_index, process_count)
 
-    source, info = _open_source(name, split, image_size, data_dir, manual_dir, download)
+    if name in DATASETS:
+        arrays, info = _open_arrays(name, split, image_size)
+        read = _ArrayReader(arrays)
+    else:
+        source, info = _open_source(name, split, image_size, data_dir, manual_dir, download)
+        read = _ImageReader(source, image_size, info.num_classes is not None)
     return _make_dataset(
-        _ImageReader(source, image_size, info.num_classes is not None), info,
+        read, info,
         pipeline=dict(name=name, split=split, image_size=int(image_size)),
         batch_size=batch_size, seed=seed, random_flip=random_flip, shuffle=shuffle,
         num_epochs=num_epochs, drop_remainder=drop_remainder, process_index=process_index,
@@ -662,9 +742,6 @@ def dataset_from_config(
     Raises:
       ConfigError: a dataset name, split or folder that does not exist.
     """
-    from diffjax.sharding import process_batch_size
-    from diffjax.training.config_validation import ConfigError
-
     data = values["data"]
     try:
         return create_dataset(
@@ -682,3 +759,63 @@ def dataset_from_config(
         )
     except (ValueError, TypeError) as error:
         raise ConfigError(f"config.data ({data['name']!r}, split {split!r}): {error}") from error
+
+
+def check_data_config(data: Mapping[str, Any]) -> None:
+    """Checks a config's ``data`` section without opening the dataset.
+
+    Raises:
+      ConfigError: naming the key, the value and what is allowed.
+    """
+    try:
+        _check_name_and_split(data["name"], data["split"])
+        _check_int("image_size", data["image_size"], 1)
+        _check_int("batch_size", data["batch_size"], 1)
+        _check_int("num_threads", data["num_threads"], 0)
+        _check_int("prefetch_batches", data["prefetch_batches"], 0)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"config.data: {error}") from error
+
+
+def dataset_cond(
+    values: Mapping[str, Any], split: str, count: int, keys: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """The conditioning of the first ``count`` examples of ``split`` (in order, repeated when
+    the split is shorter; every host reads the same rows): what generation takes as the condition of sample i when the network
+    reads more than class labels (a text embedding, a control image).
+
+    Args:
+      values: the validated config (its ``data`` section and ``seed``).
+      split: the split.
+      count: the number of conditions.
+      keys: the cond keys wanted.
+
+    Returns:
+      ``{key: [count, ...]}`` host arrays.
+    """
+    data = values["data"]
+    batch_size = min(count, 256)
+    try:
+        dataset = create_dataset(
+            name=data["name"], split=split, image_size=data["image_size"],
+            batch_size=batch_size, seed=values["seed"], data_dir=data["data_dir"],
+            manual_dir=data["manual_dir"], download=data["download"], shuffle=False,
+            process_index=0, process_count=1, num_threads=0, prefetch_batches=0,
+        )  # fmt: skip
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"config.data ({data['name']!r}, split {split!r}): {error}") from error
+    missing = [key for key in keys if key not in dataset.info.cond_keys]
+    if missing:
+        raise ConfigError(
+            f"the network reads cond keys {list(keys)}, but {data['name']!r}:{split} has "
+            f"{list(dataset.info.cond_keys)} (missing {missing})."
+        )
+    collected: dict[str, list[np.ndarray]] = {key: [] for key in keys}
+    with iter(dataset) as iterator:
+        read = 0
+        while read < count:
+            cond = next(iterator)["cond"]
+            for key in keys:
+                collected[key].append(np.asarray(cond[key]))
+            read += batch_size
+    return {key: np.concatenate(parts)[:count] for key, parts in collected.items()}

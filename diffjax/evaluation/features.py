@@ -247,42 +247,38 @@ def real_image_source(dataset: Any, mesh: Mesh) -> Callable[[int, int], jax.Arra
 
 
 def sample_image_source(
-    sample_fn: Callable, params: Any, seed: int, num_classes: int | None, mesh: Mesh
+    draw: Callable[[int, int], jax.Array], mesh: Mesh
 ) -> Callable[[int, int], jax.Array]:
-    """``make_images(start, count)`` of generated samples ``start .. start + count - 1`` (keys
-    ``fold_in(key(seed), i)``, labels i mod K), quantized to uint8 on the devices."""
-    from diffjax.samplers import sample_keys
+    """``make_images(start, count)`` of generated samples ``start .. start + count - 1``,
+    quantized to uint8 on the devices like real images.
 
+    Args:
+      draw: ``draw(start, count) -> images [count, H, W, C]`` in [-1, 1], sample i drawn from
+        its own key and condition (:func:`diffjax.training.programs.sample_drawer`).
+      mesh: the mesh the quantized images are split over.
+    """
     quantize = jax.jit(
         lambda x: jnp.round((jnp.clip(x, -1.0, 1.0) + 1.0) * 127.5).astype(jnp.uint8),
         out_shardings=batch_sharding(mesh),
     )
 
     def make_images(start: int, count: int) -> jax.Array:
-        labels = None
-        if num_classes is not None:
-            labels = jnp.asarray(np.arange(start, start + count) % num_classes, jnp.int32)
-        return quantize(sample_fn(params, sample_keys(seed, start, count), labels))
+        return quantize(draw(start, count))
 
     return make_images
 
 
 def frechet_distance_of_samples(
     network: FeatureNetwork,
-    sample_fn: Callable,
-    params: Any,
+    draw: Callable[[int, int], jax.Array],
     reference: frechet.FeatureStatistics,
     *,
     num_samples: int,
     batch_size: int,
-    seed: int,
-    num_classes: int | None,
     mesh: Mesh,
 ) -> float:
-    """The Fréchet distance of ``num_samples`` samples (in memory, not resumable): what the
-    training loop logs every ``config.eval.fd_every_steps``."""
+    """The Fréchet distance of ``num_samples`` samples of ``draw`` (in memory, not resumable):
+    what the training loop logs every ``config.eval.fd_every_steps``."""
     job = FeatureJob(None, num_samples, network, settings={})
-    job.run(
-        sample_image_source(sample_fn, params, seed, num_classes, mesh), batch_size, progress=False
-    )
+    job.run(sample_image_source(draw, mesh), batch_size, progress=False)
     return frechet.frechet_distance(job.statistics(), reference)

@@ -42,12 +42,23 @@ def bits_per_dim_job(
 
     ``method`` 'vlb' is the discrete variational bound (``bpd_timesteps`` timesteps per image),
     'ode' the probability-flow ODE likelihood with uniform dequantization; image i draws its
-    randomness from ``fold_in(seed, i)``.
+    randomness from ``fold_in(seed, i)`` and is conditioned on its own ``cond``.
+
+    Raises:
+      ConfigError: a latent run (its likelihood would be that of the latents, not the images).
     """
+    from diffjax.codecs import is_identity
     from diffjax.data.pipeline import dataset_from_config
+    from diffjax.errors import ConfigError
     from diffjax.likelihood import bits_per_dim, ode_likelihood
+    from diffjax.models.conditioning import make_model_fn
     from diffjax.samplers import sample_keys
 
+    if not is_identity(run.programs.codec):
+        raise ConfigError(
+            f"bits/dim is the likelihood of the images; this run diffuses in the latent space "
+            f"of codec {run.programs.codec.name!r}, whose latents' likelihood it would measure."
+        )
     values = run.config
     batch_size = settings.batch_size
     dataset = dataset_from_config(
@@ -58,15 +69,10 @@ def bits_per_dim_job(
     model, process = run.model, run.process
     params = run.state.ema_params if settings.ema else run.state.params
     prediction_type = values["diffusion"]["prediction_type"]
-    conditional = model.num_classes is not None
 
     @jax.jit
-    def batch_bpd(params, images, labels, keys):
-        def model_fn(x_t, t):
-            return model.apply(
-                {"params": params}, x_t, t, labels if conditional else None, train=False
-            )
-
+    def batch_bpd(params, images, cond, keys):
+        model_fn = make_model_fn(model, params, cond)
         if method == "vlb":
             bound = bits_per_dim(
                 model_fn, process, images, keys[0], prediction_type=prediction_type,
@@ -95,20 +101,18 @@ def bits_per_dim_job(
         collected = [values_done]
         while done < total:
             batch = next(iterator)
-            images = np.asarray(batch["image"])
-            labels = np.asarray(batch.get("label", np.zeros(images.shape[0], np.int32)))
             wanted = batch_size * len(mesh.local_devices) // mesh.devices.size
-            if images.shape[0] < wanted:
-                images = np.concatenate(
-                    [images, np.repeat(images[-1:], wanted - images.shape[0], 0)]
+            short = wanted - np.shape(batch["image"])[0]
+            if short > 0:  # a short last batch is padded with its last example
+                batch = jax.tree.map(
+                    lambda value: np.concatenate([value, np.repeat(value[-1:], short, 0)]), batch
                 )
-                labels = np.concatenate([labels, np.repeat(labels[-1:], wanted - labels.shape[0])])
-            batch = host_batch_to_global({"image": images, "label": labels.astype(np.int32)}, mesh)
+            batch = host_batch_to_global(batch, mesh)
             if method == "vlb":
                 keys = jax.random.fold_in(jax.random.key(settings.seed), done)[None]
             else:
                 keys = sample_keys(settings.seed, done, batch_size)
-            bpd, nfe = batch_bpd(params, batch["image"], batch["label"], keys)
+            bpd, nfe = batch_bpd(params, batch["image"], batch["cond"], keys)
             result = gather_to_host(bpd)
             evaluations.append(int(nfe))
             count = min(batch_size, total - done)

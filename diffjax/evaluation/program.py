@@ -28,6 +28,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
+from diffjax.errors import ConfigError
 from diffjax.evaluation.features import (
     FeatureJob,
     compute_metrics,
@@ -40,7 +41,6 @@ from diffjax.evaluation.references import load_reference, run_reference
 from diffjax.images import to_uint8
 from diffjax.metrics.feature_networks import load_feature_network
 from diffjax.sharding import batch_sharding, broadcast_json
-from diffjax.training.config_validation import ConfigError
 from diffjax.training.console import log
 from diffjax.training.workdir import EVAL_DIR
 from diffjax.version import __version__
@@ -176,7 +176,8 @@ def evaluate_run(
     from diffjax.processes import is_discrete
     from diffjax.samplers import check_sampler_options
     from diffjax.sharding import make_mesh
-    from diffjax.training.sampling import make_sample_fn
+    from diffjax.training.frozen import load_frozen
+    from diffjax.training.programs import SampleConditions, make_run_generator, sample_drawer
     from diffjax.training.trained_run import load_trained_run
 
     start_time = time.perf_counter()
@@ -191,11 +192,15 @@ def evaluate_run(
     except (TypeError, ValueError) as error:
         raise ConfigError(f"sampler {settings.sampler!r}: {error}") from error
     feature_metrics = [m for m in settings.metrics if m != "bpd"]
-    network = load_feature_network(settings.features, weights_path=weights_path, download=download)
-    try:
-        network.check_image_shape(image_shape)
-    except ValueError as error:
-        raise ConfigError(f"features {settings.features!r}: {error}") from error
+    network = None  # bits/dim alone needs no feature network (nor its weights)
+    if feature_metrics:
+        network = load_feature_network(
+            settings.features, weights_path=weights_path, download=download
+        )
+        try:
+            network.check_image_shape(image_shape)
+        except ValueError as error:
+            raise ConfigError(f"features {settings.features!r}: {error}") from error
     folder = os.path.join(workdir, EVAL_DIR, f"{run.step}.partial")
     if jax.process_index() == 0:
         os.makedirs(folder, exist_ok=True)
@@ -213,20 +218,23 @@ def evaluate_run(
         reference_record = dict(path=path, metadata=metadata, count=reference.count)
 
     results: dict[str, Any] = {}
+    frozen, _ = load_frozen(values, run.programs, mesh)
     if feature_metrics:
-        sample_fn = make_sample_fn(
-            run.model, run.process, image_shape=image_shape, num_samples=settings.batch_size,
-            sampler=settings.sampler, options=settings.options,
-            guidance_scale=settings.guidance_scale, clip_x0=values["sampling"]["clip_x0"],
-            mesh=mesh,
+        generate = make_run_generator(
+            values, run.programs, settings.batch_size, mesh, sampler=settings.sampler,
+            options=settings.options, guidance_scale=settings.guidance_scale,
         )  # fmt: skip
         params = run.state.ema_params if settings.ema else run.state.params
         job = FeatureJob(
             os.path.join(folder, "samples"), settings.num_samples, network,
             keep=kept_outputs(feature_metrics), settings=dict(step=run.step, **settings.record()),
         )  # fmt: skip
-        source = sample_image_source(sample_fn, params, settings.seed, run.model.num_classes, mesh)
-        job.run(source, settings.batch_size, description="samples", progress=progress)
+        draw = sample_drawer(
+            generate, params, seed=settings.seed, conditions=SampleConditions(values, run.model),
+            frozen=frozen,
+        )  # fmt: skip
+        job.run(sample_image_source(draw, mesh), settings.batch_size, description="samples",
+                progress=progress)  # fmt: skip
         if jax.process_index() == 0:  # the only process that holds a resumed job's arrays
             results.update(
                 compute_metrics(
@@ -244,7 +252,7 @@ def evaluate_run(
         results=results,
         protocol=dict(
             settings.record(),
-            network=network.record(),
+            network=None if network is None else network.record(),
             reference=reference_record,
             weights="ema" if settings.ema else "raw",
             devices=mesh.devices.size,

@@ -15,11 +15,11 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
+from diffjax.errors import ConfigError
 from diffjax.evaluation.features import FeatureJob, real_image_source
 from diffjax.metrics import frechet
 from diffjax.metrics.feature_networks import FeatureNetwork
 from diffjax.sharding import broadcast_int, sync_processes
-from diffjax.training.config_validation import ConfigError
 from diffjax.training.console import log
 from diffjax.training.workdir import EVAL_DIR
 

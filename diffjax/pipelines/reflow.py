@@ -7,11 +7,13 @@ flow whose paths are straighter (its straightness, :func:`diffjax.metrics.straig
 smaller), so one or two steps suffice. This module
 
 * generates the pairs (:func:`generate_pairs`): pair i's noise is N(0, I) drawn from
-  ``fold_in(key(seed), i)``, its sample the sampler's output from it; they are written in
-  shards of one batch (``pairs_00000.npz`` with ``noise`` and ``sample``, each written
-  atomically) beside a manifest (``pairs.json``) of the settings. A rerun skips the shards
-  already written and refuses other settings, so a killed generation resumes; the pairs
-  depend neither on the device count nor on where it stopped.
+  ``fold_in(key(seed), i)``, its sample the sampler's output from it, with the condition
+  sample i of a conditional teacher gets (:class:`~diffjax.training.programs.SampleConditions`:
+  class i mod K, or the evaluation split's example i); they are written in shards of one batch
+  (:mod:`diffjax.data.pairs`, each written atomically) beside a manifest of the settings. A
+  rerun skips the shards already written and refuses other settings, so a killed generation
+  resumes; the pairs depend neither on the device count nor on where it stopped. A latent
+  teacher's pairs are latents (the codec's space), which the student trains on.
 * trains the next flow on them: the training program reads a pair folder
   (``config.training.pairs_dir``) with :func:`diffjax.data.pairs.pair_dataset`, and the
   denoising loss uses each pair's noise (:func:`diffjax.losses.denoising_loss`).
@@ -35,17 +37,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffjax import samplers
 from diffjax.data.pairs import (
     complete_shards,
     read_manifest,
     write_manifest,
     write_shard,
 )
+from diffjax.errors import ConfigError
 from diffjax.evaluation.features import write_json
-from diffjax.sharding import gather_to_host
+from diffjax.models.conditioning import cond_keys, make_model_fn
+from diffjax.sharding import batch_sharding, gather_to_host, make_mesh
+from diffjax.training.frozen import load_frozen
+from diffjax.training.loop import train_and_evaluate
+from diffjax.training.programs import SampleConditions, make_run_generator
+from diffjax.training.trained_run import load_trained_run
 
 __all__ = [
-    "DETERMINISTIC_SAMPLERS",
     "generate_pairs",
     "measure_straightness",
     "one_step_distance",
@@ -57,14 +65,12 @@ __all__ = [
 def pair_noise(seed: int, first_index: int, count: int, shape: tuple[int, ...]) -> jax.Array:
     """The noise of pairs first_index .. first_index + count - 1: N(0, I) of ``shape`` each,
     from ``fold_in(key(seed), i)``; ``[count, *shape]`` float32."""
-    from diffjax.samplers import sample_keys
-
-    keys = sample_keys(seed, first_index, count)
+    keys = samplers.sample_keys(seed, first_index, count)
     return jax.vmap(lambda key: jax.random.normal(key, shape, jnp.float32))(keys)
 
 
 def generate_pairs(
-    sample_fn: Callable[[jax.Array], jax.Array],
+    sample_fn: Callable[..., jax.Array],
     pairs_dir: str | os.PathLike,
     *,
     num_pairs: int,
@@ -72,21 +78,25 @@ def generate_pairs(
     seed: int,
     shape: tuple[int, ...],
     settings: Mapping[str, Any],
+    cond_fn: Callable[[np.ndarray], Mapping[str, Any] | None] | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Writes the (noise, sample) pairs of a deterministic sampler, resumably.
 
     Args:
       sample_fn: ``sample_fn(noise [b, *shape]) -> samples [b, *shape]``: the sampler started
-        from that noise (scaled to the process's prior by the caller); called with
-        ``batch_size`` pairs at a time (the last call padded to a full batch).
+        from that noise (scaled to the process's prior by the caller), or, with ``cond_fn``,
+        ``sample_fn(noise, cond)``; called with ``batch_size`` pairs at a time (the last call
+        padded to a full batch).
       pairs_dir: the output folder.
       num_pairs: N pairs in all.
       batch_size: pairs per call and per shard.
       seed: the noise seed (pair i from ``fold_in(key(seed), i)``).
-      shape: one sample's shape ``(H, W, C)``.
+      shape: one sample's shape (model space).
       settings: what produced the pairs (teacher, step, sampler, options, ...), stored in the
         manifest and compared on resume.
+      cond_fn: ``cond_fn(indices [b]) -> {key: [b, ...]}``, the condition of pairs ``indices``
+        (stored with them), or None for an unconditional teacher.
       progress: show a progress bar.
 
     Returns:
@@ -107,13 +117,12 @@ def generate_pairs(
         saved = read_manifest(pairs_dir)
     except FileNotFoundError:
         saved = None
-    if saved is not None:
-        if saved != manifest:
-            raise ValueError(
-                f"{pairs_dir} holds pairs made with other settings ({saved}); these are "
-                f"{manifest}. Use another folder or the original settings; nothing was changed."
-            )
-    elif jax.process_index() == 0:
+    if saved is not None and saved != manifest:
+        raise ValueError(
+            f"{pairs_dir} holds pairs made with other settings ({saved}); these are "
+            f"{manifest}. Use another folder or the original settings; nothing was changed."
+        )
+    if saved is None and jax.process_index() == 0:
         write_manifest(pairs_dir, manifest)
     done = complete_shards(pairs_dir, manifest)
     num_shards = -(-num_pairs // batch_size)
@@ -125,43 +134,24 @@ def generate_pairs(
         first = shard * batch_size
         count = min(batch_size, num_pairs - first)
         noise = pair_noise(seed, first, batch_size, tuple(shape))
-        samples = np.asarray(gather_to_host(sample_fn(noise)), np.float32)[:count]
-        noise_host = np.asarray(noise)[:count]
+        cond = None if cond_fn is None else cond_fn(np.arange(first, first + batch_size))
+        drawn = sample_fn(noise) if cond_fn is None else sample_fn(noise, cond)
+        samples = np.asarray(gather_to_host(drawn), np.float32)[:count]
         if jax.process_index() == 0:
-            write_shard(pairs_dir, shard, noise_host, samples)
+            cond_host = {key: np.asarray(value)[:count] for key, value in (cond or {}).items()}
+            write_shard(pairs_dir, shard, np.asarray(noise)[:count], samples, cond_host)
         bar.update(1)
     bar.close()
     return manifest
 
 
-DETERMINISTIC_SAMPLERS: dict[str, Callable[[Mapping[str, Any]], bool]] = {
-    "flow_euler": lambda options: True,
-    "flow_midpoint": lambda options: True,
-    "flow_heun": lambda options: True,
-    "ode": lambda options: True,
-    "dpm_solver": lambda options: True,
-    "ddim": lambda options: float(options.get("eta", 0.0)) == 0.0,
-    "euler": lambda options: float(options.get("s_churn", 0.0)) == 0.0,
-    "heun": lambda options: float(options.get("s_churn", 0.0)) == 0.0,
-}
-"""The samplers that map noise to a sample deterministically (with these options)."""
-
-
-def _ema_flow(run: Any) -> jax.tree_util.Partial:
-    """The run's EMA network as a ``model_fn(x_t, t)``; built once per run, so that every batch
-    of a measurement reuses one compiled sampler."""
-
-    def model_fn(params, x, t):
-        return run.model.apply({"params": params}, x, t, None, train=False)
-
-    return jax.tree_util.Partial(model_fn, run.state.ema_params)
-
-
-def _velocity_paths(run: Any, flow: jax.tree_util.Partial, noise: jax.Array, num_steps: int):
-    """Euler paths of ``flow`` (:func:`_ema_flow` of ``run``) from ``noise``:
-    (path [N + 1, B, ...], times [N + 1])."""
-    from diffjax import samplers
-
+def _flow_paths(
+    run: Any, conditions: SampleConditions, indices: np.ndarray, noise: jax.Array, num_steps: int
+) -> tuple[jax.Array, jax.Array]:
+    """Euler paths of the run's EMA flow from ``noise`` (sample i with its condition):
+    (path [N + 1, B, ...], times [N + 1]). The model function is the one adapter's, so every
+    batch reuses one compiled sampler."""
+    flow = make_model_fn(run.model, run.state.ema_params, conditions(indices))
     samples, trajectory = samplers.flow_euler_sample(
         flow, run.process, jax.random.key(0), noise.shape, num_steps=num_steps,
         prediction_type=run.config["diffusion"]["prediction_type"], x_T=noise,
@@ -176,45 +166,47 @@ def measure_straightness(
     run: Any, *, num: int, num_steps: int, seed: int, batch_size: int
 ) -> float:
     """Straightness (:func:`diffjax.metrics.straightness`) of a rectified-flow run's EMA flow
-    along ``num_steps``-step Euler paths from ``num`` noises (``fold_in(key(seed), i)``), mean
-    over batches of ``batch_size``."""
+    along ``num_steps``-step Euler paths from ``num`` noises (``fold_in(key(seed), i)``, with
+    sample i's condition), mean over batches of ``batch_size``."""
     from diffjax.metrics import straightness
 
     values = []
-    flow = _ema_flow(run)
-    shape = tuple(run.dataset["image_shape"])
+    conditions = SampleConditions(run.config, run.model)
     for first in range(0, num, batch_size):
-        noise = pair_noise(seed, first, min(batch_size, num - first), shape)
-        path, times = _velocity_paths(run, flow, noise, num_steps)
-        values.append(float(straightness(path, times)) * noise.shape[0])
+        count = min(batch_size, num - first)
+        noise = pair_noise(seed, first, count, run.programs.latent_shape)
+        path, times = _flow_paths(run, conditions, np.arange(first, first + count), noise,
+                                  num_steps)  # fmt: skip
+        values.append(float(straightness(path, times)) * count)
     return sum(values) / num
 
 
 def one_step_distance(
-    runs: Mapping[str, Any], target_fn: Callable[[jax.Array], jax.Array], *, num: int,
-    seed: int, batch_size: int,
+    runs: Mapping[str, Any], target_fn: Callable[[jax.Array, np.ndarray], jax.Array], *,
+    num: int, seed: int, batch_size: int,
 ) -> dict[str, float]:  # fmt: skip
     """For each rectified-flow run, the mean over ``num`` noises z (``fold_in(key(seed), i)``)
     and dimensions of (x_1(z) - target(z))^2: x_1 the one-step Euler sample of the run's EMA
-    flow, ``target_fn(z [B, ...]) -> [B, ...]`` the sample it should reproduce (the teacher's
-    pair sampler), computed once per batch for all runs. Returns ``{name: distance}``."""
+    flow, ``target_fn(z [B, ...], indices [B]) -> [B, ...]`` the sample it should reproduce
+    (the teacher's pair sampler), computed once per batch for all runs. Returns
+    ``{name: distance}``."""
     totals = dict.fromkeys(runs, 0.0)
-    flows = {name: _ema_flow(run) for name, run in runs.items()}
-    shape = tuple(next(iter(runs.values())).dataset["image_shape"])
+    conditions = {name: SampleConditions(run.config, run.model) for name, run in runs.items()}
+    shape = next(iter(runs.values())).programs.latent_shape
     for first in range(0, num, batch_size):
-        noise = pair_noise(seed, first, min(batch_size, num - first), shape)
-        target = target_fn(noise)
+        count = min(batch_size, num - first)
+        indices = np.arange(first, first + count)
+        noise = pair_noise(seed, first, count, shape)
+        target = target_fn(noise, indices)
         for name, run in runs.items():
-            path, _ = _velocity_paths(run, flows[name], noise, 1)
-            totals[name] += float(jnp.mean(jnp.square(path[-1] - target))) * noise.shape[0]
+            path, _ = _flow_paths(run, conditions[name], indices, noise, 1)
+            totals[name] += float(jnp.mean(jnp.square(path[-1] - target))) * count
     return {name: total / num for name, total in totals.items()}
 
 
 def _student_config(teacher_config: Mapping[str, Any], teacher: str, pairs_dir: str,
                     train_steps: int, overrides: Mapping[str, Any], distill: bool):  # fmt: skip
     import ml_collections
-
-    from diffjax.training.config_validation import ConfigError
 
     values = json.loads(json.dumps(teacher_config))
     values["training"].update(init_from=teacher, pairs_dir=pairs_dir, num_steps=train_steps)
@@ -243,7 +235,9 @@ def reflow(
 
     Every stage resumes: the pairs skip written shards, the training resumes from its newest
     checkpoint, and the report is recomputed from the final weights. ``distill``: train the
-    student at t = 1 only (one-step distillation, module docstring) instead of reflowing.
+    student at t = 1 only (one-step distillation, module docstring) instead of reflowing. A
+    conditional teacher's pairs carry each sample's condition (drawn with the teacher's
+    ``config.sampling.guidance_scale``), and the student trains on them.
 
     Returns:
       The report written to ``workdir/reflow.json``: settings, training steps, the
@@ -255,12 +249,6 @@ def reflow(
       ConfigError: a teacher that is not a rectified flow, a sampler that is not
         deterministic, or a bad option, before anything is compiled.
     """
-    from diffjax import samplers
-    from diffjax.sharding import batch_sharding, make_mesh
-    from diffjax.training.config_validation import ConfigError
-    from diffjax.training.loop import train_and_evaluate
-    from diffjax.training.trained_run import load_trained_run
-
     teacher, workdir = os.path.abspath(os.fspath(teacher)), os.path.abspath(os.fspath(workdir))
     if teacher == workdir:
         raise ConfigError("--workdir must differ from --teacher (the teacher is read only).")
@@ -269,11 +257,6 @@ def reflow(
                              straightness_num, 1), ("straightness_steps", straightness_steps, 1)):  # fmt: skip
         if value < low:
             raise ConfigError(f"--{name} must be >= {low}, got {value}.")
-    if sampler not in DETERMINISTIC_SAMPLERS or not DETERMINISTIC_SAMPLERS[sampler](options):
-        raise ConfigError(
-            f"--sampler={sampler} with options {dict(options)} is not deterministic; reflow "
-            f"pairs need one of {sorted(DETERMINISTIC_SAMPLERS)} (eta = 0, s_churn = 0)."
-        )
     mesh = make_mesh()
     if pair_batch % mesh.devices.size:
         raise ConfigError(
@@ -290,35 +273,36 @@ def reflow(
     sampler_options = dict(options, num_steps=num_steps, prediction_type=prediction_type)
     try:
         samplers.check_sampler_options(sampler, run.process, sampler_options)
+        deterministic = samplers.is_deterministic(sampler, sampler_options)
     except (TypeError, ValueError) as error:
         raise ConfigError(f"--sampler={sampler} --steps={num_steps}: {error}") from error
-    if run.model.num_classes is not None:
-        raise ConfigError("reflow of class-conditional runs is not supported yet.")
+    if not deterministic:
+        raise ConfigError(
+            f"--sampler={sampler} with options {dict(options)} is not deterministic; reflow "
+            f"pairs need a sampler that maps noise to its sample (eta = 0, s_churn = 0; e.g. "
+            f"flow_euler, flow_heun, ode, dpm_solver)."
+        )
     config = _student_config(
         run.config, teacher, os.path.join(workdir, "pairs"), train_steps, overrides, distill
     )
-    shape = tuple(run.dataset["image_shape"])
     sharding = batch_sharding(mesh)
-    model = run.model
+    generate = make_run_generator(
+        run.config, run.programs, pair_batch, mesh, sampler=sampler, options=sampler_options
+    )
+    frozen, _ = load_frozen(run.config, run.programs, mesh)
+    params = run.state.ema_params
+    conditions = SampleConditions(run.config, run.model)
 
-    @jax.jit
-    def sample_fn(params, noise):
-        def model_fn(x, t):
-            return model.apply({"params": params}, x, t, None, train=False)
-
-        return samplers.sample(
-            sampler, model_fn, run.process, jax.random.key(0), noise.shape, x_T=noise,
-            clip_x0=run.config["sampling"]["clip_x0"], out_sharding=sharding,
-            **sampler_options,
-        )  # fmt: skip
+    def sample_pairs(noise: jax.Array, cond: Any = None) -> jax.Array:
+        noise = jax.device_put(noise, sharding)
+        return generate(params, jax.random.key(0), cond, frozen=frozen, x_T=noise, decode=False)
 
     os.makedirs(workdir, exist_ok=True)
-    params = run.state.ema_params
     manifest = generate_pairs(
-        lambda noise: sample_fn(params, jax.device_put(noise, sharding)),
-        os.path.join(workdir, "pairs"), num_pairs=num_pairs, batch_size=pair_batch, seed=seed,
-        shape=shape,
+        sample_pairs, os.path.join(workdir, "pairs"), num_pairs=num_pairs, batch_size=pair_batch,
+        seed=seed, shape=run.programs.latent_shape,
         settings=dict(teacher=teacher, step=run.step, sampler=sampler, options=sampler_options),
+        cond_fn=conditions if cond_keys(run.model) else None,
     )  # fmt: skip
     train_and_evaluate(config, workdir)
     student = load_trained_run(workdir, mesh)
@@ -328,8 +312,11 @@ def reflow(
     )  # fmt: skip
     one_step = dict(num=straightness_num, seed=seed + 1, batch_size=pair_batch)
 
-    def target_fn(noise):
-        return sample_fn(params, jax.device_put(noise, sharding))
+    def target_fn(noise: jax.Array, indices: np.ndarray) -> jax.Array:
+        count = noise.shape[0]
+        padded = jnp.concatenate([noise, jnp.zeros((pair_batch - count, *noise.shape[1:]))])
+        cond = conditions(np.resize(indices, pair_batch))
+        return sample_pairs(padded, cond)[:count]
 
     report = dict(
         teacher=teacher, teacher_step=run.step, student_step=student.step, pairs=manifest,

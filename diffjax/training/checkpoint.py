@@ -349,8 +349,9 @@ class CheckpointManager:
             ),
         )
 
-    def _check_shapes(self, step: int, abstract_state: Any) -> None:
-        """Compares the checkpoint's array metadata with the wanted state, before reading arrays.
+    def _check_shapes(self, step: int, abstract_state: Any, partial: bool = False) -> None:
+        """Compares the checkpoint's array metadata with the wanted state, before reading arrays
+        (with ``partial``, the wanted arrays only need to be among the stored ones).
 
         Raises:
           IncompatibleCheckpointError: names the first arrays whose shape or dtype differ.
@@ -366,12 +367,15 @@ class CheckpointManager:
             _leaf_name(path): (tuple(leaf.shape), np.dtype(leaf.dtype))
             for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_state)[0]
         }
-        if stored == wanted:
+        if stored == wanted or (partial and all(stored.get(k) == v for k, v in wanted.items())):
             return
         if not stored:
             raise CorruptCheckpointError("its state metadata lists no arrays")
         problems = [f"{name} missing from the checkpoint" for name in wanted if name not in stored]
-        problems += [f"{name} not in the current state" for name in stored if name not in wanted]
+        if not partial:
+            problems += [
+                f"{name} not in the current state" for name in stored if name not in wanted
+            ]
         problems += [
             f"{name}: checkpoint {stored[name][0]} {stored[name][1]}, "
             f"current {wanted[name][0]} {wanted[name][1]}"
@@ -384,13 +388,16 @@ class CheckpointManager:
             f"with the config it was written with, or start a new workdir."
         )
 
-    def restore(self, step: int, abstract_state: Any) -> Restored:
+    def restore(self, step: int, abstract_state: Any, partial: bool = False) -> Restored:
         """Restores and verifies one step.
 
         Args:
           step: a step listed by :meth:`all_steps`.
           abstract_state: the state's structure as ``jax.ShapeDtypeStruct`` leaves whose
             ``sharding`` says where each restored array goes.
+          partial: restore only the arrays of ``abstract_state``, a dict with some of the
+            state's fields (``{'step': ..., 'params': ..., 'ema_params': ...}`` for sampling:
+            no optimizer state is read).
 
         Returns:
           The verified :class:`Restored`.
@@ -402,7 +409,7 @@ class CheckpointManager:
         """
         ocp = self._ocp
         try:
-            self._check_shapes(step, abstract_state)
+            self._check_shapes(step, abstract_state, partial)
         except (IncompatibleCheckpointError, CorruptCheckpointError):
             raise
         except Exception as error:  # orbax raises many types for unreadable metadata.
@@ -412,11 +419,14 @@ class CheckpointManager:
                 step,
                 args=ocp.args.Composite(
                     **{
+                        # The shapes were checked above; partial_restore lets a state with
+                        # empty fields (TrainState.extra = {}) read a checkpoint without them.
                         _STATE_ITEM: ocp.args.PyTreeRestore(
                             item=abstract_state,
                             restore_args=ocp.checkpoint_utils.construct_restore_args(
                                 abstract_state
                             ),
+                            partial_restore=True,
                         ),
                         _META_ITEM: ocp.args.JsonRestore(),
                     }
@@ -438,7 +448,7 @@ class CheckpointManager:
         mismatched = [
             name for name, (checksum, _) in digest.items() if expected.get(name) != checksum
         ]
-        if mismatched or set(expected) != set(digest):
+        if mismatched or (not partial and set(expected) != set(digest)):
             raise CorruptCheckpointError(
                 f"{len(mismatched)} arrays differ from what was written "
                 f"(first: {', '.join(mismatched[:3]) or 'the array list'})"
@@ -464,7 +474,7 @@ class CheckpointManager:
         self._manager.reload()
         return target
 
-    def restore_latest(self, abstract_state: Any) -> Restored | None:
+    def restore_latest(self, abstract_state: Any, partial: bool = False) -> Restored | None:
         """Restores the newest step that verifies, moving newer damaged steps aside.
 
         Each damaged step is reported in one line naming it, then moved to ``quarantine_dir``
@@ -473,6 +483,7 @@ class CheckpointManager:
 
         Args:
           abstract_state: as for :meth:`restore`.
+          partial: as for :meth:`restore`.
 
         Returns:
           The newest good :class:`Restored`, or ``None`` when no step was ever saved.
@@ -487,7 +498,7 @@ class CheckpointManager:
         for step in steps:
             try:
                 with _quiet_aborted_reads():
-                    restored = self.restore(step, abstract_state)
+                    restored = self.restore(step, abstract_state, partial)
             except CorruptCheckpointError as error:
                 older = [s for s in steps if s < step]
                 fallback = f"trying step {older[0]}" if older else "no older step left"

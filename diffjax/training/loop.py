@@ -37,19 +37,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffjax.images import make_grid, save_image_grid, save_loss_curve, to_uint8
+from diffjax.errors import ConfigError
+from diffjax.images import save_loss_curve
+from diffjax.models.conditioning import cond_keys
 from diffjax.models.unet import count_params
-from diffjax.samplers import sample_keys
-from diffjax.sharding import gather_to_host, host_batch_to_global, make_mesh, prefetch_to_mesh
-from diffjax.training.config_validation import (
-    ConfigError,
-    resume_conflicts,
+from diffjax.sharding import prefetch_to_mesh
+from diffjax.training.config import check_keys, config_to_dict, import_modules, resume_conflicts
+from diffjax.training.console import log, report_progress
+from diffjax.training.frozen import load_frozen
+from diffjax.training.hooks import build_hooks
+from diffjax.training.metrics_writer import MetricsWriter, read_metrics
+from diffjax.training.programs import (
+    build_programs,
+    mesh_from_config,
+    program_spec,
     validate_config,
 )
-from diffjax.training.console import log, report_progress
-from diffjax.training.metrics_writer import MetricsWriter, read_metrics
-from diffjax.training.programs import build_programs, program_spec
-from diffjax.training.sampling import grid_labels
 from diffjax.training.train_state import TrainState, create_train_state
 from diffjax.training.workdir import (
     CHECKPOINT_DIR,
@@ -79,19 +82,33 @@ def _keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array]:
     return jax.random.fold_in(base, 0), jax.random.fold_in(base, 1), jax.random.fold_in(base, 2)
 
 
-def _check_dataset_fits(values: Mapping[str, Any], info) -> None:
-    """The model's classes must match the dataset's labels."""
+def _check_dataset_fits(values: Mapping[str, Any], info: Any, module: Any) -> None:
+    """The model's classes and conditioning must match what the dataset's batches hold."""
     num_classes = values["model"]["num_classes"]
-    if num_classes is None or info.num_classes == num_classes:
-        return
-    if info.num_classes is None:
-        fix = "set config.model.num_classes to None (unconditional)"
-    else:
-        fix = f"set config.model.num_classes={info.num_classes}, or None (unconditional)"
-    raise ConfigError(
-        f"config.model.num_classes={num_classes}, but the dataset {info.name!r} has "
-        f"{info.num_classes or 'no'} classes: {fix}."
-    )
+    if num_classes is not None and info.num_classes != num_classes:
+        if info.num_classes is None:
+            fix = "set config.model.num_classes to None (unconditional)"
+        else:
+            fix = f"set config.model.num_classes={info.num_classes}, or None (unconditional)"
+        raise ConfigError(
+            f"config.model.num_classes={num_classes}, but the dataset {info.name!r} has "
+            f"{info.num_classes or 'no'} classes: {fix}."
+        )
+    missing = [key for key in cond_keys(module) if key not in info.cond_keys]
+    if missing:
+        raise ConfigError(
+            f"the network reads cond keys {list(cond_keys(module))}, but the batches of "
+            f"{info.name!r} hold {list(info.cond_keys)} (missing {missing})."
+        )
+
+
+def _mesh_and_values(config: Any, devices: Sequence[jax.Device] | None) -> tuple[Any, dict]:
+    """The mesh of the config's sharding section, and the config validated for its devices."""
+    values = config_to_dict(config)
+    import_modules(values)
+    check_keys(values)
+    mesh = mesh_from_config(values, devices)
+    return mesh, validate_config(values, num_devices=mesh.devices.size)
 
 
 @jax.jit
@@ -144,14 +161,17 @@ class _Accumulator:
 
 
 class _Run:
-    """The state of one call of :func:`train_and_evaluate` (setup, then the loop)."""
+    """The state of one call of :func:`train_and_evaluate` (setup, then the loop).
+
+    The periodic jobs (:mod:`diffjax.training.hooks`) read its ``values``, ``programs``,
+    ``mesh``, ``state``, ``frozen``, ``workdir``, ``info`` and ``eval_key``.
+    """
 
     def __init__(
         self, config: Any, workdir: str | os.PathLike, devices: Sequence[jax.Device] | None
     ) -> None:
         self.workdir = os.path.abspath(os.fspath(workdir))
-        self.mesh = make_mesh(devices)
-        self.values = validate_config(config, num_devices=self.mesh.devices.size)
+        self.mesh, self.values = _mesh_and_values(config, devices)
         check_workdir(self.workdir)
         self.record = load_run_record(self.workdir)
         if self.record is not None:
@@ -180,19 +200,12 @@ class _Run:
                 random_flip=values["data"]["random_flip"],
             )  # fmt: skip
         self.info = self.dataset.info
-        _check_dataset_fits(values, self.info)
-        self.frechet_distance = None
-        if values["eval"]["fd_every_steps"] > 0:
-            self.frechet_distance = _FrechetDistance(values, self.info.image_shape)
-        self.eval_dataset = None
-        if values["eval"]["every_steps"] > 0:
-            self.eval_dataset = dataset_from_config(
-                values, self.mesh, values["eval"]["split"], values["eval"]["batch_size"],
-                shuffle=False,
-            )  # fmt: skip
-
-        self.programs = build_programs(program_spec(values, self.info.image_shape), self.mesh)
+        dataset = dict(image_shape=self.info.image_shape, cond_spec=self.info.cond_spec)
+        self.programs = build_programs(program_spec(values, dataset), self.mesh)
+        _check_dataset_fits(values, self.info, self.programs.model)
         self.init_key, self.train_key, self.eval_key = _keys(values["seed"])
+        self.hooks = build_hooks(self, self.programs.hooks)
+        self.frozen, self.frozen_record = load_frozen(values, self.programs, self.mesh)
         abstract = self.programs.abstract_state
         self.num_params = count_params(abstract.params)
         state_bytes = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(abstract))
@@ -209,9 +222,7 @@ class _Run:
         try:
             restored = self.checkpoints.restore_latest(abstract)
             if restored is None:
-                self.state = create_train_state(
-                    self._init_fn(), self.init_key, self.programs.optimizer, self.mesh
-                )
+                self.state = self._initial_state()
                 self.start_step, self.data_state, self.last_saved_step = 0, None, None
             else:
                 self.state, self.start_step = restored.state, restored.step
@@ -220,22 +231,38 @@ class _Run:
             self.checkpoints.close()
             raise
 
-    def _init_fn(self):
-        """The network's initialiser, or the EMA weights of ``training.init_from``'s run."""
-        source = self.values["training"]["init_from"]
+    def _initial_state(self) -> TrainState:
+        """A fresh state: the network's initialiser, or the EMA weights of
+        ``training.init_from``'s run (restored parameters-only onto the mesh, then an argument
+        of the compiled initialiser)."""
+        programs, values = self.programs, self.values
+        objective = programs.objective
+        common = dict(
+            shardings=lambda abstract: jax.tree.map(
+                lambda leaf: leaf.sharding, programs.abstract_state
+            ),
+            trainable=programs.trainable,
+            init_extra=objective.init_extra,
+        )
+        source = values["training"]["init_from"]
         if not source:
-            return self.programs.init_fn
-        from diffjax.training.trained_run import load_trained_run
+            return create_train_state(
+                programs.init_fn, self.init_key, programs.optimizer, self.mesh, **common
+            )
+        from diffjax.training.trained_run import load_trained_run, place
 
         teacher = load_trained_run(source, self.mesh)
-        if teacher.config["model"] != self.values["model"]:
+        if teacher.config["model"] != values["model"]:
             raise ConfigError(
                 f"config.training.init_from={source!r} holds a {teacher.config['model']} "
-                f"network; this run's is {self.values['model']}. Use the same config.model."
+                f"network; this run's is {values['model']}. Use the same config.model."
             )
-        params = jax.device_get(teacher.state.ema_params)
         log(f"diffjax: initialised from the EMA weights of {source} (step {teacher.step})")
-        return lambda key: jax.tree.map(jnp.asarray, params)
+        params = place(teacher.state.ema_params, programs.abstract_state.params)
+        return create_train_state(
+            programs.init_fn, self.init_key, programs.optimizer, self.mesh, params=params,
+            **common,
+        )  # fmt: skip
 
     def summary(self) -> str:
         devices = self.mesh.devices.reshape(-1)
@@ -252,83 +279,6 @@ class _Run:
             f"{self.num_params / 1e6:.2f}M params; global batch {batch} "
             f"({batch // len(devices)} per device); dataset {info.name}:{info.split} ({size}, "
             f"{'x'.join(map(str, info.image_shape))}); workdir {self.workdir}{resumed}"
-        )
-
-
-def _evaluate(run: _Run, eval_loss, params: Any) -> float:
-    """Mean loss over the first ``eval.num_batches`` batches, with the same keys every time."""
-    total = 0.0
-    with iter(run.eval_dataset) as iterator:
-        for index in range(run.values["eval"]["num_batches"]):
-            batch = host_batch_to_global(next(iterator), run.mesh)
-            total += float(eval_loss(params, batch, jax.random.fold_in(run.eval_key, index)))
-    return total / run.values["eval"]["num_batches"]
-
-
-def _sample_grid(run: _Run, sample_fn, step: int, writer: MetricsWriter) -> None:
-    sampling = run.values["sampling"]
-    log(
-        f"diffjax: sampling {sampling['num_samples']} images ({sampling['sampler']}, "
-        f"{sampling['num_steps']} steps) at step {step}..."
-    )
-    start = time.perf_counter()
-    labels = grid_labels(sampling["num_samples"], run.programs.model.num_classes)
-    keys = sample_keys(sampling["seed"], 0, sampling["num_samples"])
-    images = gather_to_host(sample_fn(run.state.ema_params, keys, labels))
-    if jax.process_index() != 0:
-        return
-    height = run.info.image_shape[0]
-    path = os.path.join(run.workdir, SAMPLES_DIR, f"step_{step:07d}.png")
-    save_image_grid(images, path, scale=max(1, 64 // height))
-    writer.write_image("samples", step, make_grid(to_uint8(images)))
-    log(f"diffjax: wrote {path} ({time.perf_counter() - start:.1f} s)")
-
-
-class _FrechetDistance:
-    """The Fréchet distance logged during training: its network and reference statistics."""
-
-    def __init__(self, values: Mapping[str, Any], image_shape: tuple[int, ...]) -> None:
-        """Loads the network and checks it fits the data (before the workdir is written)."""
-        from diffjax.metrics import load_feature_network
-
-        try:
-            self.network = load_feature_network(values["eval"]["fd_features"])
-            self.network.check_image_shape(image_shape)
-        except ValueError as error:
-            raise ConfigError(f"config.eval.fd_features: {error}") from error
-        self.reference = None
-
-    def prepare(self, run: "_Run") -> None:
-        """Loads the reference statistics, building them from the evaluation split if needed."""
-        from diffjax.evaluation.references import run_reference
-        from diffjax.metrics import load_statistics
-
-        values = run.values
-        evaluation_config = values["eval"]
-        path = evaluation_config["fd_reference"] or run_reference(
-            run.workdir, values, self.network, run.mesh,
-            batch_size=evaluation_config["batch_size"], progress=False,
-        )  # fmt: skip
-        try:
-            self.reference, _ = load_statistics(path, expected_dim=self.network.dim)
-        except (OSError, ValueError) as error:
-            raise ConfigError(f"config.eval.fd_reference: {error}") from error
-
-    def __call__(self, run: "_Run", step: int, writer: MetricsWriter) -> None:
-        from diffjax.evaluation.features import frechet_distance_of_samples
-
-        evaluation_config = run.values["eval"]
-        start = time.perf_counter()
-        value = frechet_distance_of_samples(
-            self.network, run.programs.fd_sample_fn, run.state.ema_params, self.reference,
-            num_samples=evaluation_config["fd_num_samples"],
-            batch_size=evaluation_config["fd_batch_size"], seed=run.values["sampling"]["seed"],
-            num_classes=run.programs.model.num_classes, mesh=run.mesh,
-        )  # fmt: skip
-        writer.write_scalars(step, {self.network.fd_name: value})
-        log(
-            f"diffjax: {self.network.fd_name} of {evaluation_config['fd_num_samples']} EMA samples "
-            f"at step {step}: {value:.3f} ({time.perf_counter() - start:.1f} s)"
         )
 
 
@@ -519,19 +469,18 @@ class _Logger:
 
 def _train(run: _Run) -> TrainState:
     values = run.values
-    training, sampling = values["training"], values["sampling"]
+    training = values["training"]
     num_steps = training["num_steps"]
-    write_run_record(run.workdir, run.values, run.info)
+    write_run_record(run.workdir, run.values, run.info, run.frozen_record)
     log(run.summary())
-    train_step, sample_fn = run.programs.train_step, run.programs.sample_fn
-    eval_loss = run.programs.eval_loss if run.eval_dataset is not None else None
+    train_step = run.programs.train_step
 
     def due(every: int, step: int) -> bool:
         return step == num_steps or (every > 0 and step % every == 0)
 
-    frechet_distance = run.frechet_distance
-    if frechet_distance is not None:
-        frechet_distance.prepare(run)
+    for hook in run.hooks:
+        if hook.prepare is not None:
+            hook.prepare(run)
     logger = _Logger(run)
     iterator = iter(run.dataset)
     try:
@@ -541,7 +490,7 @@ def _train(run: _Run) -> TrainState:
         batches = prefetch_to_mesh(iterator, run.mesh)
         for step in range(run.start_step, num_steps):
             batch, data_state = next(batches)
-            run.state, metrics = train_step(run.state, batch, run.train_key)
+            run.state, metrics = train_step(run.state, batch, run.train_key, run.frozen)
             logger.accumulator.add(metrics, step)
             done = step + 1
             if step == run.start_step:
@@ -556,14 +505,9 @@ def _train(run: _Run) -> TrainState:
                 # Also before every save: a NaN must stop the run before it is written.
                 logger.log(done)
             start = time.perf_counter()
-            if sample_fn is not None and due(sampling["every_steps"], done):
-                _sample_grid(run, sample_fn, done, logger.writer)
-            if frechet_distance is not None and due(values["eval"]["fd_every_steps"], done):
-                frechet_distance(run, done, logger.writer)
-            if eval_loss is not None and due(values["eval"]["every_steps"], done):
-                eval_value = _evaluate(run, eval_loss, run.state.ema_params)
-                logger.writer.write_scalars(done, {"eval_loss": eval_value})
-                log(f"diffjax: held-out loss of the EMA weights at step {done}: {eval_value:.5f}")
+            for hook in run.hooks:
+                if due(hook.every, done):
+                    hook.run(run, done, logger.writer)
             if save_now:
                 run.checkpoints.save(
                     done, run.state, data_state=data_state,

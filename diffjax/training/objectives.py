@@ -1,124 +1,143 @@
-"""Loss factories: a network, a noise process and a config become one pure ``loss_fn``.
+"""Objectives by name: what the training program minimises, and what it needs to do so.
 
-A loss function has the signature the generic train step (:mod:`diffjax.training.step`) and the
-held-out evaluation both call:
+``config.objective.name`` picks a registered objective (:data:`OBJECTIVES`; today
+``'denoising'``, the diffusion loss; progressive distillation, the autoencoder, the noisy
+classifier and ControlNet register here as they land). An objective owns
 
-    loss_fn(params, frozen, batch, key, train) -> (loss, metrics)
+* its loss: ``loss_fn(params, frozen, batch, key, train) -> (loss, metrics)``, the function
+  the generic train step (:mod:`diffjax.training.step`) differentiates with respect to
+  ``params`` and the held-out evaluation calls with ``train=False``;
+* the frozen pytrees it reads and where they come from (:meth:`ObjectiveEntry.frozen`: a
+  diffjax workdir's EMA weights, or a weights file with its SHA-256); the loop loads them once,
+  records them in ``config.json`` and passes them to every step as its ``frozen`` argument,
+  never as constants closed over (DESIGN rule 10);
+* its parameter groups: which parameters are trained with which optimizer settings, and which
+  are frozen (no gradient, no optimizer state, left bit-identical); a group can also be
+  updated only on every k-th step (``every``, ``offset``), which is how two networks update
+  in alternation (a GAN's generator and discriminator);
+* state outside the gradient (``init_extra``: a VQ codebook's EMA, batch statistics), which the
+  step carries in :attr:`~diffjax.training.train_state.TrainState.extra`: the loss then takes
+  it as a sixth argument and returns ``(loss, (metrics, new_extra))``;
+* the periodic jobs the loop runs for it (sample grids, Fréchet distance, held-out loss; see
+  :mod:`diffjax.training.hooks`).
 
-``params`` are the trained parameters, ``frozen`` a pytree of arrays the loss reads but does not
-train (a distillation teacher, a frozen autoencoder, the base model under a ControlNet; ``{}``
-here), ``batch`` a dict of arrays, ``key`` the step's key, and ``train`` a static Python bool
-(dropout and label dropout on). ``metrics`` is a dict of float32 scalars, e.g. the unweighted
-MSE. Frozen networks enter as the argument, never as constants closed over, so the train step's
-HLO does not embed them (DESIGN rule 10).
+``batch`` is a dict of arrays: ``'image'`` ``[B, H, W, C]``, ``'cond'`` the conditioning pytree
+(:mod:`diffjax.models.conditioning`), and objective-specific entries (reflow's ``'noise'``).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Sequence
+from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
+from diffjax.codecs import IdentityCodec, is_identity
+from diffjax.errors import ConfigError
 from diffjax.losses import (
     TimeSampler,
     check_min_snr_gamma,
     check_weighting,
     denoising_loss,
+    get_time_sampler,
 )
+from diffjax.models.conditioning import drop_cond, make_model_fn, null_cond, select_cond
+from diffjax.names import RegistryNames
 from diffjax.predictions import check_prediction_supported
 from diffjax.processes import check_process, is_discrete
 
 __all__ = [
-    "ApplyFn",
+    "FROZEN_GROUP",
+    "OBJECTIVES",
+    "OBJECTIVE_NAMES",
     "LossFn",
-    "check_batch",
-    "drop_labels",
-    "flax_apply_fn",
+    "Objective",
+    "ObjectiveContext",
+    "ObjectiveEntry",
+    "default_objective_config",
     "make_denoising_loss",
+    "objective_entry",
+    "register_objective",
 ]
 
 Params = Any
-Batch = Mapping[str, jnp.ndarray]
-
-ApplyFn = Callable[
-    [Params, jnp.ndarray, jnp.ndarray, "jnp.ndarray | None", bool, "jax.Array | None"], jnp.ndarray
-]
-"""``apply_fn(params, x_in [B, H, W, C], t_in [B], labels int32 [B] | None, train,
-dropout_key) -> prediction [B, H, W, C]``."""
+Batch = Mapping[str, Any]
 
 LossFn = Callable[[Params, Any, Batch, jax.Array, bool], tuple[jnp.ndarray, dict[str, jnp.ndarray]]]
-"""``loss_fn(params, frozen, batch, key, train) -> (loss, metrics)``."""
+"""``loss_fn(params, frozen, batch, key, train) -> (loss, metrics)``; ``metrics`` float32
+scalars."""
+
+FROZEN_GROUP = "frozen"
+"""The parameter-group label of parameters that are not trained."""
 
 
-def flax_apply_fn(module: Any) -> ApplyFn:
-    """Adapts a Flax Linen module called as ``module(x, t, labels, train=...)`` to an ApplyFn.
+class Objective(NamedTuple):
+    """An objective built for one run (what :meth:`ObjectiveEntry.build` returns).
 
-    Args:
-      module: e.g. :class:`diffjax.models.UNet`; dropout draws from the ``'dropout'`` stream.
-
-    Returns:
-      ``apply_fn(params, x_in, t_in, labels, train, dropout_key) -> prediction``;
-      ``dropout_key`` may be ``None`` when ``train`` is False (evaluation, sampling).
+    Attributes:
+      loss_fn: ``loss_fn(params, frozen, batch, key, train) -> (loss, metrics)``; with
+        ``init_extra``, ``loss_fn(params, frozen, batch, key, train, extra) -> (loss,
+        (metrics, new_extra))``.
+      param_labels: ``param_labels(params) -> pytree of group names`` (the structure of the
+        params; :data:`FROZEN_GROUP` for parameters not trained), or None: one group.
+      group_options: per group name, overrides of ``config.optim``'s keys (e.g.
+        ``{'learning_rate': 1e-5}``) and ``every`` / ``offset`` (update the group only on steps
+        with ``step % every == offset``).
+      init_extra: ``init_extra() -> pytree`` of the state outside the gradient, or None.
     """
 
-    def apply_fn(params, x_t, t, labels, train, dropout_key):
-        rngs = {} if dropout_key is None else {"dropout": dropout_key}
-        return module.apply({"params": params}, x_t, t, labels, train=train, rngs=rngs)
+    loss_fn: Callable
+    param_labels: Callable[[Params], Any] | None = None
+    group_options: Mapping[str, Mapping[str, Any]] = {}
+    init_extra: Callable[[], Any] | None = None
 
-    return apply_fn
 
+class ObjectiveContext(NamedTuple):
+    """What an objective is built from.
 
-def drop_labels(
-    key: jax.Array, labels: jnp.ndarray, num_classes: int, label_dropout: float
-) -> jnp.ndarray:
-    """Replaces each label by the null label ``num_classes`` with probability ``label_dropout``.
-
-    Trains the conditional and the unconditional model at once, as classifier-free guidance
-    needs (Ho & Salimans 2022, "Classifier-Free Diffusion Guidance", Algorithm 1).
-
-    Args:
-      key: a JAX PRNG key.
-      labels: int ``[B]`` class labels in ``[0, num_classes)``.
-      num_classes: the number of classes; ``num_classes`` itself is the null label.
-      label_dropout: the replacement probability p in [0, 1).
-
-    Returns:
-      int ``[B]``, the labels with a Bernoulli(p) subset set to ``num_classes``.
+    Attributes:
+      values: the validated config (a plain dict).
+      model: the trained network (a registered Flax module).
+      process: the noise process.
+      codec: the run's codec (:mod:`diffjax.codecs`).
+      frozen_modules: the networks of the frozen pytrees, by name (a teacher's module).
     """
-    drop = jax.random.bernoulli(key, label_dropout, labels.shape)
-    return jnp.where(drop, jnp.asarray(num_classes, labels.dtype), labels)
+
+    values: Mapping[str, Any]
+    model: Any
+    process: Any
+    codec: Any
+    frozen_modules: Mapping[str, Any]
 
 
-def check_batch(batch: Batch, num_classes: int | None) -> None:
-    """Trace-time validation of a batch dict (raised before anything compiles)."""
-    if "image" not in batch:
-        raise ValueError(
-            f"The batch needs an 'image' entry [B, H, W, C]; got keys {sorted(batch)}."
-        )
-    image = batch["image"]
-    if image.ndim != 4 or not jnp.issubdtype(image.dtype, jnp.floating):
-        raise TypeError(
-            f"batch['image'] must be a float array [B, H, W, C] scaled to [-1, 1]; got dtype "
-            f"{image.dtype} and shape {image.shape}."
-        )
-    if num_classes is None:
-        return
-    if "label" not in batch:
-        raise ValueError(
-            f"num_classes={num_classes} (class-conditional training) needs a 'label' entry "
-            f"int32 [B] in the batch; got keys {sorted(batch)}."
-        )
-    label = batch["label"]
-    if label.shape != image.shape[:1] or not jnp.issubdtype(label.dtype, jnp.integer):
-        raise TypeError(
-            f"batch['label'] must be an integer array of shape [B] = [{image.shape[0]}]; got "
-            f"dtype {label.dtype} and shape {label.shape}."
-        )
+class ObjectiveEntry(NamedTuple):
+    """A registered objective.
+
+    Attributes:
+      defaults: ``defaults() -> dict`` of its own ``config.objective`` keys (besides
+        ``name``) with their defaults; the schema of the section is derived from them.
+      check: ``check(values)`` raising ``ConfigError`` for a config it cannot run with (its
+        own section and what it needs of the others), before anything is built.
+      build: ``build(context: ObjectiveContext) -> Objective``.
+      frozen: ``frozen(values) -> {name: source}``: the frozen pytrees it reads, each source
+        ``{'workdir': path}`` (that run's EMA weights and network) or ``{'weights': path,
+        'sha256': hex}`` (a parameter file); ``{}`` for none.
+      hooks: the names of the loop's periodic jobs it runs (:mod:`diffjax.training.hooks`).
+      state_keys: keys of its section that fix the state (a resume must keep them).
+    """
+
+    defaults: Callable[[], Mapping[str, Any]]
+    check: Callable[[Mapping[str, Any]], None]
+    build: Callable[[ObjectiveContext], Objective]
+    frozen: Callable[[Mapping[str, Any]], Mapping[str, Mapping[str, Any]]]
+    hooks: tuple[str, ...]
+    state_keys: tuple[str, ...] = ()
 
 
 def make_denoising_loss(
-    apply_fn: ApplyFn,
+    module: Any,
     process: Any,
     *,
     prediction_type: str = "eps",
@@ -126,32 +145,34 @@ def make_denoising_loss(
     min_snr_gamma: float = 5.0,
     offset_noise: float = 0.0,
     time_sampler: TimeSampler | None = None,
-    num_classes: int | None = None,
-    label_dropout: float = 0.0,
+    cond_dropout: float = 0.0,
+    codec: Any = None,
 ) -> LossFn:
     """The denoising loss of :func:`diffjax.losses.denoising_loss` as a train-step ``loss_fn``.
 
     Each call splits ``key`` into the loss key (times and noise), the dropout key and the
-    label-dropout key; with ``train`` it applies dropout and drops labels to the null label for
-    classifier-free guidance; without, neither (the held-out loss).
+    condition-dropout key; a latent codec's posterior draw uses ``fold_in(key, 3)``. The network is called through the one adapter
+    (:func:`diffjax.models.make_model_fn`) with the batch's conditioning; with ``train`` it
+    applies dropout and replaces each example's whole condition by the network's null
+    condition with probability ``cond_dropout`` (Ho & Salimans 2022, Algorithm 1); without,
+    neither (the held-out loss). A latent codec encodes the images first, its parameters taken
+    from ``frozen['codec']``.
 
     Args:
-      apply_fn: ``apply_fn(params, x_in, t_in, labels, train, dropout_key) -> prediction``;
-        see :func:`flax_apply_fn`.
+      module: the registered network (``module(x, t, cond, train=...)``).
       process: the schedule or continuous process.
       prediction_type: what the network predicts.
       weighting: one of :data:`diffjax.losses.LOSS_WEIGHTINGS`.
       min_snr_gamma: gamma of the Min-SNR weighting.
       offset_noise: per-channel offset-noise scale (0 disables it).
       time_sampler: training times for a continuous process (default uniform).
-      num_classes: number of classes of a class-conditional model; ``None`` trains an
-        unconditional model and ignores any ``'label'`` in the batch.
-      label_dropout: probability of replacing a label by the null label ``num_classes``.
+      cond_dropout: probability of training an example unconditionally.
+      codec: the model space (:mod:`diffjax.codecs`; default pixel space).
 
     Returns:
       ``loss_fn(params, frozen, batch, key, train) -> (loss, {'mse': ...})``. ``batch`` holds
-      ``'image'`` float ``[B, H, W, C]`` in [-1, 1], with ``num_classes`` ``'label'``, and
-      optionally ``'noise'`` ``[B, H, W, C]``, the eps paired with each image (reflow).
+      ``'image'`` float ``[B, H, W, C]`` in [-1, 1], ``'cond'`` (what the network reads of it),
+      and optionally ``'noise'``, the eps paired with each image (reflow).
 
     Raises:
       ValueError: a bad option, before anything is traced.
@@ -165,33 +186,117 @@ def make_denoising_loss(
         raise ValueError(f"offset_noise must be >= 0, got {offset_noise}.")
     if time_sampler is not None and is_discrete(process):
         raise ValueError("time_sampler is for continuous processes; a schedule draws U{0..T-1}.")
-    if num_classes is not None and num_classes < 1:
-        raise ValueError(f"num_classes must be None or >= 1, got {num_classes}.")
-    if not 0.0 <= label_dropout < 1.0:
-        raise ValueError(f"label_dropout must lie in [0, 1), got {label_dropout}.")
-    if label_dropout > 0 and num_classes is None:
+    if not 0.0 <= cond_dropout < 1.0:
+        raise ValueError(f"cond_dropout must lie in [0, 1), got {cond_dropout}.")
+    if cond_dropout > 0 and not getattr(module, "cond_keys", ()):
         raise ValueError(
-            f"label_dropout={label_dropout} needs num_classes (the null label's index); got None."
+            f"cond_dropout={cond_dropout} drops the condition, but {type(module).__name__} reads "
+            f"none (cond_keys=()); an unconditional network has nothing to drop."
         )
+    codec = IdentityCodec() if codec is None else codec
 
     def loss_fn(params, frozen, batch, key, train):
-        del frozen  # the denoising loss reads no frozen network
-        check_batch(batch, num_classes)
-        loss_key, dropout_key, label_key = jax.random.split(key, 3)
-        labels = None
-        if num_classes is not None:
-            labels = batch["label"]
-            if train and label_dropout > 0:
-                labels = drop_labels(label_key, labels, num_classes, label_dropout)
-
-        def model_fn(x_in, t_in):
-            return apply_fn(params, x_in, t_in, labels, train, dropout_key if train else None)
-
+        if "image" not in batch:
+            raise ValueError(
+                f"The batch needs an 'image' entry [B, H, W, C]; got keys {sorted(batch)}."
+            )
+        loss_key, dropout_key, cond_key = jax.random.split(key, 3)
+        cond = select_cond(module, batch.get("cond"))
+        if train and cond_dropout > 0:
+            cond = drop_cond(cond_key, cond, null_cond(module, cond), cond_dropout)
+        model_fn = make_model_fn(
+            module, params, cond, train=train, rng=dropout_key if train else None
+        )
+        x0 = batch["image"]
+        if not is_identity(codec):
+            x0 = codec.encode(frozen.get("codec"), x0, jax.random.fold_in(key, 3))
         loss, aux = denoising_loss(
-            model_fn, process, batch["image"], loss_key, prediction_type=prediction_type,
+            model_fn, process, x0, loss_key, prediction_type=prediction_type,
             weighting=weighting, min_snr_gamma=min_snr_gamma, offset_noise=offset_noise,
             time_sampler=time_sampler, noise=batch.get("noise"),
         )  # fmt: skip
         return loss, dict(mse=jnp.mean(aux["mse"]))
 
     return loss_fn
+
+
+def _no_keys() -> dict[str, Any]:
+    return {}
+
+
+def _check_denoising(values: Mapping[str, Any]) -> None:
+    """The denoising loss reads the diffusion section, which the programs check."""
+
+
+def _build_denoising(context: ObjectiveContext) -> Objective:
+    diffusion = context.values["diffusion"]
+    time_sampler = get_time_sampler(
+        diffusion["time_sampler"], context.process, **diffusion["time_sampler_options"]
+    )
+    return Objective(
+        make_denoising_loss(
+            context.model,
+            context.process,
+            prediction_type=diffusion["prediction_type"],
+            weighting=diffusion["loss_weighting"],
+            min_snr_gamma=diffusion["min_snr_gamma"],
+            offset_noise=diffusion["offset_noise"],
+            time_sampler=time_sampler,
+            cond_dropout=context.values["training"]["cond_dropout"],
+            codec=context.codec,
+        )
+    )
+
+
+def _no_frozen(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {}
+
+
+OBJECTIVES: dict[str, ObjectiveEntry] = {
+    "denoising": ObjectiveEntry(
+        defaults=_no_keys,
+        check=_check_denoising,
+        build=_build_denoising,
+        frozen=_no_frozen,
+        hooks=("sample_grid", "frechet_distance", "held_out_loss"),
+    ),
+}
+"""The registered objectives by name (the built-in ones and those of
+:func:`register_objective`)."""
+
+OBJECTIVE_NAMES: Sequence[str] = RegistryNames(OBJECTIVES)
+"""The names of the registered objectives (a live view)."""
+
+
+def register_objective(name: str, entry: ObjectiveEntry) -> None:
+    """Adds an objective that configs can name (``config.objective.name``).
+
+    Raises:
+      ValueError: the name is taken or empty; TypeError: not an :class:`ObjectiveEntry`.
+    """
+    if not isinstance(name, str) or not name or name in OBJECTIVES:
+        raise ValueError(
+            f"register_objective needs a new, non-empty name; {name!r} is taken or empty "
+            f"(registered: {tuple(OBJECTIVES)})."
+        )
+    if not isinstance(entry, ObjectiveEntry):
+        raise TypeError(
+            f"entry must be a diffjax.training.ObjectiveEntry, got {type(entry).__name__}."
+        )
+    OBJECTIVES[name] = entry
+
+
+def objective_entry(name: str) -> ObjectiveEntry:
+    """The registry entry of objective ``name``; ``ConfigError`` listing the names otherwise."""
+    if name not in OBJECTIVES:
+        raise ConfigError(f"Unknown objective {name!r}; expected one of {tuple(OBJECTIVES)}.")
+    return OBJECTIVES[name]
+
+
+def default_objective_config(name: str) -> ml_collections.ConfigDict:
+    """The ``config.objective`` section of objective ``name`` with every default."""
+    section = ml_collections.ConfigDict()
+    section.name = name
+    for key, value in objective_entry(name).defaults().items():
+        section[key] = value
+    return section

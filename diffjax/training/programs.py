@@ -1,20 +1,24 @@
-"""What a run builds from its config: the network, process, optimizer and jitted functions.
+"""What a run builds from its config: the one reader of a config (DESIGN rule 2).
 
-The train step, the sample-grid function and the held-out loss are built once per (settings,
-mesh) and cached. The training loop and
-:func:`~diffjax.training.trained_run.load_trained_run` share :func:`build_programs`, so a run
-loaded for sampling has exactly the model and state layout it was trained with. The network
-comes from the model registry (:mod:`diffjax.models.registry`), the process and time sampler
-from :func:`~diffjax.training.config_validation.build_process` and ``build_time_sampler``, and
-the loss from :func:`~diffjax.training.objectives.make_denoising_loss`, which the held-out
-evaluation reuses.
+:func:`validate_config` checks a whole config before anything is built or compiled: its keys
+against the schema derived from the base config (:mod:`diffjax.training.config`), then every
+section by the component that uses it (the data pipeline, the network's registry entry, the
+process and time sampler, the codec, the objective, the optimizer, the sampler, the
+evaluation, the mesh). Every error names the key, the bad value and what is allowed.
+
+:func:`build_programs` builds the network, process, codec, objective, optimizer, the abstract
+state with its shardings, and the jitted train step and held-out loss, once per (settings,
+mesh): the training loop and :func:`~diffjax.training.trained_run.load_trained_run` share it,
+so a run loaded for sampling has exactly the model and state layout it was trained with, and a
+second run in the same process (a notebook) compiles nothing again.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-from typing import Any, Callable, Mapping, NamedTuple
+import math
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
@@ -22,16 +26,351 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from diffjax.models.registry import build_model
-from diffjax.processes import is_discrete
-from diffjax.sharding import batch_sharding, replicated_sharding
-from diffjax.training.config_validation import build_process, build_time_sampler, sampler_options
-from diffjax.training.objectives import LossFn, flax_apply_fn, make_denoising_loss
-from diffjax.training.sampling import make_sample_fn
+from diffjax.codecs import check_latent_shape, get_codec
+from diffjax.data.pipeline import check_data_config
+from diffjax.errors import ConfigError
+from diffjax.models.conditioning import cond_keys
+from diffjax.models.registry import build_model, check_model_config
+from diffjax.sharding import (
+    SHARDING_RULES,
+    batch_sharding,
+    make_mesh,
+    replicated_sharding,
+    resolve_mesh_shape,
+    state_shardings,
+)
+from diffjax.training.config import check_keys, config_to_dict, import_modules, upgrade_config
+from diffjax.training.objectives import (
+    FROZEN_GROUP,
+    Objective,
+    ObjectiveContext,
+    objective_entry,
+)
 from diffjax.training.step import jit_train_step, make_train_step
-from diffjax.training.train_state import TrainState, abstract_train_state, make_optimizer
+from diffjax.training.train_state import (
+    TrainState,
+    abstract_train_state,
+    group_optimizer,
+    make_optimizer,
+    trainable_part,
+)
+from diffjax.training.workdir import cond_spec_of, load_run_record
+from diffjax.weights.params import params_file_shapes
 
-__all__ = ["Programs", "build_programs", "program_spec"]
+__all__ = [
+    "LR_DECAYS",
+    "NAN_POLICIES",
+    "Programs",
+    "SampleConditions",
+    "build_codec",
+    "build_process",
+    "build_programs",
+    "build_time_sampler",
+    "make_run_generator",
+    "mesh_from_config",
+    "program_spec",
+    "sample_drawer",
+    "sampler_options",
+    "validate_config",
+]
+
+NAN_POLICIES = ("stop", "skip")
+LR_DECAYS = ("constant", "cosine")
+
+
+# ------------------------------------------------------------------------------ builders
+
+
+def build_process(diffusion: Mapping[str, Any]) -> Any:
+    """The noise process a config's ``diffusion`` section describes.
+
+    Raises:
+      ConfigError: an unknown process or a bad option, naming the key.
+    """
+    from diffjax.processes import PROCESS_NAMES, get_process
+    from diffjax.schedules import SCHEDULE_NAMES, get_schedule
+
+    name = diffusion["process"]
+    if name not in PROCESS_NAMES:
+        raise ConfigError(f"config.diffusion.process must be one of {PROCESS_NAMES}, got {name!r}.")
+    if diffusion["schedule"] not in SCHEDULE_NAMES:
+        raise ConfigError(
+            f"config.diffusion.schedule must be one of {SCHEDULE_NAMES}, got "
+            f"{diffusion['schedule']!r}."
+        )
+    try:
+        if name == "discrete":
+            if diffusion["process_options"]:
+                raise ValueError(
+                    f"the discrete process takes no process_options (its keys are schedule, "
+                    f"num_timesteps and zero_terminal_snr), got "
+                    f"{dict(diffusion['process_options'])}"
+                )
+            return get_schedule(
+                diffusion["schedule"], num_timesteps=diffusion["num_timesteps"],
+                zero_terminal_snr=diffusion["zero_terminal_snr"],
+            )  # fmt: skip
+        return get_process(name, **diffusion["process_options"])
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"config.diffusion.process={name!r}: {error}") from error
+
+
+def build_time_sampler(diffusion: Mapping[str, Any], process: Any) -> Any:
+    """The training-time sampler of a config (None: the discrete schedule's uniform default).
+
+    Raises:
+      ConfigError: an unknown sampler, a bad option, or one the process cannot use.
+    """
+    from diffjax.losses import get_time_sampler
+
+    try:
+        return get_time_sampler(
+            diffusion["time_sampler"], process, **diffusion["time_sampler_options"]
+        )
+    except (TypeError, ValueError) as error:
+        raise ConfigError(
+            f"config.diffusion.time_sampler={diffusion['time_sampler']!r} with "
+            f"time_sampler_options={dict(diffusion['time_sampler_options'])}: {error}"
+        ) from error
+
+
+def build_codec(values: Mapping[str, Any]) -> Any:
+    """The codec a config's ``codec`` section describes.
+
+    Raises:
+      ConfigError: an unknown codec or a bad option.
+    """
+    codec = values["codec"]
+    try:
+        return get_codec(codec["name"], **codec["options"])
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"config.codec ({codec['name']!r}): {error}") from error
+
+
+def sampler_options(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The keyword arguments the sample grids pass to ``config.sampling.sampler``."""
+    sampling = values["sampling"]
+    return dict(
+        num_steps=sampling["num_steps"],
+        prediction_type=values["diffusion"]["prediction_type"],
+        **sampling["options"],
+    )
+
+
+def mesh_from_config(values: Mapping[str, Any], devices: Sequence[Any] | None = None) -> Mesh:
+    """The mesh of a config's ``sharding`` section over ``devices`` (default all).
+
+    Raises:
+      ConfigError: axis names, sizes or a device count that do not fit.
+    """
+    sharding = values["sharding"]
+    try:
+        return make_mesh(devices, sharding["mesh_axes"], sharding["mesh_shape"])
+    except ValueError as error:
+        raise ConfigError(f"config.sharding: {error}") from error
+
+
+# ---------------------------------------------------------------------------- validation
+
+
+def _lookup(values: Mapping[str, Any], key: str) -> Any:
+    for part in key.split("."):
+        values = values[part]
+    return values
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def _expect(values: Mapping[str, Any], key: str, condition: Any, expectation: str) -> None:
+    """Raises ``ConfigError('config.<key> must <expectation>, got <value>.')`` unless
+    ``condition(value)``."""
+    value = _lookup(values, key)
+    _require(bool(condition(value)), f"config.{key} must {expectation}, got {value!r}.")
+
+
+def _check_choice(values: Mapping[str, Any], key: str, allowed: Sequence[str]) -> None:
+    _expect(values, key, lambda value: value in allowed, f"be one of {tuple(allowed)}")
+
+
+def _latent_shape(values: Mapping[str, Any]) -> tuple[int, ...]:
+    """The model-space shape of an example before the dataset is opened (its channel count is
+    not known yet; the codec's spatial sides do not depend on it)."""
+    size = values["data"]["image_size"]
+    try:
+        return check_latent_shape(build_codec(values), (size, size, 3))
+    except ValueError as error:
+        raise ConfigError(f"config.codec: {error}") from error
+
+
+def _check_model(values: Mapping[str, Any]) -> None:
+    shape = _latent_shape(values)
+    try:
+        check_model_config(values["model"], shape[:-1])
+    except ValueError as error:
+        message = str(error)
+        for key in ("dtype", "param_dtype"):
+            if message.startswith(f"{key}="):
+                raise ConfigError(f"config.model.{message}") from error
+        raise ConfigError(
+            f"config.model ({values['model']['name']}) does not fit config.data.image_size="
+            f"{values['data']['image_size']}: {error}"
+        ) from error
+
+
+def _check_diffusion(values: Mapping[str, Any]) -> Any:
+    from diffjax.losses import LOSS_WEIGHTINGS
+    from diffjax.predictions import PREDICTION_TYPES, check_prediction_supported
+
+    _expect(values, "diffusion.num_timesteps", lambda v: v >= 2, "be >= 2")
+    _check_choice(values, "diffusion.prediction_type", PREDICTION_TYPES)
+    _check_choice(values, "diffusion.loss_weighting", LOSS_WEIGHTINGS)
+    _expect(values, "diffusion.min_snr_gamma", lambda v: v > 0, "be > 0")
+    _expect(values, "diffusion.offset_noise", lambda v: v >= 0, "be >= 0")
+    process = build_process(values["diffusion"])
+    try:
+        check_prediction_supported(values["diffusion"]["prediction_type"], process)
+    except ValueError as error:
+        raise ConfigError(f"config.diffusion.prediction_type: {error}") from error
+    build_time_sampler(values["diffusion"], process)
+    return process
+
+
+def _check_optim(values: Mapping[str, Any]) -> None:
+    optim = values["optim"]
+    _expect(
+        values, "optim.learning_rate", lambda v: math.isfinite(v) and v > 0,
+        "be a finite number > 0",
+    )  # fmt: skip
+    _check_choice(values, "optim.lr_decay", LR_DECAYS)
+    _require(
+        optim["lr_decay"] == "constant" or optim["warmup_steps"] < values["training"]["num_steps"],
+        f"config.optim.lr_decay='cosine' needs config.optim.warmup_steps "
+        f"({optim['warmup_steps']}) < config.training.num_steps "
+        f"({values['training']['num_steps']}).",
+    )
+    _expect(values, "optim.ema_decay", lambda v: 0 <= v <= 1, "lie in [0, 1]")
+    try:
+        _make_optimizer(optim, values["training"]["num_steps"])
+    except ValueError as error:
+        raise ConfigError(f"config.optim: {error}") from error
+
+
+def _check_training(values: Mapping[str, Any]) -> None:
+    for key in ("num_steps", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
+        _expect(values, f"training.{key}", lambda v: v >= 1, "be >= 1")
+    _check_choice(values, "training.nan_policy", NAN_POLICIES)
+    _expect(values, "training.cond_dropout", lambda v: 0 <= v < 1, "lie in [0, 1)")
+    dropout = values["training"]["cond_dropout"]
+    _require(
+        dropout == 0 or cond_keys(build_model(values["model"])),
+        f"config.training.cond_dropout={dropout} drops the condition, but the network reads "
+        f"none (config.model.num_classes is None: an unconditional model has nothing to drop).",
+    )
+
+
+def _check_sampling(values: Mapping[str, Any], process: Any) -> None:
+    from diffjax.samplers import SAMPLER_NAMES, check_sampler_options
+
+    sampling = values["sampling"]
+    _expect(values, "sampling.every_steps", lambda v: v >= 0, "be >= 0 (0: only at the end)")
+    _expect(values, "sampling.num_samples", lambda v: v >= 0, "be >= 0 (0: no sample grids)")
+    _check_choice(values, "sampling.sampler", tuple(SAMPLER_NAMES))
+    _expect(values, "sampling.num_steps", lambda v: v >= 1, "be >= 1")
+    _expect(values, "sampling.seed", lambda v: 0 <= v < 2**32, "lie in [0, 2**32)")
+    # The sampler checks its own options, as it will when it draws the grids.
+    try:
+        check_sampler_options(sampling["sampler"], process, sampler_options(values))
+    except (TypeError, ValueError) as error:
+        raise ConfigError(
+            f"config.sampling (sampler {sampling['sampler']!r}, num_steps "
+            f"{sampling['num_steps']}, options {dict(sampling['options'])}): {error}"
+        ) from error
+    guidance_scale = sampling["guidance_scale"]
+    _require(
+        guidance_scale == 1.0 or bool(cond_keys(build_model(values["model"]))),
+        f"config.sampling.guidance_scale={guidance_scale} asks for classifier-free guidance, "
+        f"which needs a conditional network (a class-conditional one: set "
+        f"config.model.num_classes, and config.training.cond_dropout > 0), or "
+        f"guidance_scale=1.0.",
+    )
+    _require(
+        guidance_scale == 1.0 or values["training"]["cond_dropout"] > 0,
+        f"config.sampling.guidance_scale={guidance_scale} needs the unconditional model that "
+        f"config.training.cond_dropout > 0 trains (got 0.0; 0.1 is usual).",
+    )
+
+
+def _check_eval(values: Mapping[str, Any]) -> None:
+    from diffjax.metrics.feature_networks import FEATURE_NETWORKS
+
+    _expect(values, "eval.every_steps", lambda v: v >= 0, "be >= 0 (0: never)")
+    for key in ("eval.batch_size", "eval.num_batches", "eval.fd_batch_size"):
+        _expect(values, key, lambda v: v >= 1, "be >= 1")
+    _expect(values, "eval.fd_every_steps", lambda v: v >= 0, "be >= 0 (0: no FD during training)")
+    _expect(values, "eval.fd_num_samples", lambda v: v >= 2, "be >= 2")
+    _check_choice(values, "eval.fd_features", FEATURE_NETWORKS)
+
+
+def _check_sharding(values: Mapping[str, Any], num_devices: int | None) -> None:
+    _check_choice(values, "sharding.rules", tuple(SHARDING_RULES))
+    sharding = values["sharding"]
+    try:
+        resolve_mesh_shape(sharding["mesh_axes"], sharding["mesh_shape"], num_devices)
+    except ValueError as error:
+        raise ConfigError(f"config.sharding: {error}") from error
+
+
+def validate_config(config: Any, num_devices: int | None = None) -> dict[str, Any]:
+    """Checks a training config; raises on the first problem, before anything is compiled.
+
+    First the config's ``imports`` are imported (they may register what the config names),
+    then every key is checked against the schema, then every section by its component.
+
+    Args:
+      config: an ``ml_collections.ConfigDict`` (or nested mapping) with the sections of
+        :func:`diffjax.training.config.base_config`.
+      num_devices: if given, the global batch sizes must split evenly over this many devices
+        and the mesh must fit them.
+
+    Returns:
+      The config as a plain nested dict (see :func:`~diffjax.training.config.config_to_dict`).
+
+    Raises:
+      ConfigTypeError: a value of the wrong type (also a ``TypeError``).
+      ConfigError: an unknown or missing key, a value out of range, or an impossible
+        combination (also a ``ValueError``).
+    """
+    values = config_to_dict(config)
+    import_modules(values)
+    check_keys(values)
+    _expect(values, "seed", lambda v: 0 <= v < 2**32, "lie in [0, 2**32)")
+    check_data_config(values["data"])
+    _check_model(values)
+    process = _check_diffusion(values)
+    entry = objective_entry(values["objective"]["name"])
+    entry.check(values)
+    _check_optim(values)
+    _check_training(values)
+    _check_sampling(values, process)
+    _check_eval(values)
+    _check_sharding(values, num_devices)
+    if num_devices is not None:
+        batch_keys = ["data.batch_size", "eval.batch_size"]
+        if values["eval"]["fd_every_steps"] > 0:
+            batch_keys.append("eval.fd_batch_size")
+        for key in batch_keys:
+            _expect(
+                values, key, lambda v: v % num_devices == 0,
+                f"be a multiple of the number of devices ({num_devices}), so that each device "
+                f"gets an equal share of the global batch",
+            )  # fmt: skip
+    return values
+
+
+# ------------------------------------------------------------------------------ programs
 
 
 class Programs(NamedTuple):
@@ -40,125 +379,76 @@ class Programs(NamedTuple):
     Attributes:
       model: the network (a Flax module from the registry).
       process: the noise process (a schedule or a continuous process).
-      optimizer: the optax optimizer (learning-rate schedule and clipping included).
+      codec: the model space (:mod:`diffjax.codecs`).
+      latent_shape: the model-space shape of one example.
+      objective: the built :class:`~diffjax.training.objectives.Objective`.
+      hooks: the names of the loop's periodic jobs the objective runs.
+      optimizer: the optax optimizer of the trainable parameters.
+      trainable: the trainable mask (None: every parameter is trained).
       init_fn: ``init(key) -> params`` of the network.
       abstract_state: the train state's shapes, dtypes and shardings (no arrays).
-      loss_fn: ``loss_fn(params, frozen, batch, key, train) -> (loss, metrics)``.
+      frozen_modules: the networks of the frozen pytrees, by name.
+      abstract_frozen: the frozen pytrees' shapes, dtypes and shardings.
       train_step: the jitted ``train_step(state, batch, key, frozen) -> (state, metrics)``.
-      sample_fn: the jitted ``sample(params, key, labels) -> images [N, H, W, C]`` of the
-        sample grids, or None when ``config.sampling.num_samples`` is 0.
-      eval_loss: the jitted ``eval_loss(params, batch, key) -> scalar`` held-out loss (the
-        training loss without dropout), or None when ``config.eval.every_steps`` is 0.
-      fd_sample_fn: the sampler of the Fréchet distance during training
-        (``config.eval.fd_batch_size`` samples per call), or None when
-        ``config.eval.fd_every_steps`` is 0.
+      eval_loss: the jitted ``eval_loss(params, frozen, batch, key, extra) -> scalar``
+        held-out loss (the training loss without dropout), or None when
+        ``config.eval.every_steps`` is 0.
     """
 
     model: nn.Module
     process: Any
+    codec: Any
+    latent_shape: tuple[int, ...]
+    objective: Objective
+    hooks: tuple[str, ...]
     optimizer: optax.GradientTransformation
+    trainable: Any
     init_fn: Callable[[jax.Array], Any]
     abstract_state: TrainState
-    loss_fn: LossFn
+    frozen_modules: dict[str, Any]
+    abstract_frozen: dict[str, Any]
     train_step: Callable
-    sample_fn: Callable | None
     eval_loss: Callable | None
-    fd_sample_fn: Callable | None
 
 
-def program_spec(values: Mapping[str, Any], image_shape: tuple[int, ...]) -> str:
+def program_spec(values: Mapping[str, Any], dataset: Mapping[str, Any]) -> str:
     """The settings that the compiled functions depend on, as a canonical JSON key.
 
     Args:
       values: a validated config as a plain dict.
-      image_shape: ``(H, W, C)`` of the training images.
+      dataset: the training data's description: ``image_shape`` ``(H, W, C)`` and
+        ``cond_spec`` (see :class:`~diffjax.data.pipeline.DatasetInfo`).
 
     Returns:
-      The key for :func:`build_programs` (JSON with sorted keys: equal settings, equal key).
+      The key for :func:`build_programs` (JSON with sorted keys: equal settings, equal key):
+      the sections ``model``, ``diffusion``, ``codec``, ``objective``, ``optim``,
+      ``sharding``, ``imports``, the ``training`` keys the step depends on (``cond_dropout``,
+      ``nan_policy``, ``num_steps`` for a decaying learning rate) and the data's shapes. These
+      are what an objective's ``build`` may read; the run length, logging, data and evaluation
+      keys do not change what is compiled.
     """
     training = values["training"]
-    sampling = {k: v for k, v in values["sampling"].items() if k not in ("every_steps", "seed")}
+    entry = objective_entry(values["objective"]["name"])
     spec = dict(
+        imports=list(values["imports"]),
         model=values["model"],
         diffusion=values["diffusion"],
+        codec=values["codec"],
+        objective=values["objective"],
+        frozen=dict(entry.frozen(values)),
         optim=values["optim"],
-        label_dropout=training["label_dropout"],
-        nan_policy=training["nan_policy"],
-        # The learning-rate schedule depends on the run length only when it decays.
-        num_steps=training["num_steps"] if values["optim"]["lr_decay"] == "cosine" else None,
-        sampling=sampling,
+        sharding=values["sharding"],
+        training=dict(
+            cond_dropout=training["cond_dropout"],
+            nan_policy=training["nan_policy"],
+            # The learning-rate schedule depends on the run length only when it decays.
+            num_steps=(training["num_steps"] if values["optim"]["lr_decay"] == "cosine" else None),
+        ),
         evaluate=values["eval"]["every_steps"] > 0,
-        fd_batch_size=values["eval"]["fd_batch_size"] if values["eval"]["fd_every_steps"] else None,
-        image_shape=list(image_shape),
+        image_shape=list(dataset["image_shape"]),
+        cond_spec=[[key, list(shape), dtype] for key, shape, dtype in dataset["cond_spec"]],
     )
     return json.dumps(spec, sort_keys=True)
-
-
-@functools.lru_cache(maxsize=8)
-def build_programs(spec: str, mesh: Mesh) -> Programs:
-    """Builds (and, through the cache, reuses) the model and the jitted functions of a run.
-
-    A second run in the same process (a resumed run in a notebook, a test) then neither traces
-    nor compiles again: JAX's caches key on these very function objects.
-
-    Args:
-      spec: the run's settings, from :func:`program_spec`.
-      mesh: the devices the functions run on.
-
-    Returns:
-      The run's :class:`Programs`.
-    """
-    values = json.loads(spec)
-    model = build_model(values["model"])
-    diffusion, sampling = values["diffusion"], values["sampling"]
-    process = build_process(diffusion)
-    optimizer = _make_optimizer(values["optim"], values["num_steps"])
-    image_shape = tuple(values["image_shape"])
-    init_fn = _init_fn(model, image_shape, is_discrete(process))
-    # Only the key's type matters for the shapes; the run's own key initialises.
-    abstract = abstract_train_state(init_fn, jax.random.key(0), optimizer, mesh)
-    num_classes = values["model"]["num_classes"]
-    loss_fn = make_denoising_loss(
-        flax_apply_fn(model),
-        process,
-        prediction_type=diffusion["prediction_type"],
-        weighting=diffusion["loss_weighting"],
-        min_snr_gamma=diffusion["min_snr_gamma"],
-        offset_noise=diffusion["offset_noise"],
-        time_sampler=build_time_sampler(diffusion, process),
-        num_classes=num_classes,
-        label_dropout=values["label_dropout"],
-    )
-    train_step = jit_train_step(
-        make_train_step(
-            loss_fn,
-            optimizer,
-            ema_decay=values["optim"]["ema_decay"],
-            skip_nonfinite=values["nan_policy"] == "skip",
-        ),
-        mesh,
-    )
-
-    def sampler_for(num_samples: int) -> Callable:
-        return make_sample_fn(
-            model,
-            process,
-            image_shape=image_shape,
-            num_samples=num_samples,
-            sampler=sampling["sampler"],
-            options=sampler_options(values),
-            guidance_scale=sampling["guidance_scale"],
-            clip_x0=sampling["clip_x0"],
-            mesh=mesh,
-        )
-
-    sample_fn = sampler_for(sampling["num_samples"]) if sampling["num_samples"] > 0 else None
-    fd_sample_fn = sampler_for(values["fd_batch_size"]) if values["fd_batch_size"] else None
-    eval_loss = _eval_loss_fn(loss_fn, mesh) if values["evaluate"] else None
-    return Programs(
-        model, process, optimizer, init_fn, abstract, loss_fn, train_step, sample_fn, eval_loss,
-        fd_sample_fn,
-    )  # fmt: skip
 
 
 def _make_optimizer(
@@ -177,26 +467,290 @@ def _make_optimizer(
     )
 
 
+def _group_optimizers(
+    optim: Mapping[str, Any], num_steps: int | None, labels: Any, options: Mapping[str, Any]
+) -> optax.GradientTransformation:
+    """One optimizer over the trainable parameters' groups: ``config.optim`` with each group's
+    overrides, updated on every step or on every ``every``-th (from ``offset``)."""
+    optimizers = {}
+    for name in sorted(set(jax.tree.leaves(labels))):
+        overrides = dict(options.get(name, {}))
+        every, offset = int(overrides.pop("every", 1)), int(overrides.pop("offset", 0))
+        optimizer = _make_optimizer({**optim, **overrides}, num_steps)
+        if every > 1:
+            optimizer = optax.transforms.conditionally_mask(
+                optimizer, lambda count, every=every, offset=offset: count % every == offset
+            )
+        optimizers[name] = optimizer
+    return group_optimizer(labels, optimizers)
+
+
+def _example_cond(module: nn.Module, cond_spec: Sequence[Any]) -> dict[str, jnp.ndarray]:
+    shapes = {key: (tuple(shape), dtype) for key, shape, dtype in cond_spec}
+    wanted = cond_keys(module)
+    missing = [key for key in wanted if key not in shapes]
+    if missing:
+        raise ConfigError(
+            f"the network reads cond keys {list(wanted)}, but the dataset's batches hold "
+            f"{sorted(shapes)} (missing {missing})."
+        )
+    return {key: jnp.zeros((1, *shapes[key][0]), shapes[key][1]) for key in wanted}
+
+
 def _init_fn(
-    model: nn.Module, image_shape: tuple[int, int, int], discrete: bool
+    model: nn.Module, shape: tuple[int, ...], discrete: bool, cond: Mapping[str, Any]
 ) -> Callable[[jax.Array], Any]:
     def init(key: jax.Array) -> Any:
-        x = jnp.zeros((1, *image_shape), jnp.float32)
+        x = jnp.zeros((1, *shape), jnp.float32)
         t = jnp.zeros((1,), jnp.int32 if discrete else jnp.float32)
-        labels = None if model.num_classes is None else jnp.zeros((1,), jnp.int32)
-        return model.init({"params": key}, x, t, labels, train=False)["params"]
+        return model.init({"params": key}, x, t, dict(cond), train=False)["params"]
 
     return init
 
 
-def _eval_loss_fn(loss_fn: LossFn, mesh: Mesh) -> Callable[[Any, dict, jax.Array], jax.Array]:
+def _frozen_source_programs(source: Mapping[str, Any], mesh: Mesh) -> tuple[Any, Any]:
+    """(module, abstract params) of a frozen source: a workdir's network and EMA weights, or a
+    weights file's arrays (whose network the objective names)."""
+    if "workdir" in source:
+        record = load_run_record(source["workdir"])
+        if record is None:
+            raise ConfigError(f"{source['workdir']} holds no diffjax run (no config.json).")
+        values = validate_config(upgrade_config(record["config"]))
+        dataset = dict(record["dataset"], cond_spec=cond_spec_of(record["dataset"]))
+        programs = build_programs(program_spec(values, dataset), mesh)
+        return programs.model, programs.abstract_state.ema_params
+    return None, params_file_shapes(source["weights"])
+
+
+@functools.lru_cache(maxsize=8)
+def build_programs(spec: str, mesh: Mesh) -> Programs:
+    """Builds (and, through the cache, reuses) the model and the jitted functions of a run.
+
+    A second run in the same process (a resumed run in a notebook, a test) then neither traces
+    nor compiles again: JAX's caches key on these very function objects.
+
+    Args:
+      spec: the run's settings, from :func:`program_spec`.
+      mesh: the devices the functions run on.
+
+    Returns:
+      The run's :class:`Programs`.
+    """
+    from diffjax.processes import is_discrete
+
+    values = json.loads(spec)
+    import_modules(values)
+    model = build_model(values["model"])
+    process = build_process(values["diffusion"])
+    codec = build_codec(values)
+    latent_shape = check_latent_shape(codec, tuple(values["image_shape"]))
+    rules = values["sharding"]["rules"]
+    entry = objective_entry(values["objective"]["name"])
+    frozen_modules, abstract_frozen = {}, {}
+    sources = dict(entry.frozen(values))
+    codec_source = codec.frozen_source()
+    if codec_source is not None:
+        sources["codec"] = codec_source
+    for name, source in sources.items():
+        module, abstract = _frozen_source_programs(source, mesh)
+        frozen_modules[name] = module
+        abstract_frozen[name] = jax.tree.map(
+            lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+            abstract,
+            state_shardings(abstract, mesh, rules),
+        )
+    objective = entry.build(ObjectiveContext(values, model, process, codec, frozen_modules))
+    init_fn = _init_fn(
+        model, latent_shape, is_discrete(process), _example_cond(model, values["cond_spec"])
+    )
+    # Only the key's type matters for the shapes; the run's own key initialises.
+    params_shape = jax.eval_shape(init_fn, jax.random.key(0))
+    optim, num_steps = values["optim"], values["training"]["num_steps"]
+    if objective.param_labels is None:
+        trainable, optimizer = None, _make_optimizer(optim, num_steps)
+    else:
+        labels = objective.param_labels(params_shape)
+        trainable = jax.tree.map(lambda label: label != FROZEN_GROUP, labels)
+        optimizer = _group_optimizers(
+            optim, num_steps, trainable_part(labels, trainable), objective.group_options
+        )
+    shardings = functools.partial(_shardings, mesh=mesh, rules=rules)
+    abstract = abstract_train_state(
+        init_fn, jax.random.key(0), optimizer, shardings=shardings, trainable=trainable,
+        init_extra=objective.init_extra,
+    )  # fmt: skip
+    state_sharding = jax.tree.map(lambda leaf: leaf.sharding, abstract)
+    frozen_sharding = jax.tree.map(lambda leaf: leaf.sharding, abstract_frozen)
+    train_step = jit_train_step(
+        make_train_step(
+            objective.loss_fn,
+            optimizer,
+            ema_decay=optim["ema_decay"],
+            skip_nonfinite=values["training"]["nan_policy"] == "skip",
+            trainable=trainable,
+            stateful=objective.init_extra is not None,
+        ),
+        mesh,
+        state_sharding,
+        frozen_sharding,
+    )
+    eval_loss = None
+    if values["evaluate"]:
+        eval_loss = _eval_loss_fn(
+            objective, mesh, state_sharding.ema_params, frozen_sharding, state_sharding.extra
+        )
+    return Programs(
+        model, process, codec, latent_shape, objective, entry.hooks, optimizer, trainable,
+        init_fn, abstract, frozen_modules, abstract_frozen, train_step, eval_loss,
+    )  # fmt: skip
+
+
+def _shardings(abstract: Any, *, mesh: Mesh, rules: str) -> Any:
+    return state_shardings(abstract, mesh, rules)
+
+
+def _eval_loss_fn(
+    objective: Objective, mesh: Mesh, params_sharding: Any, frozen_sharding: Any,
+    extra_sharding: Any,
+) -> Callable[[Any, Any, dict, jax.Array, Any], jax.Array]:  # fmt: skip
     """Jitted held-out loss of given params on one batch: the training loss with train=False."""
+    stateful = objective.init_extra is not None
 
-    def loss(params: Any, batch: dict, key: jax.Array) -> jax.Array:
-        return loss_fn(params, {}, batch, key, False)[0]
+    def loss(params: Any, frozen: Any, batch: dict, key: jax.Array, extra: Any) -> jax.Array:
+        if stateful:
+            return objective.loss_fn(params, frozen, batch, key, False, extra)[0]
+        return objective.loss_fn(params, frozen, batch, key, False)[0]
 
+    replicated = replicated_sharding(mesh)
     return jax.jit(
         loss,
-        in_shardings=(replicated_sharding(mesh), batch_sharding(mesh), None),
-        out_shardings=replicated_sharding(mesh),
+        in_shardings=(params_sharding, frozen_sharding, batch_sharding(mesh), None, extra_sharding),
+        out_shardings=replicated,
+    )
+
+
+# ---------------------------------------------------------------------------- generation
+
+
+class SampleConditions:
+    """The condition of generated sample i, fixed by its index like its key.
+
+    A class-conditional network gets class i mod K (every class in turn), or, for a grid of
+    N, class i K // N (one class per row); a network that reads more than a class label gets
+    the conditioning of example i of the run's evaluation split (``config.eval.split``, read in
+    order and cycled); an unconditional one gets None.
+
+    Args:
+      values: the run's validated config.
+      module: the network.
+    """
+
+    def __init__(self, values: Mapping[str, Any], module: nn.Module):
+        self._values = values
+        self._keys = cond_keys(module)
+        self._num_classes = values["model"]["num_classes"]
+        self._loaded: dict[str, Any] = {}
+
+    def _from_data(self, indices: Any) -> dict[str, Any]:
+        import numpy as np
+
+        from diffjax.data.pipeline import dataset_cond
+
+        needed = int(np.max(indices)) + 1
+        if not self._loaded or len(next(iter(self._loaded.values()))) < needed:
+            self._loaded = dataset_cond(
+                self._values, self._values["eval"]["split"], needed, self._keys
+            )
+        return {key: jnp.asarray(value[np.asarray(indices)]) for key, value in self._loaded.items()}
+
+    def __call__(self, indices: Any, *, blocks: int | None = None) -> dict[str, Any] | None:
+        """The conditioning ``{key: [n, ...]}`` of samples ``indices`` (None: unconditional).
+
+        Args:
+          indices: int ``[n]`` sample indices.
+          blocks: N, the size of a grid whose rows are one class each, or None.
+        """
+        from diffjax.generation import class_labels
+
+        if not self._keys:
+            return None
+        if self._keys == ("label",) and self._num_classes is not None:
+            return {"label": jnp.asarray(class_labels(indices, self._num_classes, blocks=blocks))}
+        return self._from_data(indices)
+
+
+def sample_drawer(
+    generate: Callable,
+    params: Any,
+    *,
+    seed: int,
+    conditions: SampleConditions,
+    frozen: Any = None,
+    blocks: int | None = None,
+    labels: Any = None,
+) -> Callable[[int, int], jax.Array]:
+    """``draw(start, count) -> images`` of samples ``start .. start + count - 1``: sample i with
+    the key ``fold_in(key(seed), i)`` and the condition ``conditions(i)``.
+
+    Args:
+      generate: from :func:`diffjax.generation.make_generator` (``count`` samples per call).
+      params: the network's parameters.
+      seed: the samples' seed.
+      conditions: the :class:`SampleConditions` of the run.
+      frozen: the run's frozen pytrees (the codec's parameters).
+      blocks: a grid's size (one class per row), or None.
+      labels: int ``[N]`` classes of all samples, overriding ``conditions`` (the sample CLI's
+        ``--label``); a short last batch is padded by repetition.
+    """
+    import numpy as np
+
+    from diffjax.samplers import sample_keys
+
+    def draw(start: int, count: int) -> jax.Array:
+        indices = np.arange(start, start + count)
+        if labels is None:
+            cond = conditions(indices, blocks=blocks)
+        else:
+            cond = {"label": jnp.asarray(np.resize(np.asarray(labels)[start:], count), jnp.int32)}
+        return generate(params, sample_keys(seed, start, count), cond, frozen=frozen)
+
+    return draw
+
+
+def make_run_generator(
+    values: Mapping[str, Any],
+    programs: Programs,
+    num_samples: int,
+    mesh: Mesh | None,
+    *,
+    sampler: str | None = None,
+    options: Mapping[str, Any] | None = None,
+    guidance_scale: float | None = None,
+) -> Callable:
+    """:func:`diffjax.generation.make_generator` with a run's settings: its network, process,
+    codec, ``config.sampling``'s sampler, options, guidance and ``clip_x0`` (each overridable).
+
+    Raises:
+      ConfigError: guidance for an unconditional network.
+    """
+    from diffjax.generation import make_generator
+
+    sampling = values["sampling"]
+    scale = sampling["guidance_scale"] if guidance_scale is None else guidance_scale
+    if scale != 1.0 and not cond_keys(programs.model):
+        raise ConfigError(
+            f"guidance_scale={scale} needs a conditional network; this one reads no "
+            f"conditioning. Use guidance_scale=1.0."
+        )
+    return make_generator(
+        programs.model,
+        programs.process,
+        shape=programs.latent_shape,
+        num_samples=num_samples,
+        sampler=sampling["sampler"] if sampler is None else sampler,
+        options=sampler_options(values) if options is None else options,
+        guidance_scale=scale,
+        clip_x0=sampling["clip_x0"],
+        codec=programs.codec,
+        mesh=mesh,
     )

@@ -1,8 +1,15 @@
 """The train state pytree, the optimizer, the EMA of the weights, and sharded state creation.
 
-:class:`TrainState` is plain data (step, params, EMA params, optimizer state): no functions, so
-it checkpoints as-is and passes through ``jax.jit`` as one argument. The optimizer is an optax
-``GradientTransformation`` kept beside it and handed to the train step.
+:class:`TrainState` is plain data (step, params, EMA params, optimizer state, the state an
+objective keeps outside the gradient): no functions, so it checkpoints as-is and passes through
+``jax.jit`` as one argument. The optimizer is an optax ``GradientTransformation`` kept beside
+it and handed to the train step.
+
+Parameter groups: a *trainable mask* (a pytree of Python bools with the structure of the
+params) says which parameters are trained. The optimizer only ever sees the trainable ones
+(:func:`trainable_part`: the frozen leaves are None there), so frozen parameters have no
+optimizer state at all, and :func:`group_optimizer` gives each group its own settings with
+``optax.multi_transform``.
 
 Precision: the parameters are stored in the model's ``param_dtype`` (float32, or bfloat16 to
 halve their memory), but the optimizer state and the EMA are always float32: the optimizer
@@ -13,7 +20,7 @@ their precision and the state's dtypes never change from one step to the next.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import flax.struct
 import jax
@@ -29,10 +36,13 @@ __all__ = [
     "create_train_state",
     "ema_decay_at",
     "float32_copy",
+    "group_optimizer",
+    "merge_trainable",
+    "replicated_state",
     "learning_rate_from_opt_state",
     "learning_rate_schedule",
     "make_optimizer",
-    "train_state_shardings",
+    "trainable_part",
     "update_ema",
 ]
 
@@ -50,13 +60,15 @@ class TrainState:
       params: the model parameters (any pytree of arrays, in the model's ``param_dtype``).
       ema_params: exponential moving average of ``params``, same structure, float32 (used
         for sampling).
-      opt_state: the optax optimizer state for the float32 copy of ``params``.
+      opt_state: the optax optimizer state for the float32 copy of the trainable ``params``.
+      extra: the state an objective keeps outside the gradient (``{}`` for none).
     """
 
     step: jnp.ndarray
     params: Params
     ema_params: Params
     opt_state: optax.OptState
+    extra: Any = flax.struct.field(default_factory=dict)
 
 
 def learning_rate_schedule(
@@ -168,10 +180,12 @@ def learning_rate_from_opt_state(opt_state: optax.OptState) -> jnp.ndarray | Non
       float32 scalar, or ``None`` when the state holds no ``'learning_rate'`` hyperparameter.
     """
     # inject_hyperparams keeps the value under `hyperparams` and the schedule's own state under
-    # `hyperparams_states`, both keyed 'learning_rate': only the former is an array.
-    return optax.tree_utils.tree_get(
+    # `hyperparams_states`, both keyed 'learning_rate': only the former is an array. With
+    # parameter groups there is one per group; the first group's is reported.
+    found = optax.tree_utils.tree_get_all_with_path(
         opt_state, "learning_rate", filtering=lambda _, value: hasattr(value, "dtype")
     )
+    return found[0][1] if found else None
 
 
 def ema_decay_at(step: jnp.ndarray, decay: float) -> jnp.ndarray:
@@ -218,51 +232,95 @@ def update_ema(ema_params: Params, params: Params, step: jnp.ndarray, decay: flo
     return optax.incremental_update(params, ema_params, step_size=1.0 - decay_t)
 
 
+def trainable_part(tree: Any, mask: Any) -> Any:
+    """``tree`` with the leaves where ``mask`` is False replaced by None (an empty subtree).
+
+    Args:
+      tree: params (or a pytree of their structure).
+      mask: a pytree of Python bools of that structure, or None (everything trainable).
+    """
+    if mask is None:
+        return tree
+    return jax.tree.map(lambda leaf, train: leaf if train else None, tree, mask)
+
+
+def merge_trainable(tree: Any, trainable: Any) -> Any:
+    """``tree`` with its trainable leaves taken from ``trainable`` (None there: keep ``tree``'s).
+
+    Inverse of :func:`trainable_part`: ``merge_trainable(tree, trainable_part(tree, m))`` is
+    ``tree``.
+    """
+    return jax.tree.map(
+        lambda new, old: old if new is None else new, trainable, tree,
+        is_leaf=lambda leaf: leaf is None,
+    )  # fmt: skip
+
+
+def group_optimizer(
+    labels: Any, optimizers: Mapping[str, optax.GradientTransformation]
+) -> optax.GradientTransformation:
+    """One optimizer over the trainable parameters, each group with its own transformation
+    (``optax.multi_transform``).
+
+    Args:
+      labels: the group name of each trainable parameter (None where frozen; see
+        :func:`trainable_part`).
+      optimizers: the transformation of each group named in ``labels``.
+
+    Returns:
+      The optimizer; a single group is its own transformation unchanged.
+    """
+    names = sorted({name for name in jax.tree.leaves(labels)})
+    missing = [name for name in names if name not in optimizers]
+    if missing:
+        raise ValueError(f"parameter groups {missing} have no optimizer; got {sorted(optimizers)}.")
+    if len(names) == 1:
+        return optimizers[names[0]]
+    return optax.multi_transform({name: optimizers[name] for name in names}, labels)
+
+
 def abstract_train_state(
     init_fn: InitFn,
     key: jax.Array,
     optimizer: optax.GradientTransformation,
     mesh: Mesh | None = None,
+    *,
+    shardings: Callable[[TrainState], TrainState] | None = None,
+    trainable: Any = None,
+    init_extra: Callable[[], Any] | None = None,
 ) -> TrainState:
     """The state's shapes and dtypes without allocating it (``jax.eval_shape``).
 
     Args:
       init_fn: ``init_fn(key) -> params``.
       key: a PRNG key of the kind ``init_fn`` takes (only its shape and dtype are used).
-      optimizer: the optax transformation.
-      mesh: if given, each leaf carries its sharding (replicated over ``mesh``), the form
-        checkpoint restoring needs.
+      optimizer: the optax transformation (of the trainable parameters).
+      mesh: if given (and no ``shardings``), each leaf carries its sharding, replicated over
+        ``mesh``: the form checkpoint restoring needs.
+      shardings: ``shardings(abstract_state) -> TrainState of NamedSharding`` (a mesh's
+        sharding rules, :func:`diffjax.sharding.state_shardings`), instead of replicating.
+      trainable: the trainable mask (see the module docstring), or None.
+      init_extra: ``init_extra() -> pytree`` of the objective's state outside the gradient.
 
     Returns:
       A :class:`TrainState` of ``jax.ShapeDtypeStruct`` leaves.
     """
-    abstract = jax.eval_shape(_init_state_fn(init_fn, optimizer), key)
-    if mesh is None:
+    abstract = jax.eval_shape(_init_state_fn(init_fn, optimizer, trainable, init_extra), key)
+    if shardings is None and mesh is None:
         return abstract
-    shardings = train_state_shardings(abstract, mesh)
+    shardings = shardings or (lambda tree: replicated_state(tree, mesh))
     return jax.tree.map(
         lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
         abstract,
-        shardings,
+        shardings(abstract),
     )
 
 
-def train_state_shardings(abstract_state: TrainState, mesh: Mesh) -> TrainState:
-    """Per-leaf shardings of the state: every leaf replicated (pure data parallelism).
-
-    Args:
-      abstract_state: the state or its abstract form.
-      mesh: the data-parallel mesh.
-
-    Returns:
-      A :class:`TrainState` of ``NamedSharding`` leaves.
-    """
-    replicated = replicated_sharding(mesh)
-    return jax.tree.map(lambda _: replicated, abstract_state)
-
-
 def _init_state_fn(
-    init_fn: InitFn, optimizer: optax.GradientTransformation
+    init_fn: InitFn,
+    optimizer: optax.GradientTransformation,
+    trainable: Any = None,
+    init_extra: Callable[[], Any] | None = None,
 ) -> Callable[[jax.Array], TrainState]:
     def init_state(key: jax.Array) -> TrainState:
         params = init_fn(key)
@@ -271,14 +329,23 @@ def _init_state_fn(
             step=jnp.zeros((), jnp.int32),
             params=params,
             ema_params=jax.tree.map(jnp.copy, master),
-            opt_state=optimizer.init(master),
+            opt_state=optimizer.init(trainable_part(master, trainable)),
+            extra={} if init_extra is None else init_extra(),
         )
 
     return init_state
 
 
 def create_train_state(
-    init_fn: InitFn, key: jax.Array, optimizer: optax.GradientTransformation, mesh: Mesh
+    init_fn: InitFn,
+    key: jax.Array,
+    optimizer: optax.GradientTransformation,
+    mesh: Mesh,
+    *,
+    shardings: Callable[[TrainState], TrainState] | None = None,
+    trainable: Any = None,
+    init_extra: Callable[[], Any] | None = None,
+    params: Params = None,
 ) -> TrainState:
     """Initialises the state directly into its sharding on ``mesh``.
 
@@ -290,11 +357,34 @@ def create_train_state(
       init_fn: ``init_fn(key) -> params``, traceable.
       key: PRNG key for the initialiser (the same on every process).
       optimizer: the optax transformation whose state is created.
-      mesh: the data-parallel mesh.
+      mesh: the device mesh.
+      shardings: the state's sharding rules (default: replicated over ``mesh``).
+      trainable: the trainable mask, or None.
+      init_extra: the objective's state outside the gradient, or None.
+      params: start from these parameters (sharded like the state's, e.g. another run's EMA
+        weights) instead of ``init_fn``; they are an argument of the compiled initialiser,
+        never a constant in it.
 
     Returns:
       A :class:`TrainState` at step 0 with ``ema_params`` equal to ``params``.
     """
-    init_state = _init_state_fn(init_fn, optimizer)
-    shardings = train_state_shardings(jax.eval_shape(init_state, key), mesh)
-    return jax.jit(init_state, in_shardings=replicated_sharding(mesh), out_shardings=shardings)(key)
+    shardings = shardings or (lambda abstract: replicated_state(abstract, mesh))
+    init_state = _init_state_fn(init_fn, optimizer, trainable, init_extra)
+    out_shardings = shardings(jax.eval_shape(init_state, key))
+    if params is None:
+        return jax.jit(
+            init_state, in_shardings=replicated_sharding(mesh), out_shardings=out_shardings
+        )(key)
+
+    def from_params(given: Params) -> TrainState:
+        return _init_state_fn(lambda _: given, optimizer, trainable, init_extra)(key)
+
+    return jax.jit(from_params, in_shardings=(out_shardings.params,), out_shardings=out_shardings)(
+        params
+    )
+
+
+def replicated_state(abstract_state: TrainState, mesh: Mesh) -> TrainState:
+    """Every leaf of the state replicated over ``mesh`` (pure data parallelism)."""
+    replicated = replicated_sharding(mesh)
+    return jax.tree.map(lambda _: replicated, abstract_state)

@@ -2,7 +2,7 @@
 
 Workdir layout::
 
-    workdir/config.json          the config and dataset description of the run
+    workdir/config.json          the config, dataset description and frozen sources of the run
     workdir/checkpoints/<step>/  orbax checkpoints (the newest ``keep_checkpoints``)
     workdir/metrics.jsonl        one JSON record per logged step
     workdir/events.out.tfevents.*  TensorBoard
@@ -21,8 +21,8 @@ from typing import Any, Mapping
 
 import jax
 
+from diffjax.errors import ConfigError
 from diffjax.images import atomic_write
-from diffjax.training.config_validation import ConfigError
 from diffjax.version import __version__
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "WorkdirError",
     "check_free_space",
     "check_workdir",
+    "cond_spec_of",
     "load_run_record",
     "write_run_record",
 ]
@@ -129,8 +130,10 @@ def load_run_record(workdir: str | os.PathLike) -> dict[str, Any] | None:
     return record
 
 
-def write_run_record(workdir: str, values: Mapping[str, Any], info: Any) -> None:
-    """Saves the config and dataset description atomically (from process 0 only).
+def write_run_record(
+    workdir: str, values: Mapping[str, Any], info: Any, frozen: Mapping[str, Any] | None = None
+) -> None:
+    """Saves the config, dataset description and frozen sources atomically (process 0 only).
 
     Called after every check has passed, so a run that fails its checks changes nothing.
 
@@ -138,11 +141,16 @@ def write_run_record(workdir: str, values: Mapping[str, Any], info: Any) -> None
       workdir: the run's folder.
       values: the validated config as a plain dict.
       info: the training dataset's description (``name``, ``split``, ``num_examples``,
-        ``num_classes``, ``class_names``, ``image_shape``).
+        ``num_classes``, ``class_names``, ``image_shape``, ``cond_spec``).
+      frozen: what the run's frozen pytrees were loaded from (path and step, or path and
+        SHA-256), by name.
     """
     if jax.process_index() != 0:
         return
-    record = dict(config=values, dataset=_dataset_record(info), diffjax_version=__version__)
+    record = dict(
+        config=values, dataset=_dataset_record(info), frozen=dict(frozen or {}),
+        diffjax_version=__version__,
+    )  # fmt: skip
 
     def write(tmp_path: str) -> None:
         with open(tmp_path, "w", encoding="utf-8") as f:
@@ -159,4 +167,14 @@ def _dataset_record(info: Any) -> dict[str, Any]:
         num_classes=info.num_classes,
         class_names=None if info.class_names is None else list(info.class_names),
         image_shape=list(info.image_shape),
+        cond_spec=[[key, list(shape), dtype] for key, shape, dtype in info.cond_spec],
     )
+
+
+def cond_spec_of(dataset_record: Mapping[str, Any]) -> tuple[tuple[str, tuple[int, ...], str], ...]:
+    """The ``cond_spec`` of a run record's dataset (records of diffjax 0.2 have none: a
+    labelled dataset's is ``(('label', (), 'int32'),)``)."""
+    if "cond_spec" not in dataset_record:
+        labelled = dataset_record.get("num_classes") is not None
+        return (("label", (), "int32"),) if labelled else ()
+    return tuple((key, tuple(shape), dtype) for key, shape, dtype in dataset_record["cond_spec"])
