@@ -88,13 +88,22 @@ def run_cli(command: list[str], timeout: float = 240, num_devices: int = 8):
 
 @contextlib.contextmanager
 def fast_compiles():
-    """Compiles with most XLA optimisations off (tiny models: compile time dominates)."""
+    """Compiles with most XLA optimisations off (tiny models: compile time dominates).
+
+    JAX's in-memory jit caches are not keyed by this option (jax 0.10), so they are cleared on
+    the way in and out: otherwise a module-level jitted function (e.g. ``fmnist_features``)
+    compiled here would be reused unoptimised by a later test, whose numbers then depend on
+    the order the tests ran in (the optimised and unoptimised programs round differently).
+    The persistent compilation cache is keyed by it and refills the in-memory one quickly.
+    """
     previous = jax.config.read("jax_disable_most_optimizations")
+    jax.clear_caches()
     jax.config.update("jax_disable_most_optimizations", True)
     try:
         yield
     finally:
         jax.config.update("jax_disable_most_optimizations", previous)
+        jax.clear_caches()
 
 
 def state_leaves(state) -> list[np.ndarray]:
