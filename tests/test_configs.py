@@ -4,12 +4,14 @@ No network is built here: validation is pure Python and must reject bad configs 
 anything compiles. Each error must name the offending key and what is allowed.
 """
 
+import importlib
 import pathlib
 import re
 import runpy
 
 import pytest
 
+from diffjax import configs as recipes
 from diffjax.errors import ConfigError, ConfigTypeError
 from diffjax.training.config import (
     RESUME_KEYS,
@@ -22,15 +24,14 @@ from diffjax.training.config import (
 )
 from diffjax.training.programs import validate_config
 
-CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
-CONFIG_NAMES = (
-    "base", "fashion_mnist", "fashion_mnist_edm", "fashion_mnist_flow", "fashion_mnist_modern",
-    "cifar10", "cifar10_cond", "test",
-)  # fmt: skip
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO / "configs"  # the command line's files, one per recipe
+RECIPE_DIR = REPO / "diffjax" / "configs"
+CONFIG_NAMES = recipes.RECIPES
 
 
 def load(name):
-    return runpy.run_path(str(CONFIG_DIR / f"{name}.py"))["get_config"]()
+    return recipes.get_config(name)
 
 
 def schema_keys(schema, prefix=""):
@@ -52,8 +53,21 @@ def config_keys(values, schema, prefix=""):
     return keys
 
 
-def test_every_config_file_in_configs_is_covered():
+def test_every_recipe_has_its_command_line_file_and_nothing_else_is_there():
     assert sorted(p.stem for p in CONFIG_DIR.glob("*.py")) == sorted(CONFIG_NAMES)
+    recipe_files = sorted(p.stem for p in RECIPE_DIR.glob("*.py") if p.stem != "__init__")
+    assert recipe_files == sorted(CONFIG_NAMES)
+
+
+@pytest.mark.parametrize("name", CONFIG_NAMES)
+def test_the_command_line_file_gives_the_packaged_recipe(name):
+    from_file = runpy.run_path(str(CONFIG_DIR / f"{name}.py"))["get_config"]()
+    assert config_to_dict(from_file) == config_to_dict(load(name))
+
+
+def test_an_unknown_recipe_is_named():
+    with pytest.raises(ValueError, match="Unknown recipe 'fashion'; the recipes are"):
+        recipes.get_config("fashion")
 
 
 @pytest.mark.parametrize("name", CONFIG_NAMES)
@@ -68,7 +82,7 @@ def test_shipped_configs_are_valid_and_complete(name, num_devices):
 def test_the_commands_in_config_docstrings_name_this_file_and_real_keys(name):
     """Every ``--config.KEY=VALUE`` that a config's docstring tells users to type names a key of
     that config, and its train command names the file itself."""
-    doc = runpy.run_path(str(CONFIG_DIR / f"{name}.py"))["__doc__"]
+    doc = importlib.import_module(f"diffjax.configs.{name}").__doc__
     assert f"python -m diffjax.train --config configs/{name}.py" in doc
     config = load(name)
     for key, value in re.findall(r"--config\.([\w.]+)=(\S+)", doc):

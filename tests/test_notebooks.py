@@ -91,7 +91,6 @@ def fashion_mnist_slice(tmp_path_factory) -> pathlib.Path:
 def notebook_env(tmp_path, monkeypatch, fashion_mnist_slice):
     """Small setting, offline data, a temporary cwd, a non-interactive plot backend, no network."""
     monkeypatch.setenv("DIFFJAX_NOTEBOOK_SMALL", "1")
-    monkeypatch.setenv("DIFFJAX_REPO_DIR", str(REPO_ROOT))
     monkeypatch.setenv("DIFFJAX_FASHION_MNIST_DIR", str(fashion_mnist_slice))
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
     monkeypatch.setenv("MPLBACKEND", "Agg")
@@ -215,16 +214,8 @@ def test_install_cell_installs_from_the_repository_url(
     monkeypatch.chdir(tmp_path)
     url = "https://example.org/diffjax.git"
     run_install_cell(path, repo_url=url)
-    clone = tmp_path.resolve() / "diffjax"
-    expected = {
-        # The quickstart reads configs/ from a clone.
-        "diffjax_quickstart.ipynb": [
-            ["git", "clone", "--depth", "1", url, str(clone)],
-            [*PIP_INSTALL, "-e", str(clone)],
-        ],
-        "custom_model.ipynb": [[*PIP_INSTALL, f"git+{url}"]],
-    }
-    assert recorded_commands == expected[path.name]
+    # No clone: the recipes ship with the package (diffjax.configs).
+    assert recorded_commands == [[*PIP_INSTALL, f"git+{url}"]]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

@@ -19,15 +19,12 @@ of a day on one A100/H100-class GPU. Samples (workdir/samples/, DDIM 100 steps) 
 recognisable objects after some tens of thousands of steps.
 """
 
-import pathlib
-import runpy
-
-_base = runpy.run_path(str(pathlib.Path(__file__).with_name("base.py")))
+from diffjax.configs import base
 
 
 def get_config():
     """Returns the DDPM CIFAR-10 config."""
-    config = _base["get_config"]()
+    config = base.get_config()
     config.data.name = "cifar10"
     config.data.image_size = 32
     config.data.batch_size = 128

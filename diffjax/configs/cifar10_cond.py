@@ -17,15 +17,12 @@ results on ImageNet 64x64, not CIFAR-10; no figure is claimed here, and this con
 been run to completion on diffjax yet.
 """
 
-import pathlib
-import runpy
-
-_cifar10 = runpy.run_path(str(pathlib.Path(__file__).with_name("cifar10.py")))
+from diffjax.configs import cifar10
 
 
 def get_config():
     """Returns the class-conditional CIFAR-10 config with classifier-free guidance."""
-    config = _cifar10["get_config"]()
+    config = cifar10.get_config()
     config.model.num_classes = 10
     config.training.cond_dropout = 0.1
     config.sampling.guidance_scale = 3.0

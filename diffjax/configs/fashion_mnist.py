@@ -18,15 +18,12 @@ checkpoint (every 250 steps). For sharper samples train longer, e.g.
 --config.training.num_steps=5000.
 """
 
-import pathlib
-import runpy
-
-_base = runpy.run_path(str(pathlib.Path(__file__).with_name("base.py")))
+from diffjax.configs import base
 
 
 def get_config():
     """Returns the Fashion-MNIST CPU config."""
-    config = _base["get_config"]()
+    config = base.get_config()
     config.data.name = "fashion_mnist"
     config.data.image_size = 28
     config.data.batch_size = 64

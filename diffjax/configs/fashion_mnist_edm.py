@@ -17,15 +17,12 @@ the Heun grids cost 35 evaluations instead of 50), and FD-FMNIST logged at steps
 (measured values: benchmarks/RESULTS.md).
 """
 
-import pathlib
-import runpy
-
-_fashion_mnist = runpy.run_path(str(pathlib.Path(__file__).with_name("fashion_mnist.py")))
+from diffjax.configs import fashion_mnist
 
 
 def get_config():
     """Returns the Fashion-MNIST EDM config."""
-    config = _fashion_mnist["get_config"]()
+    config = fashion_mnist.get_config()
     config.diffusion.process = "edm"
     config.diffusion.prediction_type = "edm"
     config.diffusion.loss_weighting = "edm"

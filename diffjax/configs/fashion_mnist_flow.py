@@ -15,15 +15,12 @@ and FD-FMNIST logged at steps 500 and 1000; few-step samples (1, 2, 4 steps) are
 python -m diffjax.evaluate (measured values: benchmarks/RESULTS.md).
 """
 
-import pathlib
-import runpy
-
-_fashion_mnist = runpy.run_path(str(pathlib.Path(__file__).with_name("fashion_mnist.py")))
+from diffjax.configs import fashion_mnist
 
 
 def get_config():
     """Returns the Fashion-MNIST rectified-flow config."""
-    config = _fashion_mnist["get_config"]()
+    config = fashion_mnist.get_config()
     config.diffusion.process = "rectified_flow"
     config.diffusion.prediction_type = "flow"
     config.diffusion.time_sampler = "logit_normal"

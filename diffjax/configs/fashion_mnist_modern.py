@@ -14,15 +14,12 @@ Expected: the cost of configs/fashion_mnist.py (a quarter of an hour on 2 cores)
 logged at steps 500 and 1000 (measured values: benchmarks/RESULTS.md).
 """
 
-import pathlib
-import runpy
-
-_fashion_mnist = runpy.run_path(str(pathlib.Path(__file__).with_name("fashion_mnist.py")))
+from diffjax.configs import fashion_mnist
 
 
 def get_config():
     """Returns the modern-recipe Fashion-MNIST config."""
-    config = _fashion_mnist["get_config"]()
+    config = fashion_mnist.get_config()
     config.diffusion.zero_terminal_snr = True
     config.diffusion.prediction_type = "v"
     config.diffusion.loss_weighting = "min_snr"

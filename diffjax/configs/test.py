@@ -11,15 +11,12 @@ data, UNet, sharded step, EMA, checkpoints, sample grids. The tests run it on a 
 folder (--config.data.name=folder --config.data.data_dir=...), which needs no dataset.
 """
 
-import pathlib
-import runpy
-
-_base = runpy.run_path(str(pathlib.Path(__file__).with_name("base.py")))
+from diffjax.configs import base
 
 
 def get_config():
     """Returns the tiny test config (Fashion-MNIST downscaled to 8x8, a 2-level 8-channel UNet)."""
-    config = _base["get_config"]()
+    config = base.get_config()
     config.data.name = "fashion_mnist"
     config.data.image_size = 8
     config.data.batch_size = 8

@@ -1,0 +1,43 @@
+"""The training recipes, shipped with the package so that a notebook or a script outside a
+checkout reads them too: ``diffjax.configs.get_config("fashion_mnist")``.
+
+Each module's ``get_config()`` returns an ``ml_collections.ConfigDict`` and its docstring says
+what the recipe trains and what to expect. The command line reads the same recipes through the
+files of the repository's ``configs/`` folder (``python -m diffjax.train --config
+configs/fashion_mnist.py``), each of which imports its module from here.
+
+=========================  ===============================================================
+``base``                   every key, set to the DDPM paper's choices
+``fashion_mnist``          the offline default: Fashion-MNIST on a laptop CPU
+``fashion_mnist_edm``      the same with EDM's formulation and Heun sampler
+``fashion_mnist_flow``     the same as a rectified flow
+``fashion_mnist_modern``   v-prediction, zero terminal SNR and trailing timesteps
+``cifar10``                the DDPM paper's CIFAR-10 run (GPU/TPU)
+``cifar10_cond``           the same, class-conditional with classifier-free guidance
+``test``                   a tiny run for the tests and smoke checks
+=========================  ===============================================================
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import ml_collections
+
+__all__ = ["RECIPES", "get_config"]
+
+RECIPES: tuple[str, ...] = (
+    "base", "fashion_mnist", "fashion_mnist_edm", "fashion_mnist_flow", "fashion_mnist_modern",
+    "cifar10", "cifar10_cond", "test",
+)  # fmt: skip
+
+
+def get_config(name: str) -> ml_collections.ConfigDict:
+    """The config of recipe ``name`` (one of :data:`RECIPES`).
+
+    Raises:
+      ValueError: an unknown name.
+    """
+    if name not in RECIPES:
+        raise ValueError(f"Unknown recipe {name!r}; the recipes are {RECIPES}.")
+    return importlib.import_module(f"diffjax.configs.{name}").get_config()
