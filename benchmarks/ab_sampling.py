@@ -30,13 +30,17 @@ def main() -> None:
     milliseconds = {}
     for name, sampler, steps in (("ddim", dj.ddim_sample, 50), ("ddpm", dj.ddpm_sample, 100)):
         jax.block_until_ready(
-            sampler(model_fn, schedule, jax.random.key(1), shape, num_steps=steps)
+            sampler(
+                model_fn, schedule, jax.random.key(1), shape, num_steps=steps, prediction_type="eps"
+            )
         )
         best = float("inf")
         for repeat in range(3):
             start = time.perf_counter()
             key = jax.random.key(2 + repeat)
-            jax.block_until_ready(sampler(model_fn, schedule, key, shape, num_steps=steps))
+            jax.block_until_ready(
+                sampler(model_fn, schedule, key, shape, num_steps=steps, prediction_type="eps")
+            )
             best = min(best, time.perf_counter() - start)
         milliseconds[name] = round(best / steps * 1e3, 1)
     print(sys.argv[1] if len(sys.argv) > 1 else dj.__file__, "ms per step:", milliseconds)

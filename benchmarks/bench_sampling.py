@@ -118,7 +118,13 @@ def _mixture_rows(schedule, dim: int, num: int) -> list[dict[str, Any]]:
     rows = [("independent exact samples", 0, reference)]
     for label, num_steps, name, kwargs in runs:
         rows.append(
-            (label, num_steps, samplers.sample(name, model_fn, schedule, key, (num, dim), **kwargs))
+            (
+                label,
+                num_steps,
+                samplers.sample(
+                    name, model_fn, schedule, key, (num, dim), prediction_type="eps", **kwargs
+                ),
+            )
         )
     return [
         dict(sampler=label, steps=num_steps, dim=dim, **_statistics(mixture, target, samples))
@@ -504,6 +510,7 @@ def run_speed(
                     jax.random.key(seed),
                     shape,
                     num_steps=num_steps,
+                    prediction_type="eps",
                     out_sharding=out_sharding,
                 )
 
@@ -539,6 +546,7 @@ def run_speed(
                     jax.random.key(0),
                     (1, *preset["image_shape"]),
                     num_steps=num_steps,
+                    prediction_type="eps",
                 )
             )
             compile_rows.append(dict(num_steps=num_steps, compile_s=compile_seconds))

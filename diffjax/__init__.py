@@ -30,6 +30,7 @@ from diffjax.diffusion import (
     x0_from_eps,
     x0_from_v,
 )
+from diffjax.likelihood import OdeLikelihood, bits_per_dim, ode_likelihood
 from diffjax.losses import (
     LOSS_WEIGHTINGS,
     TIME_SAMPLERS,
@@ -102,6 +103,7 @@ __all__ = [
     "VE",
     "DiffusionSchedule",
     "Marginal",
+    "OdeLikelihood",
     "PosteriorMeanVariance",
     "RectifiedFlow",
     "ScheduleTime",
@@ -109,6 +111,7 @@ __all__ = [
     "VPCosine",
     "VPLinear",
     "alpha_sigma",
+    "bits_per_dim",
     "classifier_free_guidance",
     "clip_x0_guide",
     "compose_guides",
@@ -138,6 +141,7 @@ __all__ = [
     "make_schedule",
     "marginal",
     "mode_times",
+    "ode_likelihood",
     "ode_sample",
     "p_mean_variance",
     "pc_sample",
@@ -157,6 +161,7 @@ __all__ = [
     "time_shift",
     "train_and_evaluate",
     "load_trained_run",
+    "sample_run",
     "create_dataset",
     "read_metrics",
     "make_image_grid",
@@ -176,6 +181,7 @@ _LAZY: dict[str, str] = {
     "count_params": "diffjax.models",
     "train_and_evaluate": "diffjax.training.loop",
     "load_trained_run": "diffjax.training.trained_run",
+    "sample_run": "diffjax.training.run_sampling",
     "create_dataset": "diffjax.data.pipeline",
     "read_metrics": "diffjax.training.metrics_writer",
     "make_image_grid": "diffjax.images",

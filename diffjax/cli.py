@@ -41,7 +41,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple
 
 from absl import app, flags, logging
 
@@ -54,6 +54,11 @@ __all__ = [
     "define_fast_cpu_convolutions_flag",
     "define_multihost_flags",
     "enable_compilation_cache",
+    "DottedOptions",
+    "FAILURE_STATUS",
+    "USAGE_ERROR_STATUS",
+    "describe_sampler",
+    "is_adaptive",
     "enable_fast_cpu_convolutions",
     "expected_errors",
     "load_config_flag",
@@ -379,7 +384,7 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     """The failures that are the user's to fix (config, workdir, data, resume, divergence,
     weight files): the CLIs report them in one line instead of a traceback."""
     from diffjax.data.datasets import DatasetUnavailableError
-    from diffjax.errors import ConfigError
+    from diffjax.errors import ConfigError, OdeSolveError
     from diffjax.training import checkpoint
     from diffjax.training.loop import NonFiniteLossError
     from diffjax.training.workdir import WorkdirError
@@ -393,6 +398,7 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     return (
         MultihostError,
         ConfigError,
+        OdeSolveError,
         WorkdirError,
         NonFiniteLossError,
         DatasetUnavailableError,
@@ -406,17 +412,39 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     )
 
 
-def parse_option(text: str) -> tuple[str, Any]:
+def is_adaptive(sampler: str) -> bool:
+    """Whether a registered sampler chooses its own steps (it has tolerances: ``'ode'``)."""
+    from diffjax.samplers import sampler_options
+
+    return "rtol" in sampler_options(sampler)
+
+
+def describe_sampler(sampler: str, options: Mapping[str, Any]) -> tuple[str, str]:
+    """(the settings in words, the same as a file-name part), with the sampler's own defaults
+    for the options not given: steps (``ddpm``'s default: all T), or for an adaptive solver its
+    tolerance, since ``num_steps`` only sets its first step."""
+    from diffjax.samplers import sampler_options
+
+    full = {**sampler_options(sampler), **options}
+    if is_adaptive(sampler):
+        rtol = full["rtol"]
+        return f"{sampler}, adaptive, rtol={rtol:g}", f"{sampler}_rtol{rtol:g}"
+    steps = full.get("num_steps")
+    steps = "all" if steps is None else steps
+    return f"{sampler}, {steps} steps", f"{sampler}_{steps}steps"
+
+
+def parse_option(text: str, flag: str = "--option") -> tuple[str, Any]:
     """``'eta=0.5'`` -> ``('eta', 0.5)``: ints, floats, ``true``/``false`` and strings.
 
     Raises:
-      ConfigError: the text is not ``name=value``.
+      ConfigError: the text is not ``name=value`` (``flag`` names the flag in the message).
     """
     from diffjax.errors import ConfigError
 
     name, separator, raw = text.partition("=")
     if not separator or not name.strip():
-        raise ConfigError(f"--option={text!r} must be name=value (e.g. --option eta=0.5).")
+        raise ConfigError(f"{flag}={text!r} must be name=value (e.g. {flag} eta=0.5).")
     raw = raw.strip()
     for convert in (int, float):
         try:
@@ -438,8 +466,17 @@ def config_flag_error(error: BaseException, flag: str = "config") -> str | None:
     ml_collections loads the file and applies the ``--config.*`` overrides while the flags are
     parsed or when the value is first read; a missing file, an unknown key or a bad value then
     raises ``OSError``, ``AttributeError``, ``KeyError``, ``TypeError`` or ``ValueError`` with a
-    message spread over several lines. Other errors give None.
+    message spread over several lines, and the file's own code any exception (a
+    ``SyntaxError``, a ``NameError``, ...), named here with its line in the file.
     """
+    if isinstance(error, SyntaxError):
+        return (
+            f"--{flag}: the config file {error.filename} has a syntax error at line "
+            f"{error.lineno}: {error.msg}."
+        )
+    if not isinstance(error, (OSError, AttributeError, KeyError, TypeError, ValueError)):
+        where = _config_file_line(error)
+        return f"--{flag}: the config file raised {type(error).__name__}{where}: {error}"
     if isinstance(error, OSError):
         lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
         detail = lines[-1] if lines else str(error)
@@ -458,6 +495,17 @@ def config_flag_error(error: BaseException, flag: str = "config") -> str | None:
     return None
 
 
+def _config_file_line(error: BaseException) -> str:
+    """`` (file, line N)`` of the innermost traceback frame outside the libraries, or ''."""
+    import traceback
+
+    frames = [
+        frame for frame in traceback.extract_tb(error.__traceback__)
+        if "site-packages" not in frame.filename and not frame.filename.startswith("<")
+    ]  # fmt: skip
+    return f" ({frames[-1].filename}, line {frames[-1].lineno})" if frames else ""
+
+
 def load_config_flag(holder: Any, flag: str = "config") -> Any:
     """The value of an ml_collections config flag, or a :class:`ConfigError` in one line.
 
@@ -469,31 +517,87 @@ def load_config_flag(holder: Any, flag: str = "config") -> Any:
         config = holder.value
         config.keys()  # a file that failed to load gives a placeholder that raises on any use
         return config
-    except (OSError, AttributeError, KeyError, TypeError, ValueError) as error:
+    except Exception as error:  # the config file's own code may raise anything
         raise ConfigError(config_flag_error(error, flag)) from error
 
 
-def _flags_parser(name: str, argv: list[str]) -> list[str]:
-    """absl's flag parsing, with its errors as one line ``{name}: error: ...`` (exit 2).
+USAGE_ERROR_STATUS = 2
+"""Exit status of a command line that cannot be parsed: an unknown flag, a bad flag value, a
+``--config`` file that cannot be loaded or an override naming no key (as argparse)."""
+
+FAILURE_STATUS = 1
+"""Exit status of any other expected failure (:func:`expected_errors`), e.g. a config that
+fails validation, a missing dataset or an incompatible resume."""
+
+
+def _flags_parser(
+    name: str, argv: list[str], rewrite: Callable[[list[str]], list[str]] | None = None
+) -> list[str]:
+    """absl's flag parsing, with its errors as one line ``{name}: error: ...`` (exit
+    :data:`USAGE_ERROR_STATUS`); ``rewrite`` first takes out the arguments a program reads
+    itself.
 
     Besides absl's own errors this covers the config flags' (:func:`config_flag_error`), which
-    ml_collections raises while it applies ``--config.*`` overrides during parsing.
+    ml_collections raises while it loads the file and applies ``--config.*`` overrides.
     """
+    if rewrite is not None:
+        argv = rewrite(argv)
+        sys.argv[:] = argv  # ml_collections reads the --config.* overrides from sys.argv
     try:
         return flags.FLAGS(argv)
     except flags.Error as error:
         message = f"{_one_line(str(error))} (--helpshort lists the flags)"
-    except (OSError, AttributeError, KeyError, TypeError, ValueError) as error:
+    except Exception as error:  # the config file's own code may raise anything
         message = config_flag_error(error)
+        if message is None:
+            raise
     print(f"{name}: error: {message}", file=sys.stderr, flush=True)
-    sys.exit(2)
+    sys.exit(USAGE_ERROR_STATUS)
 
 
-def main_runner(name: str, main: Callable[[list[str]], None]) -> None:
+def main_runner(
+    name: str,
+    main: Callable[[list[str]], None],
+    rewrite: Callable[[list[str]], list[str]] | None = None,
+) -> None:
     """``app.run(main)`` with flag errors reported in one line (see :func:`_flags_parser`)."""
     import functools
 
-    app.run(main, flags_parser=functools.partial(_flags_parser, name))
+    app.run(main, flags_parser=functools.partial(_flags_parser, name, rewrite=rewrite))
+
+
+class DottedOptions:
+    """Takes ``--{prefix}<name>=<value>`` arguments out of the command line, for a dict-valued
+    config field whose keys the config file does not list (ml_collections accepts overrides
+    of existing keys only), e.g. ``--config.sampling.options.eta=0.5``: a sampler's own
+    options, which are checked against the sampler later.
+
+    Args:
+      prefix: e.g. ``"--config.sampling.options."``.
+    """
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.texts: list[str] = []
+
+    def rewrite(self, argv: list[str]) -> list[str]:
+        """``argv`` without those arguments, which are kept as ``name=value`` texts."""
+        kept, index = [], 0
+        while index < len(argv):
+            argument = argv[index]
+            index += 1
+            if not argument.startswith(self.prefix):
+                kept.append(argument)
+                continue
+            text = argument[len(self.prefix) :]
+            if "=" not in text and index < len(argv):  # --prefix.name value
+                text, index = f"{text}={argv[index]}", index + 1
+            self.texts.append(text)
+        return kept
+
+    def values(self) -> dict[str, Any]:
+        """The options as ``{name: value}`` (:func:`parse_option`'s conversions)."""
+        return dict(parse_option(text, self.prefix.rstrip(".")) for text in self.texts)
 
 
 def run_program(
@@ -529,7 +633,7 @@ def run_program(
     if len(argv) > 1:
         print(f"{name}: error: unexpected arguments {list(argv[1:])}; every option is a "
               f"--flag (--helpshort lists them).", file=sys.stderr, flush=True)  # fmt: skip
-        sys.exit(2)
+        sys.exit(USAGE_ERROR_STATUS)
     if not flags.FLAGS["verbosity"].present:
         # orbax logs every step of every save at INFO; the program prints its own summary.
         logging.set_verbosity(logging.WARNING)
@@ -550,4 +654,4 @@ def run_program(
         if logging.get_verbosity() >= logging.DEBUG:
             raise
         print(f"{name}: error: {error}", file=sys.stderr, flush=True)
-        sys.exit(1)
+        sys.exit(FAILURE_STATUS)

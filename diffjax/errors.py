@@ -6,7 +6,7 @@ traceback; each message names the bad value and what is allowed.
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "ConfigTypeError"]
+__all__ = ["ConfigError", "ConfigTypeError", "OdeSolveError"]
 
 
 class ConfigError(ValueError):
@@ -15,3 +15,7 @@ class ConfigError(ValueError):
 
 class ConfigTypeError(ConfigError, TypeError):
     """A config value of the wrong type."""
+
+
+class OdeSolveError(RuntimeError):
+    """An adaptive ODE solve that used up its ``max_steps`` before reaching its end time."""

@@ -12,8 +12,10 @@ Examples::
 Draws ``--num`` samples from the newest good checkpoint (EMA weights; ``--noema`` for the raw
 ones), sample i with the key ``fold_in(key(seed), i)``, quantizes them to uint8, extracts
 features in batches sharded over the devices and streams them into float64 moments, then
-writes ``DIR/eval/<step>.json`` (results and the whole protocol: n, sampler, steps, options,
-guidance, weights, feature network and its checksum, reference statistics) and prints a table.
+writes ``DIR/eval/<step>-<sampler>-<num>-<digest>.json`` (results and the whole protocol: n,
+sampler, steps, options, guidance, weights, feature network and its checksum, reference
+statistics; the digest is of the settings, so no evaluation overwrites another's result) and
+prints a table.
 An interrupted evaluation resumes where it stopped when rerun with the same flags.
 
 Metrics (``--metrics``, comma-separated): ``fd`` (FID with ``--features inception``,
@@ -36,15 +38,15 @@ during training.
 
 from __future__ import annotations
 
-import os
-
 from absl import flags
 
+from diffjax import cli
 from diffjax.cli import (
     cpu_devices_from_flag,
     define_cpu_devices_flag,
     define_fast_cpu_convolutions_flag,
     define_multihost_flags,
+    describe_sampler,
     main_runner,
     parse_option,
     run_program,
@@ -59,7 +61,11 @@ _SAMPLER = flags.DEFINE_string(
     "Sampler by name (diffjax.samplers.SAMPLER_NAMES, or one the run's config.imports "
     "registers); default: the run's config.",
 )  # fmt: skip
-_STEPS = flags.DEFINE_integer("steps", None, "Sampling steps; default: the run's config.")
+_STEPS = flags.DEFINE_integer(
+    "steps", None,
+    "Sampling steps; default: the run's config for its sampler, another sampler's own default "
+    "(ddpm: all T). The adaptive 'ode' sampler only starts with this step count.",
+)  # fmt: skip
 _OPTIONS = flags.DEFINE_multi_string("option", [], "A sampler option as name=value (repeatable).")
 _GUIDANCE = flags.DEFINE_float("guidance", None, "Guidance weight; default: the config's.")
 _EMA = flags.DEFINE_bool("ema", True, "Use the EMA weights (--noema: the raw weights).")
@@ -68,7 +74,8 @@ _SEED = flags.DEFINE_integer(
 )
 _FEATURES = flags.DEFINE_enum(
     "features", None, ["inception", "fmnist"],
-    "Feature network; default fmnist for 28x28x1 runs, else inception.",
+    "Feature network; default fmnist for 28x28x1 runs, else inception; with --samples, the "
+    "one the --reference records.",
 )  # fmt: skip
 _REFERENCE = flags.DEFINE_string(
     "reference", None, "Reference statistics .npz (mu, sigma[, features]); default: built."
@@ -112,6 +119,10 @@ _SAMPLES = flags.DEFINE_string(
 _FAST_CPU_CONVOLUTIONS = define_fast_cpu_convolutions_flag(default=False)
 _CPU_DEVICES = define_cpu_devices_flag()
 _MULTIHOST = define_multihost_flags()
+
+
+# The shared flags (CPU devices, the CPU convolution flag, multi-host) belong in --help too.
+flags.adopt_module_key_flags(cli)
 
 
 def _dataset_values() -> dict:
@@ -184,7 +195,7 @@ def samples_main() -> dict:
     if not _REFERENCE.value:
         raise ConfigError("--samples needs --reference (the statistics to compare with).")
     result = evaluate_samples(
-        _SAMPLES.value, _REFERENCE.value, features=_FEATURES.value or "inception",
+        _SAMPLES.value, _REFERENCE.value, features=_FEATURES.value,
         metrics=tuple(_METRICS.value), batch_size=_BATCH.value,
         weights_path=_INCEPTION_WEIGHTS.value, download=_DOWNLOAD.value,
     )  # fmt: skip
@@ -201,7 +212,7 @@ def evaluate_main() -> dict:
     from diffjax.errors import ConfigError
     from diffjax.evaluation.program import EvalSettings, evaluate_run, log_table
     from diffjax.training.console import log
-    from diffjax.training.workdir import EVAL_DIR, load_run_record
+    from diffjax.training.workdir import load_run_record
 
     if not _WORKDIR.value:
         raise ConfigError("--workdir is required (or --make_reference_stats with --dataset).")
@@ -209,15 +220,13 @@ def evaluate_main() -> dict:
     if record is None:
         raise ConfigError(f"{_WORKDIR.value} holds no diffjax run; pass a training --workdir.")
     from diffjax.training.config import upgrade_config
+    from diffjax.training.programs import sampling_settings
 
     config = upgrade_config(record["config"])
     sampling = config["sampling"]
-    sampler = _SAMPLER.value or sampling["sampler"]
-    options = dict(sampling["options"]) if sampler == sampling["sampler"] else {}
-    options.update(parse_option(text) for text in _OPTIONS.value)
-    options = dict(
-        options, num_steps=_STEPS.value or sampling["num_steps"],
-        prediction_type=config["diffusion"]["prediction_type"],
+    sampler, options = sampling_settings(
+        config, sampler=_SAMPLER.value, num_steps=_STEPS.value,
+        options=dict(parse_option(text) for text in _OPTIONS.value),
     )  # fmt: skip
     settings = EvalSettings(
         metrics=tuple(_METRICS.value),
@@ -240,11 +249,10 @@ def evaluate_main() -> dict:
     result = evaluate_run(
         _WORKDIR.value, settings, weights_path=_INCEPTION_WEIGHTS.value, download=_DOWNLOAD.value
     )
-    path = os.path.join(_WORKDIR.value, EVAL_DIR, f"{result['step']}.json")
     log(
         f"diffjax.evaluate: step {result['step']}, {settings.num_samples} samples "
-        f"({sampler}, {options['num_steps']} steps, {settings.features} features), "
-        f"{result['seconds']:.0f} s; wrote {path}"
+        f"({describe_sampler(sampler, options)[0]}, {settings.features} features), "
+        f"{result['seconds']:.0f} s; wrote {result['path']}"
     )
     log_table(result)
     return result

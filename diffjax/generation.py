@@ -80,7 +80,8 @@ def make_generator(
       num_samples: N, samples per call.
       sampler: a registered sampler's name (:data:`diffjax.samplers.SAMPLER_NAMES`).
       options: that sampler's keyword arguments (``num_steps``, ``prediction_type``, ...),
-        checked by the sampler when called.
+        checked by the sampler when called; with ``return_stats=True`` (an adaptive sampler,
+        ``'ode'``), ``generate`` returns ``(images, stats)``.
       guidance_scale: classifier-free guidance weight w (1: the plain conditional model).
       clip_x0: clip each x0-prediction to [-1, 1] (ignored where the codec says its space is
         not [-1, 1]).
@@ -117,8 +118,10 @@ def make_generator(
         model_fn = make_model_fn(module, params, cond, guidance_scale=guidance_scale)
         extra = {} if x_T is None else {"x_T": jnp.asarray(x_T)}
         latents = samplers.sample(sampler, model_fn, process, keys, full_shape, **options, **extra)
-        if not decode or decode_fn is None:
-            return latents
-        return decode_fn((frozen or {}).get("codec"), latents)
+        if options.get("return_stats"):
+            latents, stats = latents
+        if decode and decode_fn is not None:
+            latents = decode_fn((frozen or {}).get("codec"), latents)
+        return (latents, stats) if options.get("return_stats") else latents
 
     return generate

@@ -70,6 +70,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from diffjax.diffusion import VARIANCE_TYPES, p_mean_variance, q_posterior_mean_variance, q_sample
 from diffjax.predictions import check_prediction_supported
@@ -140,7 +141,7 @@ def vlb_terms(
     t: jnp.ndarray,
     noise: jnp.ndarray,
     *,
-    prediction_type: str = "eps",
+    prediction_type: str,
     variance: str = "small",
 ) -> jnp.ndarray:
     """The bound's term at index t of each example, in nats summed over the pixels:
@@ -198,7 +199,7 @@ def bits_per_dim(
     x0: jnp.ndarray,
     key: jax.Array,
     *,
-    prediction_type: str = "eps",
+    prediction_type: str,
     variance: str = "small",
     num_timesteps: int | None = None,
 ) -> BitsPerDim:
@@ -381,13 +382,30 @@ def _split(key: jax.Array) -> tuple[jax.Array, jax.Array]:
     return tuple(jax.random.split(key))
 
 
+def _check_eight_bit(x: Any) -> None:
+    """Raises ``ValueError`` unless a concrete ``x`` lies on the 8-bit grid k / 127.5 - 1,
+    k = 0..255 (a traced ``x``, inside an outer ``jax.jit``, cannot be checked)."""
+    if isinstance(x, jax.core.Tracer):
+        return
+    levels = (np.asarray(x, np.float64) + 1.0) * 127.5
+    # float32 stores k / 127.5 - 1 to ~1e-5 of a level; anything else is off the grid.
+    off_grid = (np.abs(levels - np.round(levels)) > 1e-3) | (levels < -1e-3) | (levels > 255.001)
+    if np.any(off_grid):
+        index = tuple(int(i) for i in np.argwhere(off_grid)[0])
+        raise ValueError(
+            f"dequantize=True is for 8-bit images in [-1, 1] (k / 127.5 - 1, k = 0..255), but "
+            f"x{list(index)} = {float(np.asarray(x)[index]):.6g} is not on that grid; pass "
+            f"dequantize=False for continuous data."
+        )
+
+
 def ode_likelihood(
     model_fn: Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray],
     process: Any,
     x: jnp.ndarray,
     key: jax.Array,
     *,
-    prediction_type: str = "eps",
+    prediction_type: str,
     divergence: str = "rademacher",
     autodiff: str = "forward",
     dequantize: bool = True,
@@ -414,7 +432,8 @@ def ode_likelihood(
         per evaluation) or ``'exact'`` (D of them per evaluation).
       autodiff: ``'forward'`` (Jacobian-vector products) or ``'reverse'`` (vector-Jacobian
         products, for a network with a ``custom_vjp``); see the module docstring.
-      dequantize: uniform dequantization and the 8-bit offset (True), or continuous data.
+      dequantize: uniform dequantization and the 8-bit offset (True: x must lie on the 8-bit
+        grid, checked when x is concrete), or continuous data (False).
       solver, rtol, atol, num_steps, max_steps: as :func:`~diffjax.samplers.ode_sample`.
       t_min: the solve's first time (default 1e-5; 1 / T for a schedule).
       t_max: its last time (default 1; (T - 1) / T at zero terminal SNR).
@@ -423,11 +442,13 @@ def ode_likelihood(
       :class:`OdeLikelihood`.
 
     Raises:
-      ValueError / TypeError: a bad option, before anything is traced; TypeError: a model_fn
-        with a ``custom_vjp`` under ``autodiff='forward'``.
+      ValueError / TypeError: a bad option or key, or (``dequantize``) an x off the 8-bit
+        grid, before anything is traced; TypeError: a
+        model_fn with a ``custom_vjp`` under ``autodiff='forward'``; OdeSolveError: the solve
+        used up ``max_steps`` (called outside ``jax.jit``).
     """
-    from diffjax.samplers.common import as_model_pytree, check_flag
-    from diffjax.samplers.ode import check_ode_options
+    from diffjax.samplers.common import as_model_pytree, check_flag, check_key
+    from diffjax.samplers.ode import check_ode_options, finish_solve
 
     if divergence not in DIVERGENCE_METHODS:
         raise ValueError(
@@ -444,13 +465,18 @@ def ode_likelihood(
         process, solver=solver, rtol=rtol, atol=atol, t_max=t_max, t_min=t_min,
         num_steps=num_steps, max_steps=max_steps, prediction_type=prediction_type,
     )  # fmt: skip
+    check_key(key, x.shape[0])
+    if dequantize:
+        _check_eight_bit(x)
     try:
-        return _ode_likelihood(
-            as_model_pytree(model_fn), as_jit_argument(continuous), jnp.asarray(x), key,
-            jnp.float32(rtol),
-            jnp.float32(atol), prediction_type=prediction_type, divergence=divergence,
-            autodiff=autodiff, dequantize=dequantize, solver=solver, num_steps=int(num_steps),
-            max_steps=int(max_steps), t_max=t_max, t_min=t_min,
+        return finish_solve(
+            lambda: _ode_likelihood(
+                as_model_pytree(model_fn), as_jit_argument(continuous), jnp.asarray(x), key,
+                jnp.float32(rtol), jnp.float32(atol), prediction_type=prediction_type,
+                divergence=divergence, autodiff=autodiff, dequantize=dequantize, solver=solver,
+                num_steps=int(num_steps), max_steps=int(max_steps), t_max=t_max, t_min=t_min,
+            ),
+            solver=solver, rtol=rtol, atol=atol, max_steps=max_steps, t_end=t_max,
         )  # fmt: skip
     except TypeError as error:
         if autodiff == "forward" and "custom_vjp" in str(error):

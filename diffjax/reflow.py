@@ -40,6 +40,7 @@ import os
 
 from absl import flags
 
+from diffjax import cli
 from diffjax.cli import (
     DEFAULT_COMPILATION_CACHE,
     cpu_devices_from_flag,
@@ -69,6 +70,10 @@ _DISTILL = flags.DEFINE_bool(
 _FAST_CPU_CONVOLUTIONS = define_fast_cpu_convolutions_flag()
 _CPU_DEVICES = define_cpu_devices_flag()
 flags.mark_flags_as_required(["teacher", "workdir"])
+
+
+# The shared flags (CPU devices, the CPU convolution flag, multi-host) belong in --help too.
+flags.adopt_module_key_flags(cli)
 
 
 def reflow_main() -> dict:

@@ -13,10 +13,14 @@ and an ``.npz`` (``samples`` float32 [N, H, W, C] in [-1, 1], ``labels`` int32 [
 class-conditional model) into ``DIR/samples/``. Sample i is drawn with the key
 ``fold_in(key(seed), i)``, so it does not depend on ``--num``, ``--batch`` or the device count,
 and ``--seed S`` gives the training loop's grid images for ``config.sampling.seed = S`` (same
-sampler and steps). It prints the time per sample, without the one-off compilation (a
-single-batch run is timed on a second, compiled call). The sampler, steps, sampler options and
+sampler and steps). It prints the first batch's time (compilation included) and, apart, the
+compiled time per sample (a single-batch run is timed on a second call), and for the adaptive
+``ode`` sampler its function evaluations. The sampler, steps, sampler options and
 guidance default to the run's config; ``--option name=value`` sets any option of the chosen
-sampler (checked against it before anything compiles). On CPU it splits each batch over one JAX
+sampler (checked against it before anything compiles). Without ``--steps``, the run's sampler
+uses its configured steps and another sampler its own default (``ddpm``: all T steps, as in the
+API); ``prediction_type`` is always the run's. The same settings in Python:
+``dj.sample_run(dj.load_trained_run(DIR), N, sampler=..., num_steps=...)``. On CPU it splits each batch over one JAX
 device per core (``--cpu_devices=N`` chooses the count); unlike the training CLI it leaves out
 the CPU convolution flag by default, because with it and several CPU devices the sampling loop
 is not bit-reproducible from run to run (``--fast_cpu_convolutions`` adds it, for somewhat
@@ -30,11 +34,14 @@ import time
 
 from absl import flags
 
+from diffjax import cli
 from diffjax.cli import (
     cpu_devices_from_flag,
     define_cpu_devices_flag,
     define_fast_cpu_convolutions_flag,
     define_multihost_flags,
+    describe_sampler,
+    is_adaptive,
     main_runner,
     parse_option,
     run_program,
@@ -46,7 +53,11 @@ _SAMPLER = flags.DEFINE_string(
     "Sampler by name (diffjax.samplers.SAMPLER_NAMES, or one the run's config.imports "
     "registers); default: the run's config.",
 )  # fmt: skip
-_STEPS = flags.DEFINE_integer("steps", None, "Sampling steps; default: the run's config.")
+_STEPS = flags.DEFINE_integer(
+    "steps", None,
+    "Sampling steps; default: the run's config for its sampler, another sampler's own default "
+    "(ddpm: all T). The adaptive 'ode' sampler only starts with this step count.",
+)  # fmt: skip
 _OPTIONS = flags.DEFINE_multi_string(
     "option", [], "A sampler option as name=value (repeatable), e.g. eta=0.5 or s_churn=10."
 )
@@ -74,16 +85,47 @@ _MULTIHOST = define_multihost_flags()
 flags.mark_flag_as_required("workdir")
 
 
-def _check_flags(num_classes: int | None) -> None:
+# The shared flags (CPU devices, the CPU convolution flag, multi-host) belong in --help too.
+flags.adopt_module_key_flags(cli)
+
+
+def _check_flags() -> dict:
+    """Checks the flags against the run's ``config.json`` before the checkpoint and the
+    heavy libraries load; returns the run's upgraded config.
+
+    Raises:
+      ConfigError: a bad count, label, sampler or option; WorkdirError: no run.
+    """
     from diffjax.errors import ConfigError
+    from diffjax.training.config import import_modules, upgrade_config
+    from diffjax.training.programs import build_process, sampling_settings
+    from diffjax.training.workdir import RUN_RECORD_FILE, WorkdirError, load_run_record
 
     if _NUM.value < 1 or _BATCH.value < 1:
         raise ConfigError(f"--num and --batch must be >= 1, got {_NUM.value} and {_BATCH.value}.")
     if _STEPS.value is not None and _STEPS.value < 1:
         raise ConfigError(f"--steps must be >= 1, got {_STEPS.value}.")
+    record = load_run_record(_WORKDIR.value)
+    if record is None:
+        raise WorkdirError(
+            f"{_WORKDIR.value} holds no diffjax run (no {RUN_RECORD_FILE}); pass the --workdir "
+            f"of a training run."
+        )
+    config = upgrade_config(record["config"])
+    import_modules(config)  # they may register the sampler
+    num_classes = config["model"]["num_classes"]
     if _LABEL.value is not None and (num_classes is None or not 0 <= _LABEL.value <= num_classes):
         allowed = "none (unconditional run)" if num_classes is None else f"0..{num_classes}"
         raise ConfigError(f"--label={_LABEL.value} is not a class of this run; allowed: {allowed}.")
+    sampling_settings(
+        config, sampler=_SAMPLER.value, num_steps=_STEPS.value, options=_options(),
+        process=build_process(config["diffusion"]),
+    )  # fmt: skip
+    return config
+
+
+def _options() -> dict:
+    return dict(parse_option(text) for text in _OPTIONS.value)
 
 
 def sample_main() -> str:
@@ -95,76 +137,55 @@ def sample_main() -> str:
     import jax
     import numpy as np
 
-    from diffjax.errors import ConfigError
     from diffjax.generation import class_labels
     from diffjax.images import atomic_write, save_image_grid
-    from diffjax.samplers import check_sampler_options
     from diffjax.sharding import gather_to_host, make_mesh
-    from diffjax.training.frozen import load_frozen
-    from diffjax.training.programs import SampleConditions, make_run_generator, sample_drawer
+    from diffjax.training.run_sampling import run_sampler
     from diffjax.training.trained_run import load_trained_run
 
-    mesh = make_mesh()
-    run = load_trained_run(_WORKDIR.value, mesh)
-    sampling = run.config["sampling"]
-    num_classes = run.config["model"]["num_classes"]
-    _check_flags(num_classes)
-    sampler = _SAMPLER.value or sampling["sampler"]
-    num_steps = _STEPS.value or sampling["num_steps"]
-    # The config's options belong to the config's sampler; another sampler starts from its own.
-    options = dict(sampling["options"]) if sampler == sampling["sampler"] else {}
-    options.update(parse_option(text) for text in _OPTIONS.value)
-    options = dict(
-        options, num_steps=num_steps, prediction_type=run.config["diffusion"]["prediction_type"]
-    )
-    try:
-        check_sampler_options(sampler, run.process, options)
-    except (TypeError, ValueError) as error:
-        raise ConfigError(f"--sampler={sampler} --steps={num_steps}: {error}") from error
-    guidance = sampling["guidance_scale"] if _GUIDANCE.value is None else _GUIDANCE.value
-    seed = sampling["seed"] if _SEED.value is None else _SEED.value
-    batch = min(_BATCH.value, _NUM.value)
-    generate = make_run_generator(
-        run.config, run.programs, batch, mesh, sampler=sampler, options=options,
-        guidance_scale=guidance,
-    )  # fmt: skip
-    frozen, _ = load_frozen(run.config, run.programs, mesh)
-    params = run.state.ema_params if _EMA.value else run.state.params
+    num_classes = _check_flags()["model"]["num_classes"]
+    run = load_trained_run(_WORKDIR.value, make_mesh())
     all_labels = None
     if _LABEL.value is not None:
         all_labels = np.full((_NUM.value,), _LABEL.value, np.int32)
     elif num_classes is not None:
         all_labels = class_labels(np.arange(_NUM.value), num_classes, blocks=_NUM.value)
-    draw_samples = sample_drawer(
-        generate, params, seed=seed, conditions=SampleConditions(run.config, run.model),
-        frozen=frozen, labels=all_labels,
+    batch = min(_BATCH.value, _NUM.value)
+    settings = dict(
+        sampler=_SAMPLER.value, num_steps=_STEPS.value,
+        options=_options(), guidance_scale=_GUIDANCE.value, ema=_EMA.value, seed=_SEED.value, labels=all_labels,
     )  # fmt: skip
+    sampler = run_sampler(run, batch, **settings)
+    if is_adaptive(sampler.sampler):
+        sampler = run_sampler(run, batch, **settings, stats=True)
+    words, file_part = describe_sampler(sampler.sampler, sampler.options)
+    function_evals = []
 
     def draw(index: int) -> np.ndarray:
         # The last call is padded to the compiled batch size, then trimmed.
-        return gather_to_host(draw_samples(index * batch, batch))
+        images = sampler.draw(index * batch, batch)
+        if isinstance(images, tuple):
+            images, stats = images
+            function_evals.append(int(stats.num_function_evals))
+        return gather_to_host(images)
 
-    chunks, timed_seconds, timed_samples = [], 0.0, 0
     start = time.perf_counter()
-    for index in range(-(-_NUM.value // batch)):
-        call_start = time.perf_counter()
+    chunks = [draw(0)]
+    first_call = time.perf_counter() - start
+    for index in range(1, -(-_NUM.value // batch)):
         chunks.append(draw(index))
-        if index == 0:
-            first_call = time.perf_counter() - call_start
-        else:
-            timed_seconds += time.perf_counter() - call_start
-            timed_samples += batch
-    elapsed = time.perf_counter() - start
-    if timed_samples == 0:
+    compiled_calls = len(chunks) - 1
+    compiled_seconds = time.perf_counter() - start - first_call
+    if compiled_calls == 0:
         # One call only: time a second, already compiled call of the same batch.
         call_start = time.perf_counter()
         draw(0)
-        timed_seconds, timed_samples = time.perf_counter() - call_start, batch
+        compiled_seconds, compiled_calls = time.perf_counter() - call_start, 1
     samples = np.concatenate(chunks)[: _NUM.value].astype(np.float32)
 
     name = (
-        f"{sampler}_{num_steps}steps_step{run.step}_seed{seed}"
-        + (f"_w{guidance:g}" if num_classes is not None else "")
+        f"{file_part}_step{run.step}_seed{sampler.seed}"
+        + (f"_w{sampler.guidance_scale:g}" if num_classes is not None else "")
         + ("" if _EMA.value else "_raw")
     )
     prefix = _OUT.value or os.path.join(_WORKDIR.value, "samples", f"cli_{name}")
@@ -181,13 +202,16 @@ def sample_main() -> str:
             np.savez(f, **arrays)
 
     atomic_write(prefix + ".npz", write)
-    per_sample = timed_seconds / timed_samples
+    per_sample = compiled_seconds / (compiled_calls * batch)
+    devices = f"{jax.device_count()} {jax.devices()[0].platform} device(s)"
+    nfe = ""
+    if function_evals:
+        nfe = f", {np.mean(function_evals):.0f} function evaluations per batch"
     print(
-        f"diffjax.sample: {_NUM.value} samples from step {run.step} ({sampler}, {num_steps} "
-        f"steps, {'EMA' if _EMA.value else 'raw'} weights) in {elapsed:.2f} s: "
-        f"{1000 * per_sample:.2f} ms per sample on {jax.device_count()} "
-        f"{jax.devices()[0].platform} device(s) (compiled; the first call, with compilation, "
-        f"took {first_call:.1f} s). Wrote {prefix}.png and {prefix}.npz",
+        f"diffjax.sample: {_NUM.value} samples from step {run.step} ({words}, "
+        f"{'EMA' if _EMA.value else 'raw'} weights{nfe}) on {devices}: compiling and the first "
+        f"batch of {batch} took {first_call:.1f} s; compiled, {1000 * per_sample:.2f} ms per "
+        f"sample. Wrote {prefix}.png and {prefix}.npz",
         flush=True,
     )
     return prefix

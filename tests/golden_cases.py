@@ -36,9 +36,14 @@ def sampler_cases():
     ztsnr = dj.get_schedule("linear", 1000, zero_terminal_snr=True)
     return [
         ("ddpm_all_eps", linear, "ddpm", dict(prediction_type="eps")),
-        ("ddpm_50_large_clip", cosine, "ddpm", dict(num_steps=50, variance="large", clip_x0=True)),
+        (
+            "ddpm_50_large_clip",
+            cosine,
+            "ddpm",
+            dict(num_steps=50, variance="large", clip_x0=True, prediction_type="eps"),
+        ),
         ("ddpm_ztsnr_v", ztsnr, "ddpm", dict(num_steps=20, prediction_type="v")),
-        ("ddim_50_eps", linear, "ddim", dict(num_steps=50)),
+        ("ddim_50_eps", linear, "ddim", dict(num_steps=50, prediction_type="eps")),
         ("ddim_20_eta_half_v", cosine, "ddim", dict(num_steps=20, eta=0.5, prediction_type="v")),
         (
             "ddim_ztsnr_trailing_v",
@@ -47,7 +52,7 @@ def sampler_cases():
             dict(num_steps=10, spacing="trailing", prediction_type="v"),
         ),
         ("ddim_10_x0_clip", linear, "ddim", dict(num_steps=10, prediction_type="x0", clip_x0=True)),
-        ("dpm_20_eps", cosine, "dpm_solver", dict(num_steps=20)),
+        ("dpm_20_eps", cosine, "dpm_solver", dict(num_steps=20, prediction_type="eps")),
         ("dpm_10_v", linear, "dpm_solver", dict(num_steps=10, prediction_type="v")),
         (
             "dpm_15_karras_x0",
@@ -55,7 +60,12 @@ def sampler_cases():
             "dpm_solver",
             dict(num_steps=15, spacing="karras", prediction_type="x0"),
         ),
-        ("dpm_8_order1_eps", cosine, "dpm_solver", dict(num_steps=8, order=1)),
+        (
+            "dpm_8_order1_eps",
+            cosine,
+            "dpm_solver",
+            dict(num_steps=8, order=1, prediction_type="eps"),
+        ),
     ]
 
 

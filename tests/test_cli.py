@@ -15,6 +15,7 @@ from jaxlib import version as jaxlib_version
 
 from diffjax.cli import (
     FAST_CPU_CONVOLUTION_FLAG,
+    DottedOptions,
     cpu_device_count,
     cpu_devices_from_flag,
     usable_cpu_cores,
@@ -222,3 +223,25 @@ def test_train_cli_cpu_devices_flag_is_checked_against_the_batch(tmp_path):
     assert result.returncode == 1
     assert "data.batch_size" in result.stderr
     assert "multiple of the number of devices (3)" in result.stderr
+
+
+def test_dotted_options_are_taken_out_of_the_command_line():
+    options = DottedOptions("--config.sampling.options.")
+    argv = ["prog", "--config=c.py", "--config.sampling.options.eta=0.5",
+            "--config.training.num_steps=3", "--config.sampling.options.spacing", "trailing"]  # fmt: skip
+    assert options.rewrite(argv) == ["prog", "--config=c.py", "--config.training.num_steps=3"]
+    assert options.values() == {"eta": 0.5, "spacing": "trailing"}
+
+
+@pytest.mark.parametrize("program", ["train", "sample", "evaluate", "reflow"])
+def test_help_lists_the_shared_cpu_and_multihost_flags(program):
+    """reflow runs on one host: it has the CPU flags only."""
+    result = subprocess.run(
+        [sys.executable, "-m", f"diffjax.{program}", "--help"], capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    shared = ["--cpu_devices", "--[no]fast_cpu"]
+    if program != "reflow":
+        shared += ["--[no]multihost", "--coordinator_address"]
+    for flag in shared:
+        assert f"  {flag}" in result.stdout, (flag, result.stdout[-2000:])

@@ -60,12 +60,16 @@ def test_a_new_model_fn_with_new_params_and_cond_does_not_recompile_a_sampler():
     flow = dj.RectifiedFlow()
     shape = (3, 8, 8, 1)
     first = make_model_fn(module, params, cond)
-    dj.sample("flow_euler", first, flow, jax.random.key(0), shape, num_steps=3)
+    dj.sample(
+        "flow_euler", first, flow, jax.random.key(0), shape, num_steps=3, prediction_type="flow"
+    )
     before = runner._run._cache_size()
     second = make_model_fn(
         module, jax.tree.map(lambda leaf: 2 * leaf, params), jax.tree.map(lambda c: -c, cond)
     )
-    dj.sample("flow_euler", second, flow, jax.random.key(1), shape, num_steps=3)
+    dj.sample(
+        "flow_euler", second, flow, jax.random.key(1), shape, num_steps=3, prediction_type="flow"
+    )
     assert runner._run._cache_size() == before
 
 

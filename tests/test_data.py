@@ -442,8 +442,15 @@ def test_unprepared_stock_dataset_without_tensorflow_names_the_extra(tmp_path):
 
 
 def test_unknown_dataset_name_is_a_value_error(tmp_path):
-    with pytest.raises(ValueError, match="neither 'fashion_mnist', 'folder' nor a TFDS"):
+    with pytest.raises(ValueError, match="a registered dataset nor a TFDS dataset; \\(TFDS"):
         data.get_dataset_info(name="no_such_dataset_xyz", image_size=8, data_dir=tmp_path)
+
+
+def test_a_dataset_typo_names_the_nearest_datasets_in_one_line(tmp_path):
+    with pytest.raises(ValueError) as raised:
+        data.get_dataset_info(name="fashon_mnist", image_size=8, data_dir=tmp_path)
+    message = str(raised.value)
+    assert "did you mean 'fashion_mnist'?" in message and "\n" not in message
 
 
 # ---------------------------------------------------------------------------- folders

@@ -3,6 +3,7 @@ record, reference statistics, and ``python -m diffjax.evaluate`` on a tiny train
 
 import json
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +12,7 @@ import pytest
 from train_helpers import PYTHON, fast_compiles, make_image_folder, make_test_config, run_cli
 
 import diffjax as dj
+from diffjax.errors import ConfigError
 from diffjax.evaluation import features, program
 from diffjax.metrics import frechet, load_feature_network
 from diffjax.sharding import batch_sharding, make_mesh
@@ -88,7 +90,8 @@ def test_generated_samples_and_their_distance_do_not_depend_on_the_device_count(
 
         def draw(start, count, mesh=mesh):
             return dj.sample("flow_euler", model_fn, process, dj.sample_keys(3, start, count),
-                             (count, 28, 28, 1), num_steps=4, out_sharding=batch_sharding(mesh))  # fmt: skip
+                             (count, 28, 28, 1), num_steps=4, prediction_type="flow",
+                             out_sharding=batch_sharding(mesh))  # fmt: skip
 
         job = features.FeatureJob(None, 48, fmnist, keep=("features",), settings={})
         job.run(features.sample_image_source(draw, mesh), batch, progress=False)
@@ -122,7 +125,9 @@ def _settings(**changes):
 def test_evaluate_run_writes_the_result_and_its_protocol(trained_28):
     with fast_compiles():
         record = program.evaluate_run(trained_28, _settings(), progress=False)
-    path = os.path.join(trained_28, "eval", f"{record['step']}.json")
+    path = record["path"]
+    assert os.path.dirname(path) == os.path.join(trained_28, "eval")
+    assert re.fullmatch(rf"{record['step']}-ddim-40-[0-9a-f]{{8}}\.json", os.path.basename(path))
     with open(path) as f:
         saved = json.load(f)
     assert saved["results"]["fd_fmnist"] == pytest.approx(record["results"]["fd_fmnist"])
@@ -140,7 +145,20 @@ def test_evaluate_run_writes_the_result_and_its_protocol(trained_28):
     assert protocol["options"]["num_steps"] == 3 and protocol["weights"] == "ema"
     assert protocol["network"]["sha256"] == dj.metrics.fmnist_classifier.FMNIST_CLASSIFIER_SHA256
     assert protocol["reference"]["count"] == 64  # the folder split's 64 images
-    assert not os.path.exists(os.path.join(trained_28, "eval", f"{record['step']}.partial"))
+    assert not os.path.exists(path.replace(".json", ".partial"))
+
+
+def test_evaluations_with_other_settings_keep_their_own_results(trained_28):
+    first_settings = _settings(metrics=("fd",), num_samples=32, seed=1)
+    with fast_compiles():
+        first = program.evaluate_run(trained_28, first_settings, progress=False)
+        with open(first["path"]) as f:
+            first_saved = f.read()
+        second = program.evaluate_run(trained_28, first_settings._replace(seed=2), progress=False)
+    assert second["path"] != first["path"] and second["step"] == first["step"]
+    with open(first["path"]) as f:
+        assert f.read() == first_saved
+    assert second["results"]["fd_fmnist"] != first["results"]["fd_fmnist"]
 
 
 def test_an_interrupted_evaluation_resumes_to_the_same_result(trained_28, monkeypatch):
@@ -243,3 +261,77 @@ def test_make_reference_stats_from_a_dataset_split(tmp_path):
     stats, metadata = frechet.load_statistics(out, expected_dim=128)
     assert stats.count == 16 and metadata["split"] == "train"
     assert frechet.load_features(out).shape == (16, 128)
+
+
+@pytest.fixture
+def fmnist_reference(tmp_path, fmnist):
+    """Reference statistics that record the Fashion-MNIST classifier (random 128-d features)."""
+    features = np.random.default_rng(0).normal(size=(200, fmnist.dim)).astype(np.float32)
+    path = str(tmp_path / "reference.npz")
+    frechet.save_statistics(
+        path, frechet.statistics_from_features(features), features=features,
+        network=fmnist.record(),
+    )  # fmt: skip
+    return path
+
+
+def _write_samples(path, samples):
+    np.savez(path, samples=samples)
+    return str(path)
+
+
+def test_samples_are_scored_with_the_network_the_reference_records(
+    tmp_path, fmnist_reference, monkeypatch
+):
+    # No Inception weights anywhere: the FD-FMNIST reference alone decides the network.
+    monkeypatch.setenv("DIFFJAX_WEIGHTS_DIR", str(tmp_path / "weights"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    images = np.random.default_rng(1).integers(0, 256, size=(24, 28, 28, 1), dtype=np.uint8)
+    as_uint8 = _write_samples(tmp_path / "uint8.npz", images)
+    as_float = _write_samples(tmp_path / "float.npz", images.astype(np.float32) / 127.5 - 1.0)
+    results = [
+        program.evaluate_samples(path, fmnist_reference, batch_size=8, download=False)
+        for path in (as_uint8, as_float)
+    ]
+    assert results[0]["protocol"]["network"]["name"] == "fmnist"
+    assert np.isfinite(results[0]["results"]["fd_fmnist"])
+    # [-1, 1] floats are quantized to exactly the uint8 images they came from.
+    assert results[1]["results"] == results[0]["results"]
+
+
+@pytest.mark.parametrize(
+    "samples, message",
+    [
+        (
+            np.full((4, 28, 28, 1), 200.0, np.float32),
+            r"must lie in \[-1, 1\], these span \[200, 200\]",
+        ),
+        (np.zeros((4, 28, 28, 1), np.int64), "uint8 or floats in \\[-1, 1\\], got dtype int64"),
+        (np.zeros((4, 28, 28), np.uint8), r"must be \[N, H, W, C\], got \(4, 28, 28\)"),
+    ],
+)
+def test_samples_outside_the_documented_range_are_refused(
+    tmp_path, fmnist_reference, samples, message
+):
+    path = _write_samples(tmp_path / "samples.npz", samples)
+    with pytest.raises(ConfigError, match=message):
+        program.evaluate_samples(path, fmnist_reference, batch_size=8)
+
+
+def test_files_that_are_not_npz_archives_are_named_in_one_line(tmp_path, fmnist_reference):
+    text = tmp_path / "samples.txt"
+    text.write_text("not an archive")
+    lone = tmp_path / "lone.npy"
+    np.save(lone, np.zeros((2, 28, 28, 1), np.uint8))
+    for path in (text, lone):
+        with pytest.raises(ConfigError, match=rf"{path} is not an .npz archive of arrays"):
+            program.evaluate_samples(str(path), fmnist_reference)
+    samples = _write_samples(tmp_path / "ok.npz", np.zeros((8, 28, 28, 1), np.uint8))
+    with pytest.raises(ConfigError, match=rf"{text} is not an .npz archive"):
+        program.evaluate_samples(samples, str(text), features="fmnist")
+    failed = run_cli([PYTHON, "-m", "diffjax.evaluate", f"--samples={text}",
+                      f"--reference={fmnist_reference}"])  # fmt: skip
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr
+    lines = [line for line in failed.stderr.splitlines() if line.strip()]
+    assert lines == [f"diffjax.evaluate: error: {text} is not an .npz archive of arrays "
+                     f"(samples; np.savez writes one): NumPy cannot read it as one."]  # fmt: skip

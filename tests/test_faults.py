@@ -190,6 +190,41 @@ def test_sigkill_at_any_moment_loses_nothing(reference, data_dir, tmp_path):
     print(f"kills survived: {len(survived)}: {survived}")
 
 
+# Checkpoints only at the end: any earlier one was written because of the signal.
+SIGNAL_RUN = {**RUN, "training.checkpoint_every_steps": 1000, "sampling.every_steps": 0}
+
+
+def test_sigterm_and_ctrl_c_save_the_current_step_and_the_rerun_loses_nothing(
+    reference, data_dir, tmp_path
+):
+    workdir = str(tmp_path / "stopped")
+    stopped_at = []
+    for number, status, target in [
+        (signal.SIGTERM, 128 + signal.SIGTERM, 6),
+        (signal.SIGINT, 130, 14),
+    ]:
+        child = Child(workdir, data_dir, run=SIGNAL_RUN)
+        child.wait_until(
+            lambda line: (match := re.match(r"step (\d+)/", line)) and int(match.group(1)) >= target
+        )
+        child.process.send_signal(number)
+        assert child.process.wait(120) == status, "".join(child.lines[-20:])
+        child._reader.join(30)
+        message = next(line for line in child.lines if f"{number.name} at step" in line)
+        step = int(re.search(r"saved a checkpoint of step (\d+)", message).group(1))
+        assert (
+            complete_steps(workdir)[-1] == step
+            and target <= step < SIGNAL_RUN["training.num_steps"]
+        )
+        stopped_at.append(step)
+    assert stopped_at[1] > stopped_at[0]
+    finished = run_cli(train_command(workdir, data_dir, **SIGNAL_RUN))
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    final = restore_full(workdir)
+    assert final.step == 24
+    assert_states_equal(final.state, reference[1])
+
+
 BFLOAT16_RUN = {
     **RUN,
     "training.num_steps": 12,
@@ -354,6 +389,13 @@ BAD_INPUTS = {
         r"multiple of the number of devices \(8\)",
         True,
     ),
+    "num_steps below the saved step": (
+        {"training.num_steps": 20},
+        None,
+        IncompatibleResumeError,
+        r"holds a run at step 24, past config.training.num_steps=20.*nothing was changed",
+        True,
+    ),
     "incompatible resume": (
         {"model.base_channels": 16},
         None,
@@ -378,6 +420,8 @@ def test_bad_input_is_a_clear_error_before_training_and_changes_nothing(
     with fast_compiles(), pytest.raises(error, match=match):
         loop.train_and_evaluate(make_test_config(data_dir, **{**RUN, **overrides}), workdir)
     assert snapshot(workdir) == before
+    # A workdir is created only once the config, data and networks are found good.
+    assert from_finished_run or not os.path.exists(workdir)
 
 
 def test_unwritable_workdir_is_a_clear_error(data_dir, tmp_path):
@@ -428,4 +472,37 @@ def test_cli_reports_a_config_flag_it_cannot_read_in_one_line(tmp_path, config, 
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert result.stderr.startswith(expected), result.stderr
+    assert not os.path.exists(workdir)
+
+
+@pytest.mark.parametrize(
+    "source, expected",
+    [
+        ("def get_config(:\n    pass\n",
+         r"diffjax\.train: error: --config: the config file \S+bad\.py has a syntax error at "
+         r"line 1: invalid syntax\.$"),
+        ("def get_config():\n    return undefined_name\n",
+         r"diffjax\.train: error: --config: the config file raised NameError \(\S+bad\.py, line "
+         r"2\): name 'undefined_name' is not defined$"),
+    ],
+)  # fmt: skip
+def test_cli_reports_a_config_file_that_fails_in_one_line(tmp_path, source, expected):
+    config = tmp_path / "bad.py"
+    config.write_text(source)
+    workdir = str(tmp_path / "run")
+    result = run_cli([PYTHON, "-m", "diffjax.train", f"--config={config}", f"--workdir={workdir}"])
+    assert result.returncode == 2
+    assert re.match(expected, result.stderr.strip()), result.stderr[-2000:]
+    assert not os.path.exists(workdir)
+
+
+def test_cli_takes_a_samplers_own_options_in_the_dotted_form(data_dir, tmp_path):
+    """--config.sampling.options.eta reaches the config (the validation sees and refuses 2.0)."""
+    workdir = str(tmp_path / "run")
+    command = train_command(workdir, data_dir) + ["--config.sampling.options.eta=2"]
+    result = run_cli(command)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert re.search(r"options \{'eta': 2\}\): eta must be in \[0, 1\]", result.stderr), (
+        result.stderr[-2000:]
+    )
     assert not os.path.exists(workdir)

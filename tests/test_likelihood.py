@@ -18,6 +18,7 @@ import pytest
 from scipy import special
 
 import diffjax as dj
+from diffjax.errors import OdeSolveError
 from diffjax.likelihood import bits_per_dim, discretized_gaussian_log_likelihood, normal_kl
 
 MEANS = np.asarray([-0.3, 0.0, 0.2, 0.5])
@@ -91,9 +92,9 @@ def schedule():
 
 def test_bits_per_dim_matches_the_analytic_bound_and_bounds_the_entropy(schedule):
     x0 = sample_data(4096)
-    result = jax.jit(lambda x, k: bits_per_dim(exact_model(schedule), schedule, x, k))(
-        x0, jax.random.key(0)
-    )
+    result = jax.jit(
+        lambda x, k: bits_per_dim(exact_model(schedule), schedule, x, k, prediction_type="eps")
+    )(x0, jax.random.key(0))
     bpd = np.asarray(result.bpd, np.float64)
     expected, entropy = analytic_bpd(schedule)
     standard_error = bpd.std(ddof=1) / np.sqrt(bpd.size)
@@ -115,7 +116,14 @@ def test_the_bound_tightens_as_the_chain_gets_longer():
 
 def test_the_sampled_estimate_is_unbiased(schedule):
     x0 = sample_data(2048, seed=1)
-    result = bits_per_dim(exact_model(schedule), schedule, x0, jax.random.key(1), num_timesteps=8)
+    result = bits_per_dim(
+        exact_model(schedule),
+        schedule,
+        x0,
+        jax.random.key(1),
+        num_timesteps=8,
+        prediction_type="eps",
+    )
     expected, _ = analytic_bpd(schedule)
     bpd = np.asarray(result.bpd, np.float64)
     # Across examples the estimates are independent: their spread includes the timestep draw.
@@ -140,14 +148,30 @@ def test_normal_kl_against_its_closed_form():
 
 def test_bad_input_names_the_problem(schedule):
     with pytest.raises(TypeError, match="needs a DiffusionSchedule"):
-        bits_per_dim(lambda x, t: x, dj.RectifiedFlow(), jnp.zeros((1, 2, 2, 1)), jax.random.key(0))
+        bits_per_dim(
+            lambda x, t: x,
+            dj.RectifiedFlow(),
+            jnp.zeros((1, 2, 2, 1)),
+            jax.random.key(0),
+            prediction_type="eps",
+        )
     with pytest.raises(ValueError, match=r"num_timesteps must be None \(all 100 terms\)"):
         bits_per_dim(
-            lambda x, t: x, schedule, jnp.zeros((1, 2, 2, 1)), jax.random.key(0), num_timesteps=1
+            lambda x, t: x,
+            schedule,
+            jnp.zeros((1, 2, 2, 1)),
+            jax.random.key(0),
+            num_timesteps=1,
+            prediction_type="eps",
         )
     with pytest.raises(ValueError, match="Unknown variance 'learned'"):
         bits_per_dim(
-            lambda x, t: x, schedule, jnp.zeros((1, 2, 2, 1)), jax.random.key(0), variance="learned"
+            lambda x, t: x,
+            schedule,
+            jnp.zeros((1, 2, 2, 1)),
+            jax.random.key(0),
+            variance="learned",
+            prediction_type="eps",
         )
 
 
@@ -344,7 +368,7 @@ def test_a_custom_vjp_model_needs_reverse_mode():
         lambda x_t, t: (exact(x_t, t), (x_t, t)), lambda res, g: jax.vjp(exact, *res)[1](g)
     )
     with pytest.raises(TypeError, match="autodiff='reverse'"):
-        ode_likelihood(model, process, x, jax.random.key(0), prediction_type="x0")
+        ode_likelihood(model, process, x, jax.random.key(0), prediction_type="x0", dequantize=False)
     reverse = ode_likelihood(
         model, process, x, jax.random.key(0), prediction_type="x0", autodiff="reverse",
         divergence="exact", dequantize=False,
@@ -361,12 +385,52 @@ def test_ode_likelihood_rejects_bad_options_before_tracing():
     x = jnp.zeros((2, 4))
     model = oracle.full_gaussian_model_fn(FULL_GAUSSIAN, process, "x0")
     with pytest.raises(ValueError, match="divergence 'hutch'"):
-        ode_likelihood(model, process, x, jax.random.key(0), divergence="hutch")
+        ode_likelihood(
+            model, process, x, jax.random.key(0), prediction_type="eps", divergence="hutch"
+        )
     with pytest.raises(ValueError, match="solver 'rk4'"):
-        ode_likelihood(model, process, x, jax.random.key(0), solver="rk4")
+        ode_likelihood(model, process, x, jax.random.key(0), prediction_type="eps", solver="rk4")
     with pytest.raises(ValueError, match="autodiff 'backward'"):
-        ode_likelihood(model, process, x, jax.random.key(0), autodiff="backward")
+        ode_likelihood(
+            model, process, x, jax.random.key(0), prediction_type="eps", autodiff="backward"
+        )
     with pytest.raises(ValueError, match="rtol"):
-        ode_likelihood(model, process, x, jax.random.key(0), rtol=0.0)
+        ode_likelihood(model, process, x, jax.random.key(0), prediction_type="eps", rtol=0.0)
     with pytest.raises(ValueError, match="zero SNR"):
-        ode_likelihood(model, dj.get_process("rectified_flow"), x, jax.random.key(0))
+        ode_likelihood(
+            model, dj.get_process("rectified_flow"), x, jax.random.key(0), prediction_type="eps"
+        )
+
+
+def test_dequantize_refuses_data_off_the_eight_bit_grid():
+    process = dj.get_process("vp_linear")
+    model = oracle.full_gaussian_model_fn(FULL_GAUSSIAN, process, "x0")
+    continuous = jnp.asarray(FULL_GAUSSIAN.sample(np.random.default_rng(3), 4).astype(np.float32))
+    with pytest.raises(ValueError, match=r"dequantize=True is for 8-bit images.*x\[0, 0\] = .*"
+                                         r"pass dequantize=False"):  # fmt: skip
+        ode_likelihood(model, process, continuous, jax.random.key(0), prediction_type="x0")
+    # Images k / 127.5 - 1 in float32 are on the grid (the check allows their rounding).
+    levels = np.random.default_rng(4).integers(0, 256, continuous.shape)
+    images = jnp.asarray((levels / 127.5 - 1.0).astype(np.float32))
+    result = ode_likelihood(
+        model, process, images, jax.random.key(0), prediction_type="x0", divergence="exact",
+        rtol=1e-3, atol=1e-3,
+    )  # fmt: skip
+    assert np.all(np.isfinite(result.bpd))
+
+
+def test_a_bad_key_and_an_exhausted_solve_are_named():
+    process = dj.get_process("vp_linear")
+    model = oracle.full_gaussian_model_fn(FULL_GAUSSIAN, process, "x0")
+    x = jnp.asarray(FULL_GAUSSIAN.sample(np.random.default_rng(5), 2).astype(np.float32))
+    with pytest.raises(TypeError, match="key must be a single JAX PRNG key"):
+        ode_likelihood(model, process, x, 0, prediction_type="x0", dequantize=False)
+    with pytest.raises(OdeSolveError, match="used all max_steps=2 steps"):
+        ode_likelihood(
+            model, process, x, jax.random.key(0), prediction_type="x0", dequantize=False,
+            max_steps=2,
+        )  # fmt: skip
+
+
+def test_the_likelihoods_are_top_level_names():
+    assert dj.ode_likelihood is ode_likelihood and dj.bits_per_dim is dj.likelihood.bits_per_dim

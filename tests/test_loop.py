@@ -69,7 +69,7 @@ def test_uninterrupted_run_fills_the_workdir(reference):
     assert record["dataset"]["image_shape"] == [8, 8, 1] and record["dataset"]["num_classes"] == 2
 
 
-def test_stopped_and_resumed_run_ends_bit_identical(reference, data_dir, tmp_path):
+def test_stopped_and_resumed_run_ends_bit_identical(reference, data_dir, tmp_path, capsys):
     _, expected = reference
     workdir = str(tmp_path)
     with fast_compiles():
@@ -79,17 +79,39 @@ def test_stopped_and_resumed_run_ends_bit_identical(reference, data_dir, tmp_pat
         resumed = loop.train_and_evaluate(make_test_config(data_dir), workdir)
     assert int(resumed.step) == 6
     assert_states_equal(resumed, expected)
+    # An 8x8 run has no offline FD: the closing hint says what does work offline.
+    hint = capsys.readouterr().err
+    assert (
+        f"python -m diffjax.evaluate --workdir {workdir} --metrics bpd    bits/dim (offline)"
+        in hint
+    )
+    assert "FID of 10k samples (needs the Inception weights" in hint
     # The metrics of the first attempt are kept once, not duplicated.
     records = read_metrics(os.path.join(workdir, "metrics.jsonl"))
     assert [r["step"] for r in records if "loss" in r] == [2, 4, 6]
 
 
+def _files(folder):
+    """{relative path: (size, mtime)} of every file under a folder."""
+    found = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            found[os.path.relpath(path, folder)] = (
+                os.path.getsize(path),
+                os.stat(path).st_mtime_ns,
+            )
+    return found
+
+
 def test_rerunning_a_finished_run_changes_nothing(reference, data_dir, capsys):
     workdir, expected = reference
+    before = _files(workdir)
     with fast_compiles():
         state = loop.train_and_evaluate(make_test_config(data_dir), workdir)
     assert_states_equal(state, expected)
-    assert "already reached step 6" in capsys.readouterr().err
+    assert "already reached step 6; nothing to do" in capsys.readouterr().err
+    assert _files(workdir) == before  # no new events file, config.json not rewritten
 
 
 def test_resume_on_one_device_and_back_on_eight(reference, data_dir, tmp_path):

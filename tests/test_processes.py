@@ -305,7 +305,7 @@ def test_a_user_process_class_samples_with_the_sde_samplers(name, options):
     model_fn = oracle.exact_model_fn(oracle.gaussian(USER_MEANS, USER_STDS), process, "eps")
     num = 4000
     x = dj.sample(name, model_fn, process, dj.sample_keys(1, 0, num), (num, USER_DIM),
-                  num_steps=400, **options)  # fmt: skip
+                  num_steps=400, prediction_type="eps", **options)  # fmt: skip
     alpha, sigma = process.alpha_sigma(np.float64(1e-3), np)
     stds = alpha * USER_STDS**2 / np.sqrt(alpha**2 * USER_STDS**2 + sigma**2)
     # N samples of the law of E[x0 | x_{t_min}]: the moment statistic is chi^2 with 2D dof.
@@ -342,10 +342,12 @@ def test_an_object_without_the_protocol_is_refused_by_name():
             return 1 - t, t
 
     with pytest.raises(TypeError, match=r"lacks \['variance_preserving', 'derivatives'"):
-        dj.sample("ddim", lambda x, t: x, Half(), jax.random.key(0), (2, 2))
+        dj.sample("ddim", lambda x, t: x, Half(), jax.random.key(0), (2, 2), prediction_type="eps")
 
     class Unhashable(UserRectifiedFlow):
         __hash__ = None
 
     with pytest.raises(TypeError, match="must be hashable"):
-        dj.sample("ddim", lambda x, t: x, Unhashable(), jax.random.key(0), (2, 2))
+        dj.sample(
+            "ddim", lambda x, t: x, Unhashable(), jax.random.key(0), (2, 2), prediction_type="eps"
+        )

@@ -13,10 +13,13 @@ import numpy as np
 import pytest
 from train_helpers import PYTHON, fast_compiles, make_image_folder, make_test_config, run_cli
 
+import diffjax as dj
+from diffjax.errors import ConfigError
 from diffjax.generation import make_generator
 from diffjax.samplers import sample_keys
 from diffjax.sharding import make_mesh
 from diffjax.training import loop
+from diffjax.training.run_sampling import run_sampler
 from diffjax.training.trained_run import load_trained_run
 
 CONDITIONAL = {
@@ -43,8 +46,9 @@ def test_sample_cli_writes_png_and_npz_equal_to_the_library(trained):
     result = run_cli(sample_command(trained, "--num=10", "--batch=8", "--steps=3", "--seed=1"))
     assert result.returncode == 0, result.stderr[-3000:]
     # The timing line is reported (its numbers are measurements, not checked here).
-    assert re.search(r"[\d.]+ ms per sample on 8 cpu device\(s\) \(compiled; the first "
-                     r"call, with compilation, took [\d.]+ s\)", result.stdout)  # fmt: skip
+    assert re.search(r"\(ddim, 3 steps, EMA weights\) on 8 cpu device\(s\): compiling and the "
+                     r"first batch of 8 took [\d.]+ s; compiled, [\d.]+ ms per sample",
+                     result.stdout)  # fmt: skip
     prefix = os.path.join(trained, "samples", "cli_ddim_3steps_step6_seed1_w2")
     assert os.path.getsize(prefix + ".png") > 100
     with np.load(prefix + ".npz", allow_pickle=False) as saved:
@@ -65,6 +69,19 @@ def test_sample_cli_writes_png_and_npz_equal_to_the_library(trained):
     second = generate(params, sample_keys(1, 8, 8), {"label": np.resize(labels[8:], 8)})
     expected = np.concatenate([np.asarray(first), np.asarray(second)[:2]])
     np.testing.assert_allclose(samples, expected, rtol=0, atol=1e-6)
+    # The run's own sampling API applies the same defaults (clip_x0, guidance, prediction type).
+    from_python = dj.sample_run(run, 10, batch_size=8, num_steps=3, seed=1, labels=labels)
+    np.testing.assert_allclose(from_python, samples, rtol=0, atol=1e-6)
+
+
+def test_another_sampler_starts_from_its_own_defaults_and_the_run_fixes_the_prediction(trained):
+    run = load_trained_run(trained)
+    steps = run.config["sampling"]["num_steps"]
+    # The config's sampler with its steps; ddpm with its own default, as in the API: all T.
+    assert run_sampler(run, 8).options == dict(num_steps=steps, prediction_type="eps")
+    assert run_sampler(run, 8, sampler="ddpm").options == dict(prediction_type="eps")
+    with pytest.raises(ConfigError, match="prediction_type='v' contradicts the run.*'eps'"):
+        run_sampler(run, 8, options={"prediction_type": "v"})
 
 
 def test_sample_cli_rejects_a_bad_label_in_one_line(trained):
@@ -80,8 +97,8 @@ def test_sample_cli_rejects_more_steps_than_timesteps_in_one_line(trained):
     assert result.returncode == 1
     lines = [line for line in result.stderr.splitlines() if line.startswith("diffjax.sample:")]
     assert lines == [
-        "diffjax.sample: error: --sampler=ddim --steps=5000: num_steps must be in [1, T=1000] "
-        "for a schedule of 1000 timesteps, got 5000."
+        "diffjax.sample: error: sampler 'ddim', num_steps=5000: num_steps must be in "
+        "[1, T=1000] for a schedule of 1000 timesteps, got 5000."
     ]
     assert "Traceback" not in result.stderr
 
@@ -102,3 +119,19 @@ def test_sample_cli_runs_the_sde_and_ode_samplers_with_guidance(trained, sampler
         samples = f["samples"]
     assert samples.shape == (8, 8, 8, 1) and np.all(np.isfinite(samples))
     assert np.all(np.abs(samples) <= 1.0)
+    if sampler == "ode":  # named and described by its tolerance, with its cost
+        assert "cli_ode_rtol0.01_step6" in sorted(names)[0]
+        assert re.search(r"\(ode, adaptive, rtol=0.01, EMA weights, \d+ function evaluations "
+                         r"per batch\)", result.stdout), result.stdout  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "flag, message",
+    [("--option=eta=abc", "eta must be a real number in [0, 1], got 'abc'."),
+     ("--option=prediction_type=v", "prediction_type='v' contradicts the run")],
+)  # fmt: skip
+def test_sample_cli_names_a_bad_option_in_one_line(trained, flag, message):
+    result = run_cli(sample_command(trained, "--num=2", flag))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("diffjax.sample:")]
+    assert len(lines) == 1 and message in lines[0], result.stderr[-2000:]

@@ -12,6 +12,7 @@ Three kinds of reference, from strongest to weakest:
 """
 
 import sys
+import warnings
 from pathlib import Path
 
 import jax
@@ -23,6 +24,7 @@ from scipy import stats
 
 import diffjax as dj
 from diffjax import samplers
+from diffjax.errors import OdeSolveError
 
 sys.path.insert(0, str(Path(__file__).parent))
 import gaussian_oracle as oracle  # noqa: E402
@@ -153,6 +155,7 @@ def test_deterministic_samplers_are_the_exact_affine_map_sample_by_sample(
         x_T.shape,
         num_steps=num_steps,
         x_T=x_T,
+        prediction_type="eps",
         return_trajectory=True,
     )
     law = oracle.gaussian_sampler_law(GAUSS, schedule, trajectory.timesteps, kind)
@@ -176,7 +179,14 @@ def test_stochastic_samplers_follow_their_exact_law(name, kwargs, law_kwargs):
     schedule = SCHEDULES["linear"]
     model_fn = oracle.exact_model_fn(GAUSS, schedule, "eps")
     samples, trajectory = samplers.sample(
-        name, model_fn, schedule, jax.random.key(2), (2000, DIM), return_trajectory=True, **kwargs
+        name,
+        model_fn,
+        schedule,
+        jax.random.key(2),
+        (2000, DIM),
+        prediction_type="eps",
+        return_trajectory=True,
+        **kwargs,
     )
     law = oracle.gaussian_sampler_law(GAUSS, schedule, trajectory.timesteps, name, **law_kwargs)
     assert oracle.gaussian_moment_chi2(samples, law.offset, law.std) < chi2_limit(2 * DIM)
@@ -199,7 +209,9 @@ def test_ddpm_and_ddim_over_all_T_reproduce_gaussian_data(schedule_name):
             GAUSS_WIDE, schedule, np.arange(T)[::-1], name, **law_kwargs
         )
         assert np.max(np.abs(law.std / target - 1.0)) < 1.0 / np.sqrt(2 * num)
-        samples = samplers.sample(name, model_fn, schedule, jax.random.key(3), (num, DIM), **kwargs)
+        samples = samplers.sample(
+            name, model_fn, schedule, jax.random.key(3), (num, DIM), prediction_type="eps", **kwargs
+        )
         chi2 = oracle.gaussian_moment_chi2(samples, GAUSS_WIDE.means[0], target)
         assert chi2 < chi2_limit(2 * DIM), (name, kwargs, chi2)
 
@@ -219,6 +231,7 @@ def test_ddim_error_falls_with_steps_towards_the_exact_flow():
             x_T.shape,
             num_steps=num_steps,
             x_T=x_T,
+            prediction_type="eps",
             return_trajectory=True,
         )
         exact = oracle.gaussian_flow_map(GAUSS, schedule, x_T, int(trajectory.timesteps[0]))
@@ -233,13 +246,26 @@ def test_ddim_eta_one_over_all_T_is_ddpm_with_small_variance():
     schedule = SCHEDULES["linear"]
     model_fn = oracle.exact_model_fn(GAUSS, schedule, "eps")
     key = jax.random.key(4)
-    ddpm = samplers.ddpm_sample(model_fn, schedule, key, (64, DIM), variance="small")
-    ddim = samplers.ddim_sample(model_fn, schedule, key, (64, DIM), num_steps=T, eta=1.0)
+    ddpm = samplers.ddpm_sample(
+        model_fn, schedule, key, (64, DIM), variance="small", prediction_type="eps"
+    )
+    ddim = samplers.ddim_sample(
+        model_fn, schedule, key, (64, DIM), num_steps=T, eta=1.0, prediction_type="eps"
+    )
     # Two float32 forms of one update (posterior mean vs eq. 12) differ by ~1e-7 per step.
     np.testing.assert_allclose(ddim, ddpm, atol=1e-4)
-    respaced = samplers.ddpm_sample(model_fn, schedule, key, (64, DIM), num_steps=50)
+    respaced = samplers.ddpm_sample(
+        model_fn, schedule, key, (64, DIM), num_steps=50, prediction_type="eps"
+    )
     ddim_50 = samplers.ddim_sample(
-        model_fn, schedule, key, (64, DIM), num_steps=50, eta=1.0, spacing="linspace"
+        model_fn,
+        schedule,
+        key,
+        (64, DIM),
+        num_steps=50,
+        eta=1.0,
+        spacing="linspace",
+        prediction_type="eps",
     )
     np.testing.assert_allclose(ddim_50, respaced, atol=1e-4)
 
@@ -249,7 +275,7 @@ def test_first_order_dpm_solver_is_ddim():
     schedule = SCHEDULES["cosine"]
     model_fn = oracle.exact_model_fn(GAUSS, schedule, "eps")
     x_T = gaussian_x_T(64)
-    kwargs = dict(num_steps=20, x_T=x_T)
+    kwargs = dict(num_steps=20, x_T=x_T, prediction_type="eps")
     ddim = samplers.ddim_sample(model_fn, schedule, jax.random.key(0), x_T.shape, **kwargs)
     first_order = samplers.dpm_solver_sample(
         model_fn, schedule, jax.random.key(0), x_T.shape, order=1, spacing="leading", **kwargs
@@ -272,9 +298,10 @@ def test_ddim_inversion_recovers_the_latent_of_the_exact_flow():
             num_steps=num_steps,
             x_T=x_T,
             spacing="linspace",
+            prediction_type="eps",
         )
         recovered = samplers.ddim_invert(
-            model_fn, schedule, x0, num_steps=num_steps, spacing="linspace"
+            model_fn, schedule, x0, num_steps=num_steps, spacing="linspace", prediction_type="eps"
         )
         errors.append(float(jnp.sqrt(jnp.mean((recovered - x_T) ** 2))))
     assert np.all(np.diff(errors) < 0) and errors[-1] < 0.02, errors
@@ -297,7 +324,9 @@ def test_ddpm_and_ddim_over_all_T_reproduce_a_mixture(dim, num, std):
             oracle.gaussian(np.zeros(1), [std]), schedule, np.arange(T)[::-1], name
         )
         assert abs(law.std[0] / target[0, 0] - 1.0) < 1.0 / np.sqrt(2 * num * dim)
-        samples = samplers.sample(name, model_fn, schedule, jax.random.key(6), (num, dim), **kwargs)
+        samples = samplers.sample(
+            name, model_fn, schedule, jax.random.key(6), (num, dim), prediction_type="eps", **kwargs
+        )
         result = oracle.mode_statistics(mixture, target, samples)
         assert result.weights_chi2 < chi2_limit(3), (name, result)
         assert result.width_chi2 < chi2_limit(4), (name, result)
@@ -315,7 +344,7 @@ def test_fast_solver_keeps_the_modes_where_ddim_collapses_them(schedule_name, di
     model_fn = oracle.exact_model_fn(mixture, schedule, "eps")
     target = oracle.effective_stds(mixture, schedule)
     for num_steps in (10, 20):
-        kwargs = dict(num_steps=num_steps)
+        kwargs = dict(num_steps=num_steps, prediction_type="eps")
         ddim = oracle.mode_statistics(
             mixture,
             target,
@@ -349,6 +378,7 @@ def test_fast_solver_is_closer_to_the_exact_flow_than_ddim(schedule_name):
             jax.random.key(0),
             x_T.shape,
             x_T=x_T,
+            prediction_type="eps",
             return_trajectory=True,
             **kwargs,
         )
@@ -374,7 +404,13 @@ def test_fast_solver_does_not_amplify_eps_model_error_at_the_cosine_schedule_sta
         lambda w, x_t, t: exact(x_t, t) + 1e-3 * jnp.tanh(x_t @ w), mixing.astype(jnp.float32)
     )
     samples, trajectory = samplers.dpm_solver_sample(
-        perturbed, schedule, jax.random.key(12), (1000, DIM), num_steps=10, return_trajectory=True
+        perturbed,
+        schedule,
+        jax.random.key(12),
+        (1000, DIM),
+        num_steps=10,
+        prediction_type="eps",
+        return_trajectory=True,
     )
     first = int(trajectory.timesteps[0])
     assert first < T - 1 and schedule.log_snr[first] >= -6.0
@@ -416,6 +452,7 @@ def test_zero_terminal_snr_trailing_v_prediction_ends_exactly_at_x0():
             jax.random.key(0),
             (4, DIM),
             spacing="trailing",
+            prediction_type="eps",
         )
 
 
@@ -444,7 +481,7 @@ def test_classifier_free_guidance_interpolates_unconditional_and_conditional():
         return conditional(x_t, t, y)
 
     key, shape = jax.random.key(10), (16, 2)
-    kwargs = dict(num_steps=20)
+    kwargs = dict(num_steps=20, prediction_type="eps")
     for scale, reference in [
         (0.0, oracle.exact_model_fn(mixture, schedule, "eps")),
         (1.0, jax.tree_util.Partial(lambda x, t: conditional(x, t, labels))),
@@ -471,7 +508,14 @@ def test_guidance_rejects_bad_labels_and_scales():
         samplers.classifier_free_guidance(conditional, jnp.zeros((2, 2), jnp.int32), 2.0, 8)
     guided = samplers.classifier_free_guidance(conditional, jnp.array([0, 1]), 2.0, 8)
     with pytest.raises(ValueError, match=r"cond of shape \(2,\), but the sampler batch has 3"):
-        samplers.ddim_sample(guided, SCHEDULES["linear"], jax.random.key(0), (3, 2), num_steps=2)
+        samplers.ddim_sample(
+            guided,
+            SCHEDULES["linear"],
+            jax.random.key(0),
+            (3, 2),
+            num_steps=2,
+            prediction_type="eps",
+        )
 
 
 # -------------------------------------------------------------------- compiles and sharding
@@ -498,7 +542,13 @@ def test_new_keys_and_params_reuse_the_compile_new_step_counts_do_not(name):
     def run(seed, num_steps, scale=0.1):
         model_fn = jax.tree_util.Partial(model, jnp.float32(scale))
         return samplers.sample(
-            name, model_fn, schedule, jax.random.key(seed), (4, 3), num_steps=num_steps
+            name,
+            model_fn,
+            schedule,
+            jax.random.key(seed),
+            (4, 3),
+            num_steps=num_steps,
+            prediction_type="eps",
         )
 
     first = run(0, 10)
@@ -521,7 +571,10 @@ def test_samples_do_not_depend_on_the_device_count_or_sharding():
     model_fn = oracle.exact_model_fn(GAUSS, schedule, "eps")
     single = jax.devices()[0]
     key = jax.random.key(11)
-    for name, kwargs in [("ddim", dict(num_steps=10, eta=0.5)), ("ddpm", dict(num_steps=10))]:
+    for name, kwargs in [
+        ("ddim", dict(num_steps=10, eta=0.5, prediction_type="eps")),
+        ("ddpm", dict(num_steps=10, prediction_type="eps")),
+    ]:
         with jax.default_device(single):
             reference = samplers.sample(name, model_fn, schedule, key, (16, DIM), **kwargs)
         assert reference.sharding.device_set == {single}
@@ -542,11 +595,19 @@ def test_samplers_compose_with_an_outer_jit():
         @jax.jit
         def run(scale, key, name=name):
             model_fn = jax.tree_util.Partial(model, scale)
-            return samplers.sample(name, model_fn, schedule, key, (4, 3), num_steps=10)
+            return samplers.sample(
+                name, model_fn, schedule, key, (4, 3), num_steps=10, prediction_type="eps"
+            )
 
         scale, key = jnp.float32(0.1), jax.random.key(13)
         expected = samplers.sample(
-            name, jax.tree_util.Partial(model, scale), schedule, key, (4, 3), num_steps=10
+            name,
+            jax.tree_util.Partial(model, scale),
+            schedule,
+            key,
+            (4, 3),
+            num_steps=10,
+            prediction_type="eps",
         )
         np.testing.assert_allclose(run(scale, key), expected, rtol=1e-6)
 
@@ -613,6 +674,7 @@ def counting_identity():
 )
 def test_bad_arguments_raise_before_anything_is_traced(name, kwargs, error, message):
     model_fn, calls = counting_identity()
+    kwargs = {"prediction_type": "eps", **kwargs}
     with pytest.raises(error, match=message):
         samplers.sample(name, model_fn, SCHEDULES["linear"], jax.random.key(0), (4, 2), **kwargs)
     assert not calls
@@ -625,13 +687,13 @@ def test_bad_sampler_name_shape_key_and_model_raise():
     with pytest.raises(ValueError, match="'lms'.*'ddpm', 'ddim', 'dpm_solver', 'euler', 'heun'"):
         samplers.sample("lms", model_fn, schedule, jax.random.key(0), (4, 2))
     with pytest.raises(ValueError, match="shape"):
-        samplers.ddim_sample(model_fn, schedule, jax.random.key(0), (4, 0))
+        samplers.ddim_sample(model_fn, schedule, jax.random.key(0), (4, 0), prediction_type="eps")
     with pytest.raises(TypeError, match="PRNG key"):
-        samplers.ddim_sample(model_fn, schedule, 0, (4, 2))
+        samplers.ddim_sample(model_fn, schedule, 0, (4, 2), prediction_type="eps")
     with pytest.raises(TypeError, match="callable"):
-        samplers.ddim_sample("unet", schedule, jax.random.key(0), (4, 2))
+        samplers.ddim_sample("unet", schedule, jax.random.key(0), (4, 2), prediction_type="eps")
     with pytest.raises(TypeError, match="DiffusionSchedule"):
-        samplers.ddim_sample(model_fn, np.ones(T), jax.random.key(0), (4, 2))
+        samplers.ddim_sample(model_fn, np.ones(T), jax.random.key(0), (4, 2), prediction_type="eps")
     mesh = Mesh(np.asarray(jax.devices()), ("data",), axis_types=(AxisType.Auto,))
     with pytest.raises(ValueError, match="cannot shard"):
         samplers.ddim_sample(
@@ -639,12 +701,57 @@ def test_bad_sampler_name_shape_key_and_model_raise():
             schedule,
             jax.random.key(0),
             (4, 2),
+            prediction_type="eps",
             out_sharding=NamedSharding(mesh, PartitionSpec("data")),
         )
     with pytest.raises(TypeError, match="x0 must be a floating-point array"):
-        samplers.ddim_invert(model_fn, schedule, jnp.zeros((4, 2), jnp.int32))
+        samplers.ddim_invert(
+            model_fn, schedule, jnp.zeros((4, 2), jnp.int32), prediction_type="eps"
+        )
     assert not calls
     with pytest.raises(ValueError, match=r"model_fn returned shape \(4, 1\)"):
         samplers.ddim_sample(
-            lambda x, t: x[:, :1], schedule, jax.random.key(0), (4, 2), num_steps=2
+            lambda x, t: x[:, :1],
+            schedule,
+            jax.random.key(0),
+            (4, 2),
+            num_steps=2,
+            prediction_type="eps",
         )
+
+
+def _nan_below_500(x, t):
+    """A model that returns NaN for t < 500 and a finite eps prediction above."""
+    return jnp.where(t[:, None] < 500, jnp.nan, 0.1 * x)
+
+
+def test_a_sampler_names_the_step_whose_result_first_went_nonfinite():
+    schedule = dj.get_schedule("cosine", num_timesteps=1000)
+    key, shape = jax.random.key(0), (2, 4)
+    # DDIM-10 visits t = 900, 800, ..., 0: step 6 is the first from t < 500 (400 -> 300).
+    with pytest.warns(RuntimeWarning, match=r"first became NaN/Inf at step 6 of 10 "
+                                            r"\(t = 400 -> 300\)"):  # fmt: skip
+        dj.sample("ddim", _nan_below_500, schedule, key, shape, prediction_type="eps", num_steps=10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        finite = dj.sample(
+            "ddim", lambda x, t: 0.1 * x, schedule, key, shape, prediction_type="eps", num_steps=10
+        )
+        # Under an outer jit nothing is known when the sampler returns: no warning, no sync.
+        traced = jax.jit(
+            lambda k: dj.sample(
+                "ddim", _nan_below_500, schedule, k, shape, prediction_type="eps", num_steps=10
+            )  # fmt: skip
+        )(key)
+    assert np.all(np.isfinite(finite)) and not np.any(np.isfinite(traced))
+
+
+def test_continuous_num_steps_and_an_exhausted_ode_solve_are_named():
+    flow = dj.RectifiedFlow()
+    with pytest.raises(ValueError, match=r"^num_steps must be >= 1, got 0\.$"):
+        dj.sample("flow_euler", lambda x, t: x, flow, jax.random.key(0), (2, 4),
+                  prediction_type="flow", num_steps=0)  # fmt: skip
+    schedule = dj.get_schedule("cosine", num_timesteps=1000)
+    with pytest.raises(OdeSolveError, match=r"used all max_steps=3 steps before"):
+        dj.sample("ode", lambda x, t: 3 * jnp.sin(50 * x), schedule, jax.random.key(0), (2, 4),
+                  prediction_type="eps", max_steps=3)  # fmt: skip

@@ -126,7 +126,9 @@ def test_uniform_grid_ends_at_t_min_or_one_step_above_the_data(num_steps):
     short_end = samplers.uniform_times(num_steps, t_max=0.9, t_min=0.01)
     np.testing.assert_allclose(short_end, np.linspace(0.9, 0.01, num_steps))
     assert short_end[-1] == (0.01 if num_steps > 1 else 0.9)
-    heun = samplers.SAMPLERS["flow_heun"].plan(dj.RectifiedFlow(), num_steps=num_steps)
+    heun = samplers.SAMPLERS["flow_heun"].plan(
+        dj.RectifiedFlow(), num_steps=num_steps, prediction_type="flow"
+    )
     assert heun.grid.time[-1] == 0.0
     np.testing.assert_allclose(heun.grid.time[:-1], np.linspace(1.0, 1e-3, num_steps), rtol=1e-6)
 
@@ -138,16 +140,18 @@ def test_ddim_on_rectified_flow_is_the_flow_euler_sampler():
     ddim = samplers.ddim_sample(model_fn, process, jax.random.key(0), x_T.shape, num_steps=10,
                                 prediction_type="flow", x_T=x_T)  # fmt: skip
     euler = samplers.flow_euler_sample(
-        model_fn, process, jax.random.key(0), x_T.shape, num_steps=10, x_T=x_T
-    )
+        model_fn, process, jax.random.key(0), x_T.shape, num_steps=10, prediction_type="flow",
+        x_T=x_T,
+    )  # fmt: skip
     np.testing.assert_allclose(ddim, euler, atol=2e-5)
     ddim_short = samplers.ddim_sample(
         model_fn, process, jax.random.key(0), x_T.shape, num_steps=10, t_min=1e-3,
         prediction_type="flow", x_T=x_T,
     )  # fmt: skip
     euler_short = samplers.flow_euler_sample(
-        model_fn, process, jax.random.key(0), x_T.shape, num_steps=10, t_min=1e-3, x_T=x_T
-    )
+        model_fn, process, jax.random.key(0), x_T.shape, num_steps=10, t_min=1e-3,
+        prediction_type="flow", x_T=x_T,
+    )  # fmt: skip
     np.testing.assert_allclose(ddim_short, euler_short, atol=2e-5)
 
 
@@ -342,6 +346,7 @@ def test_bad_arguments_raise_before_anything_is_traced(name, process, kwargs, er
         calls.append(1)
         return x
 
+    kwargs = {"prediction_type": "flow" if name.startswith("flow_") else "eps", **kwargs}
     with pytest.raises(error, match=message):
         samplers.sample(name, model_fn, process, jax.random.key(0), (4, 2), **kwargs)
     assert not calls

@@ -39,16 +39,16 @@ def _checking_guide(process):
 
 
 CASES = [
-    ("ddim", SCHEDULE, dict(num_steps=10)),
-    ("ddpm", SCHEDULE, dict(num_steps=10)),
-    ("dpm_solver", SCHEDULE, dict(num_steps=10)),
-    ("heun", EDM, dict(num_steps=10)),
+    ("ddim", SCHEDULE, dict(num_steps=10, prediction_type="eps")),
+    ("ddpm", SCHEDULE, dict(num_steps=10, prediction_type="eps")),
+    ("dpm_solver", SCHEDULE, dict(num_steps=10, prediction_type="eps")),
+    ("heun", EDM, dict(num_steps=10, prediction_type="eps")),
     ("flow_euler", FLOW, dict(num_steps=5, prediction_type="flow")),
     ("flow_heun", FLOW, dict(num_steps=5, prediction_type="flow")),
-    ("euler_maruyama", FLOW, dict(num_steps=20, t_max=0.999)),
+    ("euler_maruyama", FLOW, dict(num_steps=20, t_max=0.999, prediction_type="eps")),
     # The SDE and ODE samplers run a schedule in its continuous-time view: the guide is told
     # that view's float time.
-    ("pc", SCHEDULE, dict(num_steps=10, snr=0.01)),
+    ("pc", SCHEDULE, dict(num_steps=10, snr=0.01, prediction_type="eps")),
     ("ode", FLOW, dict(rtol=1e-3, atol=1e-3, prediction_type="flow")),
 ]
 

@@ -34,7 +34,10 @@ def _exact_x0(x_in, t_in):
 
 def test_a_registered_sampler_is_one_of_the_names_and_samples():
     assert "squared_ddim" in dj.SAMPLER_NAMES and "squared_ddim" in tuple(dj.SAMPLER_NAMES)
-    assert samplers.sampler_options("squared_ddim") == {"num_steps": 8, "prediction_type": "eps"}
+    assert samplers.sampler_options("squared_ddim") == {
+        "num_steps": 8,
+        "prediction_type": samplers.REQUIRED,
+    }
     assert samplers.is_deterministic("squared_ddim", {})
     x = dj.sample("squared_ddim", _exact_x0, dj.RectifiedFlow(), jax.random.key(0), (4, 8),
                   num_steps=5, prediction_type="x0")  # fmt: skip
@@ -46,7 +49,23 @@ def test_a_registered_sampler_is_one_of_the_names_and_samples():
     with pytest.raises(TypeError, match=r"does not take \['eta'\]"):
         samplers.check_sampler_options("squared_ddim", dj.RectifiedFlow(), {"eta": 0.5})
     with pytest.raises(ValueError, match="num_steps must be >= 1"):
-        samplers.check_sampler_options("squared_ddim", dj.RectifiedFlow(), {"num_steps": 0})
+        samplers.check_sampler_options(
+            "squared_ddim", dj.RectifiedFlow(), {"num_steps": 0, "prediction_type": "eps"}
+        )
+
+
+def test_prediction_type_has_no_default():
+    """No sampler guesses what the network predicts: the dispatcher names the missing option,
+    and a sampler function called directly lacks its keyword-only argument."""
+    process = dj.RectifiedFlow()
+    with pytest.raises(TypeError, match="needs prediction_type="):
+        dj.sample("flow_euler", _exact_x0, process, jax.random.key(0), (4, 8), num_steps=2)
+    with pytest.raises(
+        TypeError, match="missing 1 required keyword-only argument: 'prediction_type'"
+    ):
+        dj.samplers.ddim_sample(_exact_x0, process, jax.random.key(0), (4, 8), num_steps=2)
+    assert samplers.sampler_options("flow_euler")["prediction_type"] is samplers.REQUIRED
+    assert repr(samplers.REQUIRED) == "REQUIRED"
 
 
 def test_deterministic_is_one_table():

@@ -58,7 +58,7 @@ def test_sde_samplers_converge_to_the_data_as_steps_grow(process_name, name, opt
     for num_steps in (4, 400):
         x = samplers.sample(
             name, model_fn, process, dj.sample_keys(1, 0, num), (num, DIM),
-            num_steps=num_steps, **options,
+            num_steps=num_steps, prediction_type="eps", **options,
         )  # fmt: skip
         statistics[num_steps] = oracle.gaussian_moment_chi2(x, MEANS, target_stds(process, 1e-3))
     assert statistics[400] < LIMIT, statistics
@@ -72,7 +72,7 @@ def test_sde_samplers_sample_a_mixture():
     model_fn = oracle.exact_model_fn(mixture, process, "eps")
     x = samplers.pc_sample(
         model_fn, process, dj.sample_keys(2, 0, 1000), (1000, 2), num_steps=2000, snr=0.01,
-        predictor="ancestral",
+        predictor="ancestral", prediction_type="eps",
     )  # fmt: skip
     alpha, sigma = process.alpha_sigma(np.float64(1e-3), np)
     stds = alpha * mixture.stds**2 / np.sqrt(alpha**2 * mixture.stds**2 + sigma**2)
@@ -86,12 +86,16 @@ def test_sde_samples_depend_on_their_own_key_only():
     process = dj.get_process("ve")
     model_fn = oracle.exact_model_fn(GAUSS, process, "eps")
     keys = dj.sample_keys(3, 0, 16)
-    whole = samplers.pc_sample(model_fn, process, keys, (16, DIM), num_steps=20)
-    half = samplers.pc_sample(model_fn, process, keys[8:], (8, DIM), num_steps=20)
+    whole = samplers.pc_sample(
+        model_fn, process, keys, (16, DIM), num_steps=20, prediction_type="eps"
+    )
+    half = samplers.pc_sample(
+        model_fn, process, keys[8:], (8, DIM), num_steps=20, prediction_type="eps"
+    )
     np.testing.assert_allclose(whole[8:], half, rtol=0, atol=1e-5)
     mesh = Mesh(np.asarray(jax.devices()), ("data",), axis_types=(AxisType.Auto,))
     sharded = samplers.pc_sample(
-        model_fn, process, keys, (16, DIM), num_steps=20,
+        model_fn, process, keys, (16, DIM), num_steps=20, prediction_type="eps",
         out_sharding=NamedSharding(mesh, PartitionSpec("data")),
     )  # fmt: skip
     np.testing.assert_allclose(sharded, whole, rtol=0, atol=1e-5)
@@ -103,7 +107,7 @@ def test_pc_and_euler_maruyama_take_a_schedule_in_its_continuous_view():
     model_fn = oracle.exact_model_fn(GAUSS, view, "eps")
     x = samplers.euler_maruyama_sample(
         model_fn, schedule, dj.sample_keys(4, 0, 4000), (4000, DIM), num_steps=400,
-        t_min=view.first_time(),
+        t_min=view.first_time(), prediction_type="eps",
     )  # fmt: skip
     assert oracle.gaussian_moment_chi2(x, MEANS, target_stds(view, view.first_time())) < LIMIT
 
@@ -206,6 +210,7 @@ def test_bad_options_raise_before_anything_is_traced(name, process, kwargs, erro
     def model_fn(x, t):
         raise AssertionError("traced")
 
+    kwargs = {"prediction_type": "eps", **kwargs}
     with pytest.raises(error, match=message):
         samplers.sample(name, model_fn, process, jax.random.key(0), (2, DIM), **kwargs)
     with pytest.raises(error, match=message):

@@ -33,7 +33,7 @@ def _x0_body(model, process, x, carry, step, noise_key, settings, options):
     return ddim_step(x0, eps, nxt.alpha, nxt.sigma), carry, x0
 
 
-def squared_grid_plan(process: Any, *, num_steps: int = 8, prediction_type: str = "eps") -> Plan:
+def squared_grid_plan(process: Any, *, num_steps: int = 8, prediction_type: str) -> Plan:
     """Deterministic DDIM on a continuous grid t_k = (1 - k / S)^2 (denser near the data)."""
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}.")

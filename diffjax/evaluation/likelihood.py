@@ -80,7 +80,7 @@ def bits_per_dim_job(
             )  # fmt: skip
             return bound.bpd, jnp.zeros((), jnp.int32)
         result = ode_likelihood(
-            model_fn, process, images, keys, prediction_type=prediction_type,
+            model_fn, process, images, keys, prediction_type=prediction_type, dequantize=True,
             divergence=settings.bpd_divergence, autodiff=settings.bpd_autodiff,
             rtol=settings.bpd_rtol, atol=settings.bpd_rtol,
         )  # fmt: skip

@@ -18,6 +18,7 @@ Everything resumes after a kill when rerun with the same settings.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -51,6 +52,7 @@ __all__ = [
     "evaluate_run",
     "evaluate_samples",
     "log_table",
+    "read_samples",
 ]
 
 EVAL_METRICS: tuple[str, ...] = ("fd", "is", "kid", "pr", "bpd")
@@ -141,6 +143,14 @@ class EvalSettings(NamedTuple):
         """The settings as JSON data."""
         return json.loads(json.dumps(self._asdict()))
 
+    def result_name(self, step: int) -> str:
+        """The file name (without ``.json``) of this evaluation's result at ``step``:
+        ``<step>-<sampler>-<num_samples>-<digest>``, the digest a SHA-256 of every setting, so
+        evaluations with other settings never overwrite each other's results."""
+        text = json.dumps(self.record(), sort_keys=True)
+        digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+        return f"{step}-{self.sampler}-{self.num_samples}-{digest}"
+
 
 def evaluate_run(
     workdir: str | os.PathLike,
@@ -151,7 +161,8 @@ def evaluate_run(
     mesh: Mesh | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Evaluates the newest good checkpoint of a run and writes ``workdir/eval/<step>.json``.
+    """Evaluates the newest good checkpoint of a run and writes its result to
+    ``workdir/eval/<name>.json``, named by :meth:`EvalSettings.result_name`.
 
     Resumable: a rerun after a kill continues the sampling, the reference and bits/dim where
     they stopped.
@@ -166,7 +177,7 @@ def evaluate_run(
 
     Returns:
       The result record (also written as JSON): ``step``, ``results``, ``protocol``,
-      ``seconds``.
+      ``seconds``, and ``path``, the file written.
 
     Raises:
       ConfigError: a bad setting, caught before anything is compiled; WorkdirError /
@@ -201,7 +212,8 @@ def evaluate_run(
             network.check_image_shape(image_shape)
         except ValueError as error:
             raise ConfigError(f"features {settings.features!r}: {error}") from error
-    folder = os.path.join(workdir, EVAL_DIR, f"{run.step}.partial")
+    name = settings.result_name(run.step)
+    folder = os.path.join(workdir, EVAL_DIR, f"{name}.partial")
     if jax.process_index() == 0:
         os.makedirs(folder, exist_ok=True)
 
@@ -247,8 +259,10 @@ def evaluate_run(
         results["bpd_ode"] = bits_per_dim_job(run, settings, mesh, folder, "ode")
     results = broadcast_json(results)
 
+    path = os.path.join(workdir, EVAL_DIR, f"{name}.json")
     record = dict(
         step=run.step,
+        path=path,
         results=results,
         protocol=dict(
             settings.record(),
@@ -263,16 +277,52 @@ def evaluate_run(
         seconds=time.perf_counter() - start_time,
     )
     if jax.process_index() == 0:
-        write_json(os.path.join(workdir, EVAL_DIR, f"{run.step}.json"), record)
+        write_json(path, record)
         shutil.rmtree(folder, ignore_errors=True)
     return record
+
+
+def read_samples(path: str) -> np.ndarray:
+    """The uint8 images ``[N, H, W, C]`` of a samples ``.npz``.
+
+    ``samples`` must be uint8, or floats in [-1, 1] (quantized with
+    :func:`diffjax.images.to_uint8`): floats outside that range (images in [0, 255], or a
+    sampler's unclipped output) are refused rather than clipped into a meaningless score.
+
+    Raises:
+      ConfigError: not an ``.npz``, no ``samples``, another shape or dtype, or values out of range.
+    """
+    from diffjax.metrics.frechet import load_npz
+
+    try:
+        data = load_npz(path, "samples", ("samples",))
+    except (OSError, ValueError) as error:
+        raise ConfigError(str(error)) from error
+    if "samples" not in data:
+        raise ConfigError(f"{path} needs an array 'samples' [N, H, W, C].")
+    samples = data["samples"]
+    if samples.ndim != 4:
+        raise ConfigError(f"{path}: samples must be [N, H, W, C], got {samples.shape}.")
+    if samples.dtype == np.uint8:
+        return samples
+    if not np.issubdtype(samples.dtype, np.floating):
+        raise ConfigError(
+            f"{path}: samples must be uint8 or floats in [-1, 1], got dtype {samples.dtype}."
+        )
+    low, high = float(np.min(samples)), float(np.max(samples))
+    if not (-1.0 <= low and high <= 1.0):
+        raise ConfigError(
+            f"{path}: float samples must lie in [-1, 1], these span [{low:.4g}, {high:.4g}]; "
+            f"save images in [0, 255] as uint8, and clip a sampler's output to [-1, 1] first."
+        )
+    return to_uint8(samples)
 
 
 def evaluate_samples(
     samples_path: str,
     reference: str,
     *,
-    features: str,
+    features: str | None = None,
     metrics: Sequence[str] = ("fd",),
     batch_size: int = 256,
     weights_path: str | None = None,
@@ -283,9 +333,10 @@ def evaluate_samples(
 
     Args:
       samples_path: an ``.npz`` whose ``samples`` are ``[N, H, W, C]`` floats in [-1, 1]
-        (quantized here with :func:`diffjax.images.to_uint8`) or uint8.
+        (quantized here with :func:`diffjax.images.to_uint8`) or uint8 (:func:`read_samples`).
       reference: reference statistics (with features for KID and precision/recall).
-      features: the feature network's name.
+      features: the feature network's name; None: the one the reference records, or
+        'inception' for a reference that records none (pytorch-fid, clean-fid).
       metrics: a subset of ``('fd', 'kid', 'pr', 'is')``.
       batch_size: images per batch.
       weights_path, download: the Inception weights, as in :func:`evaluate_run`.
@@ -293,20 +344,25 @@ def evaluate_samples(
 
     Returns:
       ``{'results': ..., 'protocol': ...}``; the protocol records the samples file's SHA-256.
+
+    Raises:
+      ConfigError: bad samples (:func:`read_samples`), an unreadable reference, or a network
+        that does not fit them.
     """
+    from diffjax.metrics import frechet
     from diffjax.sharding import make_mesh
     from diffjax.weights import sha256_of_file
 
     mesh = make_mesh() if mesh is None else mesh
     if "bpd" in metrics:
         raise ConfigError("bpd needs the model, not samples; evaluate the run's --workdir.")
-    with np.load(samples_path, allow_pickle=False) as data:
-        if "samples" not in data:
-            raise ConfigError(f"{samples_path} needs an array 'samples' [N, H, W, C].")
-        samples = np.asarray(data["samples"])
-    if samples.ndim != 4:
-        raise ConfigError(f"{samples_path}: samples must be [N, H, W, C], got {samples.shape}.")
-    images = samples if samples.dtype == np.uint8 else to_uint8(samples)
+    images = read_samples(samples_path)
+    if features is None:
+        try:
+            _, recorded = frechet.load_statistics(reference)
+        except (OSError, ValueError) as error:
+            raise ConfigError(f"reference statistics: {error}") from error
+        features = recorded.get("network", {}).get("name", "inception")
     network = load_feature_network(features, weights_path=weights_path, download=download)
     try:
         network.check_image_shape(images.shape[1:])

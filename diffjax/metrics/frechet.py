@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -35,6 +36,7 @@ __all__ = [
     "empty_moments",
     "frechet_distance",
     "load_features",
+    "load_npz",
     "load_statistics",
     "save_statistics",
     "statistics_from_features",
@@ -203,10 +205,45 @@ def save_statistics(
     return atomic_write(path, write)
 
 
+def load_npz(
+    path: str | os.PathLike, what: str, names: tuple[str, ...] | None = None
+) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` file (``names`` of them, or all), read without pickle.
+
+    Args:
+      path: the file.
+      what: what the file should hold, for the error message (e.g. ``"reference statistics"``).
+      names: the arrays to read (those the file lacks are left out); None: all.
+
+    Raises:
+      FileNotFoundError: no such file.
+      ValueError: a file NumPy cannot read as an ``.npz`` of plain arrays (a text file, a
+        pickle, a lone ``.npy`` array, a damaged archive), in one line naming it.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No {what} at {path}: no such file.")
+    expected = f"{path} is not an .npz archive of arrays ({what}; np.savez writes one)"
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise ValueError(f"{expected}: NumPy cannot read it as one.") from error
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise ValueError(f"{expected}: it holds a single {data.shape} array (.npy).")
+    with data:
+        try:
+            return {
+                name: np.asarray(data[name])
+                for name in data.files
+                if names is None or name in names
+            }
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+            raise ValueError(f"{expected}: it is damaged or holds objects ({error}).") from error
+
+
 def load_features(path: str | os.PathLike) -> np.ndarray | None:
     """The feature vectors stored in a statistics ``.npz`` (float32 ``[N, D]``), or None."""
-    with np.load(os.fspath(path), allow_pickle=False) as data:
-        return np.asarray(data["features"]) if "features" in data else None
+    return load_npz(path, "reference statistics", ("features",)).get("features")
 
 
 def load_statistics(
@@ -231,12 +268,15 @@ def load_statistics(
             f"No reference statistics at {path}; build them with `python -m diffjax.evaluate "
             f"--make_reference_stats` or pass a pytorch-fid/clean-fid .npz."
         )
-    with np.load(path, allow_pickle=False) as data:
-        if "mu" not in data or "sigma" not in data:
-            raise ValueError(f"{path} needs arrays 'mu' and 'sigma'; it has {sorted(data.files)}.")
-        mu, sigma = np.asarray(data["mu"], np.float64), np.asarray(data["sigma"], np.float64)
-        count = int(data["count"]) if "count" in data else 0
-        metadata = json.loads(str(data["metadata"])) if "metadata" in data else {}
+    data = load_npz(path, "reference statistics", ("mu", "sigma", "count", "metadata"))
+    if "mu" not in data or "sigma" not in data:
+        raise ValueError(
+            f"{path} needs arrays 'mu' and 'sigma' (the pytorch-fid / clean-fid layout); it has "
+            f"{sorted(data) or 'neither'}."
+        )
+    mu, sigma = np.asarray(data["mu"], np.float64), np.asarray(data["sigma"], np.float64)
+    count = int(data["count"]) if "count" in data else 0
+    metadata = json.loads(str(data["metadata"])) if "metadata" in data else {}
     if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
         raise ValueError(f"{path}: mu {mu.shape} and sigma {sigma.shape} are not [D] and [D, D].")
     if expected_dim is not None and mu.shape[0] != expected_dim:

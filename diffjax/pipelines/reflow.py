@@ -50,7 +50,7 @@ from diffjax.models.conditioning import cond_keys, make_model_fn
 from diffjax.sharding import batch_sharding, gather_to_host, make_mesh
 from diffjax.training.frozen import load_frozen
 from diffjax.training.loop import train_and_evaluate
-from diffjax.training.programs import SampleConditions, make_run_generator
+from diffjax.training.programs import SampleConditions, make_run_generator, sampling_settings
 from diffjax.training.trained_run import load_trained_run
 
 __all__ = [
@@ -269,8 +269,9 @@ def reflow(
             f"reflow straightens a rectified flow; the teacher {teacher} was trained with "
             f"diffusion.process={process_name!r}. Train one with configs/fashion_mnist_flow.py."
         )
-    prediction_type = run.config["diffusion"]["prediction_type"]
-    sampler_options = dict(options, num_steps=num_steps, prediction_type=prediction_type)
+    sampler, sampler_options = sampling_settings(
+        run.config, sampler=sampler, num_steps=num_steps, options=options
+    )
     try:
         samplers.check_sampler_options(sampler, run.process, sampler_options)
         deterministic = samplers.is_deterministic(sampler, sampler_options)

@@ -65,6 +65,7 @@ from diffjax.samplers.guidance import (
 from diffjax.samplers.ode import EVALS_PER_STEP, ODE_SOLVERS, OdeStats, ode_sample
 from diffjax.samplers.registry import (
     COMMON_OPTIONS,
+    REQUIRED,
     SAMPLER_NAMES,
     SAMPLERS,
     SamplerEntry,
@@ -104,6 +105,7 @@ __all__ = [
     "ODE_SOLVERS",
     "OdeStats",
     "PREDICTORS",
+    "REQUIRED",
     "SAMPLERS",
     "SAMPLER_NAMES",
     "SOLVER_ORDERS",

@@ -78,7 +78,7 @@ def check_real(value: object, name: str, low: float, high: float, hint: str = ""
     """A Python float in [low, high], or ``TypeError`` / ``ValueError`` naming ``value``."""
     try:
         number = float(value)
-    except (TypeError, jax.errors.ConcretizationTypeError) as error:
+    except (TypeError, ValueError, jax.errors.ConcretizationTypeError) as error:
         raise TypeError(
             f"{name} must be a real number in [{low:g}, {high:g}], got {value!r}."
         ) from error

@@ -86,7 +86,7 @@ def ddim_plan(
     spacing: str | None = None,
     t_max: float | None = None,
     t_min: float | None = None,
-    prediction_type: str = "eps",
+    prediction_type: str,
 ) -> Plan:
     """Checks DDIM's options and builds its grid (see :func:`ddim_sample`)."""
     check_process(process)
@@ -119,7 +119,7 @@ def ddim_sample(
     spacing: str | None = None,
     t_max: float | None = None,
     t_min: float | None = None,
-    prediction_type: str = "eps",
+    prediction_type: str,
     clip_x0: bool = False,
     x_T: jnp.ndarray | None = None,
     return_trajectory: bool = False,
@@ -190,7 +190,7 @@ def ddim_invert(
     *,
     num_steps: int = 50,
     spacing: str | None = None,
-    prediction_type: str = "eps",
+    prediction_type: str,
     out_sharding: jax.sharding.Sharding | None = None,
 ) -> jnp.ndarray:
     """Deterministic DDIM inversion x0 -> x_T: eta = 0 DDIM run backwards over the same grid.

@@ -77,7 +77,7 @@ def _ddpm_body(model, process, x, carry, step, noise_key, settings, options):
 def ddpm_plan(
     process: Any,
     *,
-    prediction_type: str = "eps",
+    prediction_type: str,
     variance: str = "small",
     num_steps: int | None = None,
     spacing: str = "linspace",
@@ -145,7 +145,7 @@ def ddpm_sample(
     key: jax.Array,
     shape: tuple[int, ...],
     *,
-    prediction_type: str = "eps",
+    prediction_type: str,
     variance: str = "small",
     clip_x0: bool = False,
     num_steps: int | None = None,

@@ -97,7 +97,7 @@ def dpm_solver_plan(
     spacing: str = "logsnr",
     order: int = 2,
     min_log_snr: float = -6.0,
-    prediction_type: str = "eps",
+    prediction_type: str,
 ) -> Plan:
     """Checks DPM-Solver++'s options and builds its grid (see :func:`dpm_solver_sample`)."""
     check_process(process)
@@ -150,7 +150,7 @@ def dpm_solver_sample(
     spacing: str = "logsnr",
     order: int = 2,
     min_log_snr: float = -6.0,
-    prediction_type: str = "eps",
+    prediction_type: str,
     clip_x0: bool = False,
     x_T: jnp.ndarray | None = None,
     return_trajectory: bool = False,

@@ -140,7 +140,7 @@ def euler_plan(
     process: Any, *, num_steps: int = 18, sigma_min: float = DEFAULT_SIGMA_MIN,
     sigma_max: float = DEFAULT_SIGMA_MAX, rho: float = 7.0, s_churn: float = 0.0,
     s_tmin: float = 0.0, s_tmax: float = math.inf, s_noise: float = 1.0,
-    prediction_type: str = "eps",
+    prediction_type: str,
 ) -> Plan:  # fmt: skip
     """Checks the EDM Euler sampler's options and builds its grid (see :func:`euler_sample`)."""
     return _edm_plan(
@@ -153,7 +153,7 @@ def heun_plan(
     process: Any, *, num_steps: int = 18, sigma_min: float = DEFAULT_SIGMA_MIN,
     sigma_max: float = DEFAULT_SIGMA_MAX, rho: float = 7.0, s_churn: float = 0.0,
     s_tmin: float = 0.0, s_tmax: float = math.inf, s_noise: float = 1.0,
-    prediction_type: str = "eps",
+    prediction_type: str,
 ) -> Plan:  # fmt: skip
     """Checks the EDM Heun sampler's options and builds its grid (see :func:`heun_sample`)."""
     return _edm_plan(
@@ -192,7 +192,7 @@ def euler_sample(
     num_steps: int = 18, sigma_min: float = DEFAULT_SIGMA_MIN,
     sigma_max: float = DEFAULT_SIGMA_MAX, rho: float = 7.0, s_churn: float = 0.0,
     s_tmin: float = 0.0, s_tmax: float = math.inf, s_noise: float = 1.0,
-    prediction_type: str = "eps", clip_x0: bool = False, x_T: jnp.ndarray | None = None,
+    prediction_type: str, clip_x0: bool = False, x_T: jnp.ndarray | None = None,
     return_trajectory: bool = False, dtype: DTypeLike = jnp.float32,
     out_sharding: jax.sharding.Sharding | None = None,
     guide: Callable | None = None,
@@ -217,7 +217,7 @@ def heun_sample(
     num_steps: int = 18, sigma_min: float = DEFAULT_SIGMA_MIN,
     sigma_max: float = DEFAULT_SIGMA_MAX, rho: float = 7.0, s_churn: float = 0.0,
     s_tmin: float = 0.0, s_tmax: float = math.inf, s_noise: float = 1.0,
-    prediction_type: str = "eps", clip_x0: bool = False, x_T: jnp.ndarray | None = None,
+    prediction_type: str, clip_x0: bool = False, x_T: jnp.ndarray | None = None,
     return_trajectory: bool = False, dtype: DTypeLike = jnp.float32,
     out_sharding: jax.sharding.Sharding | None = None,
     guide: Callable | None = None,

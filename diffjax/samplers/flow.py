@@ -88,7 +88,7 @@ def flow_plan(
     shift: float = 1.0,
     t_max: float = 1.0,
     t_min: float | None = None,
-    prediction_type: str = "flow",
+    prediction_type: str,
 ) -> Plan:
     """Checks a flow sampler's options and builds its grid (see :func:`flow_euler_sample`)."""
     check_process(process)
@@ -129,7 +129,7 @@ def _sampler(method: str, default_steps: int) -> Callable:
     def sample(
         model_fn: Callable, process: Any, key: jax.Array, shape: tuple[int, ...], *,
         num_steps: int = default_steps, shift: float = 1.0, t_max: float = 1.0,
-        t_min: float | None = None, prediction_type: str = "flow", clip_x0: bool = False,
+        t_min: float | None = None, prediction_type: str, clip_x0: bool = False,
         x_T: jnp.ndarray | None = None,
         return_trajectory: bool = False, dtype: DTypeLike = jnp.float32,
         out_sharding: jax.sharding.Sharding | None = None, guide: Callable | None = None,

@@ -179,7 +179,7 @@ def karras_sigmas(
 
     sigma_i = (sigma_max^(1/rho) + i / (N - 1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho.
     """
-    num_steps = check_num_steps(num_steps, 10**9)
+    num_steps = check_num_steps(num_steps, None)
     _check_range(sigma_min, sigma_max, rho)
     if num_steps == 1:
         return np.asarray([sigma_max], np.float64)
@@ -228,7 +228,7 @@ def log_snr_times(
     Returns:
       float64 ``[S]`` in [0, 1], strictly descending.
     """
-    num_steps = check_num_steps(num_steps, 10**9)
+    num_steps = check_num_steps(num_steps, None)
     end = data_end_time(process, sigma_min)
     with np.errstate(divide="ignore"):
         lambda_hi = -math.log(max(_sigma_ratio(process, end), 1e-300))
@@ -259,7 +259,7 @@ def uniform_times(
     linspace(t_max, t_min, S), so the last model call is at t_min and the last step, t_min to 0,
     is short (the grid of diffusers' flow-matching schedulers, whose t_min is 1/1000).
     """
-    num_steps = check_num_steps(num_steps, 10**9)
+    num_steps = check_num_steps(num_steps, None)
     if not 0.0 <= t_min < t_max <= 1.0:
         raise ValueError(f"need 0 <= t_min < t_max <= 1, got t_min={t_min}, t_max={t_max}.")
     if not shift > 0:

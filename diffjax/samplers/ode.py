@@ -187,7 +187,7 @@ def check_ode_options(
 def ode_plan(
     process: Any, *, solver: str = "tsit5", rtol: float = 1e-5, atol: float = 1e-5,
     num_steps: int = 10, max_steps: int = 4096, t_max: float | None = None,
-    t_min: float | None = None, prediction_type: str = "eps",
+    t_min: float | None = None, prediction_type: str,
 ) -> tuple[Any, float, float]:  # fmt: skip
     """:func:`check_ode_options` with :func:`ode_sample`'s defaults (the sampler registry's
     option check)."""
@@ -195,6 +195,42 @@ def ode_plan(
         process, solver=solver, rtol=rtol, atol=atol, t_max=t_max, t_min=t_min,
         num_steps=num_steps, max_steps=max_steps, prediction_type=prediction_type,
     )  # fmt: skip
+
+
+def finish_solve(
+    call: Callable[[], Any], *, solver: str, rtol: float, atol: float, max_steps: int,
+    t_end: float,
+) -> Any:  # fmt: skip
+    """``call()`` (a jitted function that runs :func:`solve`), waited for, with diffrax's
+    runtime error for an exhausted ``max_steps`` turned into one clear :class:`OdeSolveError`.
+
+    Under an outer ``jax.jit`` the result is traced and nothing can be waited for: diffrax's
+    own error then surfaces when the caller's program runs.
+    """
+    import logging
+
+    from diffjax.errors import OdeSolveError
+
+    # diffrax raises through a host callback, which JAX logs with a traceback before the
+    # error reaches here; the error is reported below instead.
+    callback_logger = logging.getLogger("jax._src.callback")
+    previous_level = callback_logger.level
+    callback_logger.setLevel(logging.CRITICAL)
+    try:
+        result = call()
+        if not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(result)):
+            jax.block_until_ready(result)
+        return result
+    except jax.errors.JaxRuntimeError as error:
+        if "maximum number of solver steps" not in str(error):
+            raise
+        raise OdeSolveError(
+            f"the adaptive ODE solve ({solver}, rtol={rtol:g}, atol={atol:g}) used all "
+            f"max_steps={max_steps} steps before reaching t={t_end:g}: raise max_steps or "
+            f"loosen rtol/atol (a model that returns NaN or Inf also uses them all up)."
+        ) from None
+    finally:
+        callback_logger.setLevel(previous_level)
 
 
 def solve(
@@ -271,7 +307,7 @@ def ode_sample(
     max_steps: int = 4096,
     t_max: float | None = None,
     t_min: float | None = None,
-    prediction_type: str = "eps",
+    prediction_type: str,
     clip_x0: bool = False,
     x_T: jnp.ndarray | None = None,
     return_stats: bool = False,
@@ -305,6 +341,10 @@ def ode_sample(
     Returns:
       Samples ``[B, ...]``, or ``(samples, OdeStats)``; the final x0-prediction is counted in
       ``num_function_evals``.
+
+    Raises:
+      ValueError / TypeError: a bad option, before anything is traced; OdeSolveError: the
+        solve used up ``max_steps`` (called outside ``jax.jit``; inside, diffrax's own error).
     """
     model, shape, dtype = check_common_args(model_fn, process, shape, key, x_T, dtype, out_sharding)
     continuous, t_max, t_min = check_ode_options(
@@ -313,11 +353,14 @@ def ode_sample(
     )  # fmt: skip
     clip_x0 = check_flag(clip_x0, "clip_x0")
     return_stats = check_flag(return_stats, "return_stats")
-    samples, stats = _run(
-        as_model_pytree(model), None if guide is None else as_model_pytree(guide),
-        as_jit_argument(continuous), key, x_T, jnp.float32(rtol), jnp.float32(atol),
-        shape=shape, dtype=dtype, prediction_type=prediction_type, clip_x0=clip_x0,
-        solver=solver, num_steps=int(num_steps), max_steps=int(max_steps),
-        out_sharding=out_sharding, t_max=t_max, t_min=t_min,
+    samples, stats = finish_solve(
+        lambda: _run(
+            as_model_pytree(model), None if guide is None else as_model_pytree(guide),
+            as_jit_argument(continuous), key, x_T, jnp.float32(rtol), jnp.float32(atol),
+            shape=shape, dtype=dtype, prediction_type=prediction_type, clip_x0=clip_x0,
+            solver=solver, num_steps=int(num_steps), max_steps=int(max_steps),
+            out_sharding=out_sharding, t_max=t_max, t_min=t_min,
+        ),
+        solver=solver, rtol=rtol, atol=atol, max_steps=max_steps, t_end=t_min,
     )  # fmt: skip
     return (samples, stats) if return_stats else samples

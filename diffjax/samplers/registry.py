@@ -40,6 +40,7 @@ from diffjax.samplers.sde import euler_maruyama_plan, euler_maruyama_sample, pc_
 
 __all__ = [
     "COMMON_OPTIONS",
+    "REQUIRED",
     "SAMPLERS",
     "SAMPLER_NAMES",
     "SamplerEntry",
@@ -196,12 +197,25 @@ def register_sampler(
     SAMPLERS[name] = SamplerEntry(sample or _plan_sampler(plan), plan, rule)
 
 
+class _Required:
+    """The default :func:`sampler_options` shows for an option that has none."""
+
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED = _Required()
+"""What :func:`sampler_options` gives for an option without a default (``prediction_type``)."""
+
+
 def sampler_options(name: str) -> dict[str, Any]:
-    """The options of sampler ``name`` with their defaults (``prediction_type`` included,
-    the runner's common options excluded)."""
+    """The options of sampler ``name`` with their defaults (:data:`REQUIRED` for
+    ``prediction_type``, which has none), the runner's common options excluded."""
     parameters = inspect.signature(_entry(name).sample).parameters
     return {
-        key: parameters[key].default
+        key: REQUIRED
+        if parameters[key].default is inspect.Parameter.empty
+        else parameters[key].default
         for key in _keyword_names(_entry(name).sample)
         if key not in COMMON_OPTIONS
     }
@@ -254,17 +268,28 @@ def sample(
       process: the schedule or continuous process.
       key: PRNG key, or ``[B]`` per-sample keys.
       shape: ``(B, ...)`` of the samples.
-      **kwargs: that sampler's keyword arguments (e.g. ``num_steps``, ``eta`` for DDIM,
-        ``prediction_type``, ``clip_x0``, ``guide``, ``x_T``, ``return_trajectory``,
-        ``out_sharding``).
+      **kwargs: that sampler's keyword arguments: ``prediction_type`` (required: what
+        ``model_fn`` predicts, one of :data:`~diffjax.predictions.PREDICTION_TYPES`; no sampler
+        guesses it, because a wrong guess gives wrong samples without an error), and e.g.
+        ``num_steps``, ``eta`` for DDIM, ``clip_x0``, ``guide``, ``x_T``,
+        ``return_trajectory``, ``out_sharding``.
 
     Returns:
       What the sampler returns: samples ``[B, ...]`` or ``(samples, trajectory)``.
 
     Raises:
-      ValueError: for an unknown name; TypeError: for a keyword that sampler does not take.
+      ValueError: for an unknown name; TypeError: for a keyword that sampler does not take, or
+        no ``prediction_type``.
     """
     sampler = _entry(name).sample
+    if "prediction_type" not in kwargs:
+        from diffjax.predictions import PREDICTION_TYPES
+
+        raise TypeError(
+            f"sample({name!r}, ...) needs prediction_type=, what model_fn predicts: one of "
+            f"{PREDICTION_TYPES}. No sampler assumes one (the flow samplers' 'flow' and the "
+            f"others' 'eps' would silently misread a model of another type)."
+        )
     allowed = _keyword_names(sampler)
     unknown = sorted(set(kwargs) - set(allowed))
     if unknown:

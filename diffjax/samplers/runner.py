@@ -19,6 +19,9 @@ churn).
 from __future__ import annotations
 
 import functools
+import inspect
+import os
+import warnings
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -152,17 +155,46 @@ def _run(
         grid.noise_index,
     )
 
-    def scan_body(carry, step):
-        x, extra = carry
+    def scan_body(carry, indexed_step):
+        x, extra, first_nonfinite = carry
+        index, step = indexed_step
         x_next, extra, x0 = body(denoiser, process, x, extra, step, noise_key, settings, options)
         history = (x, x0) if return_trajectory else None
-        return (constrain(x_next, out_sharding), extra), history
+        # The first step whose result holds a NaN or Inf (-1: none), for run_plan's warning.
+        newly = (first_nonfinite < 0) & ~jnp.all(jnp.isfinite(x_next))
+        first_nonfinite = jnp.where(newly, index, first_nonfinite)
+        return (constrain(x_next, out_sharding), extra, first_nonfinite), history
 
     extra = None if initial_carry is None else initial_carry(x)
-    (x, _), history = jax.lax.scan(scan_body, (x, extra), steps)
-    if return_trajectory:
-        return x, Trajectory(grid.time[:-1], *history)
-    return x
+    indices = jnp.arange(grid.time.shape[0] - 1, dtype=jnp.int32)
+    (x, _, first_nonfinite), history = jax.lax.scan(
+        scan_body, (x, extra, jnp.int32(-1)), (indices, steps)
+    )
+    trajectory = Trajectory(grid.time[:-1], *history) if return_trajectory else None
+    return x, trajectory, first_nonfinite
+
+
+def warn_if_nonfinite(first_nonfinite: jax.Array, times: Any) -> None:
+    """Warns which step first gave a NaN or Inf (``first_nonfinite`` >= 0), if it is known
+    here: under an outer ``jax.jit`` it is traced, and the caller checks its own samples."""
+    if isinstance(first_nonfinite, jax.core.Tracer):
+        return
+    index = int(first_nonfinite)
+    if index < 0:
+        return
+    times = np.asarray(times)
+    # Point at the first frame outside diffjax: the user's call.
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    frame, level = inspect.currentframe(), 1
+    while frame is not None and frame.f_code.co_filename.startswith(package):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(
+        f"diffjax sampler: the samples first became NaN/Inf at step {index + 1} of "
+        f"{len(times) - 1} (t = {times[index]:.6g} -> {times[index + 1]:.6g}); the model "
+        f"returned NaN or Inf there, or the step overflowed.",
+        RuntimeWarning,
+        stacklevel=level,
+    )
 
 
 def run_plan(
@@ -196,13 +228,15 @@ def run_plan(
         after each network call (:mod:`diffjax.samplers.guidance`), before ``clip_x0``.
 
     Returns:
-      Samples ``[B, ...]``, or ``(samples, trajectory)``.
+      Samples ``[B, ...]``, or ``(samples, trajectory)``. If a step's result holds a NaN or
+      Inf, a ``RuntimeWarning`` names the first such step (which waits for the result; inside
+      an outer ``jax.jit`` nothing is known yet and no warning is given).
     """
     model, shape, dtype = check_common_args(model_fn, process, shape, key, x_T, dtype, out_sharding)
     denoiser = Denoiser(model, None if guide is None else as_model_pytree(guide))
     clip_x0 = check_flag(clip_x0, "clip_x0")
     return_trajectory = check_flag(return_trajectory, "return_trajectory")
-    return _run(
+    samples, trajectory, first_nonfinite = _run(
         denoiser,
         as_jit_argument(process),
         key,
@@ -222,3 +256,5 @@ def run_plan(
         return_trajectory=return_trajectory,
         out_sharding=out_sharding,
     )
+    warn_if_nonfinite(first_nonfinite, plan.grid.time)
+    return (samples, trajectory) if return_trajectory else samples

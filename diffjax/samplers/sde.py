@@ -171,7 +171,7 @@ def _sde_plan(
 
 def euler_maruyama_plan(
     process: Any, *, num_steps: int = 1000, t_max: float = 1.0, t_min: float = DEFAULT_T_MIN,
-    prediction_type: str = "eps",
+    prediction_type: str,
 ) -> Plan:  # fmt: skip
     """Checks Euler-Maruyama's options and builds its grid (see :func:`euler_maruyama_sample`)."""
     return _sde_plan(
@@ -183,7 +183,7 @@ def euler_maruyama_plan(
 def pc_plan(
     process: Any, *, num_steps: int = 1000, predictor: str = "reverse_diffusion",
     corrector: str = "langevin", corrector_steps: int = 1, snr: float = 0.16,
-    t_max: float = 1.0, t_min: float = DEFAULT_T_MIN, prediction_type: str = "eps",
+    t_max: float = 1.0, t_min: float = DEFAULT_T_MIN, prediction_type: str,
 ) -> Plan:  # fmt: skip
     """Checks the predictor-corrector's options and builds its grid (see :func:`pc_sample`)."""
     return _sde_plan(
@@ -226,7 +226,7 @@ def _run(plan: Plan, process, model_fn, key, shape, clip_x0, x_T, return_traject
 def euler_maruyama_sample(
     model_fn: Callable, process: Any, key: jax.Array, shape: tuple[int, ...], *,
     num_steps: int = 1000, t_max: float = 1.0, t_min: float = DEFAULT_T_MIN,
-    prediction_type: str = "eps", clip_x0: bool = False, x_T: jnp.ndarray | None = None,
+    prediction_type: str, clip_x0: bool = False, x_T: jnp.ndarray | None = None,
     return_trajectory: bool = False, dtype: DTypeLike = jnp.float32,
     out_sharding: jax.sharding.Sharding | None = None, guide: Callable | None = None,
 ):  # fmt: skip
@@ -249,7 +249,7 @@ def pc_sample(
     model_fn: Callable, process: Any, key: jax.Array, shape: tuple[int, ...], *,
     num_steps: int = 1000, predictor: str = "reverse_diffusion", corrector: str = "langevin",
     corrector_steps: int = 1, snr: float = 0.16, t_max: float = 1.0,
-    t_min: float = DEFAULT_T_MIN, prediction_type: str = "eps", clip_x0: bool = False,
+    t_min: float = DEFAULT_T_MIN, prediction_type: str, clip_x0: bool = False,
     x_T: jnp.ndarray | None = None, return_trajectory: bool = False,
     dtype: DTypeLike = jnp.float32, out_sharding: jax.sharding.Sharding | None = None,
     guide: Callable | None = None,

@@ -56,16 +56,23 @@ SPACINGS: tuple[str, ...] = ("leading", "trailing", "linspace")
 SOLVER_SPACINGS: tuple[str, ...] = ("logsnr", "karras") + SPACINGS
 
 
-def check_num_steps(num_steps: int, num_timesteps: int) -> int:
+def check_num_steps(num_steps: int, num_timesteps: int | None) -> int:
     """Validates a number of sampling steps S against the schedule's T and returns it as an int.
+
+    Args:
+      num_steps: S.
+      num_timesteps: a schedule's T, or None for a continuous process (no upper bound).
 
     Raises:
       TypeError: if ``num_steps`` is not an integer.
-      ValueError: unless 1 <= S <= T.
+      ValueError: unless 1 <= S (<= T for a schedule).
     """
+    allowed = "an int >= 1" if num_timesteps is None else f"an int in [1, {num_timesteps}]"
     if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)):
-        raise TypeError(f"num_steps must be an int in [1, {num_timesteps}], got {num_steps!r}.")
-    if not 1 <= num_steps <= num_timesteps:
+        raise TypeError(f"num_steps must be {allowed}, got {num_steps!r}.")
+    if num_timesteps is None and num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}.")
+    if num_timesteps is not None and not 1 <= num_steps <= num_timesteps:
         raise ValueError(
             f"num_steps must be in [1, T={num_timesteps}] for a schedule of {num_timesteps} "
             f"timesteps, got {num_steps}."

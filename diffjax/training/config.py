@@ -195,7 +195,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.eval.batch_size = 256
     config.eval.num_batches = 4
     # A Fréchet distance of the EMA samples (drawn as the sample grids are) every this many
-    # steps and at the end, logged as 'fid' or 'fd_fmnist'; 0: never.
+    # steps and at the end, logged as 'fid' or 'fd_fmnist'; 0: never. A run shorter than this
+    # (a smoke run) computes none.
     config.eval.fd_every_steps = 0
     config.eval.fd_num_samples = 1000
     # Samples per compiled call; a multiple of the device count.

@@ -46,11 +46,16 @@ def report_progress(
     """
     if jax.process_index() != 0:
         return
+    eta = (num_steps - done) / steps_per_s if steps_per_s > 0 else float("nan")
     if progress is not None:
-        progress.set_postfix(loss=f"{loss:.4f}", img_s=f"{images_per_s:.1f}", refresh=False)
+        # The rates are the training's own (evaluations and saves excluded), not tqdm's clock.
+        progress.set_postfix(
+            loss=f"{loss:.4f}", img_s=f"{images_per_s:.1f}",
+            s_step=f"{1 / steps_per_s:.3g}" if steps_per_s > 0 else "?",
+            eta=_format_duration(eta) if eta == eta else "?", refresh=False,
+        )  # fmt: skip
         progress.update(done - progress.n)
         return
-    eta = (num_steps - done) / steps_per_s if steps_per_s > 0 else float("nan")
     log(
         f"step {done}/{num_steps}  loss {loss:.5f}  {images_per_s:.1f} images/s  "
         f"elapsed {_format_duration(elapsed)}  ETA {_format_duration(eta) if eta == eta else '?'}"

@@ -9,7 +9,8 @@ once before the first step, and calls it every ``every`` steps and at the end:
 ``sample_grid``        EMA samples with the config's sampler, written to ``samples/`` and
                        TensorBoard (``config.sampling``)
 ``frechet_distance``   the Fréchet distance of EMA samples against the evaluation split
-                       (``config.eval.fd_*``), logged as ``fid`` / ``fd_fmnist``
+                       (``config.eval.fd_*``), logged as ``fid`` / ``fd_fmnist``; left out
+                       of a run shorter than ``fd_every_steps`` (a smoke run)
 ``held_out_loss``      the objective's loss of the EMA weights on fixed held-out batches
                        (``config.eval.every_steps``), logged as ``eval_loss``
 =====================  ===================================================================
@@ -85,7 +86,9 @@ def _sample_grid(training: Any) -> Hook | None:
 
 def _frechet_distance(training: Any) -> Hook | None:
     evaluation = training.values["eval"]
-    if evaluation["fd_every_steps"] == 0:
+    # A run shorter than one interval (a smoke run of the default config) would spend most of
+    # its time drawing the FD's samples at its end.
+    if not 0 < evaluation["fd_every_steps"] <= training.values["training"]["num_steps"]:
         return None
     from diffjax.metrics import load_feature_network
 

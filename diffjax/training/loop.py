@@ -18,6 +18,8 @@ Reliability (the run must lose nothing):
   the same command ends with the same parameters as an uninterrupted one;
 - a damaged newest checkpoint is reported and the previous good one is used
   (:mod:`diffjax.training.checkpoint`);
+- Ctrl-C (SIGINT) or SIGTERM (preemption, SLURM) stops the run at the end of the current
+  step with a checkpoint of that step, so rerunning continues from it, bit for bit;
 - a NaN/Inf loss or gradient stops the run with the step named (or is skipped, with
   ``config.training.nan_policy='skip'``), and a state holding NaN/Inf is never saved.
 
@@ -30,6 +32,8 @@ The workdir's layout is described in :mod:`diffjax.training.workdir`.
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import time
 from typing import Any, Mapping, Sequence
 
@@ -172,7 +176,6 @@ class _Run:
     ) -> None:
         self.workdir = os.path.abspath(os.fspath(workdir))
         self.mesh, self.values = _mesh_and_values(config, devices)
-        check_workdir(self.workdir)
         self.record = load_run_record(self.workdir)
         if self.record is not None:
             conflicts = resume_conflicts(self.record["config"], self.values)
@@ -209,6 +212,8 @@ class _Run:
         abstract = self.programs.abstract_state
         self.num_params = count_params(abstract.params)
         state_bytes = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(abstract))
+        # Only now, with the config, data and networks found good, is the workdir created.
+        check_workdir(self.workdir)
         check_free_space(self.workdir, state_bytes)
 
         from diffjax.training.checkpoint import CheckpointManager  # orbax loads here.
@@ -227,6 +232,14 @@ class _Run:
             else:
                 self.state, self.start_step = restored.state, restored.step
                 self.data_state, self.last_saved_step = restored.data_state, restored.step
+            num_steps = values["training"]["num_steps"]
+            if self.start_step > num_steps:
+                raise IncompatibleResumeError(
+                    f"The workdir {self.workdir} holds a run at step {self.start_step}, past "
+                    f"config.training.num_steps={num_steps}: set num_steps above "
+                    f"{self.start_step} to train on, or choose a new --workdir; nothing was "
+                    f"changed."
+                )
         except BaseException:
             self.checkpoints.close()
             raise
@@ -302,9 +315,20 @@ def _final_message(run: _Run, seconds: float) -> str:
         f"  {CHECKPOINT_DIR + '/':<30} the newest {kept} checkpoints",
         "Next:",
         f"  python -m diffjax.sample --workdir {workdir}      more samples",
-        f"  python -m diffjax.evaluate --workdir {workdir}    a Fréchet distance of 10k samples",
-        "  the same train command with --config.training.num_steps=<more>: trains on from here",
     ]
+    if tuple(run.info.image_shape) == (28, 28, 1):
+        lines.append(
+            f"  python -m diffjax.evaluate --workdir {workdir}    FD-FMNIST of 10k samples (offline)"
+        )
+    else:
+        lines += [
+            f"  python -m diffjax.evaluate --workdir {workdir} --metrics bpd    bits/dim (offline)",
+            f"  python -m diffjax.evaluate --workdir {workdir}    FID of 10k samples (needs the "
+            f"Inception weights: --inception_weights, or a download)",
+        ]
+    lines.append(
+        "  the same train command with --config.training.num_steps=<more>: trains on from here"
+    )
     return "\n".join(lines)
 
 
@@ -412,9 +436,12 @@ class _Logger:
         if run.values["training"]["progress_bar"] and jax.process_index() == 0:
             from tqdm.auto import tqdm
 
+            # No tqdm rate or remaining time: its clock would count the evaluations and saves
+            # as step time; the postfix carries the training's own (report_progress).
             self.progress = tqdm(
                 total=self.num_steps, initial=run.start_step, unit="step", dynamic_ncols=True,
-                desc="train", smoothing=0.1,
+                desc="train", bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
+                "[{elapsed}{postfix}]",
             )  # fmt: skip
         self.run_start = time.perf_counter()
         self.restart_interval(run.start_step)
@@ -467,10 +494,62 @@ class _Logger:
             self.progress.close()
 
 
+class _StopSignals:
+    """Turns SIGINT and SIGTERM into a request the loop answers at the end of its current step
+    (saving a checkpoint of that step first), instead of an exception anywhere inside it.
+
+    Preemptible TPU VMs and SLURM send SIGTERM before they kill a job; Ctrl-C sends SIGINT.
+    Installed only in the main thread (the only one Python delivers signals to) of a
+    single-process run: a save is collective, and one process of several stopping alone would
+    leave the others waiting (those runs keep their checkpoint intervals). A second signal
+    while saving is left to the previous handler.
+    """
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "_StopSignals":
+        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+            for number in (signal.SIGINT, signal.SIGTERM):
+                self._previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def _handle(self, number: int, frame: Any) -> None:
+        self.received = number
+        signal.signal(number, self._previous.get(number, signal.SIG_DFL))
+
+    def __exit__(self, *exc_info: Any) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+
+
+def _save(run: _Run, step: int, data_state: Any) -> None:
+    run.checkpoints.save(step, run.state, data_state=data_state, metadata=dict(config=run.values))
+    run.last_saved_step = step
+
+
+def _stop_on_signal(run: _Run, logger: "_Logger", number: int, step: int, data_state: Any) -> None:
+    """Saves the state of ``step`` (if it is not saved yet) and stops the run."""
+    if run.last_saved_step != step:
+        logger.log(step)  # a NaN stops the run here, before anything is written
+        _save(run, step, data_state)
+    run.checkpoints.wait_until_finished()
+    name = signal.Signals(number).name
+    log(f"diffjax: {name} at step {step}: saved a checkpoint of step {step}; rerun the same "
+        f"command to resume from it.")  # fmt: skip
+    if number == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise SystemExit(128 + number)
+
+
 def _train(run: _Run) -> TrainState:
     values = run.values
     training = values["training"]
     num_steps = training["num_steps"]
+    if run.start_step >= num_steps:
+        log(f"diffjax: the run in {run.workdir} already reached step {num_steps}; nothing to do.")
+        return run.state
     write_run_record(run.workdir, run.values, run.info, run.frozen_record)
     log(run.summary())
     train_step = run.programs.train_step
@@ -483,6 +562,7 @@ def _train(run: _Run) -> TrainState:
             hook.prepare(run)
     logger = _Logger(run)
     iterator = iter(run.dataset)
+    signals = _StopSignals().__enter__()
     try:
         if run.data_state is not None:
             iterator.set_state(run.data_state)
@@ -509,20 +589,18 @@ def _train(run: _Run) -> TrainState:
                 if due(hook.every, done):
                     hook.run(run, done, logger.writer)
             if save_now:
-                run.checkpoints.save(
-                    done, run.state, data_state=data_state,
-                    metadata=dict(config=run.values),
-                )  # fmt: skip
-                run.last_saved_step = done
+                _save(run, done, data_state)
             logger.exclude(time.perf_counter() - start)
-        if run.start_step >= num_steps:
-            log(f"diffjax: the run in {run.workdir} already reached step {num_steps}.")
+            if signals.received is not None:
+                _stop_on_signal(run, logger, signals.received, done, data_state)
         run.checkpoints.wait_until_finished()
         logger.writer.flush()
         _write_loss_plot(run.workdir)
         log(_final_message(run, time.perf_counter() - logger.run_start))
         return run.state
     except KeyboardInterrupt:
+        if signals.received is not None:
+            raise  # _stop_on_signal has said what was saved.
         saved = run.last_saved_step
         kept = (
             f"the newest checkpoint is step {saved}" if saved else "no checkpoint was written yet"
@@ -530,5 +608,6 @@ def _train(run: _Run) -> TrainState:
         log(f"diffjax: interrupted at step {step}; {kept}. Rerun the same command to resume.")
         raise
     finally:
+        signals.__exit__(None, None, None)
         iterator.close()
         logger.close()

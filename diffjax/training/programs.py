@@ -70,7 +70,7 @@ __all__ = [
     "mesh_from_config",
     "program_spec",
     "sample_drawer",
-    "sampler_options",
+    "sampling_settings",
     "validate_config",
 ]
 
@@ -147,14 +147,62 @@ def build_codec(values: Mapping[str, Any]) -> Any:
         raise ConfigError(f"config.codec ({codec['name']!r}): {error}") from error
 
 
-def sampler_options(values: Mapping[str, Any]) -> dict[str, Any]:
-    """The keyword arguments the sample grids pass to ``config.sampling.sampler``."""
+def sampling_settings(
+    values: Mapping[str, Any],
+    *,
+    sampler: str | None = None,
+    num_steps: int | None = None,
+    options: Mapping[str, Any] | None = None,
+    process: Any = None,
+) -> tuple[str, dict[str, Any]]:
+    """The sampler and its keyword arguments for a run, the one rule every program uses.
+
+    The config's sampler starts from ``config.sampling``'s ``num_steps`` and ``options``;
+    another sampler starts from its own defaults (``ddpm``: all T steps, as in the API); then
+    ``options`` and ``num_steps`` are put on top. ``prediction_type`` is always the run's
+    ``config.diffusion.prediction_type``: what the network was trained to predict.
+
+    Args:
+      values: the run's validated config.
+      sampler: a registered sampler's name; None: ``config.sampling.sampler``.
+      num_steps: the steps; None: as above.
+      options: more of the sampler's keyword arguments (e.g. ``{'eta': 0.5}``).
+      process: the run's process: the options are then checked against the sampler
+        (:func:`diffjax.samplers.check_sampler_options`), compiling nothing.
+
+    Returns:
+      ``(sampler, options)``.
+
+    Raises:
+      ConfigError: an option ``prediction_type`` other than the run's, or (with ``process``)
+        an option the sampler does not take or refuses.
+    """
     sampling = values["sampling"]
-    return dict(
-        num_steps=sampling["num_steps"],
-        prediction_type=values["diffusion"]["prediction_type"],
-        **sampling["options"],
-    )
+    name = sampling["sampler"] if sampler is None else sampler
+    chosen: dict[str, Any] = {}
+    if name == sampling["sampler"]:
+        chosen = dict(sampling["options"], num_steps=sampling["num_steps"])
+    chosen.update(options or {})
+    if num_steps is not None:
+        chosen["num_steps"] = num_steps
+    trained = values["diffusion"]["prediction_type"]
+    if chosen.get("prediction_type", trained) != trained:
+        raise ConfigError(
+            f"prediction_type={chosen['prediction_type']!r} contradicts the run: its network was "
+            f"trained to predict {trained!r} (config.diffusion.prediction_type); leave the "
+            f"option out."
+        )
+    chosen["prediction_type"] = trained
+    if process is not None:
+        from diffjax.samplers import check_sampler_options
+
+        try:
+            check_sampler_options(name, process, chosen)
+        except (TypeError, ValueError) as error:
+            raise ConfigError(
+                f"sampler {name!r}, num_steps={chosen.get('num_steps')}: {error}"
+            ) from error
+    return name, chosen
 
 
 def mesh_from_config(values: Mapping[str, Any], devices: Sequence[Any] | None = None) -> Mesh:
@@ -282,7 +330,7 @@ def _check_sampling(values: Mapping[str, Any], process: Any) -> None:
     _expect(values, "sampling.seed", lambda v: 0 <= v < 2**32, "lie in [0, 2**32)")
     # The sampler checks its own options, as it will when it draws the grids.
     try:
-        check_sampler_options(sampling["sampler"], process, sampler_options(values))
+        check_sampler_options(sampling["sampler"], process, sampling_settings(values)[1])
     except (TypeError, ValueError) as error:
         raise ConfigError(
             f"config.sampling (sampler {sampling['sampler']!r}, num_steps "
@@ -748,7 +796,7 @@ def make_run_generator(
         shape=programs.latent_shape,
         num_samples=num_samples,
         sampler=sampling["sampler"] if sampler is None else sampler,
-        options=sampler_options(values) if options is None else options,
+        options=sampling_settings(values)[1] if options is None else options,
         guidance_scale=scale,
         clip_x0=sampling["clip_x0"],
         codec=programs.codec,

@@ -50,6 +50,7 @@ class TrainedRun(NamedTuple):
       programs: the run's :class:`~diffjax.training.programs.Programs` (codec, latent shape,
         sharding).
       frozen: the run's frozen pytrees as ``config.json`` records them (``{}`` for none).
+      mesh: the devices the parameters are placed on.
     """
 
     config: dict[str, Any]
@@ -60,6 +61,7 @@ class TrainedRun(NamedTuple):
     step: int
     programs: Programs
     frozen: dict[str, Any]
+    mesh: Mesh
 
 
 def load_trained_run(workdir: str | os.PathLike, mesh: Mesh | None = None) -> TrainedRun:
@@ -109,7 +111,7 @@ def load_trained_run(workdir: str | os.PathLike, mesh: Mesh | None = None) -> Tr
     )  # fmt: skip
     return TrainedRun(
         values, dataset, programs.model, programs.process, state, restored.step, programs,
-        record.get("frozen", {}),
+        record.get("frozen", {}), mesh,
     )  # fmt: skip
 
 

@@ -9,8 +9,10 @@ have been prepared with ``file_format="array_record"`` (``tfds.data_source`` doe
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import os
+import re
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -70,9 +72,15 @@ def describe_tfds_dataset(
             # dataset_info.json, and asking for another one is an error at construction.
             builder = tfds.builder(name, data_dir=data_dir)
         except tfds.core.registered.DatasetNotFoundError as error:
+            # TFDS's own message lists all its ~300 datasets; name the nearest ones instead.
+            listed = re.findall(r"^\s+- (\S+)$", str(error), flags=re.MULTILINE)
+            known = sorted({"fashion_mnist", "folder", *listed})
+            close = difflib.get_close_matches(name.split("/")[0], known, n=3)
+            hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
             raise ValueError(
-                f"data name {name!r} is neither 'fashion_mnist', 'folder' nor a TFDS dataset "
-                f"(see https://www.tensorflow.org/datasets/catalog/overview): {error}"
+                f"data name {name!r} is neither 'fashion_mnist', 'folder', a registered dataset "
+                f"nor a TFDS dataset; {hint}(TFDS's: "
+                f"https://www.tensorflow.org/datasets/catalog/overview)"
             ) from None
     features = builder.info.features
     image = features["image"] if "image" in features else None
