@@ -40,8 +40,11 @@ def test_the_fixture_is_a_0_2_0_run_record():
     assert "label_dropout" in record["config"]["training"] and "objective" not in record["config"]
 
 
-def test_an_old_workdir_samples_and_evaluates(old_workdir):
+def test_an_old_workdir_samples_and_evaluates(old_workdir, monkeypatch, tmp_path):
     workdir, _ = old_workdir
+    # No Inception weights anywhere: bits/dim needs no feature network.
+    monkeypatch.setenv("DIFFJAX_WEIGHTS_DIR", str(tmp_path / "weights"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     run = load_trained_run(workdir)
     assert run.step == 2 and run.programs.latent_shape == (8, 8, 1)
     generate = make_run_generator(run.config, run.programs, 4, None)
@@ -50,10 +53,12 @@ def test_an_old_workdir_samples_and_evaluates(old_workdir):
     settings = EvalSettings(
         metrics=("bpd",), num_samples=2, batch_size=2, sampler="ddim",
         options=dict(num_steps=2, prediction_type="eps"), guidance_scale=1.0, ema=True, seed=0,
-        features="fmnist", bpd_num=2, bpd_timesteps=4, bpd_rtol=1e-2,
+        features="inception", bpd_num=2, bpd_timesteps=4, bpd_rtol=1e-2,
     )  # fmt: skip
     with fast_compiles():
-        record = evaluate_run(workdir, settings, mesh=make_mesh(jax.devices()[:2]), progress=False)
+        record = evaluate_run(
+            workdir, settings, mesh=make_mesh(jax.devices()[:2]), progress=False, download=False
+        )
     assert record["step"] == 2 and np.isfinite(record["results"]["bpd"]["mean"])
 
 

@@ -368,6 +368,13 @@ BAD_INPUTS = {
         "dataset-fashion-mnist",
         False,
     ),
+    "dataset name typo": (
+        {"data.name": "fashon_mnist"},
+        None,
+        ConfigError,
+        "did you mean 'fashion_mnist'",
+        False,
+    ),
     "image size the model cannot take": (
         {"data.image_size": 6, "model.attn_resolutions": (5,)},
         None,

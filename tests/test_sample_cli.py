@@ -8,6 +8,7 @@ blocks, one class after the other.
 
 import os
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -135,3 +136,12 @@ def test_sample_cli_names_a_bad_option_in_one_line(trained, flag, message):
     assert result.returncode == 1 and "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.startswith("diffjax.sample:")]
     assert len(lines) == 1 and message in lines[0], result.stderr[-2000:]
+
+
+def test_sample_cli_checks_its_flags_before_loading_the_checkpoint(trained, tmp_path):
+    """A run record without checkpoints: a bad flag is reported, not the missing checkpoint,
+    so the flags were checked first (before the checkpoint and its libraries load)."""
+    shutil.copy(os.path.join(trained, "config.json"), tmp_path / "config.json")
+    result = run_cli(sample_command(str(tmp_path), "--num=0"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "--num and --batch must be >= 1, got 0 and 256." in result.stderr, result.stderr
