@@ -79,10 +79,25 @@ def test_another_sampler_starts_from_its_own_defaults_and_the_run_fixes_the_pred
     run = load_trained_run(trained)
     steps = run.config["sampling"]["num_steps"]
     # The config's sampler with its steps; ddpm with its own default, as in the API: all T.
-    assert run_sampler(run, 8).options == dict(num_steps=steps, prediction_type="eps")
-    assert run_sampler(run, 8, sampler="ddpm").options == dict(prediction_type="eps")
+    # clip_x0 is the config's (True) unless an option says otherwise, and always stated.
+    clip = run.config["sampling"]["clip_x0"]
+    assert run_sampler(run, 8).options == dict(num_steps=steps, prediction_type="eps", clip_x0=clip)
+    assert run_sampler(run, 8, sampler="ddpm").options == dict(prediction_type="eps", clip_x0=clip)
     with pytest.raises(ConfigError, match="prediction_type='v' contradicts the run.*'eps'"):
         run_sampler(run, 8, options={"prediction_type": "v"})
+    with pytest.raises(ConfigError, match="clip_x0='no' must be true or false"):
+        run_sampler(run, 8, options={"clip_x0": "no"})
+
+
+def test_the_clip_x0_option_overrides_the_config(trained):
+    """Unclipped DDIM samples of the 3-step toy run leave [-1, 1]; the config's clipped ones do
+    not, and they differ from the unclipped ones."""
+    run = load_trained_run(trained)
+    assert run.config["sampling"]["clip_x0"] is True
+    settings = dict(num_steps=3, seed=1, labels=np.zeros(8, np.int32), batch_size=8)
+    clipped = dj.sample_run(run, 8, **settings)
+    unclipped = dj.sample_run(run, 8, options={"clip_x0": False}, **settings)
+    assert np.abs(clipped).max() <= 1.0 < np.abs(unclipped).max()
 
 
 def test_sample_cli_rejects_a_bad_label_in_one_line(trained):
@@ -129,7 +144,8 @@ def test_sample_cli_runs_the_sde_and_ode_samplers_with_guidance(trained, sampler
 @pytest.mark.parametrize(
     "flag, message",
     [("--option=eta=abc", "eta must be a real number in [0, 1], got 'abc'."),
-     ("--option=prediction_type=v", "prediction_type='v' contradicts the run")],
+     ("--option=prediction_type=v", "prediction_type='v' contradicts the run"),
+     ("--option=clip_x0=1", "clip_x0=1 must be true or false.")],
 )  # fmt: skip
 def test_sample_cli_names_a_bad_option_in_one_line(trained, flag, message):
     result = run_cli(sample_command(trained, "--num=2", flag))

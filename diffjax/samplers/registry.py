@@ -228,12 +228,18 @@ def check_sampler_options(name: str, process: Any, options: Mapping[str, Any]) -
       name: a registered sampler (:data:`SAMPLER_NAMES`).
       process: the schedule or continuous process.
       options: the sampler's keyword arguments (e.g. ``{'num_steps': 50, 'eta': 0.5,
-        'prediction_type': 'v'}``), without the runner's common options.
+        'prediction_type': 'v'}``); of the runner's common options only ``clip_x0``, which
+        every sampler takes.
 
     Raises:
-      ValueError: an unknown name; TypeError: an option the sampler does not take; and the
-        sampler's own ``ValueError`` / ``TypeError`` for a bad value.
+      ValueError: an unknown name; TypeError: an option the sampler does not take, or a
+        ``clip_x0`` that is not a bool; and the sampler's own ``ValueError`` / ``TypeError``
+        for a bad value.
     """
+    options = dict(options)
+    clip_x0 = options.pop("clip_x0", False)
+    if not isinstance(clip_x0, bool):
+        raise TypeError(f"clip_x0 must be True or False, got {clip_x0!r}.")
     allowed = tuple(sampler_options(name))
     unknown = sorted(set(options) - set(allowed))
     if unknown:

@@ -160,7 +160,9 @@ def sampling_settings(
     The config's sampler starts from ``config.sampling``'s ``num_steps`` and ``options``;
     another sampler starts from its own defaults (``ddpm``: all T steps, as in the API); then
     ``options`` and ``num_steps`` are put on top. ``prediction_type`` is always the run's
-    ``config.diffusion.prediction_type``: what the network was trained to predict.
+    ``config.diffusion.prediction_type``: what the network was trained to predict. ``clip_x0``
+    is ``config.sampling.clip_x0`` unless an option of that name overrides it; it is always in
+    the result, so a recorded protocol says whether the x0-predictions were clipped.
 
     Args:
       values: the run's validated config.
@@ -171,11 +173,11 @@ def sampling_settings(
         (:func:`diffjax.samplers.check_sampler_options`), compiling nothing.
 
     Returns:
-      ``(sampler, options)``.
+      ``(sampler, options)``, ``options`` with ``clip_x0`` (a bool).
 
     Raises:
-      ConfigError: an option ``prediction_type`` other than the run's, or (with ``process``)
-        an option the sampler does not take or refuses.
+      ConfigError: an option ``prediction_type`` other than the run's, a ``clip_x0`` that is
+        not a bool, or (with ``process``) an option the sampler does not take or refuses.
     """
     sampling = values["sampling"]
     name = sampling["sampler"] if sampler is None else sampler
@@ -185,6 +187,9 @@ def sampling_settings(
     chosen.update(options or {})
     if num_steps is not None:
         chosen["num_steps"] = num_steps
+    clip_x0 = chosen.pop("clip_x0", sampling["clip_x0"])
+    if not isinstance(clip_x0, bool):
+        raise ConfigError(f"clip_x0={clip_x0!r} must be true or false.")
     trained = values["diffusion"]["prediction_type"]
     if chosen.get("prediction_type", trained) != trained:
         raise ConfigError(
@@ -202,7 +207,7 @@ def sampling_settings(
             raise ConfigError(
                 f"sampler {name!r}, num_steps={chosen.get('num_steps')}: {error}"
             ) from error
-    return name, chosen
+    return name, dict(chosen, clip_x0=clip_x0)
 
 
 def mesh_from_config(values: Mapping[str, Any], devices: Sequence[Any] | None = None) -> Mesh:
@@ -776,7 +781,8 @@ def make_run_generator(
     guidance_scale: float | None = None,
 ) -> Callable:
     """:func:`diffjax.generation.make_generator` with a run's settings: its network, process,
-    codec, ``config.sampling``'s sampler, options, guidance and ``clip_x0`` (each overridable).
+    codec, ``config.sampling``'s sampler, options, guidance and ``clip_x0`` (each overridable;
+    ``clip_x0`` by an option of that name, e.g. ``--option clip_x0=false``).
 
     Raises:
       ConfigError: guidance for an unconditional network.
@@ -790,15 +796,17 @@ def make_run_generator(
             f"guidance_scale={scale} needs a conditional network; this one reads no "
             f"conditioning. Use guidance_scale=1.0."
         )
+    options = dict(sampling_settings(values)[1] if options is None else options)
+    clip_x0 = options.pop("clip_x0", sampling["clip_x0"])
     return make_generator(
         programs.model,
         programs.process,
         shape=programs.latent_shape,
         num_samples=num_samples,
         sampler=sampling["sampler"] if sampler is None else sampler,
-        options=sampling_settings(values)[1] if options is None else options,
+        options=options,
         guidance_scale=scale,
-        clip_x0=sampling["clip_x0"],
+        clip_x0=clip_x0,
         codec=programs.codec,
         mesh=mesh,
     )
