@@ -38,6 +38,8 @@ during training.
 
 from __future__ import annotations
 
+from typing import Any
+
 from absl import flags
 
 from diffjax import cli
@@ -207,6 +209,26 @@ def samples_main() -> dict:
     return result
 
 
+def _quoted(config: dict, settings: Any, step: int) -> float | None:
+    """The recipe's quoted Fréchet distance at ``step`` if this evaluation repeats the one the
+    training logged (:func:`diffjax.training.config.quoted_fd`), else None."""
+    from diffjax.training.config import quoted_fd
+    from diffjax.training.programs import sampling_settings
+
+    evaluation, sampling = config["eval"], config["sampling"]
+    same = (
+        "fd" in settings.metrics
+        and settings.num_samples == evaluation["fd_num_samples"]
+        and (settings.sampler, settings.options) == sampling_settings(config)
+        and settings.guidance_scale == sampling["guidance_scale"]
+        and settings.ema
+        and settings.seed == sampling["seed"]
+        and settings.features == evaluation["fd_features"]
+        and settings.reference == evaluation["fd_reference"]
+    )
+    return quoted_fd(config, step) if same else None
+
+
 def evaluate_main() -> dict:
     """Evaluates the run in ``--workdir`` as the flags say."""
     from diffjax.errors import ConfigError
@@ -255,6 +277,13 @@ def evaluate_main() -> dict:
         f"{result['seconds']:.0f} s; wrote {result['path']}"
     )
     log_table(result)
+    quoted = _quoted(config, settings, result["step"])
+    if quoted is not None:
+        log(
+            f"  The recipe's measured {settings.features} Fréchet distance at this step, with "
+            f"these settings: {quoted:.1f} (logged during training, with the CPU convolution "
+            f"flag; expect a value near it)."
+        )
     return result
 
 

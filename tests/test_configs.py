@@ -393,3 +393,40 @@ def test_config_read_back_from_json_compares_equal():
     values = config_to_dict(load("cifar10_cond"))
     assert config_to_dict(json.loads(json.dumps(values))) == values
     assert resume_conflicts(json.loads(json.dumps(values)), values) == []
+
+
+@pytest.mark.parametrize(
+    "name", [name for name in CONFIG_NAMES if load(name).eval.quoted_fd.to_dict()]
+)
+def test_a_quoted_fd_belongs_to_its_recipe_as_it_is(name):
+    """A recipe quotes what its author measured together with the digest of its settings: a
+    change to the recipe that changes its runs must come with a new measurement (this fails)."""
+    from diffjax.training.config import quoted_fd, settings_digest
+
+    values = validate_config(load(name))
+    assert values["eval"]["quoted_fd"]["digest"] == settings_digest(values)
+    steps = [int(key) for key in values["eval"]["quoted_fd"] if key != "digest"]
+    assert steps and all(quoted_fd(values, step) > 0 for step in steps)
+
+
+def test_a_quote_holds_only_for_the_settings_it_was_measured_with():
+    from diffjax.training.config import quoted_fd, settings_digest
+
+    config = load("fashion_mnist")
+    config.eval.quoted_fd = {"digest": settings_digest(validate_config(config)), "1000": 33.0}
+    assert quoted_fd(validate_config(config), 1000) == 33.0
+    assert quoted_fd(validate_config(config), 500) is None  # no quote at that step
+    # How often it logs, saves or evaluates, and (with a constant learning rate) how long it
+    # trains, leave the weights at step 1000 unchanged.
+    config.training.log_every_steps = 7
+    config.eval.fd_every_steps = 250
+    config.training.num_steps = 3000
+    assert quoted_fd(validate_config(config), 1000) == 33.0
+    for key, value in (("model.base_channels", 16), ("sampling.num_steps", 20), ("seed", 1)):
+        changed = load("fashion_mnist")
+        changed.eval.quoted_fd = config.eval.quoted_fd
+        section, _, name = key.rpartition(".")
+        setattr(changed[section] if section else changed, name, value)
+        assert quoted_fd(validate_config(changed), 1000) is None, key
+    config.optim.lr_decay = "cosine"  # now the length of the run shapes the weights at 1000
+    assert quoted_fd(validate_config(config), 1000) is None

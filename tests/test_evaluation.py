@@ -335,3 +335,47 @@ def test_files_that_are_not_npz_archives_are_named_in_one_line(tmp_path, fmnist_
     lines = [line for line in failed.stderr.splitlines() if line.strip()]
     assert lines == [f"diffjax.evaluate: error: {text} is not an .npz archive of arrays "
                      f"(samples; np.savez writes one): NumPy cannot read it as one."]  # fmt: skip
+
+
+def test_the_evaluate_cli_quotes_the_recipe_when_it_repeats_the_logged_evaluation(
+    trained_28, tmp_path
+):
+    """With the run's own FD settings (samples, sampler, seed, EMA, features), the CLI prints
+    the recipe's quoted value for that step; with any of them changed it does not."""
+    import shutil
+
+    from diffjax import evaluate
+    from diffjax.training.config import settings_digest, upgrade_config
+    from diffjax.training.programs import sampling_settings
+
+    workdir = str(tmp_path / "run")
+    shutil.copytree(trained_28, workdir, ignore=shutil.ignore_patterns("eval"))
+    with open(os.path.join(workdir, "config.json")) as f:
+        record = json.load(f)
+    config = upgrade_config(record["config"])
+    config["eval"]["fd_num_samples"] = 32
+    step = max(int(name) for name in os.listdir(os.path.join(workdir, "checkpoints"))
+               if name.isdigit())  # fmt: skip
+    config["eval"]["quoted_fd"] = {"digest": settings_digest(config), str(step): 123.4}
+    record["config"] = config
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        json.dump(record, f)
+    result = run_cli(evaluate_command(workdir, "--num=32", "--batch=16"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (
+        "The recipe's measured fmnist Fréchet distance at this step, with these settings: "
+        "123.4" in result.stderr
+    ), result.stderr[-2000:]
+    sampler, options = sampling_settings(config)
+    same = _settings(metrics=("fd",), num_samples=32, sampler=sampler, options=options,
+                     seed=config["sampling"]["seed"])  # fmt: skip
+    assert evaluate._quoted(config, same, step) == 123.4
+    for changes in (
+        dict(num_samples=48),
+        dict(seed=7),
+        dict(ema=False),
+        dict(options=dict(options, clip_x0=False)),
+        dict(metrics=("bpd",)),
+    ):
+        assert evaluate._quoted(config, same._replace(**changes), step) is None, changes
+    assert evaluate._quoted(config, same, step + 1) is None

@@ -10,6 +10,7 @@ tolerance (only the order of the gradient sums changes).
 
 import json
 import os
+import re
 
 import jax
 import numpy as np
@@ -187,3 +188,29 @@ def test_cli_trains_the_test_config_end_to_end(data_dir, tmp_path):
         assert os.path.exists(os.path.join(workdir, name)), name
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(workdir))
     assert "Traceback" not in result.stderr
+
+
+def test_the_fd_log_quotes_the_recipe_only_while_the_settings_are_its_own(tmp_path, capsys):
+    """A 2-step 28x28 run logs FD-FMNIST at step 2; the quote of config.eval.quoted_fd is
+    printed beside it when its digest is the run's settings', and not after a change."""
+    from diffjax.training.config import settings_digest
+    from diffjax.training.programs import validate_config
+
+    data_dir = make_image_folder(tmp_path / "images", num_per_class=8, size=28)
+    overrides = {
+        "data.image_size": 28, "model.attn_resolutions": (14,), "training.num_steps": 2,
+        "eval.fd_every_steps": 2, "eval.fd_num_samples": 16, "eval.fd_batch_size": 16,
+        "eval.batch_size": 16, "sampling.num_steps": 2,
+    }  # fmt: skip
+    config = make_test_config(data_dir, **overrides)
+    config.eval.quoted_fd = {"digest": settings_digest(validate_config(config)), "2": 123.4}
+    with fast_compiles():
+        loop.train_and_evaluate(config, str(tmp_path / "quoted"))
+        logged = capsys.readouterr().err
+        config.sampling.num_steps = 3  # another sampler setting: the quote says nothing
+        loop.train_and_evaluate(config, str(tmp_path / "changed"))
+        changed = capsys.readouterr().err
+    assert re.search(r"fd_fmnist of 16 EMA samples at step 2: [\d.]+ \(.*\); the recipe's "
+                     r"measured value here: 123.4\n", logged), logged[-2000:]  # fmt: skip
+    assert "fd_fmnist of 16 EMA samples at step 2" in changed
+    assert "the recipe's measured value" not in changed

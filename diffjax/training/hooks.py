@@ -9,8 +9,10 @@ once before the first step, and calls it every ``every`` steps and at the end:
 ``sample_grid``        EMA samples with the config's sampler, written to ``samples/`` and
                        TensorBoard (``config.sampling``)
 ``frechet_distance``   the Fréchet distance of EMA samples against the evaluation split
-                       (``config.eval.fd_*``), logged as ``fid`` / ``fd_fmnist``; left out
-                       of a run shorter than ``fd_every_steps`` (a smoke run)
+                       (``config.eval.fd_*``), logged as ``fid`` / ``fd_fmnist`` beside
+                       the recipe's measured value (``config.eval.quoted_fd``) while the
+                       run's settings are the recipe's; left out of a run shorter than
+                       ``fd_every_steps`` (a smoke run)
 ``held_out_loss``      the objective's loss of the EMA weights on fixed held-out batches
                        (``config.eval.every_steps``), logged as ``eval_loss``
 =====================  ===================================================================
@@ -31,6 +33,7 @@ import jax
 from diffjax.errors import ConfigError
 from diffjax.images import make_grid, save_image_grid, to_uint8
 from diffjax.sharding import gather_to_host, host_batch_to_global
+from diffjax.training.config import quoted_fd
 from diffjax.training.console import log
 from diffjax.training.programs import SampleConditions, make_run_generator, sample_drawer
 from diffjax.training.workdir import SAMPLES_DIR
@@ -129,9 +132,11 @@ def _frechet_distance(training: Any) -> Hook | None:
             batch_size=evaluation["fd_batch_size"], mesh=training.mesh,
         )  # fmt: skip
         writer.write_scalars(step, {network.fd_name: value})
+        quoted = quoted_fd(training.values, step)
         log(
             f"diffjax: {network.fd_name} of {evaluation['fd_num_samples']} EMA samples at step "
             f"{step}: {value:.3f} ({time.perf_counter() - start:.1f} s)"
+            + ("" if quoted is None else f"; the recipe's measured value here: {quoted:.1f}")
         )
 
     return Hook("frechet_distance", evaluation["fd_every_steps"], run, prepare)
