@@ -10,7 +10,7 @@ measures, in one run:
 1. a 3x3 convolution (32 channels, 28x28, batch 8): its input gradient (VJP) and its JVP per
    call, jitted alone and inside a ``lax.fori_loop``; PyTorch's input gradient of the same
    convolution beside it when ``benchmarks/.peers-venv`` exists;
-2. the Fashion-MNIST UNet (``configs/fashion_mnist.py``, trained weights from ``--workdir`` if
+2. the Fashion-MNIST UNet (``configs/fashion_mnist_ddpm.py``, trained weights from ``--workdir`` if
    given, else perturbed random ones): VJP and JVP per call, alone and in the loop;
 3. ``ode_likelihood`` of ``--batch`` random 8-bit images (uniform levels: a cost measurement,
    not a likelihood of data) with both ``autodiff`` modes: wall time, NFE and bits/dim (they
@@ -100,7 +100,7 @@ def _unet(workdir: str | None):
     import diffjax as dj
     from diffjax.models import build_model
 
-    config = runpy.run_path(os.path.join(REPO, "configs", "fashion_mnist.py"))["get_config"]()
+    config = runpy.run_path(os.path.join(REPO, "configs", "fashion_mnist_ddpm.py"))["get_config"]()
     model = build_model(config.model)
     params = model.init(jax.random.key(0), np.zeros((1, 28, 28, 1), np.float32), np.zeros(1))
     leaves, treedef = jax.tree.flatten(params["params"])

@@ -31,9 +31,9 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(REPO, "benchmarks", "out")
 RUNS = {
-    "ddpm": ("configs/fashion_mnist.py", ["--config.eval.fd_every_steps=250"]),
+    "ddpm": ("configs/fashion_mnist_ddpm.py", ["--config.eval.fd_every_steps=250"]),
     "edm": ("configs/fashion_mnist_edm.py", []),
-    "flow": ("configs/fashion_mnist_flow.py", []),
+    "flow": ("configs/fashion_mnist.py", []),
     "modern": ("configs/fashion_mnist_modern.py", []),
 }
 EVALUATIONS = {
@@ -53,10 +53,15 @@ def run(command: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def evaluate(workdir: str, sampler: str, steps: int, extra: list[str], num: int) -> dict:
+def evaluate(
+    workdir: str, sampler: str | None, steps: int | None, extra: list[str], num: int
+) -> dict:
+    """Scores a run with the evaluate CLI (sampler and steps None: the run's own)."""
+    chosen = [f"--sampler={sampler}"] * (sampler is not None)
+    chosen += [f"--steps={steps}"] * (steps is not None)
     seconds = run([
         sys.executable, "-m", "diffjax.evaluate", f"--workdir={workdir}", f"--num={num}",
-        "--batch=250", f"--sampler={sampler}", f"--steps={steps}", "--metrics=fd", *extra,
+        "--batch=250", *chosen, "--metrics=fd", *extra,
     ])  # fmt: skip
     results = sorted(
         (os.path.join(workdir, "eval", name) for name in os.listdir(os.path.join(workdir, "eval"))
@@ -65,6 +70,9 @@ def evaluate(workdir: str, sampler: str, steps: int, extra: list[str], num: int)
     )  # fmt: skip
     with open(results[-1]) as f:
         record = json.load(f)
+    protocol = record["protocol"]
+    sampler = protocol.get("sampler", sampler)
+    steps = protocol.get("options", {}).get("num_steps", steps)
     return dict(sampler=sampler, steps=steps, fd_fmnist=record["results"]["fd_fmnist"],
                 seconds=seconds, protocol=record["protocol"])  # fmt: skip
 
@@ -126,7 +134,7 @@ def main() -> None:
         plt.xlabel("training step")
         plt.ylabel("FD-FMNIST (1000 samples, DDIM-50)")
         plt.yscale("log")
-        plt.title("configs/fashion_mnist.py")
+        plt.title("configs/fashion_mnist_ddpm.py")
         plt.tight_layout()
         plt.savefig(os.path.join(OUT, "fd_vs_steps.png"), dpi=120)
     with open(os.path.join(OUT, "bench_quality.json"), "w") as f:

@@ -2,7 +2,7 @@ r"""Reflow a trained rectified flow: ``python -m diffjax.reflow --teacher DIR --
 
 Example::
 
-  python -m diffjax.train --config configs/fashion_mnist_flow.py --workdir runs/flow
+  python -m diffjax.train --config configs/fashion_mnist.py --workdir runs/flow
   python -m diffjax.reflow --teacher runs/flow --workdir runs/flow_2rf --num_pairs 10000 \
       --sampler flow_euler --steps 20 --train_steps 1000
 

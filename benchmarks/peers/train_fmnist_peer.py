@@ -1,18 +1,20 @@
-r"""Trains lucidrains' denoising-diffusion-pytorch on Fashion-MNIST with diffjax's default recipe.
+r"""Trains lucidrains' denoising-diffusion-pytorch on Fashion-MNIST with diffjax's recipes.
 
-The same run as ``python -m diffjax.train --config configs/fashion_mnist.py``, done with the
-PyTorch peer, so that its samples can be scored (FD-FMNIST) beside diffjax's own model. Runs
-only in benchmarks/.peers-venv (benchmarks/setup_peers.sh), never in the diffjax environment:
+The same run as ``python -m diffjax.train --config configs/fashion_mnist_ddpm.py`` (with
+``--objective flow``: ``configs/fashion_mnist.py``, the default), done with the PyTorch peer,
+so that its samples can be scored (FD-FMNIST) beside diffjax's own model. Runs only in
+benchmarks/.peers-venv (benchmarks/setup_peers.sh), never in the diffjax environment:
 
     benchmarks/.peers-venv/bin/python benchmarks/peers/train_fmnist_peer.py
     benchmarks/.peers-venv/bin/python benchmarks/peers/train_fmnist_peer.py \
         --checkpoint benchmarks/out/peer_lucidrains_fmnist.pt --grid leading \
         --out benchmarks/out/peer_lucidrains_fmnist_samples_leading.npz
+    benchmarks/.peers-venv/bin/python benchmarks/peers/train_fmnist_peer.py --objective flow
 
 What it trains: ``GaussianDiffusion(Unet(...), objective='pred_noise', beta_schedule='cosine')``
 over T discrete steps, with the Unet at :data:`UNET_KWARGS` (lucidrains' own block layout at
 the width whose parameter count is closest to diffjax's default UNet). The recipe of
-configs/fashion_mnist.py, in a plain loop instead of lucidrains' ``Trainer`` (which wants an
+configs/fashion_mnist_ddpm.py, in a plain loop instead of lucidrains' ``Trainer`` (which wants an
 image folder and torchvision):
 
 - data: the 60,000 Fashion-MNIST training images, read from the IDX gzip files, scaled to
@@ -42,6 +44,14 @@ the x0-prediction at the smallest grid point above 0. ``--grid leading`` is the 
 update on diffjax's default grid (``'leading'``: ``k * (T // S)``, ending with the
 x0-prediction at t = 0). ``--checkpoint`` skips training and samples from a saved checkpoint.
 
+``--objective flow`` trains the same Unet as diffjax's default run does (configs/fashion_mnist.py):
+a rectified flow, x_t = (1 - t) x_0 + t eps, the Unet predicting the velocity eps - x_0 from
+(x_t, 1000 t) with the plain regression loss, t = sigmoid(n), n ~ N(0, 1) (SD3's logit-normal
+times), the same optimiser and EMA; its samples are Euler's method in ``--sampling-steps``
+uniform steps from t = 1 to 0 with diffjax's clipping (the x0-prediction x_t - t v clipped to
+[-1, 1] and the velocity re-derived from it), from ``torch.manual_seed(--seed)`` noise. Its
+default files are ``peer_lucidrains_fmnist_flow*``.
+
 Writes, next to each other:
 
 - ``--out`` (.npz): ``samples`` float32 [N, 28, 28, 1] in [-1, 1] (NHWC, clipped; the layout of
@@ -50,7 +60,8 @@ Writes, next to each other:
   loss, versions) and all of it again as a JSON string ``metadata``;
 - the same path with ``.png``: an 8x8 grid of the first 64 samples, each tile upscaled 2x;
 - the checkpoint (``--checkpoint-out``, default: ``--out``'s folder,
-  ``peer_lucidrains_fmnist.pt``) and a JSON log of the training losses beside it.
+  ``peer_lucidrains_fmnist.pt`` or ``peer_lucidrains_fmnist_flow.pt``) and a JSON log of the
+  training losses beside it.
 """
 
 from __future__ import annotations
@@ -81,7 +92,7 @@ DEFAULT_OUT = os.path.join(
 # and full attention at the innermost one and in the middle; width 28 over (1, 2, 2) gives
 # 28 -> 14 -> 7 like diffjax's default UNet, with the parameter count nearest to it.
 UNET_KWARGS = dict(dim=28, dim_mults=(1, 2, 2), channels=1, dropout=0.0)
-# configs/fashion_mnist.py (on top of configs/base.py).
+# configs/fashion_mnist_ddpm.py (on top of configs/base.py).
 RECIPE = dict(
     num_timesteps=1000,
     learning_rate=1e-3,
@@ -188,8 +199,10 @@ def train(
     batch_size: int,
     seed: int,
     log_every: int,
+    flow: bool = False,
 ) -> dict[str, object]:
-    """Runs the training loop; returns the loss log and timings."""
+    """Runs the training loop (``flow``: the rectified-flow loss instead of lucidrains' eps
+    loss); returns the loss log and timings."""
     unet = diffusion.model
     unet.train()
     params = [p for p in unet.parameters() if p.requires_grad]
@@ -215,10 +228,15 @@ def train(
     for step in range(1, steps + 1):
         step_start = time.perf_counter()
         x0 = images[torch.from_numpy(next(batches))]
-        t = torch.randint(0, num_timesteps, (batch_size,), generator=generator)
-        noise = torch.randn(x0.shape, generator=generator)
         lr = optimizer.param_groups[0]["lr"]
-        loss = diffusion(x0, times=t, noise=noise)
+        if flow:
+            t = torch.sigmoid(torch.randn((batch_size,), generator=generator))
+            noise = torch.randn(x0.shape, generator=generator)
+            loss = flow_loss(unet, x0, t, noise)
+        else:
+            t = torch.randint(0, num_timesteps, (batch_size,), generator=generator)
+            noise = torch.randn(x0.shape, generator=generator)
+            loss = diffusion(x0, times=t, noise=noise)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, RECIPE["grad_clip_norm"], foreach=True)
@@ -263,6 +281,30 @@ def train(
     )
 
 
+def flow_loss(
+    unet: torch.nn.Module, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor
+) -> torch.Tensor:
+    """The rectified-flow regression loss: mean of (v(x_t, 1000 t) - (eps - x_0))^2 with
+    x_t = (1 - t) x_0 + t eps (diffjax's RectifiedFlow with sigma_min = 0 and 'flow' target)."""
+    t_image = t[:, None, None, None]
+    x_t = (1.0 - t_image) * x0 + t_image * noise
+    return torch.mean((unet(x_t, 1000.0 * t) - (noise - x0)) ** 2)
+
+
+@torch.inference_mode()
+def flow_euler(unet: torch.nn.Module, batch: int, steps: int) -> torch.Tensor:
+    """Euler's method from t = 1 to 0 in ``steps`` uniform steps with clipped x0-predictions
+    (diffjax's flow_euler with clip_x0): x_next = (1 - s) x0_hat + s eps_hat."""
+    x = torch.randn((batch, 1, 28, 28))
+    times = torch.linspace(1.0, 0.0, steps + 1)
+    for t, s in zip(times[:-1].tolist(), times[1:].tolist()):
+        velocity = unet(x, torch.full((batch,), 1000.0 * t))
+        x0 = (x - t * velocity).clamp(-1.0, 1.0)
+        eps = (x - (1.0 - t) * x0) / t
+        x = (1.0 - s) * x0 + s * eps
+    return x
+
+
 def sampling_grid(diffusion: torch.nn.Module, grid: str, sampling_steps: int) -> np.ndarray:
     """The descending timesteps at which the model is called."""
     num_timesteps = diffusion.num_timesteps
@@ -293,9 +335,16 @@ def ddim_on_grid(diffusion: torch.nn.Module, timesteps: np.ndarray, batch: int) 
 
 
 def sample(
-    diffusion: torch.nn.Module, *, num_samples: int, batch_size: int, seed: int, grid: str
+    diffusion: torch.nn.Module,
+    *,
+    num_samples: int,
+    batch_size: int,
+    seed: int,
+    grid: str,
+    flow: bool = False,
 ) -> tuple[np.ndarray, float]:
-    """Draws NHWC samples in [-1, 1] with the given Unet's DDIM; returns them and the seconds."""
+    """Draws NHWC samples in [-1, 1] with the given Unet's DDIM (``flow``: its Euler sampler);
+    returns them and the seconds."""
     diffusion.eval()
     torch.manual_seed(seed)
     timesteps = sampling_grid(diffusion, grid, diffusion.sampling_timesteps)
@@ -304,7 +353,9 @@ def sample(
     done = 0
     while done < num_samples:
         batch = min(batch_size, num_samples - done)
-        if grid == "lucidrains":
+        if flow:
+            out = flow_euler(diffusion.model, batch, diffusion.sampling_timesteps)
+        elif grid == "lucidrains":
             out = diffusion.ddim_sample((batch, diffusion.channels, *diffusion.image_size))
         else:
             out = ddim_on_grid(diffusion, timesteps, batch)
@@ -323,11 +374,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sample-batch-size", type=int, default=250)
     parser.add_argument("--sampling-steps", type=int, default=50)
     parser.add_argument("--grid", choices=("lucidrains", "leading"), default="lucidrains")
+    parser.add_argument(
+        "--objective", choices=("eps", "flow"), default="eps",
+        help="eps: lucidrains' DDPM loss and DDIM; flow: a rectified flow and Euler's method.",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--log-every", type=int, default=50)
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads.")
     parser.add_argument("--data-dir", default=DATA_DIR)
-    parser.add_argument("--out", default=DEFAULT_OUT, help="The samples .npz.")
+    parser.add_argument("--out", default=None, help="The samples .npz (default: see above).")
     parser.add_argument("--checkpoint-out", default=None, help="Where to write the checkpoint.")
     parser.add_argument(
         "--checkpoint", default=None, help="Skip training; sample from this checkpoint."
@@ -339,9 +394,13 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--sampling-steps must lie in [1, {RECIPE['num_timesteps']}]")
 
     torch.set_num_threads(args.threads)
+    flow = args.objective == "flow"
+    if args.out is None:
+        args.out = DEFAULT_OUT.replace("_fmnist_", "_fmnist_flow_") if flow else DEFAULT_OUT
     out_dir = os.path.dirname(os.path.abspath(args.out))
     os.makedirs(out_dir, exist_ok=True)
-    checkpoint_out = args.checkpoint_out or os.path.join(out_dir, "peer_lucidrains_fmnist.pt")
+    checkpoint_name = "peer_lucidrains_fmnist_flow.pt" if flow else "peer_lucidrains_fmnist.pt"
+    checkpoint_out = args.checkpoint_out or os.path.join(out_dir, checkpoint_name)
 
     from ema_pytorch import EMA
 
@@ -374,10 +433,12 @@ def main(argv: list[str] | None = None) -> None:
             batch_size=args.batch_size,
             seed=args.seed,
             log_every=args.log_every,
+            flow=flow,
         )
         training = {k: v for k, v in result.items() if k not in ("log", "optimizer")}
         training.update(steps=args.steps, batch_size=args.batch_size, seed=args.seed)
         checkpoint = dict(
+            objective=args.objective,
             unet=unet.state_dict(),
             ema_unet=ema.ema_model.state_dict(),
             ema=ema.state_dict(),
@@ -398,6 +459,9 @@ def main(argv: list[str] | None = None) -> None:
         checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
         if checkpoint["unet_kwargs"] != UNET_KWARGS:
             raise ValueError(f"checkpoint Unet {checkpoint['unet_kwargs']} != {UNET_KWARGS}")
+        if checkpoint.get("objective", "eps") != args.objective:
+            raise ValueError(f"checkpoint objective {checkpoint.get('objective', 'eps')!r} != "
+                             f"--objective {args.objective!r}")  # fmt: skip
         ema.ema_model.load_state_dict(checkpoint["ema_unet"])
         training = checkpoint["training"]
         print(f"loaded {args.checkpoint} ({training['steps']} training steps)", flush=True)
@@ -409,8 +473,12 @@ def main(argv: list[str] | None = None) -> None:
         batch_size=args.sample_batch_size,
         seed=args.seed,
         grid=args.grid,
+        flow=flow,
     )
-    timesteps = sampling_grid(sampler_diffusion, args.grid, args.sampling_steps)
+    if flow:
+        timesteps = np.linspace(1000, 0, args.sampling_steps + 1)[:-1]
+    else:
+        timesteps = sampling_grid(sampler_diffusion, args.grid, args.sampling_steps)
     meta = dict(
         peer="lucidrains",
         model="denoising_diffusion_pytorch.Unet",
@@ -423,10 +491,11 @@ def main(argv: list[str] | None = None) -> None:
         train_images_per_second=training["images_per_second"],
         final_loss=training["final_loss"],
         final_loss_mean=training["final_loss_mean"],
-        sampler="ddim",
+        objective=args.objective,
+        sampler="flow_euler" if flow else "ddim",
         eta=0.0,
         sampling_steps=args.sampling_steps,
-        grid=args.grid,
+        grid="uniform" if flow else args.grid,
         clip_x0=True,
         weights="ema",
         seed=args.seed,

@@ -8,10 +8,10 @@ configs/fashion_mnist.py``), each of which imports its module from here.
 
 =========================  ===============================================================
 ``base``                   every key, set to the DDPM paper's choices
-``fashion_mnist``          the offline default: Fashion-MNIST on a laptop CPU
+``fashion_mnist``          the offline default: Fashion-MNIST on a laptop CPU, a rectified flow
+``fashion_mnist_ddpm``     the same network and budget with DDPM (cosine schedule, eps)
 ``fashion_mnist_edm``      the same with EDM's formulation and Heun sampler
-``fashion_mnist_flow``     the same as a rectified flow
-``fashion_mnist_modern``   v-prediction, zero terminal SNR and trailing timesteps
+``fashion_mnist_modern``   DDPM with v-prediction, zero terminal SNR and trailing timesteps
 ``cifar10``                the DDPM paper's CIFAR-10 run (GPU/TPU)
 ``cifar10_cond``           the same, class-conditional with classifier-free guidance
 ``test``                   a tiny run for the tests and smoke checks
@@ -27,7 +27,7 @@ import ml_collections
 __all__ = ["RECIPES", "get_config"]
 
 RECIPES: tuple[str, ...] = (
-    "base", "fashion_mnist", "fashion_mnist_edm", "fashion_mnist_flow", "fashion_mnist_modern",
+    "base", "fashion_mnist", "fashion_mnist_ddpm", "fashion_mnist_edm", "fashion_mnist_modern",
     "cifar10", "cifar10_cond", "test",
 )  # fmt: skip
 

@@ -267,7 +267,7 @@ def reflow(
     if process_name != "rectified_flow":
         raise ConfigError(
             f"reflow straightens a rectified flow; the teacher {teacher} was trained with "
-            f"diffusion.process={process_name!r}. Train one with configs/fashion_mnist_flow.py."
+            f"diffusion.process={process_name!r}. Train one with configs/fashion_mnist.py."
         )
     sampler, sampler_options = sampling_settings(
         run.config, sampler=sampler, num_steps=num_steps, options=options
