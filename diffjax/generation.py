@@ -24,7 +24,7 @@ from jax.sharding import Mesh
 
 from diffjax import samplers
 from diffjax.codecs import IdentityCodec, is_identity
-from diffjax.models.conditioning import make_model_fn
+from diffjax.models.conditioning import GUIDANCE_KEY, cond_keys, make_model_fn
 from diffjax.sharding import batch_sharding
 
 __all__ = ["Generator", "class_labels", "make_generator"]
@@ -82,7 +82,9 @@ def make_generator(
       options: that sampler's keyword arguments (``num_steps``, ``prediction_type``, ...),
         checked by the sampler when called; with ``return_stats=True`` (an adaptive sampler,
         ``'ode'``), ``generate`` returns ``(images, stats)``.
-      guidance_scale: classifier-free guidance weight w (1: the plain conditional model).
+      guidance_scale: classifier-free guidance weight w (1: the plain conditional model); a
+        network that embeds w (a guidance-distilled student, ``cond['guidance']``) gets it as
+        its condition and is called once per step instead.
       clip_x0: clip each x0-prediction to [-1, 1] (ignored where the codec says its space is
         not [-1, 1]).
       codec: the :class:`~diffjax.codecs.Codec` (default pixel space).
@@ -104,6 +106,7 @@ def make_generator(
     if mesh is not None and num_samples % mesh.devices.size == 0:
         options["out_sharding"] = batch_sharding(mesh)
     full_shape = (num_samples, *shape)
+    embeds_guidance = GUIDANCE_KEY in cond_keys(module)
     decode_fn = None if is_identity(codec) else jax.jit(codec.decode)
 
     def generate(
@@ -115,7 +118,12 @@ def make_generator(
         x_T: jax.Array | None = None,
         decode: bool = True,
     ) -> jax.Array:
-        model_fn = make_model_fn(module, params, cond, guidance_scale=guidance_scale)
+        if embeds_guidance:
+            scale = jnp.full((num_samples,), guidance_scale, jnp.float32)
+            cond = {**(cond or {}), GUIDANCE_KEY: scale}
+        model_fn = make_model_fn(
+            module, params, cond, guidance_scale=1.0 if embeds_guidance else guidance_scale
+        )
         extra = {} if x_T is None else {"x_T": jnp.asarray(x_T)}
         latents = samplers.sample(sampler, model_fn, process, keys, full_shape, **options, **extra)
         if options.get("return_stats"):

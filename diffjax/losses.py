@@ -27,6 +27,7 @@ weighting          x_0-space weight                     reference
 ``edm``            (s^2 + s_d^2) / (s s_d)^2,            Karras et al. 2022, eq. 8 / Table 1
                    s = sigma / alpha, s_d = 0.5
 ``rectified_flow`` (1 + sqrt(SNR))^2                    SD3's w_t^RF (Esser et al. 2024, Sec. 3.1)
+``truncated_snr``  max(SNR, 1)                          Salimans & Ho 2022, arXiv:2202.00512, eq. 9
 =================  ===================================  ======================================
 
 and the loss puts weight (x_0-space weight) * (sigma / det)^2 on the target's error: 'edm' on
@@ -73,7 +74,7 @@ __all__ = [
     "uniform_times",
 ]
 
-LOSS_WEIGHTINGS: tuple[str, ...] = ("uniform", "min_snr", "edm", "rectified_flow")
+LOSS_WEIGHTINGS: tuple[str, ...] = ("uniform", "min_snr", "edm", "rectified_flow", "truncated_snr")
 
 ModelFn = Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]
 """``model_fn(x_in [B, ...], t_in [B]) -> prediction [B, ...]``."""
@@ -350,6 +351,8 @@ def _x0_weight_times_sigma_squared(
         return jnp.minimum(m.alpha**2, min_snr_gamma * m.sigma**2)
     if weighting == "edm":
         return (m.sigma**2 + (EDM_SIGMA_DATA * m.alpha) ** 2) / EDM_SIGMA_DATA**2
+    if weighting == "truncated_snr":
+        return jnp.maximum(m.alpha**2, m.sigma**2)
     return (m.alpha + m.sigma) ** 2
 
 

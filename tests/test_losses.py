@@ -65,6 +65,8 @@ def _x0_space_weight(weighting, snr, gamma):
     if weighting == "edm":
         sigma_squared, sigma_data = 1.0 / snr, 0.5  # EDM's sigma = sigma_t / alpha_t
         return (sigma_squared + sigma_data**2) / (sigma_squared * sigma_data**2)
+    if weighting == "truncated_snr":
+        return np.maximum(snr, 1.0)  # Salimans & Ho 2022, eq. 9
     return (1.0 + np.sqrt(snr)) ** 2  # SD3's w^RF in x0 space
 
 

@@ -45,6 +45,20 @@ def test_learning_rate_schedule_warmup_then_cosine():
     np.testing.assert_allclose([schedule(s) for s in steps], expected, rtol=1e-5, atol=1e-9)
 
 
+def test_learning_rate_schedule_linear_decay_reaches_zero_at_the_end():
+    """Progressive distillation anneals each round linearly to 0 (Salimans & Ho 2022)."""
+    schedule = learning_rate_schedule(1e-3, total_steps=4, decay="linear")
+    np.testing.assert_allclose(
+        [schedule(s) for s in range(6)], [1e-3, 7.5e-4, 5e-4, 2.5e-4, 0, 0], rtol=1e-6, atol=1e-12
+    )
+    warm = learning_rate_schedule(1e-3, warmup_steps=2, total_steps=6, decay="linear")
+    np.testing.assert_allclose(
+        [warm(s) for s in range(7)], [0, 5e-4, 1e-3, 7.5e-4, 5e-4, 2.5e-4, 0], rtol=1e-6, atol=1e-12
+    )
+    with pytest.raises(ValueError, match="'cosine' or 'linear'"):
+        learning_rate_schedule(1e-3, total_steps=4, decay="step")
+
+
 def test_learning_rate_schedule_warmup_then_constant():
     schedule = learning_rate_schedule(2e-4, warmup_steps=4)
     np.testing.assert_allclose(

@@ -16,6 +16,14 @@ configs/fashion_mnist.py``), each of which imports its module from here.
 ``cifar10_cond``           the same, class-conditional with classifier-free guidance
 ``test``                   a tiny run for the tests and smoke checks
 =========================  ===============================================================
+
+The distillation recipes (:data:`DISTILL_RECIPES`) are configs of ``python -m diffjax.distill``
+(:func:`diffjax.pipelines.distillation.distill_config`), not of training:
+
+=========================  ===============================================================
+``fashion_mnist_distill``  progressive distillation of the modern recipe, 128 -> 1 steps (CPU)
+``cifar10_distill``        the same on CIFAR-10 with FID (GPU/TPU)
+=========================  ===============================================================
 """
 
 from __future__ import annotations
@@ -24,20 +32,21 @@ import importlib
 
 import ml_collections
 
-__all__ = ["RECIPES", "get_config"]
+__all__ = ["DISTILL_RECIPES", "RECIPES", "get_config"]
 
 RECIPES: tuple[str, ...] = (
     "base", "fashion_mnist", "fashion_mnist_ddpm", "fashion_mnist_edm", "fashion_mnist_modern",
     "cifar10", "cifar10_cond", "test",
 )  # fmt: skip
+DISTILL_RECIPES: tuple[str, ...] = ("fashion_mnist_distill", "cifar10_distill")
 
 
 def get_config(name: str) -> ml_collections.ConfigDict:
-    """The config of recipe ``name`` (one of :data:`RECIPES`).
+    """The config of recipe ``name`` (one of :data:`RECIPES` or :data:`DISTILL_RECIPES`).
 
     Raises:
       ValueError: an unknown name.
     """
-    if name not in RECIPES:
-        raise ValueError(f"Unknown recipe {name!r}; the recipes are {RECIPES}.")
+    if name not in RECIPES + DISTILL_RECIPES:
+        raise ValueError(f"Unknown recipe {name!r}; the recipes are {RECIPES + DISTILL_RECIPES}.")
     return importlib.import_module(f"diffjax.configs.{name}").get_config()

@@ -160,6 +160,7 @@ def evaluate_run(
     download: bool = True,
     mesh: Mesh | None = None,
     progress: bool = True,
+    output_dir: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Evaluates the newest good checkpoint of a run and writes its result to
     ``workdir/eval/<name>.json``, named by :meth:`EvalSettings.result_name`.
@@ -174,6 +175,8 @@ def evaluate_run(
       download: whether the Inception weights may be downloaded.
       mesh: the devices (default all).
       progress: show progress bars.
+      output_dir: where the ``eval/`` folder (results, partial jobs, a built reference) goes
+        instead of ``workdir`` (to evaluate a run that must stay read-only, e.g. a teacher).
 
     Returns:
       The result record (also written as JSON): ``step``, ``results``, ``protocol``,
@@ -212,8 +215,9 @@ def evaluate_run(
             network.check_image_shape(image_shape)
         except ValueError as error:
             raise ConfigError(f"features {settings.features!r}: {error}") from error
+    output = workdir if output_dir is None else os.path.abspath(os.fspath(output_dir))
     name = settings.result_name(run.step)
-    folder = os.path.join(workdir, EVAL_DIR, f"{name}.partial")
+    folder = os.path.join(output, EVAL_DIR, f"{name}.partial")
     if jax.process_index() == 0:
         os.makedirs(folder, exist_ok=True)
 
@@ -223,7 +227,7 @@ def evaluate_run(
     reference = reference_features = None
     if needs_reference:
         path = settings.reference or run_reference(
-            workdir, values, network, mesh, num=settings.num_reference,
+            output, values, network, mesh, num=settings.num_reference,
             batch_size=settings.batch_size, progress=progress,
         )  # fmt: skip
         reference, metadata, reference_features = load_reference(path, network, needs_features)
@@ -259,7 +263,7 @@ def evaluate_run(
         results["bpd_ode"] = bits_per_dim_job(run, settings, mesh, folder, "ode")
     results = broadcast_json(results)
 
-    path = os.path.join(workdir, EVAL_DIR, f"{name}.json")
+    path = os.path.join(output, EVAL_DIR, f"{name}.json")
     record = dict(
         step=run.step,
         path=path,

@@ -9,7 +9,11 @@ key               array                        what
 ``'context'``     float ``[B, L, D]``          a token sequence for cross-attention (text)
 ``'pooled'``      float ``[B, D]``             one vector per example (a pooled text embedding)
 ``'control'``     float ``[B, H, W, C]``       a spatial condition (edges, depth; ControlNet)
+``'guidance'``    float ``[B]``                a guidance scale w (a guidance-distilled network)
 ================  ===========================  =============================================
+
+A guidance scale is not data: no dataset holds it; the distillation objective draws it and the
+generator sets it (:data:`GUIDANCE_KEY`, :func:`data_cond_keys`).
 
 No layer between the batch and the network looks inside it: the data pipeline puts it in the
 batch as ``batch['cond']``, the losses, samplers and guidance pass it along as a pytree, and
@@ -40,7 +44,9 @@ from diffjax.samplers.guidance import classifier_free_guidance
 __all__ = [
     "Cond",
     "ModuleApply",
+    "GUIDANCE_KEY",
     "cond_keys",
+    "data_cond_keys",
     "drop_cond",
     "make_model_fn",
     "null_cond",
@@ -51,9 +57,18 @@ Cond = Mapping[str, Any]
 """A conditioning pytree: ``{key: array [B, ...]}`` (see the module docstring)."""
 
 
+GUIDANCE_KEY = "guidance"
+"""The cond key of a guidance scale w, float ``[B]``, which a guidance-distilled network embeds."""
+
+
 def cond_keys(module: Any) -> tuple[str, ...]:
     """The keys of ``cond`` that ``module`` reads (its ``cond_keys``; ``()`` if it has none)."""
     return tuple(getattr(module, "cond_keys", ()))
+
+
+def data_cond_keys(module: Any) -> tuple[str, ...]:
+    """The keys of ``cond`` that ``module`` reads from the data: all but :data:`GUIDANCE_KEY`."""
+    return tuple(key for key in cond_keys(module) if key != GUIDANCE_KEY)
 
 
 def null_cond(module: Any, cond: Cond) -> dict[str, Any]:

@@ -89,6 +89,8 @@ def _unet_defaults() -> dict[str, Any]:
         num_groups=32,
         # Recompute activations in the backward pass: less memory, ~30% more compute.
         remat=False,
+        # Also embed a guidance scale, cond['guidance'] (a guidance-distilled student).
+        guidance_embedding=False,
     )
 
 
@@ -104,6 +106,7 @@ def _build_unet(config: Mapping[str, Any]) -> UNet:
         dtype=DTYPES[config["dtype"]],
         param_dtype=DTYPES[config["param_dtype"]],
         remat=config["remat"],
+        guidance_embedding=config["guidance_embedding"],
     )
 
 
@@ -126,6 +129,7 @@ MODELS: dict[str, ModelEntry] = {
             "num_res_blocks",
             "attn_resolutions",
             "num_groups",
+            "guidance_embedding",
         ),
     ),
 }

@@ -149,6 +149,11 @@ class UNet(nn.Module):
         ``num_classes + 1`` rows added to the time embedding. Label ``num_classes`` is the
         null label of classifier-free guidance (:meth:`null_cond`); dropping labels to it
         during training is the caller's job.
+      guidance_embedding: also condition on ``cond['guidance']``, float ``[B]``, a
+        classifier-free guidance scale w: its sinusoidal embedding of 100 w through an MLP and
+        a zero-initialised projection is added to the time embedding (Meng et al. 2023,
+        "On Distillation of Guided Diffusion Models", Sec. 3.1), so a network initialised
+        from one without it starts as that network.
       num_groups: GroupNorm groups.
       dtype: compute dtype (e.g. ``jnp.bfloat16``); the output is always float32.
       param_dtype: parameter dtype.
@@ -163,6 +168,7 @@ class UNet(nn.Module):
     dropout: float = 0.1
     out_channels: int | None = None
     num_classes: int | None = None
+    guidance_embedding: bool = False
     num_groups: int = 32
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
@@ -199,12 +205,43 @@ class UNet(nn.Module):
 
     @property
     def cond_keys(self) -> tuple[str, ...]:
-        """``('label',)`` for a class-conditional UNet, else ``()``."""
-        return () if self.num_classes is None else ("label",)
+        """``('label',)`` for a class-conditional UNet, ``('guidance',)`` after it with a
+        guidance embedding, else ``()``."""
+        labels = () if self.num_classes is None else ("label",)
+        return labels + (("guidance",) if self.guidance_embedding else ())
 
     def null_cond(self, cond: Mapping[str, Any]) -> dict[str, jnp.ndarray]:
-        """The null label ``num_classes`` for every example of ``cond['label']``."""
-        return {"label": jnp.full_like(jnp.asarray(cond["label"]), self.num_classes)}
+        """The null label ``num_classes`` for every example of ``cond['label']``; a guidance
+        scale is kept (it is not a condition to drop)."""
+        null = {}
+        if self.num_classes is not None:
+            null["label"] = jnp.full_like(jnp.asarray(cond["label"]), self.num_classes)
+        if self.guidance_embedding:
+            null["guidance"] = jnp.asarray(cond["guidance"])
+        return null
+
+    def _guidance(self, cond: Any, batch: int) -> jnp.ndarray | None:
+        """``cond['guidance']`` as float32 ``[B]``, checked at trace time (None without the
+        embedding)."""
+        given = None if cond is None else cond.get("guidance")
+        if not self.guidance_embedding:
+            if given is not None:
+                raise ValueError(
+                    "cond['guidance'] was given but the UNet has guidance_embedding=False."
+                )
+            return None
+        if given is None:
+            raise ValueError(
+                f"The UNet embeds the guidance scale (guidance_embedding=True) and needs "
+                f"cond['guidance'] float [B] = [{batch}]."
+            )
+        given = jnp.asarray(given)
+        if given.shape != (batch,) or not jnp.issubdtype(given.dtype, jnp.floating):
+            raise ValueError(
+                f"cond['guidance'] must be a float array of shape [B] = [{batch}], got dtype "
+                f"{given.dtype} and shape {given.shape}."
+            )
+        return given.astype(jnp.float32)
 
     def _check_inputs(
         self, x: jnp.ndarray, t: Any, cond: Any
@@ -275,7 +312,8 @@ class UNet(nn.Module):
           t: timesteps ``[B]`` (or a scalar, broadcast), int or float; embedded as given, so
             continuous time should be fed on the training scale (e.g. ``1000 * t``).
           cond: the conditioning dict; a class-conditional UNet reads ``cond['label']``, int
-            ``[B]`` in ``[0, num_classes]`` (``num_classes`` = null label). None or ``{}``
+            ``[B]`` in ``[0, num_classes]`` (``num_classes`` = null label), one with
+            ``guidance_embedding`` also ``cond['guidance']``, float ``[B]``. None or ``{}``
             for an unconditional UNet.
           train: enables dropout; then ``apply`` needs ``rngs={'dropout': key}``.
 
@@ -295,6 +333,15 @@ class UNet(nn.Module):
         common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
 
         temb = TimeEmbedding(4 * channels, channels, name="time_embedding", **common)(t)
+        guidance = self._guidance(cond, x.shape[0])
+        if guidance is not None:
+            gemb = TimeEmbedding(4 * channels, channels, name="guidance_embedding", **common)(
+                100.0 * guidance
+            )
+            temb = temb + nn.Dense(
+                4 * channels, kernel_init=nn.initializers.zeros, name="guidance_projection",
+                **common,
+            )(nn.silu(gemb))  # fmt: skip
         if labels is not None:
             temb = temb + nn.Embed(
                 self.num_classes + 1, 4 * channels, name="label_embedding", **common

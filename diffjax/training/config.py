@@ -141,7 +141,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.optim = ml_collections.ConfigDict()
     config.optim.learning_rate = 2e-4
     config.optim.warmup_steps = 5000
-    # 'constant' after warm-up (DDPM) or 'cosine' decay to 0 at training.num_steps.
+    # 'constant' after warm-up (DDPM), or a 'cosine' or 'linear' decay to 0 at
+    # training.num_steps (linear: each round of progressive distillation).
     config.optim.lr_decay = "constant"
     # Clip the global gradient norm (None: no clipping).
     config.optim.grad_clip_norm = config_dict.FieldReference(1.0, field_type=float)
@@ -424,7 +425,8 @@ def upgrade_config(values: Mapping[str, Any]) -> dict[str, Any]:
     schedule), no time-sampler keys, no Fréchet distance during training and a ``sampling.eta``
     key instead of ``sampling.options``; 0.2.0 had no ``imports``, ``codec``, ``objective`` or
     ``sharding`` section, a ``training.label_dropout`` where ``training.cond_dropout`` is, and,
-    before reflow, no ``training.init_from`` or ``pairs_dir``. The defaults filled in here are
+    before reflow, no ``training.init_from`` or ``pairs_dir``; the UNet had no
+    ``guidance_embedding`` before progressive distillation. The defaults filled in here are
     what those versions did. Current configs pass unchanged.
     """
     values = config_to_dict(values)
@@ -442,9 +444,12 @@ def upgrade_config(values: Mapping[str, Any]) -> dict[str, Any]:
         training.setdefault("pairs_dir", "")
         if "label_dropout" in training:
             training["cond_dropout"] = training.pop("label_dropout")
+    model = values.get("model")
+    if isinstance(model, dict) and model.get("name") == "unet":
+        model.setdefault("guidance_embedding", False)
     if not isinstance(values.get("model"), dict) or "name" in values["model"]:
         return values
-    values["model"] = {"name": "unet", **values["model"]}
+    values["model"] = {"name": "unet", "guidance_embedding": False, **values["model"]}
     diffusion = values.get("diffusion", {})
     diffusion.setdefault("process", "discrete")
     diffusion.setdefault("process_options", {})

@@ -43,7 +43,7 @@ import numpy as np
 
 from diffjax.errors import ConfigError
 from diffjax.images import save_loss_curve
-from diffjax.models.conditioning import cond_keys
+from diffjax.models.conditioning import data_cond_keys
 from diffjax.models.unet import count_params
 from diffjax.sharding import prefetch_to_mesh
 from diffjax.training.config import check_keys, config_to_dict, import_modules, resume_conflicts
@@ -61,11 +61,13 @@ from diffjax.training.train_state import TrainState, create_train_state
 from diffjax.training.workdir import (
     CHECKPOINT_DIR,
     LOSS_PLOT_FILE,
+    RUN_POINTER_FILE,
     SAMPLES_DIR,
     IncompatibleResumeError,
     check_free_space,
     check_workdir,
     load_run_record,
+    resolve_run_dir,
     write_run_record,
 )
 
@@ -98,10 +100,10 @@ def _check_dataset_fits(values: Mapping[str, Any], info: Any, module: Any) -> No
             f"config.model.num_classes={num_classes}, but the dataset {info.name!r} has "
             f"{info.num_classes or 'no'} classes: {fix}."
         )
-    missing = [key for key in cond_keys(module) if key not in info.cond_keys]
+    missing = [key for key in data_cond_keys(module) if key not in info.cond_keys]
     if missing:
         raise ConfigError(
-            f"the network reads cond keys {list(cond_keys(module))}, but the batches of "
+            f"the network reads cond keys {list(data_cond_keys(module))}, but the batches of "
             f"{info.name!r} hold {list(info.cond_keys)} (missing {missing})."
         )
 
@@ -176,6 +178,11 @@ class _Run:
     ) -> None:
         self.workdir = os.path.abspath(os.fspath(workdir))
         self.mesh, self.values = _mesh_and_values(config, devices)
+        if resolve_run_dir(self.workdir) != self.workdir:
+            raise IncompatibleResumeError(
+                f"The workdir {self.workdir} is a folder of chained runs (it holds "
+                f"{RUN_POINTER_FILE}, e.g. a distillation's rounds); train in a new --workdir."
+            )
         self.record = load_run_record(self.workdir)
         if self.record is not None:
             conflicts = resume_conflicts(self.record["config"], self.values)
@@ -265,17 +272,36 @@ class _Run:
         from diffjax.training.trained_run import load_trained_run, place
 
         teacher = load_trained_run(source, self.mesh)
+        params = teacher.state.ema_params
         if teacher.config["model"] != values["model"]:
-            raise ConfigError(
-                f"config.training.init_from={source!r} holds a {teacher.config['model']} "
-                f"network; this run's is {values['model']}. Use the same config.model."
-            )
+            params = self._extended(source, teacher.config["model"], params)
         log(f"diffjax: initialised from the EMA weights of {source} (step {teacher.step})")
-        params = place(teacher.state.ema_params, programs.abstract_state.params)
+        params = place(params, programs.abstract_state.params)
         return create_train_state(
             programs.init_fn, self.init_key, programs.optimizer, self.mesh, params=params,
             **common,
         )  # fmt: skip
+
+    def _extended(self, source: str, source_model: Any, source_params: Any) -> Any:
+        """This network's fresh parameters with every one of ``source_params`` copied in: a
+        network that adds modules to the source's (a guidance embedding) starts from it.
+
+        Raises:
+          ConfigError: a source parameter this network lacks or shapes differently.
+        """
+        from flax import traverse_util
+
+        fresh = traverse_util.flatten_dict(jax.jit(self.programs.init_fn)(self.init_key))
+        for path, value in traverse_util.flatten_dict(source_params).items():
+            if path not in fresh or fresh[path].shape != value.shape:
+                raise ConfigError(
+                    f"config.training.init_from={source!r} holds a {source_model} network, "
+                    f"whose parameter {'/'.join(path)} {value.shape} this run's "
+                    f"{self.values['model']} network does not have; use the same config.model "
+                    f"(or one that only adds modules)."
+                )
+            fresh[path] = value
+        return traverse_util.unflatten_dict(fresh)
 
     def summary(self) -> str:
         devices = self.mesh.devices.reshape(-1)

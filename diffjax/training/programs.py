@@ -29,7 +29,7 @@ from jax.sharding import Mesh
 from diffjax.codecs import check_latent_shape, get_codec
 from diffjax.data.pipeline import check_data_config
 from diffjax.errors import ConfigError
-from diffjax.models.conditioning import cond_keys
+from diffjax.models.conditioning import GUIDANCE_KEY, cond_keys, data_cond_keys
 from diffjax.models.registry import build_model, check_model_config
 from diffjax.sharding import (
     SHARDING_RULES,
@@ -40,6 +40,7 @@ from diffjax.sharding import (
     state_shardings,
 )
 from diffjax.training.config import check_keys, config_to_dict, import_modules, upgrade_config
+from diffjax.training.noise_process import build_process
 from diffjax.training.objectives import (
     FROZEN_GROUP,
     Objective,
@@ -75,44 +76,10 @@ __all__ = [
 ]
 
 NAN_POLICIES = ("stop", "skip")
-LR_DECAYS = ("constant", "cosine")
+LR_DECAYS = ("constant", "cosine", "linear")
 
 
 # ------------------------------------------------------------------------------ builders
-
-
-def build_process(diffusion: Mapping[str, Any]) -> Any:
-    """The noise process a config's ``diffusion`` section describes.
-
-    Raises:
-      ConfigError: an unknown process or a bad option, naming the key.
-    """
-    from diffjax.processes import PROCESS_NAMES, get_process
-    from diffjax.schedules import SCHEDULE_NAMES, get_schedule
-
-    name = diffusion["process"]
-    if name not in PROCESS_NAMES:
-        raise ConfigError(f"config.diffusion.process must be one of {PROCESS_NAMES}, got {name!r}.")
-    if diffusion["schedule"] not in SCHEDULE_NAMES:
-        raise ConfigError(
-            f"config.diffusion.schedule must be one of {SCHEDULE_NAMES}, got "
-            f"{diffusion['schedule']!r}."
-        )
-    try:
-        if name == "discrete":
-            if diffusion["process_options"]:
-                raise ValueError(
-                    f"the discrete process takes no process_options (its keys are schedule, "
-                    f"num_timesteps and zero_terminal_snr), got "
-                    f"{dict(diffusion['process_options'])}"
-                )
-            return get_schedule(
-                diffusion["schedule"], num_timesteps=diffusion["num_timesteps"],
-                zero_terminal_snr=diffusion["zero_terminal_snr"],
-            )  # fmt: skip
-        return get_process(name, **diffusion["process_options"])
-    except (TypeError, ValueError) as error:
-        raise ConfigError(f"config.diffusion.process={name!r}: {error}") from error
 
 
 def build_time_sampler(diffusion: Mapping[str, Any], process: Any) -> Any:
@@ -300,7 +267,7 @@ def _check_optim(values: Mapping[str, Any]) -> None:
     _check_choice(values, "optim.lr_decay", LR_DECAYS)
     _require(
         optim["lr_decay"] == "constant" or optim["warmup_steps"] < values["training"]["num_steps"],
-        f"config.optim.lr_decay='cosine' needs config.optim.warmup_steps "
+        f"config.optim.lr_decay={optim['lr_decay']!r} needs config.optim.warmup_steps "
         f"({optim['warmup_steps']}) < config.training.num_steps "
         f"({values['training']['num_steps']}).",
     )
@@ -342,8 +309,12 @@ def _check_sampling(values: Mapping[str, Any], process: Any) -> None:
             f"{sampling['num_steps']}, options {dict(sampling['options'])}): {error}"
         ) from error
     guidance_scale = sampling["guidance_scale"]
+    keys = cond_keys(build_model(values["model"]))
+    if GUIDANCE_KEY in keys:  # the network embeds w: no classifier-free guidance needed
+        _expect(values, "sampling.guidance_scale", lambda v: v >= 0, "be >= 0")
+        return
     _require(
-        guidance_scale == 1.0 or bool(cond_keys(build_model(values["model"]))),
+        guidance_scale == 1.0 or bool(keys),
         f"config.sampling.guidance_scale={guidance_scale} asks for classifier-free guidance, "
         f"which needs a conditional network (a class-conditional one: set "
         f"config.model.num_classes, and config.training.cond_dropout > 0), or "
@@ -495,7 +466,9 @@ def program_spec(values: Mapping[str, Any], dataset: Mapping[str, Any]) -> str:
             cond_dropout=training["cond_dropout"],
             nan_policy=training["nan_policy"],
             # The learning-rate schedule depends on the run length only when it decays.
-            num_steps=(training["num_steps"] if values["optim"]["lr_decay"] == "cosine" else None),
+            num_steps=(
+                training["num_steps"] if values["optim"]["lr_decay"] != "constant" else None
+            ),
         ),
         evaluate=values["eval"]["every_steps"] > 0,
         image_shape=list(dataset["image_shape"]),
@@ -507,11 +480,12 @@ def program_spec(values: Mapping[str, Any], dataset: Mapping[str, Any]) -> str:
 def _make_optimizer(
     optim: Mapping[str, Any], num_steps: int | None
 ) -> optax.GradientTransformation:
-    """The optimizer of a config's ``optim`` section (``num_steps``: end of a cosine decay)."""
+    """The optimizer of a config's ``optim`` section (``num_steps``: end of a decay)."""
     return make_optimizer(
         learning_rate=optim["learning_rate"],
         warmup_steps=optim["warmup_steps"],
-        total_steps=num_steps if optim["lr_decay"] == "cosine" else None,
+        total_steps=None if optim["lr_decay"] == "constant" else num_steps,
+        decay="linear" if optim["lr_decay"] == "linear" else "cosine",
         grad_clip_norm=optim["grad_clip_norm"],
         weight_decay=optim["weight_decay"],
         b1=optim["b1"],
@@ -539,7 +513,9 @@ def _group_optimizers(
 
 
 def _example_cond(module: nn.Module, cond_spec: Sequence[Any]) -> dict[str, jnp.ndarray]:
-    shapes = {key: (tuple(shape), dtype) for key, shape, dtype in cond_spec}
+    # A guidance scale is drawn by the objective, not read from the data.
+    shapes = {GUIDANCE_KEY: ((), "float32")}
+    shapes.update({key: (tuple(shape), dtype) for key, shape, dtype in cond_spec})
     wanted = cond_keys(module)
     missing = [key for key in wanted if key not in shapes]
     if missing:
@@ -561,9 +537,16 @@ def _init_fn(
     return init
 
 
-def _frozen_source_programs(source: Mapping[str, Any], mesh: Mesh) -> tuple[Any, Any]:
-    """(module, abstract params) of a frozen source: a workdir's network and EMA weights, or a
-    weights file's arrays (whose network the objective names)."""
+def _frozen_source_programs(
+    source: Mapping[str, Any], mesh: Mesh, init_for: Callable[[nn.Module], Callable]
+) -> tuple[Any, Any]:
+    """(module, abstract params) of a frozen source: the network a source names by its config
+    (``'model'``; e.g. a distillation teacher, built without reading its workdir, so that the
+    student loads and samples without it), a workdir's network and EMA weights, or a weights
+    file's arrays (whose network the objective names)."""
+    if "model" in source:
+        module = build_model(source["model"])
+        return module, jax.eval_shape(init_for(module), jax.random.key(0))
     if "workdir" in source:
         record = load_run_record(source["workdir"])
         if record is None:
@@ -604,8 +587,13 @@ def build_programs(spec: str, mesh: Mesh) -> Programs:
     codec_source = codec.frozen_source()
     if codec_source is not None:
         sources["codec"] = codec_source
+    discrete, example_cond = is_discrete(process), values["cond_spec"]
+
+    def init_for(module: nn.Module) -> Callable[[jax.Array], Any]:
+        return _init_fn(module, latent_shape, discrete, _example_cond(module, example_cond))
+
     for name, source in sources.items():
-        module, abstract = _frozen_source_programs(source, mesh)
+        module, abstract = _frozen_source_programs(source, mesh, init_for)
         frozen_modules[name] = module
         abstract_frozen[name] = jax.tree.map(
             lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
@@ -613,9 +601,7 @@ def build_programs(spec: str, mesh: Mesh) -> Programs:
             state_shardings(abstract, mesh, rules),
         )
     objective = entry.build(ObjectiveContext(values, model, process, codec, frozen_modules))
-    init_fn = _init_fn(
-        model, latent_shape, is_discrete(process), _example_cond(model, values["cond_spec"])
-    )
+    init_fn = init_for(model)
     # Only the key's type matters for the shapes; the run's own key initialises.
     params_shape = jax.eval_shape(init_fn, jax.random.key(0))
     optim, num_steps = values["optim"], values["training"]["num_steps"]
@@ -691,7 +677,8 @@ class SampleConditions:
     A class-conditional network gets class i mod K (every class in turn), or, for a grid of
     N, class i K // N (one class per row); a network that reads more than a class label gets
     the conditioning of example i of the run's evaluation split (``config.eval.split``, read in
-    order and cycled); an unconditional one gets None.
+    order and cycled); an unconditional one gets None. A guidance scale (``'guidance'``, a
+    guidance-distilled network) is not part of it: the generator sets it.
 
     Args:
       values: the run's validated config.
@@ -700,7 +687,8 @@ class SampleConditions:
 
     def __init__(self, values: Mapping[str, Any], module: nn.Module):
         self._values = values
-        self._keys = cond_keys(module)
+        # A guidance scale is the generator's to set (diffjax.generation.make_generator).
+        self._keys = data_cond_keys(module)
         self._num_classes = values["model"]["num_classes"]
         self._loaded: dict[str, Any] = {}
 

@@ -72,17 +72,23 @@ class TrainState:
 
 
 def learning_rate_schedule(
-    learning_rate: float, warmup_steps: int = 0, total_steps: int | None = None
+    learning_rate: float,
+    warmup_steps: int = 0,
+    total_steps: int | None = None,
+    decay: str = "cosine",
 ) -> optax.Schedule:
-    """Linear warm-up from 0 to ``learning_rate``, then constant or a cosine decay to 0.
+    """Linear warm-up from 0 to ``learning_rate``, then constant or a decay to 0.
 
-    The warm-up follows Ho et al. 2020 (5000 linear steps for CIFAR-10); the optional decay is
-    SGDR's cosine (Loshchilov & Hutter 2017) over the remaining ``total_steps - warmup_steps``.
+    The warm-up follows Ho et al. 2020 (5000 linear steps for CIFAR-10); the optional decay
+    over the remaining ``total_steps - warmup_steps`` is SGDR's cosine (Loshchilov & Hutter
+    2017) or linear (progressive distillation anneals each round linearly to 0, Salimans & Ho
+    2022, Algorithm 2 and Appendix E).
 
     Args:
       learning_rate: the peak learning rate, > 0.
       warmup_steps: steps of linear warm-up, >= 0.
-      total_steps: if set, cosine decay ends at this step (must exceed ``warmup_steps``).
+      total_steps: if set, the decay ends at this step (must exceed ``warmup_steps``).
+      decay: ``'cosine'`` or ``'linear'`` (used with ``total_steps``).
 
     Returns:
       An optax schedule ``step -> learning rate``.
@@ -96,6 +102,16 @@ def learning_rate_schedule(
             raise ValueError(
                 f"total_steps ({total_steps}) must exceed warmup_steps ({warmup_steps}) for "
                 "the cosine decay; pass total_steps=None for a constant learning rate."
+            )
+        if decay not in ("cosine", "linear"):
+            raise ValueError(f"decay must be 'cosine' or 'linear', got {decay!r}.")
+        if decay == "linear":
+            return optax.join_schedules(
+                [
+                    optax.linear_schedule(0.0, learning_rate, warmup_steps),
+                    optax.linear_schedule(learning_rate, 0.0, total_steps - warmup_steps),
+                ],
+                [warmup_steps],
             )
         return optax.warmup_cosine_decay_schedule(
             init_value=0.0,
@@ -123,6 +139,7 @@ def make_optimizer(
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
+    decay: str = "cosine",
 ) -> optax.GradientTransformation:
     """Gradient clipping followed by Adam(W) on the :func:`learning_rate_schedule`.
 
@@ -134,7 +151,8 @@ def make_optimizer(
     Args:
       learning_rate: peak learning rate.
       warmup_steps: linear warm-up steps.
-      total_steps: if set, cosine decay to 0 at this step.
+      total_steps: if set, the learning rate decays to 0 at this step.
+      decay: the shape of that decay, ``'cosine'`` or ``'linear'``.
       grad_clip_norm: clip the global gradient norm to this value; ``None`` disables clipping.
       weight_decay: decoupled weight decay, >= 0.
       b1, b2, eps: Adam's moment decays and denominator epsilon.
@@ -151,7 +169,7 @@ def make_optimizer(
         raise ValueError(f"weight_decay must be >= 0, got {weight_decay}.")
     if not (0 <= b1 < 1 and 0 <= b2 < 1):
         raise ValueError(f"b1 and b2 must lie in [0, 1), got b1={b1}, b2={b2}.")
-    schedule = learning_rate_schedule(learning_rate, warmup_steps, total_steps)
+    schedule = learning_rate_schedule(learning_rate, warmup_steps, total_steps, decay)
     # float32 hyperparameters whatever the parameters' dtype: b2 = 0.999 rounds to 1.0 in
     # bfloat16, and Adam's bias correction 1 - b2^t would then divide by zero.
     adam = optax.inject_hyperparams(

@@ -30,6 +30,7 @@ from diffjax.training.workdir import (
     WorkdirError,
     cond_spec_of,
     load_run_record,
+    resolve_run_dir,
 )
 
 __all__ = ["TrainedRun", "load_trained_run", "place"]
@@ -69,7 +70,8 @@ def load_trained_run(workdir: str | os.PathLike, mesh: Mesh | None = None) -> Tr
     is training).
 
     Args:
-      workdir: the run's folder, as given to :func:`~diffjax.training.loop.train_and_evaluate`.
+      workdir: the run's folder, as given to :func:`~diffjax.training.loop.train_and_evaluate`
+        (or a folder of chained runs: :func:`~diffjax.training.workdir.resolve_run_dir`).
       mesh: where to place the parameters (by the run's sharding rules); default the run's
         mesh over every device.
 
@@ -84,7 +86,7 @@ def load_trained_run(workdir: str | os.PathLike, mesh: Mesh | None = None) -> Tr
     """
     from diffjax.training.checkpoint import CheckpointManager
 
-    workdir = os.path.abspath(os.fspath(workdir))
+    workdir = resolve_run_dir(os.path.abspath(os.fspath(workdir)))
     record = load_run_record(workdir)
     if record is None:
         raise WorkdirError(

@@ -9,6 +9,11 @@ Workdir layout::
     workdir/samples/step_<step>.png  EMA sample grids (same seed every time)
     workdir/loss.png             the loss curve, written at the end
     workdir/eval/                evaluation results and cached reference statistics
+
+A folder of chained runs (the rounds of ``python -m diffjax.distill``) holds no run itself but
+``run_pointer.json``, ``{"workdir": "<sub-folder>"}``, naming the run that stands for it (the
+newest finished student): :func:`resolve_run_dir` follows it, so such a folder samples and
+evaluates like a run.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ __all__ = [
     "EVAL_DIR",
     "IncompatibleResumeError",
     "LOSS_PLOT_FILE",
+    "RUN_POINTER_FILE",
     "RUN_RECORD_FILE",
     "SAMPLES_DIR",
     "WorkdirError",
@@ -37,10 +43,13 @@ __all__ = [
     "check_workdir",
     "cond_spec_of",
     "load_run_record",
+    "resolve_run_dir",
+    "write_run_pointer",
     "write_run_record",
 ]
 
 RUN_RECORD_FILE = "config.json"
+RUN_POINTER_FILE = "run_pointer.json"
 CHECKPOINT_DIR = "checkpoints"
 SAMPLES_DIR = "samples"
 EVAL_DIR = "eval"
@@ -99,8 +108,45 @@ def check_free_space(workdir: str, checkpoint_bytes: int) -> None:
         )
 
 
+def resolve_run_dir(workdir: str | os.PathLike) -> str:
+    """The folder of the run ``workdir`` stands for: itself, or, for a folder of chained runs
+    without a run record of its own, the sub-folder its ``run_pointer.json`` names.
+
+    Raises:
+      IncompatibleResumeError: an unreadable pointer, or one that leaves the folder.
+    """
+    workdir = os.fspath(workdir)
+    pointer = os.path.join(workdir, RUN_POINTER_FILE)
+    if os.path.exists(os.path.join(workdir, RUN_RECORD_FILE)) or not os.path.exists(pointer):
+        return workdir
+    try:
+        with open(pointer, encoding="utf-8") as f:
+            target = json.load(f)["workdir"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise IncompatibleResumeError(
+            f"{pointer} is unreadable ({error}); it should be {{'workdir': '<sub-folder>'}}."
+        ) from error
+    if not isinstance(target, str) or os.path.isabs(target) or ".." in target.split(os.sep):
+        raise IncompatibleResumeError(f"{pointer} names {target!r}, not a sub-folder of {workdir}.")
+    return os.path.join(workdir, target)
+
+
+def write_run_pointer(workdir: str, target: str) -> None:
+    """Makes ``workdir`` stand for its sub-folder ``target`` (atomically; process 0 only)."""
+    if jax.process_index() != 0:
+        return
+    payload = json.dumps({"workdir": target}) + "\n"
+
+    def write(tmp_path: str) -> None:
+        with open(tmp_path, "w", encoding="utf-8") as f:
+            f.write(payload)
+
+    atomic_write(os.path.join(workdir, RUN_POINTER_FILE), write)
+
+
 def load_run_record(workdir: str | os.PathLike) -> dict[str, Any] | None:
-    """Reads ``workdir/config.json`` (plain JSON: loading it runs no code).
+    """Reads ``workdir/config.json`` (plain JSON: loading it runs no code); a folder of chained
+    runs is read through its pointer (:func:`resolve_run_dir`).
 
     Args:
       workdir: a run's folder.
@@ -112,7 +158,7 @@ def load_run_record(workdir: str | os.PathLike) -> dict[str, Any] | None:
     Raises:
       IncompatibleResumeError: the file exists but is not a run record.
     """
-    path = os.path.join(os.fspath(workdir), RUN_RECORD_FILE)
+    path = os.path.join(resolve_run_dir(workdir), RUN_RECORD_FILE)
     if not os.path.exists(path):
         return None
     try:
