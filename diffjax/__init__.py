@@ -4,7 +4,8 @@ The stable public API. The math (schedules and continuous processes, the forward
 predictions, losses, samplers) takes arrays, a process (a :class:`DiffusionSchedule` or a
 continuous process such as :class:`RectifiedFlow`) and a plain ``model_fn(x_t, t) ->
 prediction``, so a network written in any JAX framework plugs in unchanged; :class:`UNet` is
-the Flax network diffjax trains; the training machinery lives in :mod:`diffjax.training`.
+the Flax network diffjax trains; the training machinery lives in :mod:`diffjax.training`, and
+progressive distillation's rounds are :func:`distill`.
 ``import diffjax`` never imports TensorFlow, tensorflow-datasets, orbax, absl or flax: the UNet
 (:class:`UNet`, :func:`count_params`), the training program (:func:`train_and_evaluate`, :func:`load_trained_run`, :func:`create_dataset`,
 :func:`read_metrics`), the image grids and the CPU speed settings of the command-line programs
@@ -160,6 +161,7 @@ __all__ = [
     "snr_loss_weight",
     "time_shift",
     "train_and_evaluate",
+    "distill",
     "load_trained_run",
     "sample_run",
     "create_dataset",
@@ -180,6 +182,7 @@ _LAZY: dict[str, str] = {
     "UNet": "diffjax.models",
     "count_params": "diffjax.models",
     "train_and_evaluate": "diffjax.training.loop",
+    "distill": "diffjax.pipelines.distillation",
     "load_trained_run": "diffjax.training.trained_run",
     "sample_run": "diffjax.training.run_sampling",
     "create_dataset": "diffjax.data.pipeline",

@@ -292,9 +292,8 @@ def _eval_settings(
     reference: str | None,
 ) -> EvalSettings:  # fmt: skip
     name, options = sampling_settings(values, sampler=sampler, num_steps=steps)
-    if sampler == "ddim":
-        options = dict(options, spacing="trailing") if is_discrete(build_process(
-            values["diffusion"])) else options  # fmt: skip
+    if sampler == "ddim" and is_discrete(build_process(values["diffusion"])):
+        options = dict(options, spacing="trailing")  # the students' grid, for the teacher too
     return EvalSettings(
         metrics=("fd",), num_samples=settings["fd_num_samples"],
         batch_size=settings["fd_batch_size"], sampler=name, options=options,
