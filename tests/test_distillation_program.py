@@ -307,3 +307,73 @@ def test_guidance_distillation_gives_a_one_call_student_of_the_guided_teacher(tm
     assert objectives == [True, False]
     assert student.model.cond_keys == ("label", "guidance")
     assert not np.array_equal(samples[1.0], samples[4.0])  # w reaches the network
+
+
+def test_condition_dropout_drops_the_same_examples_for_teacher_and_student(tmp_path):
+    """A class-conditional student keeps learning the unconditional prediction: with
+    ``cond_dropout`` each example's label is replaced by the null label with one draw that the
+    teacher's two steps and the student share, so the training loss equals the loss of the
+    batch whose dropped labels were nulled beforehand."""
+    from diffjax.sharding import make_mesh
+    from diffjax.training.programs import build_programs, program_spec, validate_config
+
+    config = make_test_config(
+        str(tmp_path), **{"diffusion.prediction_type": "v", "diffusion.zero_terminal_snr": True,
+                          "model.num_classes": 2, "training.cond_dropout": 0.5},
+    )  # fmt: skip
+    config.objective = dict(
+        name="progressive_distillation", teacher=str(tmp_path / "never_read"),
+        teacher_prediction="v", teacher_guidance=False, student_steps=2, teacher_clip_x0=True,
+        weighting="truncated_snr", guidance_min=1.0, guidance_max=4.0,
+    )  # fmt: skip
+    values = validate_config(config)
+    dataset = dict(image_shape=(8, 8, 1), cond_spec=(("label", (), "int32"),))
+    with fast_compiles():
+        programs = build_programs(program_spec(values, dataset), make_mesh())
+        params = programs.init_fn(jax.random.key(0))
+        teacher = jax.tree.map(lambda p: p + 0.1, params)
+        images = jax.random.uniform(jax.random.key(1), (8, 8, 8, 1), minval=-1, maxval=1)
+        labels = jnp.asarray([0, 1, 0, 1, 1, 0, 1, 0])
+        key = jax.random.key(2)
+        loss_fn = programs.objective.loss_fn
+        trained, _ = loss_fn(params, {"teacher": teacher}, {"image": images,
+                             "cond": {"label": labels}}, key, True)  # fmt: skip
+        dropped = jax.random.bernoulli(jax.random.fold_in(key, 4), 0.5, (8,))
+        assert 0 < int(dropped.sum()) < 8
+        nulled = {"label": jnp.where(dropped, 2, labels)}
+        expected, _ = loss_fn(params, {"teacher": teacher}, {"image": images, "cond": nulled},
+                              key, False)  # fmt: skip
+        unchanged, _ = loss_fn(params, {"teacher": teacher}, {"image": images,
+                               "cond": {"label": labels}}, key, False)  # fmt: skip
+    assert float(trained) == float(expected) != float(unchanged)
+
+
+@pytest.mark.parametrize(
+    "model, training, objective, message",
+    [
+        ({}, {}, dict(teacher=""), "must name the teacher's workdir"),
+        ({}, {}, dict(student_steps=0), "student_steps must be >= 1"),
+        ({}, {}, dict(teacher_guidance=True), "set config.model.guidance_embedding=True"),
+        (dict(guidance_embedding=True), {"cond_dropout": 0.1}, {}, "no condition dropout"),
+        (dict(guidance_embedding=True), {}, dict(guidance_min=3.0, guidance_max=2.0),
+         "0 <= guidance_min <= guidance_max"),
+        ({}, {}, dict(teacher_prediction="eps"), "zero SNR"),
+    ],
+)  # fmt: skip
+def test_the_objective_refuses_settings_it_cannot_train(model, training, objective, message):
+    from diffjax.training.programs import validate_config
+
+    config = make_test_config("/nonexistent", **{
+        "diffusion.prediction_type": "v", "diffusion.zero_terminal_snr": True,
+        "model.num_classes": 2, "training.cond_dropout": 0.0,
+    })  # fmt: skip
+    config.model.update(model)
+    config.training.update(training)
+    config.objective = dict(
+        name="progressive_distillation", teacher="/teacher", teacher_prediction="v",
+        teacher_guidance=False, student_steps=2, teacher_clip_x0=True,
+        weighting="truncated_snr", guidance_min=1.0, guidance_max=4.0,
+    )  # fmt: skip
+    config.objective.update(objective)
+    with pytest.raises(ConfigError, match=message):
+        validate_config(config)

@@ -311,15 +311,16 @@ def _check_distillation(values: Mapping[str, Any]) -> None:
         )
     student = build_model(values["model"])
     reads_guidance = GUIDANCE_KEY in cond_keys(student)
-    if section["teacher_guidance"]:
-        if not reads_guidance:
-            raise ConfigError(
-                "config.objective.teacher_guidance=True distils a guided teacher into a student "
-                "conditioned on the guidance scale: set config.model.guidance_embedding=True."
-            )
-        if values["training"]["cond_dropout"] != 0:
-            raise ConfigError("guidance distillation trains no condition dropout: set "
-                              "config.training.cond_dropout=0.")  # fmt: skip
+    if section["teacher_guidance"] and not reads_guidance:
+        raise ConfigError(
+            "config.objective.teacher_guidance=True distils a guided teacher into a student "
+            "conditioned on the guidance scale: set config.model.guidance_embedding=True."
+        )
+    if reads_guidance and values["training"]["cond_dropout"] != 0:
+        raise ConfigError(
+            "guidance distillation trains no condition dropout (the scale w replaces it): set "
+            "config.training.cond_dropout=0."
+        )
     if reads_guidance and not 0 <= section["guidance_min"] <= section["guidance_max"]:
         raise ConfigError(
             f"config.objective.guidance_min={section['guidance_min']} and guidance_max="
@@ -364,6 +365,7 @@ def _build_distillation(context: ObjectiveContext) -> Objective:
     teacher_module = context.frozen_modules["teacher"]
     reads_guidance = GUIDANCE_KEY in cond_keys(module)
     guided_teacher = section["teacher_guidance"]
+    cond_dropout = values["training"]["cond_dropout"]
     settings = dict(
         num_student_steps=section["student_steps"],
         student_prediction=values["diffusion"]["prediction_type"],
@@ -375,6 +377,11 @@ def _build_distillation(context: ObjectiveContext) -> Objective:
     def loss_fn(params, frozen, batch, key, train):
         loss_key, dropout_key, guidance_key = jax.random.split(key, 3)
         cond = dict(batch.get("cond") or {})
+        if train and cond_dropout > 0:  # teacher and student see the same dropped condition
+            cond = select_cond(module, cond)
+            cond = drop_cond(
+                jax.random.fold_in(key, 4), cond, null_cond(module, cond), cond_dropout
+            )
         if reads_guidance:
             cond[GUIDANCE_KEY] = jax.random.uniform(
                 guidance_key, (batch["image"].shape[0],), jnp.float32,
