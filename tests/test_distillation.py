@@ -7,7 +7,6 @@ teacher is the exact posterior mean, and a small MLP student, trained for one ro
 loss, must reproduce the teacher's 2N-step sampler in N steps.
 """
 
-import math
 import sys
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from diffjax import distillation, samplers
 
 sys.path.insert(0, str(Path(__file__).parent))
 import gaussian_oracle as oracle  # noqa: E402
+from train_helpers import mlp, mlp_init  # noqa: E402
 
 GAUSSIAN = oracle.gaussian([0.3, -0.5], [0.6, 1.2])
 ZERO_SNR = dj.get_schedule("cosine", 1000, zero_terminal_snr=True)
@@ -163,23 +163,6 @@ RING = oracle.ring_mixture(4, 2.0, 0.3)
 STUDENT_STEPS = 2
 
 
-def _mlp_init(key, width=128):
-    keys = jax.random.split(key, 4)
-    sizes = [(3, width), (width, width), (width, width), (width, 2)]
-    return [
-        (jax.random.normal(k, s) * math.sqrt(1.0 / s[0]), jnp.zeros(s[1]))
-        for k, s in zip(keys, sizes)
-    ]
-
-
-def _mlp(params, x, t_in):
-    h = jnp.concatenate([x, (t_in / 1000.0)[:, None]], axis=1)
-    for weight, bias in params[:-1]:
-        h = jax.nn.silu(h @ weight + bias)
-    weight, bias = params[-1]
-    return h @ weight + bias
-
-
 def _ddim(model_fn, noise, num_steps):
     return samplers.ddim_sample(
         model_fn, ZERO_SNR, jax.random.key(0), noise.shape, num_steps=num_steps,
@@ -191,7 +174,7 @@ def _ddim(model_fn, noise, num_steps):
 def distilled_student():
     """An MLP v-student distilled for one round from the exact 4-step teacher of RING."""
     teacher = oracle.exact_model_fn(RING, ZERO_SNR, "v")
-    params = _mlp_init(jax.random.key(0))
+    params = mlp_init(jax.random.key(0))
     optimizer = optax.adam(optax.linear_schedule(3e-3, 0.0, 3000))
     opt_state = optimizer.init(params)
     data = jnp.asarray(RING.sample(np.random.default_rng(0), 200_000)[0], jnp.float32)
@@ -202,7 +185,7 @@ def distilled_student():
 
         def loss_fn(params):
             return distillation.progressive_distillation_loss(
-                jax.tree_util.Partial(_mlp, params), teacher, ZERO_SNR, batch, key,
+                jax.tree_util.Partial(mlp, params), teacher, ZERO_SNR, batch, key,
                 num_student_steps=STUDENT_STEPS,
             )[0]  # fmt: skip
 
@@ -212,7 +195,7 @@ def distilled_student():
 
     for step in range(3000):
         params, opt_state = train_step(params, opt_state, jax.random.key(step))
-    return jax.tree_util.Partial(_mlp, params), teacher
+    return jax.tree_util.Partial(mlp, params), teacher
 
 
 def test_one_round_makes_n_student_steps_match_2n_teacher_steps(distilled_student):

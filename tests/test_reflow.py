@@ -9,7 +9,6 @@ bent towards one of them); a small network trained on the (noise, ODE sample) pa
 """
 
 import json
-import math
 import os
 import sys
 from pathlib import Path
@@ -31,7 +30,13 @@ from diffjax.training.loop import train_and_evaluate
 
 sys.path.insert(0, str(Path(__file__).parent))
 import gaussian_oracle as oracle  # noqa: E402
-from train_helpers import fast_compiles, make_image_folder, make_test_config  # noqa: E402
+from train_helpers import (  # noqa: E402
+    fast_compiles,
+    make_image_folder,
+    make_test_config,
+    mlp,
+    mlp_init,
+)
 
 PROCESS = dj.RectifiedFlow()
 TWO_MODES = oracle.GaussianMixture(
@@ -57,23 +62,6 @@ def _exact_pairs(noise):
         model_fn, PROCESS, jax.random.key(0), noise.shape, x_T=noise, num_steps=100,
         prediction_type="flow",
     )  # fmt: skip
-
-
-def _mlp_init(key, width=128):
-    keys = jax.random.split(key, 4)
-    sizes = [(3, width), (width, width), (width, width), (width, 2)]
-    return [
-        (jax.random.normal(k, s) * math.sqrt(1.0 / s[0]), jnp.zeros(s[1]))
-        for k, s in zip(keys, sizes)
-    ]
-
-
-def _mlp(params, x, t_in):
-    h = jnp.concatenate([x, (t_in / 1000.0)[:, None]], axis=1)
-    for weight, bias in params[:-1]:
-        h = jax.nn.silu(h @ weight + bias)
-    weight, bias = params[-1]
-    return h @ weight + bias
 
 
 def _euler_paths(model_fn, noise, num_steps):
@@ -105,7 +93,7 @@ def _train_on_pairs(params, pairs_dir, num_steps, time_sampler=None):
     def train_step(params, opt_state, batch, key):
         def loss_fn(params):
             return dj.denoising_loss(
-                jax.tree_util.Partial(_mlp, params), PROCESS, batch["image"], key,
+                jax.tree_util.Partial(mlp, params), PROCESS, batch["image"], key,
                 prediction_type="flow", noise=batch["noise"], time_sampler=time_sampler,
             )[0]  # fmt: skip
 
@@ -129,14 +117,14 @@ def two_rectified(tmp_path_factory):
         shape=(2,), settings=dict(teacher="exact two-mode flow"), progress=False,
     )  # fmt: skip
     assert manifest["num_pairs"] == 4096
-    return _train_on_pairs(_mlp_init(jax.random.key(1)), folder / "pairs", 3000), folder
+    return _train_on_pairs(mlp_init(jax.random.key(1)), folder / "pairs", 3000), folder
 
 
 def test_reflow_of_an_exact_two_mode_flow_straightens_it(two_rectified):
     params, _ = two_rectified
     noise = jax.random.normal(jax.random.key(2), (2048, 2))
     teacher = oracle.exact_model_fn(TWO_MODES, PROCESS, "flow")
-    student = jax.tree_util.Partial(_mlp, params)
+    student = jax.tree_util.Partial(mlp, params)
     before = float(straightness(*_euler_paths(teacher, noise, 16)))
     after = float(straightness(*_euler_paths(student, noise, 16)))
     assert after < before / 4, (before, after)
@@ -150,7 +138,7 @@ def test_distilling_the_two_rectified_flow_makes_its_one_step_its_ode(two_rectif
     # training at t = 1 only, where the one Euler step starts. The one step must then reproduce
     # the 2-RF's ODE sample of fresh noise much better than the 2-RF's own one step does.
     params, folder = two_rectified
-    two_rf = jax.tree_util.Partial(_mlp, params)
+    two_rf = jax.tree_util.Partial(mlp, params)
 
     @jax.jit
     def ode_of_two_rf(noise):
@@ -164,7 +152,7 @@ def test_distilling_the_two_rectified_flow_makes_its_one_step_its_ode(two_rectif
         shape=(2,), settings=dict(teacher="2-RF"), progress=False,
     )  # fmt: skip
     distilled = jax.tree_util.Partial(
-        _mlp, _train_on_pairs(params, folder / "distill_pairs", 3000, dj.constant_times(1.0))
+        mlp, _train_on_pairs(params, folder / "distill_pairs", 3000, dj.constant_times(1.0))
     )
     noise = jax.random.normal(jax.random.key(3), (2048, 2))
     target = np.asarray(ode_of_two_rf(noise))

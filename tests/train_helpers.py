@@ -8,6 +8,7 @@ read metrics and checkpoints back to check them.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import pathlib
 import runpy
@@ -15,6 +16,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
@@ -104,6 +106,25 @@ def fast_compiles():
     finally:
         jax.config.update("jax_disable_most_optimizations", previous)
         jax.clear_caches()
+
+
+def mlp_init(key: jax.Array, width: int = 128) -> list:
+    """A 3-layer SiLU MLP's parameters for 2-D data and a time input: [(weight, bias)]."""
+    keys = jax.random.split(key, 4)
+    sizes = [(3, width), (width, width), (width, width), (width, 2)]
+    return [
+        (jax.random.normal(k, s) * math.sqrt(1.0 / s[0]), jnp.zeros(s[1]))
+        for k, s in zip(keys, sizes)
+    ]
+
+
+def mlp(params: list, x: jax.Array, t_in: jax.Array) -> jax.Array:
+    """``model_fn(x [B, 2], t_in [B])`` of :func:`mlp_init`'s parameters (time scaled by 1/1000)."""
+    h = jnp.concatenate([x, (t_in / 1000.0)[:, None]], axis=1)
+    for weight, bias in params[:-1]:
+        h = jax.nn.silu(h @ weight + bias)
+    weight, bias = params[-1]
+    return h @ weight + bias
 
 
 def state_leaves(state) -> list[np.ndarray]:
