@@ -1,6 +1,6 @@
 """The recipe diffjax.configs.base (diffjax/configs/base.py, whose docstring says what it trains):
 
-  python -m diffjax.train --config configs/base.py --workdir runs/base
+python -m diffjax.train --config configs/base.py --workdir runs/base
 """
 
 from diffjax.configs.base import get_config

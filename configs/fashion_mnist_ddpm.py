@@ -1,6 +1,6 @@
 """The recipe diffjax.configs.fashion_mnist_ddpm (diffjax/configs/fashion_mnist_ddpm.py, whose docstring says what it trains):
 
-  python -m diffjax.train --config configs/fashion_mnist_ddpm.py --workdir runs/fmnist_ddpm
+python -m diffjax.train --config configs/fashion_mnist_ddpm.py --workdir runs/fmnist_ddpm
 """
 
 from diffjax.configs.fashion_mnist_ddpm import get_config

@@ -1,6 +1,6 @@
 """The recipe diffjax.configs.fashion_mnist_edm (diffjax/configs/fashion_mnist_edm.py, whose docstring says what it trains):
 
-  python -m diffjax.train --config configs/fashion_mnist_edm.py --workdir runs/fashion_mnist_edm
+python -m diffjax.train --config configs/fashion_mnist_edm.py --workdir runs/fashion_mnist_edm
 """
 
 from diffjax.configs.fashion_mnist_edm import get_config

@@ -23,7 +23,7 @@ from diffjax.models import UNet
 from diffjax.models.conditioning import make_model_fn
 from diffjax.pipelines import distillation
 from diffjax.training.loop import train_and_evaluate
-from diffjax.training.objectives import _teacher_fn
+from diffjax.training.objectives.distillation import _teacher_fn
 from diffjax.training.workdir import IncompatibleResumeError
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -36,6 +36,7 @@ __all__ = ["DISTILL_RECIPES", "RECIPES", "get_config"]
 
 RECIPES: tuple[str, ...] = (
     "base", "fashion_mnist", "fashion_mnist_ddpm", "fashion_mnist_edm", "fashion_mnist_modern",
+    "fashion_mnist_autoencoder", "fashion_mnist_latent",
     "cifar10", "cifar10_cond", "test",
 )  # fmt: skip
 DISTILL_RECIPES: tuple[str, ...] = ("fashion_mnist_distill", "cifar10_distill")

@@ -80,6 +80,8 @@ __all__ = [
     "VGG16Features",
     "load_lpips",
     "lpips_distance",
+    "lpips_min_image_size",
+    "lpips_variable_shapes",
     "lpips_variables_from_state_dicts",
     "lpips_weights_files",
 ]
@@ -477,6 +479,29 @@ def _min_image_size(stages: tuple[_Stage, ...]) -> int:
 @functools.cache
 def _min_size(net: str) -> int:
     return _min_image_size(_NETS[net].stages)
+
+
+def lpips_min_image_size(net: str) -> int:
+    """The smallest image side LPIPS ``net`` takes (``'alex'``: 31, ``'vgg'``: 16).
+
+    Raises:
+      ValueError: an unknown net.
+    """
+    _net(net)
+    return _min_size(net)
+
+
+def lpips_variable_shapes(net: str) -> dict[str, Any]:
+    """The variables of LPIPS ``net`` as a nested dict of float32 ``jax.ShapeDtypeStruct``
+    (what :func:`load_lpips` returns, without reading a file)."""
+    tree: dict[str, Any] = {}
+    _net(net)
+    for path, shape in _expected_shapes(net).items():
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = jax.ShapeDtypeStruct(shape, jnp.float32)
+    return tree
 
 
 def _check_images(name: str, images: Any, net: str) -> None:

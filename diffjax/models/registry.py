@@ -3,7 +3,8 @@
 Every registered network is a Flax Linen module called as ``module(x, t, cond, train=...)``
 that declares the conditioning it reads (``cond_keys``) and its null condition (``null_cond``;
 :mod:`diffjax.models.conditioning`), so the training program, sampling, guidance and resuming
-work with any of them. An entry holds the network's config section with its defaults (from
+work with any of them. (A network another objective trains, the autoencoder
+``'autoencoder_kl'``, is registered here too; its objective initialises and calls it.) An entry holds the network's config section with its defaults (from
 which the config schema is derived: a key's type is its default's), builds the module from a
 validated ``config.model`` section, checks that it takes the data's shape, and names the keys
 that fix the parameters' shapes and meaning (a resumed run must keep those). A network's
@@ -25,6 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_dict
 
+from diffjax.models.autoencoder import AutoencoderKL, check_autoencoder_input
 from diffjax.models.unet import UNet, check_attn_resolutions, check_image_size
 from diffjax.names import RegistryNames
 
@@ -118,6 +120,48 @@ def _check_unet_input(model: UNet, image_shape: tuple[int, ...]) -> None:
     check_attn_resolutions(image_shape[0], model.channel_mults, model.attn_resolutions)
 
 
+def _autoencoder_defaults() -> dict[str, Any]:
+    # SD's kl-f8 (83.7M parameters); diffjax.models.AUTOENCODER_PRESETS has the others.
+    return dict(
+        base_channels=128,
+        channel_mults=(1, 2, 4, 4),
+        num_res_blocks=2,
+        latent_channels=4,
+        # Channels of the images (Fashion-MNIST: 1).
+        image_channels=3,
+        num_groups=32,
+        # The 1x1 quant_conv / post_quant_conv (SD 1/2, SDXL: True; SD3: False).
+        quant_conv=True,
+        # Run the autoencoder in float32 whatever dtype says.
+        force_upcast=False,
+    )
+
+
+def _build_autoencoder(config: Mapping[str, Any]) -> AutoencoderKL:
+    return AutoencoderKL(
+        base_channels=config["base_channels"],
+        channel_mults=tuple(config["channel_mults"]),
+        num_res_blocks=config["num_res_blocks"],
+        latent_channels=config["latent_channels"],
+        image_channels=config["image_channels"],
+        num_groups=config["num_groups"],
+        quant_conv=config["quant_conv"],
+        force_upcast=config["force_upcast"],
+        dtype=DTYPES[config["dtype"]],
+        param_dtype=DTYPES[config["param_dtype"]],
+    )
+
+
+def _check_autoencoder(model: AutoencoderKL, image_shape: tuple[int, ...]) -> None:
+    for channels in (model.base_channels * mult for mult in model.channel_mults):
+        if channels % model.num_groups:
+            raise ValueError(
+                f"num_groups={model.num_groups} must divide every level's channels "
+                f"(base_channels * channel_mults: {channels})."
+            )
+    check_autoencoder_input(image_shape, model.channel_mults, model.image_channels)
+
+
 MODELS: dict[str, ModelEntry] = {
     "unet": ModelEntry(
         defaults=_unet_defaults,
@@ -130,6 +174,20 @@ MODELS: dict[str, ModelEntry] = {
             "attn_resolutions",
             "num_groups",
             "guidance_embedding",
+        ),
+    ),
+    "autoencoder_kl": ModelEntry(
+        defaults=_autoencoder_defaults,
+        build=_build_autoencoder,
+        check_input_shape=_check_autoencoder,
+        state_keys=(
+            "base_channels",
+            "channel_mults",
+            "num_res_blocks",
+            "latent_channels",
+            "image_channels",
+            "num_groups",
+            "quant_conv",
         ),
     ),
 }

@@ -33,16 +33,43 @@ def frozen_sources(values: Mapping[str, Any], codec: Any) -> dict[str, dict[str,
     return sources
 
 
-def _load_workdir(path: str, abstract: Any, mesh: Any) -> tuple[Any, dict[str, Any]]:
+def _load_workdir(
+    source: Mapping[str, Any], abstract: Any, mesh: Any
+) -> tuple[Any, dict[str, Any]]:
+    path = source["workdir"]
     run = load_trained_run(path, mesh)
     record = dict(workdir=os.path.abspath(path), step=run.step, weights="ema")
-    return place(run.state.ema_params, abstract), record
+    params = run.state.ema_params
+    if source.get("params_key"):
+        params = params[source["params_key"]]
+        record["params_key"] = source["params_key"]
+    return place(params, abstract), record
+
+
+def _load_diffusers(source: Mapping[str, Any], abstract: Any) -> tuple[Any, dict[str, Any]]:
+    from diffjax.models.autoencoder_weights import (
+        DIFFUSERS_WEIGHTS_FILE,
+        load_diffusers_autoencoder,
+    )
+
+    folder = source["diffusers"]
+    _, params, _ = load_diffusers_autoencoder(folder, source["sha256"])
+    weights = os.path.join(os.path.abspath(folder), DIFFUSERS_WEIGHTS_FILE)
+    return place(params, abstract), dict(diffusers=weights, sha256=sha256_of_file(weights))
 
 
 def _load_weights(source: Mapping[str, Any], abstract: Any) -> tuple[Any, dict[str, Any]]:
     path = source["weights"]
     params = load_params(path, source.get("sha256"))
     return place(params, abstract), dict(weights=os.path.abspath(path), sha256=sha256_of_file(path))
+
+
+def _load_lpips(net: str, abstract: Any) -> tuple[Any, dict[str, Any]]:
+    from diffjax.metrics.lpips import load_lpips, lpips_weights_files
+
+    files = lpips_weights_files(net)
+    record = dict(lpips=net, sha256=[files.backbone.sha256, files.heads.sha256])
+    return place(load_lpips(net), abstract), record
 
 
 def load_frozen(
@@ -66,10 +93,16 @@ def load_frozen(
     for name, source in frozen_sources(values, programs.codec).items():
         abstract = programs.abstract_frozen[name]
         try:
-            if "workdir" in source:
-                frozen[name], record[name] = _load_workdir(source["workdir"], abstract, mesh)
+            if "lpips" in source:
+                frozen[name], record[name] = _load_lpips(source["lpips"], abstract)
+            elif "diffusers" in source:
+                frozen[name], record[name] = _load_diffusers(source, abstract)
+            elif "workdir" in source:
+                frozen[name], record[name] = _load_workdir(source, abstract, mesh)
             else:
                 frozen[name], record[name] = _load_weights(source, abstract)
         except (OSError, ValueError, RuntimeError) as error:
             raise ConfigError(f"frozen {name!r} from {dict(source)}: {error}") from error
+        if name == "codec" and hasattr(programs.codec, "record"):
+            record[name].update(programs.codec.record())
     return frozen, record

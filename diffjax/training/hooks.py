@@ -15,6 +15,13 @@ once before the first step, and calls it every ``every`` steps and at the end:
                        ``fd_every_steps`` (a smoke run)
 ``held_out_loss``      the objective's loss of the EMA weights on fixed held-out batches
                        (``config.eval.every_steps``), logged as ``eval_loss``
+``reconstruction_grid``  an autoencoder's inputs beside its EMA reconstructions, in
+                       ``samples/`` (``config.sampling.every_steps`` and ``num_samples``)
+``reconstruction_metrics``  PSNR and SSIM of the EMA reconstructions of fixed held-out
+                       batches (``config.eval.every_steps``)
+``latent_statistics``  at the end: the mean and standard deviation of posterior draws of
+                       ``eval.num_batches`` training batches, written to
+                       ``latent_statistics.json`` (a latent run's default scale is 1/std)
 =====================  ===================================================================
 
 A job sees the run through these attributes: ``values`` (the validated config), ``programs``,
@@ -29,12 +36,14 @@ import time
 from typing import Any, Callable, NamedTuple
 
 import jax
+import numpy as np
 
 from diffjax.errors import ConfigError
 from diffjax.images import make_grid, save_image_grid, to_uint8
 from diffjax.sharding import gather_to_host, host_batch_to_global
 from diffjax.training.config import quoted_fd
 from diffjax.training.console import log
+from diffjax.training.latent_codec import LATENT_STATISTICS_FILE
 from diffjax.training.programs import SampleConditions, make_run_generator, sample_drawer
 from diffjax.training.workdir import SAMPLES_DIR
 
@@ -172,10 +181,141 @@ def _held_out_loss(training: Any) -> Hook | None:
     return Hook("held_out_loss", evaluation["every_steps"], run)
 
 
+def _eval_batches(training: Any, split: str) -> Any:
+    """The first ``eval.num_batches`` batches of ``split``, the same every time."""
+    from diffjax.data.pipeline import dataset_from_config
+
+    evaluation = training.values["eval"]
+    dataset = dataset_from_config(
+        training.values, training.mesh, split, evaluation["batch_size"], shuffle=False
+    )
+
+    def batches():
+        with iter(dataset) as iterator:
+            for _ in range(evaluation["num_batches"]):
+                yield host_batch_to_global(next(iterator), training.mesh)
+
+    return batches
+
+
+def _autoencoder_functions(training: Any) -> tuple[Callable, Callable]:
+    """Jitted ``reconstruct(params, images)`` (through the posterior mean) and
+    ``sample_latents(params, images, key)`` (posterior draws) of an autoencoder run."""
+    from diffjax.autoencoding import sample_posterior
+
+    module = training.programs.model
+
+    @jax.jit
+    def reconstruct(params: Any, images: jax.Array) -> jax.Array:
+        return module.apply({"params": params["autoencoder"]}, images)[0]
+
+    @jax.jit
+    def sample_latents(params: Any, images: jax.Array, key: jax.Array) -> jax.Array:
+        mean, logvar = module.apply({"params": params["autoencoder"]}, images, method="encode")
+        return sample_posterior(mean, logvar, key)
+
+    return reconstruct, sample_latents
+
+
+def _reconstruction_grid(training: Any) -> Hook | None:
+    sampling = training.values["sampling"]
+    count = sampling["num_samples"]
+    if count == 0:
+        return None
+    batches = _eval_batches(training, training.values["eval"]["split"])
+    reconstruct, _ = _autoencoder_functions(training)
+
+    def run(training: Any, step: int, writer: Any) -> None:
+        images = next(iter(batches()))["image"][:count]
+        recon = gather_to_host(reconstruct(training.state.ema_params, images))
+        images = gather_to_host(images)
+        if jax.process_index() != 0:
+            return
+        # Each input beside its reconstruction.
+        pairs = np.concatenate([np.asarray(images), np.asarray(recon)], axis=2)
+        path = os.path.join(training.workdir, SAMPLES_DIR, f"step_{step:07d}.png")
+        save_image_grid(pairs, path, scale=max(1, 64 // pairs.shape[1]))
+        writer.write_image("reconstructions", step, make_grid(to_uint8(pairs)))
+        log(f"diffjax: wrote {path} (inputs beside EMA reconstructions)")
+
+    return Hook("reconstruction_grid", sampling["every_steps"], run)
+
+
+def _reconstruction_metrics(training: Any) -> Hook | None:
+    from diffjax.metrics.image_quality import psnr, ssim
+
+    batches = _eval_batches(training, training.values["eval"]["split"])
+    reconstruct, _ = _autoencoder_functions(training)
+
+    def run(training: Any, step: int, writer: Any) -> None:
+        totals = {"psnr": 0.0, "ssim": 0.0}
+        count = 0
+        for batch in batches():
+            recon = reconstruct(training.state.ema_params, batch["image"])
+            count += batch["image"].shape[0]
+            totals["psnr"] += float(np.sum(psnr(batch["image"], recon)))
+            totals["ssim"] += float(np.sum(ssim(batch["image"], recon)))
+        means = {f"reconstruction_{name}": total / count for name, total in totals.items()}
+        writer.write_scalars(step, means)
+        log(
+            f"diffjax: reconstruction of {count} {training.values['eval']['split']} images by the "
+            f"EMA weights at step {step}: PSNR {means['reconstruction_psnr']:.2f} dB, SSIM "
+            f"{means['reconstruction_ssim']:.4f}"
+        )
+
+    return Hook("reconstruction_metrics", training.values["eval"]["every_steps"], run)
+
+
+def _latent_statistics(training: Any) -> Hook:
+    import json
+
+    from diffjax.images import atomic_write
+
+    batches = _eval_batches(training, training.values["data"]["split"])
+    _, sample_latents = _autoencoder_functions(training)
+
+    def run(training: Any, step: int, writer: Any) -> None:
+        """Mean and standard deviation over every element of posterior draws of the first
+        ``eval.num_batches`` training batches (float64 sums)."""
+        total, total_sq, count, num_images = 0.0, 0.0, 0, 0
+        for index, batch in enumerate(batches()):
+            key = jax.random.fold_in(training.eval_key, index)
+            latents = gather_to_host(sample_latents(training.state.ema_params, batch["image"], key))
+            latents = np.asarray(latents, np.float64)
+            total += latents.sum()
+            total_sq += np.square(latents).sum()
+            count += latents.size
+            num_images += latents.shape[0]
+        mean = total / count
+        std = float(np.sqrt(max(total_sq / count - mean**2, 0.0)))
+        record = dict(
+            step=step, num_images=num_images, mean=float(mean), std=std, scaling_factor=1.0 / std
+        )
+        writer.write_scalars(step, {"latent_mean": float(mean), "latent_std": std})
+        log(
+            f"diffjax: latents of {num_images} training images at step {step}: mean {mean:.4f}, "
+            f"std {std:.4f} (scaling factor {1.0 / std:.5f}, in {LATENT_STATISTICS_FILE})"
+        )
+        if jax.process_index() != 0:
+            return
+        payload = json.dumps(record, indent=1) + "\n"
+
+        def write(tmp_path: str) -> None:
+            with open(tmp_path, "w", encoding="utf-8") as file:
+                file.write(payload)
+
+        atomic_write(os.path.join(training.workdir, LATENT_STATISTICS_FILE), write)
+
+    return Hook("latent_statistics", 0, run)
+
+
 HOOKS: dict[str, Callable[[Any], Hook | None]] = {
     "sample_grid": _sample_grid,
     "frechet_distance": _frechet_distance,
     "held_out_loss": _held_out_loss,
+    "reconstruction_grid": _reconstruction_grid,
+    "reconstruction_metrics": _reconstruction_metrics,
+    "latent_statistics": _latent_statistics,
 }
 """Periodic jobs by name: ``factory(training_run) -> Hook``, or None when the config turns
 the job off."""

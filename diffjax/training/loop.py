@@ -117,6 +117,12 @@ def _mesh_and_values(config: Any, devices: Sequence[jax.Device] | None) -> tuple
     return mesh, validate_config(values, num_devices=mesh.devices.size)
 
 
+_STEP_METRICS = frozenset(
+    ("loss", "grad_norm", "param_norm", "ema_decay", "is_finite", "learning_rate")
+)
+"""The generic step's metrics; the rest are the objective's."""
+
+
 @jax.jit
 def _accumulate(totals, metrics, step):
     """Adds one step's metrics to the running totals, on the devices."""
@@ -132,6 +138,12 @@ def _accumulate(totals, metrics, step):
         last_grad_norm=metrics["grad_norm"],
         learning_rate=metrics.get("learning_rate", zero),
         param_norm=metrics["param_norm"],
+        # The objective's own metrics (mse, kl, d_loss, ...), summed over finite steps.
+        objective={
+            key: jnp.where(finite, value.astype(jnp.float32), zero)
+            for key, value in metrics.items()
+            if key not in _STEP_METRICS
+        },
     )
     if totals is None:
         return new
@@ -142,6 +154,7 @@ def _accumulate(totals, metrics, step):
         grad_norm=totals["grad_norm"] + new["grad_norm"],
         num_finite=totals["num_finite"] + new["num_finite"],
         first_nonfinite=jnp.where(first >= 0, first, new["first_nonfinite"]),
+        objective=jax.tree.map(jnp.add, totals["objective"], new["objective"]),
     )
 
 
@@ -160,7 +173,7 @@ class _Accumulator:
         """Host copy of the totals since the last fetch, then a reset; None if empty."""
         if self.totals is None:
             return None
-        totals = {key: np.asarray(value) for key, value in jax.device_get(self.totals).items()}
+        totals = jax.tree.map(np.asarray, jax.device_get(self.totals))
         totals["num_steps"] = self.num_steps
         self.totals, self.num_steps = None, 0
         return totals
@@ -321,6 +334,20 @@ class _Run:
         )
 
 
+def _autoencoder_lines(workdir: str, grids: list[str], kept: int) -> list[str]:
+    lines = []
+    if grids:
+        lines.append(f"  {SAMPLES_DIR}/{grids[-1]:<22} test images beside their reconstructions")
+    return lines + [
+        f"  {'latent_statistics.json':<30} the latents' mean and std (the latent run's scale)",
+        f"  {'metrics.jsonl':<30} every logged number (tensorboard --logdir {workdir})",
+        f"  {CHECKPOINT_DIR + '/':<30} the newest {kept} checkpoints",
+        "Next: latent diffusion in its latent space, e.g.",
+        f"  python -m diffjax.train --config configs/fashion_mnist_latent.py "
+        f"--config.codec.options.workdir={workdir} --workdir <latent run>",
+    ]
+
+
 def _final_message(run: _Run, seconds: float) -> str:
     """What the run wrote and what to do next, in a few lines."""
     values, workdir = run.values, run.workdir
@@ -330,6 +357,8 @@ def _final_message(run: _Run, seconds: float) -> str:
     grids = sorted(os.listdir(os.path.join(workdir, SAMPLES_DIR))) if os.path.isdir(
         os.path.join(workdir, SAMPLES_DIR)) else []  # fmt: skip
     grids = [name for name in grids if name.startswith("step_")]
+    if values["objective"]["name"] == "autoencoder":
+        return "\n".join(lines + _autoencoder_lines(workdir, grids, kept))
     if grids:
         lines.append(
             f"  {SAMPLES_DIR}/{grids[-1]:<22} EMA samples ({sampling['sampler']}, "
@@ -506,6 +535,10 @@ class _Logger:
                 param_norm=float(totals["param_norm"]),
                 images_per_second=images_per_s,
                 skipped_steps=skipped,
+                **{
+                    key: float(value) / num_finite
+                    for key, value in sorted(totals["objective"].items())
+                },
             ),
         )
         report_progress(

@@ -39,6 +39,7 @@ from diffjax.sharding import (
     resolve_mesh_shape,
     state_shardings,
 )
+from diffjax.training import latent_codec as _latent_codec  # noqa: F401 (registers "autoencoder")
 from diffjax.training.config import check_keys, config_to_dict, import_modules, upgrade_config
 from diffjax.training.noise_process import build_process
 from diffjax.training.objectives import (
@@ -498,16 +499,18 @@ def _group_optimizers(
     optim: Mapping[str, Any], num_steps: int | None, labels: Any, options: Mapping[str, Any]
 ) -> optax.GradientTransformation:
     """One optimizer over the trainable parameters' groups: ``config.optim`` with each group's
-    overrides, updated on every step or on every ``every``-th (from ``offset``)."""
+    overrides, updated on every step, on every ``every``-th (from ``offset``), or on the steps
+    where ``when(count)`` holds."""
     optimizers = {}
     for name in sorted(set(jax.tree.leaves(labels))):
         overrides = dict(options.get(name, {}))
         every, offset = int(overrides.pop("every", 1)), int(overrides.pop("offset", 0))
+        when = overrides.pop("when", None)
+        if when is None and every > 1:
+            when = lambda count, every=every, offset=offset: count % every == offset  # noqa: E731
         optimizer = _make_optimizer({**optim, **overrides}, num_steps)
-        if every > 1:
-            optimizer = optax.transforms.conditionally_mask(
-                optimizer, lambda count, every=every, offset=offset: count % every == offset
-            )
+        if when is not None:
+            optimizer = optax.transforms.conditionally_mask(optimizer, when)
         optimizers[name] = optimizer
     return group_optimizer(labels, optimizers)
 
@@ -540,13 +543,21 @@ def _init_fn(
 def _frozen_source_programs(
     source: Mapping[str, Any], mesh: Mesh, init_for: Callable[[nn.Module], Callable]
 ) -> tuple[Any, Any]:
-    """(module, abstract params) of a frozen source: the network a source names by its config
+    """(module, abstract params) of a frozen source: LPIPS's published network (``'lpips'``), the network a source names by its config
     (``'model'``; e.g. a distillation teacher, built without reading its workdir, so that the
     student loads and samples without it), a workdir's network and EMA weights, or a weights
     file's arrays (whose network the objective names)."""
+    if "lpips" in source:
+        from diffjax.metrics.lpips import lpips_variable_shapes
+
+        return None, lpips_variable_shapes(source["lpips"])
     if "model" in source:
         module = build_model(source["model"])
         return module, jax.eval_shape(init_for(module), jax.random.key(0))
+    if "diffusers" in source:
+        from diffjax.models.autoencoder_weights import diffusers_autoencoder_shapes
+
+        return diffusers_autoencoder_shapes(source["diffusers"])
     if "workdir" in source:
         record = load_run_record(source["workdir"])
         if record is None:
@@ -554,7 +565,10 @@ def _frozen_source_programs(
         values = validate_config(upgrade_config(record["config"]))
         dataset = dict(record["dataset"], cond_spec=cond_spec_of(record["dataset"]))
         programs = build_programs(program_spec(values, dataset), mesh)
-        return programs.model, programs.abstract_state.ema_params
+        params = programs.abstract_state.ema_params
+        if source.get("params_key"):
+            params = params[source["params_key"]]
+        return programs.model, params
     return None, params_file_shapes(source["weights"])
 
 
@@ -601,7 +615,7 @@ def build_programs(spec: str, mesh: Mesh) -> Programs:
             state_shardings(abstract, mesh, rules),
         )
     objective = entry.build(ObjectiveContext(values, model, process, codec, frozen_modules))
-    init_fn = init_for(model)
+    init_fn = init_for(model) if objective.init is None else objective.init
     # Only the key's type matters for the shapes; the run's own key initialises.
     params_shape = jax.eval_shape(init_fn, jax.random.key(0))
     optim, num_steps = values["optim"], values["training"]["num_steps"]

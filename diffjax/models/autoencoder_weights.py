@@ -1,0 +1,176 @@
+"""Published autoencoder weights into :class:`~diffjax.models.autoencoder.AutoencoderKL`.
+
+diffusers' ``AutoencoderKL`` folder format (``config.json`` and
+``diffusion_pytorch_model.safetensors``, the format SD 1/2, SDXL and SD3's autoencoders are
+published in) maps onto diffjax's network with one explicit key table, built from the Flax
+parameter tree: every Flax variable names the one PyTorch tensor it comes from, and
+:func:`~diffjax.weights.apply_key_table` refuses a file with a missing, unexpected or misshapen
+tensor, naming each. The file is read with ``safetensors``' NumPy loader: no torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from diffjax.models.autoencoder import AutoencoderKL
+from diffjax.weights.files import verify_checksum
+from diffjax.weights.key_tables import KeyRule, apply_key_table, conv_kernel, linear_kernel
+
+__all__ = [
+    "DIFFUSERS_WEIGHTS_FILE",
+    "autoencoder_from_diffusers_config",
+    "autoencoder_key_table",
+    "diffusers_autoencoder_shapes",
+    "load_diffusers_autoencoder",
+    "model_config_of",
+    "torch_key_of",
+]
+
+DIFFUSERS_WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
+"""The weights file of a diffusers model folder."""
+
+_LEAF_NAMES = {"kernel": "weight", "scale": "weight", "bias": "bias"}
+
+
+def _torch_module_path(part: str) -> str:
+    """``'down_blocks_0_resnets_1'`` -> ``'down_blocks.0.resnets.1'``; samplers and the
+    attention's output projection gain the submodule diffusers wraps them in."""
+    part = re.sub(r"_(\d+)(?=_|$)", r".\1", part)
+    part = re.sub(r"(\.\d+)_", r"\1.", part)
+    part = re.sub(r"(downsamplers|upsamplers)\.(\d+)$", r"\1.\2.conv", part)
+    return "to_out.0" if part == "to_out" else part
+
+
+def torch_key_of(flax_path: tuple[str, ...]) -> str:
+    """The diffusers state-dict name of a Flax parameter path, e.g. ``('encoder',
+    'down_blocks_0_downsamplers_0', 'kernel')`` -> ``'encoder.down_blocks.0.downsamplers.0.
+    conv.weight'``; ``quant``/``post_quant`` are ``quant_conv``/``post_quant_conv``."""
+    *modules, leaf = flax_path
+    names = [
+        {"quant": "quant_conv", "post_quant": "post_quant_conv"}.get(m, _torch_module_path(m))
+        for m in modules
+    ]
+    return ".".join([*names, _LEAF_NAMES[leaf]])
+
+
+def _transform(flax_path: tuple[str, ...], ndim: int):
+    if flax_path[-1] != "kernel":
+        return lambda value: value
+    return conv_kernel if ndim == 4 else linear_kernel
+
+
+def autoencoder_key_table(module: AutoencoderKL, image_side: int = 64) -> list[KeyRule]:
+    """One :class:`~diffjax.weights.KeyRule` per parameter of ``module``.
+
+    Args:
+      module: the autoencoder.
+      image_side: any side the module takes (the parameters' shapes do not depend on it).
+    """
+    x = jnp.zeros((1, image_side, image_side, module.image_channels), jnp.float32)
+    shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), x)["params"])
+    return [
+        KeyRule(
+            torch_key_of(path),
+            ("params", *path),
+            tuple(leaf.shape),
+            _transform(path, leaf.ndim),
+        )
+        for path, leaf in traverse_util.flatten_dict(shapes).items()
+    ]
+
+
+def autoencoder_from_diffusers_config(config: Mapping[str, Any], **overrides: Any) -> AutoencoderKL:
+    """The :class:`AutoencoderKL` of a diffusers ``AutoencoderKL`` ``config.json``.
+
+    Raises:
+      ValueError: a config diffjax's network cannot express (other block types, an activation
+        other than SiLU, a middle without attention, unequal channel steps).
+    """
+    if config.get("_class_name", "AutoencoderKL") != "AutoencoderKL":
+        raise ValueError(f"expected an AutoencoderKL config, got {config.get('_class_name')!r}.")
+    blocks = (config.get("down_block_types"), config.get("up_block_types"))
+    if set(blocks[0]) != {"DownEncoderBlock2D"} or set(blocks[1]) != {"UpDecoderBlock2D"}:
+        raise ValueError(f"unsupported block types {blocks}; expected Down/UpDecoderBlock2D.")
+    if config.get("act_fn", "silu") != "silu" or not config.get("mid_block_add_attention", True):
+        raise ValueError("only act_fn='silu' with mid-block attention is supported.")
+    if config.get("use_quant_conv", True) != config.get("use_post_quant_conv", True):
+        raise ValueError("use_quant_conv and use_post_quant_conv must agree.")
+    channels = list(config["block_out_channels"])
+    base = channels[0]
+    if any(c % base for c in channels):
+        raise ValueError(f"block_out_channels={channels} must be multiples of the first.")
+    if config.get("in_channels", 3) != config.get("out_channels", 3):
+        raise ValueError("in_channels and out_channels must agree.")
+    arguments = dict(
+        base_channels=base,
+        channel_mults=tuple(c // base for c in channels),
+        num_res_blocks=int(config["layers_per_block"]),
+        latent_channels=int(config["latent_channels"]),
+        image_channels=int(config.get("in_channels", 3)),
+        num_groups=int(config.get("norm_num_groups", 32)),
+        quant_conv=bool(config.get("use_quant_conv", True)),
+    )
+    arguments.update(overrides)
+    return AutoencoderKL(**arguments)
+
+
+def model_config_of(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The diffjax ``config.model`` section (``'autoencoder_kl'``) of a diffusers
+    ``AutoencoderKL`` ``config.json``, in float32."""
+    module = autoencoder_from_diffusers_config(config)
+    return dict(
+        name="autoencoder_kl", num_classes=None, dtype="float32", param_dtype="float32",
+        base_channels=module.base_channels, channel_mults=tuple(module.channel_mults),
+        num_res_blocks=module.num_res_blocks, latent_channels=module.latent_channels,
+        image_channels=module.image_channels, num_groups=module.num_groups,
+        quant_conv=module.quant_conv, force_upcast=False,
+    )  # fmt: skip
+
+
+def diffusers_autoencoder_shapes(folder: str | os.PathLike) -> tuple[AutoencoderKL, Any]:
+    """``(module, parameter shapes)`` of a diffusers ``AutoencoderKL`` folder, from its
+    ``config.json`` alone."""
+    with open(os.path.join(folder, "config.json")) as file:
+        module = autoencoder_from_diffusers_config(json.load(file))
+    x = jnp.zeros((1, 64, 64, module.image_channels), jnp.float32)
+    return module, jax.eval_shape(lambda: module.init(jax.random.key(0), x)["params"])
+
+
+def load_diffusers_autoencoder(
+    folder: str | os.PathLike, sha256: str | None = None, **overrides: Any
+) -> tuple[AutoencoderKL, dict[str, Any], dict[str, Any]]:
+    """Loads a diffusers ``AutoencoderKL`` folder without torch.
+
+    Args:
+      folder: holds ``config.json`` and ``diffusion_pytorch_model.safetensors``.
+      sha256: the weights file's expected SHA-256 (hex), checked first; None skips the check.
+      overrides: :class:`AutoencoderKL` fields to set (``dtype``, ``force_upcast``).
+
+    Returns:
+      ``(module, params, config)``: the network, its float32 parameters (NumPy) and the
+      folder's config (its ``scaling_factor`` / ``shift_factor`` are the latent scale and
+      shift the published models were trained with).
+
+    Raises:
+      FileNotFoundError: a missing file; WeightsChecksumError: a checksum mismatch;
+      StateDictMismatchError: tensors that do not fit the config's network.
+    """
+    from safetensors.numpy import load_file
+
+    with open(os.path.join(folder, "config.json")) as file:
+        config = json.load(file)
+    module = autoencoder_from_diffusers_config(config, **overrides)
+    weights = os.path.join(folder, DIFFUSERS_WEIGHTS_FILE)
+    if sha256 is not None:
+        verify_checksum(weights, sha256, "autoencoder weights")
+    state = {key: np.asarray(value, np.float32) for key, value in load_file(weights).items()}
+    variables = apply_key_table(state, autoencoder_key_table(module), source=weights)
+    return module, variables["params"], config
