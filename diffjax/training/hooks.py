@@ -247,20 +247,25 @@ def _reconstruction_metrics(training: Any) -> Hook | None:
     batches = _eval_batches(training, training.values["eval"]["split"])
     reconstruct, _ = _autoencoder_functions(training)
 
+    # SSIM's 11x11 window needs images at least that large.
+    metrics = {"psnr": psnr}
+    if min(training.info.image_shape[:2]) >= 11:
+        metrics["ssim"] = ssim
+
     def run(training: Any, step: int, writer: Any) -> None:
-        totals = {"psnr": 0.0, "ssim": 0.0}
+        totals = dict.fromkeys(metrics, 0.0)
         count = 0
         for batch in batches():
             recon = reconstruct(training.state.ema_params, batch["image"])
             count += batch["image"].shape[0]
-            totals["psnr"] += float(np.sum(psnr(batch["image"], recon)))
-            totals["ssim"] += float(np.sum(ssim(batch["image"], recon)))
+            for name, metric in metrics.items():
+                totals[name] += float(np.sum(metric(batch["image"], recon)))
         means = {f"reconstruction_{name}": total / count for name, total in totals.items()}
         writer.write_scalars(step, means)
         log(
             f"diffjax: reconstruction of {count} {training.values['eval']['split']} images by the "
-            f"EMA weights at step {step}: PSNR {means['reconstruction_psnr']:.2f} dB, SSIM "
-            f"{means['reconstruction_ssim']:.4f}"
+            f"EMA weights at step {step}: "
+            + ", ".join(f"{name.upper()} {totals[name] / count:.4f}" for name in metrics)
         )
 
     return Hook("reconstruction_metrics", training.values["eval"]["every_steps"], run)

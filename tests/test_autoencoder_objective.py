@@ -1,0 +1,107 @@
+"""The autoencoder objective through the training program
+(diffjax/training/objectives/autoencoder.py): the discriminator is left alone before
+``disc_start`` and then alternates with the autoencoder, a resumed run takes the same steps,
+and bad configs are one-line errors before anything compiles."""
+
+import json
+import os
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from train_helpers import fast_compiles, make_image_folder, make_test_config  # noqa: E402
+
+from diffjax.errors import ConfigError  # noqa: E402
+from diffjax.models import default_model_config  # noqa: E402
+from diffjax.training import default_objective_config  # noqa: E402
+from diffjax.training.loop import _keys, train_and_evaluate  # noqa: E402
+from diffjax.training.programs import validate_config  # noqa: E402
+from diffjax.training.trained_run import load_trained_run  # noqa: E402
+
+TINY_AUTOENCODER = dict(
+    base_channels=8, channel_mults=(1, 2), num_res_blocks=1, latent_channels=2,
+    image_channels=1, num_groups=4,
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return make_image_folder(tmp_path_factory.mktemp("images"))
+
+
+def autoencoder_config(data_dir, **objective):
+    """configs/test.py's data and budget with a tiny autoencoder and its objective."""
+    config = make_test_config(data_dir)
+    config.model = default_model_config("autoencoder_kl")
+    config.model.update(TINY_AUTOENCODER)
+    config.objective = default_objective_config("autoencoder")
+    config.objective.update(objective)
+    config.eval.every_steps = 0
+    config.training.checkpoint_every_steps = 1
+    config.training.keep_checkpoints = 10
+    return config
+
+
+def _same(a, b) -> bool:
+    return jax.tree.all(jax.tree.map(lambda x, y: bool(np.array_equal(x, y)), a, b))
+
+
+def test_the_discriminator_waits_for_disc_start_then_alternates(data_dir, tmp_path):
+    gan = dict(disc_weight=0.5, disc_start=2, disc_base_channels=8, disc_layers=1)
+    config = autoencoder_config(data_dir, **gan)
+    workdir = str(tmp_path / "run")
+    # Each group's schedule counts its own updates; without warm-up the discriminator's first
+    # update (step 3) has the full learning rate rather than a warm-up's 0.
+    config.optim.warmup_steps = 0
+    config.training.num_steps = 3
+    with fast_compiles():
+        at_3 = train_and_evaluate(config, workdir)
+    init_fn = load_trained_run(workdir).programs.init_fn
+    with fast_compiles():  # compiled as the run's initialisation was (the same rounding)
+        initial = jax.jit(init_fn)(_keys(config.seed)[0])
+    # Steps 0, 1 (before disc_start) and 2 (the autoencoder's turn) leave it as initialised.
+    assert _same(at_3.params["discriminator"], initial["discriminator"])
+    assert not _same(at_3.params["autoencoder"], initial["autoencoder"])
+    assert int(at_3.extra["step"]) == 3
+    config.training.num_steps = 4
+    with fast_compiles():
+        at_4 = train_and_evaluate(config, workdir)
+    # Step 3 is the discriminator's: it changes and the autoencoder does not.
+    assert not _same(at_4.params["discriminator"], at_3.params["discriminator"])
+    assert _same(at_4.params["autoencoder"], at_3.params["autoencoder"])
+    logged = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    active = {entry["step"]: entry["gan_active"] for entry in logged if "gan_active" in entry}
+    # Logged after each step (the first, checkpoints, the end): the adversarial terms count
+    # from the step that starts at disc_start = 2, the one logged as step 3.
+    assert active == {1: 0.0, 2: 0.0, 3: 1.0, 4: 1.0}
+    assert all("d_loss" in entry and "kl" in entry for entry in logged if "loss" in entry)
+    # Four steps without a stop are the same four steps.
+    straight = str(tmp_path / "straight")
+    with fast_compiles():
+        at_4_straight = train_and_evaluate(config, straight)
+    assert _same(at_4_straight.params, at_4.params)
+    assert os.path.exists(os.path.join(workdir, "latent_statistics.json"))
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("objective.reconstruction", "l3", r"reconstruction must be one of \('l1', 'l2'\)"),
+        ("objective.lpips_weight", 1.0, "needs images of at least 64 px"),
+        ("objective.disc_layers", 3, "halves 8 px images to 1 px"),
+        ("model.name", "unet", "config.model.name must be one of \\('autoencoder_kl',\\)"),
+        ("objective.kl_weight", -1.0, "kl_weight must be >= 0"),
+    ],
+)
+def test_bad_autoencoder_configs_are_one_line_errors(data_dir, key, value, message):
+    config = autoencoder_config(data_dir, disc_weight=0.5)
+    section, name = key.split(".")
+    if key == "model.name":
+        config.model = make_test_config(data_dir).model  # the tests' small UNet
+    else:
+        config[section][name] = value
+    with pytest.raises(ConfigError, match=message):
+        validate_config(config)

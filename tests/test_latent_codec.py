@@ -1,0 +1,130 @@
+"""The autoencoder codec (diffjax/training/latent_codec.py): a published diffusers folder and a
+diffjax autoencoder run as the space a denoiser trains and samples in, the scale they give,
+what the run records, and the one-line errors before anything compiles."""
+
+import os
+import shutil
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from test_autoencoder_objective import autoencoder_config  # noqa: E402
+from train_helpers import fast_compiles, make_image_folder, make_test_config  # noqa: E402
+
+from diffjax.errors import ConfigError  # noqa: E402
+from diffjax.models.autoencoder_weights import (  # noqa: E402
+    DIFFUSERS_WEIGHTS_FILE,
+    load_diffusers_autoencoder,
+)
+from diffjax.training.latent_codec import LATENT_STATISTICS_FILE, autoencoder_codec  # noqa: E402
+from diffjax.training.loop import train_and_evaluate  # noqa: E402
+from diffjax.training.programs import make_run_generator, validate_config  # noqa: E402
+from diffjax.training.trained_run import load_trained_run  # noqa: E402
+from diffjax.training.workdir import load_run_record  # noqa: E402
+from diffjax.weights import sha256_of_file  # noqa: E402
+
+FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "autoencoder_kl")
+FIXTURE_SHA256 = sha256_of_file(os.path.join(FIXTURE, DIFFUSERS_WEIGHTS_FILE))
+
+
+def test_a_diffusers_folder_is_a_codec_with_its_published_scale():
+    codec = autoencoder_codec(diffusers=FIXTURE, sha256=FIXTURE_SHA256)
+    assert codec.scaling_factor == 0.18215 and codec.shift_factor == 0.0 and not codec.clip
+    assert codec.latent_shape((16, 16, 3)) == (8, 8, 4)
+    assert codec.frozen_source() == {
+        "diffusers": os.path.abspath(FIXTURE),
+        "sha256": FIXTURE_SHA256,
+    }
+    assert jax.tree_util.tree_leaves(codec) == []  # a static value, like a process
+    module, params, _ = load_diffusers_autoencoder(FIXTURE)
+    reference = np.load(os.path.join(FIXTURE, "outputs.npz"))
+    latents = codec.encode(params, reference["images"], None)
+    np.testing.assert_allclose(latents, 0.18215 * reference["mean"], atol=1e-5)
+    decoded = codec.decode(params, latents)
+    direct = module.apply({"params": params}, latents / 0.18215, method="decode")
+    np.testing.assert_allclose(decoded, direct, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(diffusers=FIXTURE), "needs sha256"),
+        (dict(), "set exactly one of workdir"),
+        (dict(diffusers=FIXTURE, workdir=FIXTURE, sha256="ab"), "set exactly one of workdir"),
+        (dict(diffusers="/nonexistent", sha256="ab"), "has no config.json"),
+    ],
+)
+def test_bad_codec_options_are_errors(options, message):
+    with pytest.raises(ValueError, match=message):
+        autoencoder_codec(**options)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return make_image_folder(tmp_path_factory.mktemp("images"))
+
+
+@pytest.fixture(scope="module")
+def autoencoder_run(data_dir, tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("autoencoder") / "run")
+    config = autoencoder_config(data_dir)
+    config.training.checkpoint_every_steps = 3
+    with fast_compiles():
+        train_and_evaluate(config, workdir)
+    return workdir
+
+
+def latent_config(data_dir, autoencoder_workdir):
+    config = make_test_config(data_dir)
+    config.codec.name = "autoencoder"
+    config.codec.options.workdir = autoencoder_workdir
+    config.codec.options.scaling_factor = 0.0
+    return config
+
+
+def test_a_denoiser_trains_and_samples_in_an_autoencoder_runs_latent_space(
+    data_dir, autoencoder_run, tmp_path
+):
+    import json
+
+    with open(os.path.join(autoencoder_run, LATENT_STATISTICS_FILE)) as file:
+        statistics = json.load(file)
+    config = latent_config(data_dir, autoencoder_run)
+    workdir = str(tmp_path / "latent")
+    with fast_compiles():
+        train_and_evaluate(config, workdir)
+    record = load_run_record(workdir)
+    assert record["frozen"]["codec"] == {
+        "workdir": os.path.abspath(autoencoder_run), "step": 6, "weights": "ema",
+        "params_key": "autoencoder", "scaling_factor": 1.0 / statistics["std"],
+        "shift_factor": 0.0,
+    }  # fmt: skip
+    run = load_trained_run(workdir)
+    assert run.programs.latent_shape == (4, 4, 2)
+    generate = make_run_generator(run.config, run.programs, 8, run.mesh)
+    from diffjax.training.frozen import load_frozen
+
+    frozen, _ = load_frozen(run.config, run.programs, run.mesh)
+    with fast_compiles():
+        images = generate(run.state.ema_params, jax.random.key(0), frozen=frozen)
+    assert images.shape == (8, 8, 8, 1) and np.all(np.isfinite(images))
+
+
+def test_bad_latent_runs_are_one_line_errors(data_dir, autoencoder_run, tmp_path):
+    denoiser_run = str(tmp_path / "pixels")
+    with fast_compiles():
+        train_and_evaluate(make_test_config(data_dir), denoiser_run)
+    with pytest.raises(ConfigError, match="is a 'denoising' run, not an autoencoder run"):
+        validate_config(latent_config(data_dir, denoiser_run))
+    config = latent_config(data_dir, autoencoder_run)
+    config.model.channel_mults = (1, 2, 2, 2)  # 4x4 latents cannot be halved three times
+    with pytest.raises(ConfigError, match=r"config.model \(unet\) does not fit"):
+        validate_config(config)
+    unfinished = str(tmp_path / "unfinished")
+    shutil.copytree(autoencoder_run, unfinished)
+    os.remove(os.path.join(unfinished, LATENT_STATISTICS_FILE))
+    with pytest.raises(ConfigError, match="latent_statistics.json"):
+        validate_config(latent_config(data_dir, unfinished))
