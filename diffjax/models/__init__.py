@@ -1,8 +1,10 @@
-"""Neural networks for diffusion: the DDPM UNet (Flax Linen), its building blocks, the registry
+"""Neural networks for diffusion: the DDPM UNet (Flax Linen), its building blocks, SD's KL
+autoencoder and the patch discriminator that trains it, the registry
 that configs pick networks from by name, and the one adapter from a network to a ``model_fn``
 (:func:`make_model_fn`)."""
 
 from diffjax.models.attention import dot_product_attention
+from diffjax.models.autoencoder import AUTOENCODER_PRESETS, AutoencoderKL, decode_checked
 from diffjax.models.conditioning import (
     ModuleApply,
     cond_keys,
@@ -11,6 +13,7 @@ from diffjax.models.conditioning import (
     null_cond,
     select_cond,
 )
+from diffjax.models.discriminator import PatchDiscriminator
 from diffjax.models.group_norm import GroupNorm, group_norm
 from diffjax.models.layers import (
     AttentionBlock,
@@ -39,13 +42,16 @@ from diffjax.models.unet import (
 )
 
 __all__ = [
+    "AUTOENCODER_PRESETS",
     "MODELS",
     "MODEL_NAMES",
     "AttentionBlock",
+    "AutoencoderKL",
     "Downsample",
     "GroupNorm",
     "ModelEntry",
     "ModuleApply",
+    "PatchDiscriminator",
     "ResBlock",
     "TimeEmbedding",
     "UNet",
@@ -55,6 +61,7 @@ __all__ = [
     "check_image_size",
     "check_model_config",
     "cond_keys",
+    "decode_checked",
     "count_params",
     "default_model_config",
     "dot_product_attention",
