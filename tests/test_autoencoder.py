@@ -26,8 +26,8 @@ from diffjax.models.autoencoder_weights import (
     DIFFUSERS_WEIGHTS_FILE,
     load_diffusers_autoencoder,
     model_config_of,
-    torch_key_of,
 )
+from diffjax.models.diffusers_weights import torch_key_of
 from diffjax.models.registry import build_model
 from diffjax.weights import StateDictMismatchError, WeightsChecksumError, sha256_of_file
 
@@ -68,7 +68,7 @@ def test_torch_names_of_flax_paths():
         torch_key_of(("decoder", "mid_block", "attentions_0", "to_out", "bias"))
         == "decoder.mid_block.attentions.0.to_out.0.bias"
     )
-    assert torch_key_of(("quant", "kernel")) == "quant_conv.weight"
+    assert torch_key_of(("quant_conv", "kernel")) == "quant_conv.weight"
     assert torch_key_of(("decoder", "up_blocks_1_resnets_2", "norm1", "scale")) == (
         "decoder.up_blocks.1.resnets.2.norm1.weight"
     )

@@ -136,6 +136,32 @@ def test_a_network_reading_a_context_and_a_control_image_trains_and_samples_with
         assert not np.allclose(make_model_fn(run.model, params, changed)(x, t), conditional)
 
 
+def test_the_unets_cross_attention_trains_on_a_context_and_samples_with_guidance(tmp_path):
+    config = _toy_config(None)
+    config.model = make_test_config("").model
+    config.model.context_dim = user_extensions.CONTEXT_SHAPE[1]
+    config.model.transformer_heads = 2
+    workdir = str(tmp_path / "cross_attention")
+    with fast_compiles():
+        train_and_evaluate(config, workdir)
+    assert os.path.exists(os.path.join(workdir, "samples", "step_0000006.png"))
+    run = load_trained_run(workdir)
+    assert run.model.cond_keys == ("context",)
+    arrays, _ = user_extensions.toy_cond_arrays("test", 8)
+    cond = {"context": jnp.asarray(arrays["cond"]["context"][:4])}
+    x = jax.random.normal(jax.random.key(0), (4, 8, 8, 1))
+    t = jnp.full((4,), 500, jnp.int32)
+    params = run.state.ema_params
+    conditional = make_model_fn(run.model, params, cond)(x, t)
+    unconditional = make_model_fn(run.model, params, null_cond(run.model, cond))(x, t)
+    guided = make_model_fn(run.model, params, cond, guidance_scale=2.0)(x, t)
+    np.testing.assert_allclose(
+        guided, unconditional + 2.0 * (conditional - unconditional), rtol=1e-5, atol=1e-6
+    )
+    # Six steps moved the zero-initialised output projections: the context reaches the output.
+    assert not np.allclose(conditional, unconditional)
+
+
 def test_a_latent_codec_trains_in_its_space_and_decodes_the_samples(data_dir, tmp_path):
     config = _config(data_dir)
     config.codec.name = "space_to_depth"

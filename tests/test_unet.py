@@ -287,3 +287,51 @@ def test_bad_config_raises_on_construction(overrides, message):
 def test_count_params_counts_concrete_and_abstract_leaves():
     tree = {"a": jnp.zeros((3, 4)), "b": [jnp.zeros((5,)), jax.ShapeDtypeStruct((2, 2), jnp.int8)]}
     assert count_params(tree) == 12 + 5 + 4
+
+
+def _perturbed(params, scale=0.1):
+    """The parameters plus noise, so that zero-initialised projections pass signal."""
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(7), len(leaves))
+    return treedef.unflatten(
+        [leaf + scale * jax.random.normal(key, leaf.shape) for leaf, key in zip(leaves, keys)]
+    )
+
+
+def test_cross_attention_reads_the_context_and_its_null_is_zeros():
+    model = UNet(base_channels=16, channel_mults=(1, 2), num_res_blocks=1, attn_resolutions=(4,),
+                 num_groups=4, context_dim=6, transformer_heads=2)  # fmt: skip
+    assert model.cond_keys == ("context",)
+    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 1))
+    t = jnp.array([10, 500])
+    context = jax.random.normal(jax.random.key(1), (2, 3, 6))
+    params = model.init(jax.random.key(2), x, t, {"context": context})["params"]
+    # SD's spatial transformers at the attention levels and in the middle.
+    assert {"down_1_attn_0", "mid_attn", "up_1_attn_1"} <= set(params)
+    assert "attn2" in params["mid_attn"]["transformer_blocks_0"]
+    params = _perturbed(params)
+    out = model.apply({"params": params}, x, t, {"context": context})
+    other = model.apply({"params": params}, x, t, {"context": context.at[1].add(1.0)})
+    np.testing.assert_array_equal(out[0], other[0])
+    assert not np.allclose(out[1], other[1])
+    null = model.null_cond({"context": context})
+    np.testing.assert_array_equal(null["context"], np.zeros((2, 3, 6)))
+    with pytest.raises(ValueError, match=r"cond\['context'\] must be a float array \[B, L, "):
+        model.apply({"params": params}, x, t, {"context": context[..., :5]})
+    with pytest.raises(ValueError, match="needs it as float"):
+        model.apply({"params": params}, x, t, {})
+
+
+def test_class_labels_can_be_a_learned_context():
+    model = UNet(base_channels=16, channel_mults=(1, 2), num_res_blocks=1, attn_resolutions=(4,),
+                 num_groups=4, num_classes=3, context_dim=6, transformer_heads=2,
+                 class_context=True)  # fmt: skip
+    assert model.cond_keys == ("label",)
+    x = jnp.zeros((2, 8, 8, 1))
+    params = model.init(
+        jax.random.key(0), x, jnp.zeros((2,), jnp.int32), {"label": jnp.array([0, 3])}
+    )["params"]
+    assert params["label_context"]["embedding"].shape == (4, 6)
+    assert "label_embedding" not in params
+    with pytest.raises(ValueError, match="class_context=True .* needs num_classes and context_dim"):
+        UNet(context_dim=6, class_context=True)

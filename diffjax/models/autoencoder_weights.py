@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import traverse_util
 
 from diffjax.models.autoencoder import AutoencoderKL
+from diffjax.models.diffusers_weights import key_table
 from diffjax.weights.files import verify_checksum
-from diffjax.weights.key_tables import KeyRule, apply_key_table, conv_kernel, linear_kernel
+from diffjax.weights.key_tables import KeyRule, apply_key_table
 
 __all__ = [
     "DIFFUSERS_WEIGHTS_FILE",
@@ -31,40 +30,10 @@ __all__ = [
     "diffusers_autoencoder_shapes",
     "load_diffusers_autoencoder",
     "model_config_of",
-    "torch_key_of",
 ]
 
 DIFFUSERS_WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
 """The weights file of a diffusers model folder."""
-
-_LEAF_NAMES = {"kernel": "weight", "scale": "weight", "bias": "bias"}
-
-
-def _torch_module_path(part: str) -> str:
-    """``'down_blocks_0_resnets_1'`` -> ``'down_blocks.0.resnets.1'``; samplers and the
-    attention's output projection gain the submodule diffusers wraps them in."""
-    part = re.sub(r"_(\d+)(?=_|$)", r".\1", part)
-    part = re.sub(r"(\.\d+)_", r"\1.", part)
-    part = re.sub(r"(downsamplers|upsamplers)\.(\d+)$", r"\1.\2.conv", part)
-    return "to_out.0" if part == "to_out" else part
-
-
-def torch_key_of(flax_path: tuple[str, ...]) -> str:
-    """The diffusers state-dict name of a Flax parameter path, e.g. ``('encoder',
-    'down_blocks_0_downsamplers_0', 'kernel')`` -> ``'encoder.down_blocks.0.downsamplers.0.
-    conv.weight'``; ``quant``/``post_quant`` are ``quant_conv``/``post_quant_conv``."""
-    *modules, leaf = flax_path
-    names = [
-        {"quant": "quant_conv", "post_quant": "post_quant_conv"}.get(m, _torch_module_path(m))
-        for m in modules
-    ]
-    return ".".join([*names, _LEAF_NAMES[leaf]])
-
-
-def _transform(flax_path: tuple[str, ...], ndim: int):
-    if flax_path[-1] != "kernel":
-        return lambda value: value
-    return conv_kernel if ndim == 4 else linear_kernel
 
 
 def autoencoder_key_table(module: AutoencoderKL, image_side: int = 64) -> list[KeyRule]:
@@ -75,16 +44,7 @@ def autoencoder_key_table(module: AutoencoderKL, image_side: int = 64) -> list[K
       image_side: any side the module takes (the parameters' shapes do not depend on it).
     """
     x = jnp.zeros((1, image_side, image_side, module.image_channels), jnp.float32)
-    shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), x)["params"])
-    return [
-        KeyRule(
-            torch_key_of(path),
-            ("params", *path),
-            tuple(leaf.shape),
-            _transform(path, leaf.ndim),
-        )
-        for path, leaf in traverse_util.flatten_dict(shapes).items()
-    ]
+    return key_table(jax.eval_shape(lambda: module.init(jax.random.key(0), x)["params"]))
 
 
 def autoencoder_from_diffusers_config(config: Mapping[str, Any], **overrides: Any) -> AutoencoderKL:

@@ -93,6 +93,15 @@ def _unet_defaults() -> dict[str, Any]:
         remat=False,
         # Also embed a guidance scale, cond['guidance'] (a guidance-distilled student).
         guidance_embedding=False,
+        # Cross-attention on cond['context'] [B, L, context_dim] (SD's spatial transformers at
+        # the attention blocks); None: self-attention only.
+        context_dim=config_dict.placeholder(int),
+        transformer_heads=8,
+        transformer_depth=1,
+        # Linear (SD 2) rather than 1x1-convolution (SD 1) projections in the transformers.
+        linear_projection=False,
+        # The class label becomes a learned one-token context instead of a time-embedding term.
+        class_context=False,
     )
 
 
@@ -109,6 +118,11 @@ def _build_unet(config: Mapping[str, Any]) -> UNet:
         param_dtype=DTYPES[config["param_dtype"]],
         remat=config["remat"],
         guidance_embedding=config["guidance_embedding"],
+        context_dim=config["context_dim"],
+        transformer_heads=config["transformer_heads"],
+        transformer_depth=config["transformer_depth"],
+        linear_projection=config["linear_projection"],
+        class_context=config["class_context"],
     )
 
 
@@ -174,6 +188,11 @@ MODELS: dict[str, ModelEntry] = {
             "attn_resolutions",
             "num_groups",
             "guidance_embedding",
+            "context_dim",
+            "transformer_heads",
+            "transformer_depth",
+            "linear_projection",
+            "class_context",
         ),
     ),
     "autoencoder_kl": ModelEntry(

@@ -39,6 +39,7 @@ from diffjax.models.layers import (
     Upsample,
     default_kernel_init,
 )
+from diffjax.models.transformer import SpatialTransformer
 
 __all__ = [
     "UNet",
@@ -154,6 +155,19 @@ class UNet(nn.Module):
         a zero-initialised projection is added to the time embedding (Meng et al. 2023,
         "On Distillation of Guided Diffusion Models", Sec. 3.1), so a network initialised
         from one without it starts as that network.
+      context_dim: enables cross-attention on ``cond['context']``, float ``[B, L,
+        context_dim]`` (a text encoder's tokens): every attention block (the middle one and
+        those at ``attn_resolutions``) becomes SD's spatial transformer
+        (:class:`~diffjax.models.transformer.SpatialTransformer`: self-attention,
+        cross-attention, GEGLU). The null context of classifier-free guidance is all zeros.
+      transformer_heads: the transformers' attention heads (SD 1: 8); must divide the
+        channels at every attention level.
+      transformer_depth: transformer blocks per spatial transformer (SD 1/2: 1).
+      linear_projection: the transformers project in and out with linear maps (SD 2) instead
+        of 1x1 convolutions (SD 1).
+      class_context: with ``num_classes`` and ``context_dim``, the class label is not added to
+        the time embedding but becomes a learned one-token context ``[B, 1, context_dim]``
+        for the cross-attention (class labels as "text" when a dataset has none).
       num_groups: GroupNorm groups.
       dtype: compute dtype (e.g. ``jnp.bfloat16``); the output is always float32.
       param_dtype: parameter dtype.
@@ -169,6 +183,11 @@ class UNet(nn.Module):
     out_channels: int | None = None
     num_classes: int | None = None
     guidance_embedding: bool = False
+    context_dim: int | None = None
+    transformer_heads: int = 8
+    transformer_depth: int = 1
+    linear_projection: bool = False
+    class_context: bool = False
     num_groups: int = 32
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
@@ -202,20 +221,40 @@ class UNet(nn.Module):
             raise ValueError(f"out_channels must be None or >= 1, got {self.out_channels}.")
         if self.num_classes is not None and self.num_classes < 1:
             raise ValueError(f"num_classes must be None or >= 1, got {self.num_classes}.")
+        if self.context_dim is not None and self.context_dim < 1:
+            raise ValueError(f"context_dim must be None or >= 1, got {self.context_dim}.")
+        if self.transformer_heads < 1 or self.transformer_depth < 1:
+            raise ValueError(
+                f"transformer_heads and transformer_depth must be >= 1, got "
+                f"{self.transformer_heads} and {self.transformer_depth}."
+            )
+        if self.class_context and (self.num_classes is None or self.context_dim is None):
+            raise ValueError(
+                "class_context=True makes the class label a cross-attention context: it needs "
+                f"num_classes and context_dim, got {self.num_classes} and {self.context_dim}."
+            )
+
+    @property
+    def reads_context(self) -> bool:
+        """Whether ``cond['context']`` is read (cross-attention on data, not on labels)."""
+        return self.context_dim is not None and not self.class_context
 
     @property
     def cond_keys(self) -> tuple[str, ...]:
-        """``('label',)`` for a class-conditional UNet, ``('guidance',)`` after it with a
-        guidance embedding, else ``()``."""
+        """``'label'`` for a class-conditional UNet, ``'context'`` for one with cross-attention
+        on data, ``'guidance'`` with a guidance embedding, in that order."""
         labels = () if self.num_classes is None else ("label",)
-        return labels + (("guidance",) if self.guidance_embedding else ())
+        context = ("context",) if self.reads_context else ()
+        return labels + context + (("guidance",) if self.guidance_embedding else ())
 
     def null_cond(self, cond: Mapping[str, Any]) -> dict[str, jnp.ndarray]:
-        """The null label ``num_classes`` for every example of ``cond['label']``; a guidance
-        scale is kept (it is not a condition to drop)."""
+        """The null label ``num_classes`` for every example of ``cond['label']``, an all-zero
+        context; a guidance scale is kept (it is not a condition to drop)."""
         null = {}
         if self.num_classes is not None:
             null["label"] = jnp.full_like(jnp.asarray(cond["label"]), self.num_classes)
+        if self.reads_context:
+            null["context"] = jnp.zeros_like(jnp.asarray(cond["context"]))
         if self.guidance_embedding:
             null["guidance"] = jnp.asarray(cond["guidance"])
         return null
@@ -242,6 +281,35 @@ class UNet(nn.Module):
                 f"{given.dtype} and shape {given.shape}."
             )
         return given.astype(jnp.float32)
+
+    def _context(self, cond: Any, batch: int) -> jnp.ndarray | None:
+        """``cond['context']`` checked to be float ``[B, L, context_dim]`` (None when the UNet
+        reads none)."""
+        given = None if cond is None else cond.get("context")
+        if not self.reads_context:
+            if given is not None:
+                raise ValueError(
+                    "cond['context'] was given but the UNet has no cross-attention on data "
+                    "(context_dim=None or class_context=True)."
+                )
+            return None
+        if given is None:
+            raise ValueError(
+                f"The UNet cross-attends to cond['context'] (context_dim={self.context_dim}) "
+                f"and needs it as float [B, L, {self.context_dim}]."
+            )
+        given = jnp.asarray(given)
+        if (
+            given.ndim != 3
+            or given.shape[0] != batch
+            or given.shape[2] != self.context_dim
+            or not jnp.issubdtype(given.dtype, jnp.floating)
+        ):
+            raise ValueError(
+                f"cond['context'] must be a float array [B, L, context_dim] = [{batch}, L, "
+                f"{self.context_dim}], got dtype {given.dtype} and shape {given.shape}."
+            )
+        return given
 
     def _check_inputs(
         self, x: jnp.ndarray, t: Any, cond: Any
@@ -313,6 +381,7 @@ class UNet(nn.Module):
             continuous time should be fed on the training scale (e.g. ``1000 * t``).
           cond: the conditioning dict; a class-conditional UNet reads ``cond['label']``, int
             ``[B]`` in ``[0, num_classes]`` (``num_classes`` = null label), one with
+            cross-attention ``cond['context']``, float ``[B, L, context_dim]``, one with
             ``guidance_embedding`` also ``cond['guidance']``, float ``[B]``. None or ``{}``
             for an unconditional UNet.
           train: enables dropout; then ``apply`` needs ``rngs={'dropout': key}``.
@@ -342,7 +411,12 @@ class UNet(nn.Module):
                 4 * channels, kernel_init=nn.initializers.zeros, name="guidance_projection",
                 **common,
             )(nn.silu(gemb))  # fmt: skip
-        if labels is not None:
+        context = self._context(cond, x.shape[0])
+        if labels is not None and self.class_context:
+            context = nn.Embed(
+                self.num_classes + 1, self.context_dim, name="label_context", **common
+            )(labels)[:, None, :]
+        elif labels is not None:
             temb = temb + nn.Embed(
                 self.num_classes + 1, 4 * channels, name="label_embedding", **common
             )(labels)
@@ -353,7 +427,19 @@ class UNet(nn.Module):
             num_groups=self.num_groups,
             **common,
         )
-        attention = functools.partial(AttentionBlock, num_groups=self.num_groups, **common)
+        if self.context_dim is None:
+            self_attention = functools.partial(AttentionBlock, num_groups=self.num_groups, **common)
+
+            def attention(name: str) -> Any:
+                return lambda h: self_attention(name=name)(h)
+        else:
+            transformer = functools.partial(
+                SpatialTransformer, self.transformer_heads, self.transformer_depth,
+                self.linear_projection, self.num_groups, **common,
+            )  # fmt: skip
+
+            def attention(name: str) -> Any:
+                return lambda h: transformer(name=name)(h, context)
 
         h = nn.Conv(
             channels,
