@@ -150,3 +150,29 @@ def test_image_sizes_and_channels_are_checked():
         check_autoencoder_input((30, 28), (1, 2, 2), 1)
     with pytest.raises(ValueError, match="set config.model.image_channels=3"):
         check_autoencoder_input((28, 28, 3), (1, 2, 2), 1)
+
+
+def test_the_vq_autoencoder_quantizes_before_decoding_latents():
+    from diffjax.models.autoencoder import AutoencoderVQ
+
+    module = AutoencoderVQ(base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
+                           latent_channels=2, image_channels=1, num_groups=4, codebook_size=5)  # fmt: skip
+    x = jax.random.uniform(jax.random.key(0), (2, 8, 8, 1), minval=-1, maxval=1)
+    params = module.init(jax.random.key(1), x)["params"]
+    assert params["codebook"].shape == (5, 2) and params["quant_conv"]["kernel"].shape == (
+        1,
+        1,
+        2,
+        2,
+    )
+    encodings = module.apply({"params": params}, x, method="latents")
+    assert encodings.shape == (2, 4, 4, 2)
+    quantized, indices = module.apply({"params": params}, encodings, method="quantize")
+    np.testing.assert_array_equal(quantized, params["codebook"][indices])
+    np.testing.assert_array_equal(
+        module.apply({"params": params}, encodings, method="decode_latents"),
+        module.apply({"params": params}, quantized, method="decode"),
+    )
+    reconstruction, _, call_indices = module.apply({"params": params}, x)
+    np.testing.assert_array_equal(call_indices, indices)
+    assert reconstruction.shape == x.shape

@@ -86,14 +86,42 @@ def test_the_discriminator_waits_for_disc_start_then_alternates(data_dir, tmp_pa
     assert os.path.exists(os.path.join(workdir, "latent_statistics.json"))
 
 
+def test_a_vq_autoencoders_ema_codebook_is_written_from_its_statistics(data_dir, tmp_path):
+    from diffjax.autoencoding import CodebookStatistics, codebook_from_statistics
+
+    config = autoencoder_config(data_dir)
+    config.model = default_model_config("autoencoder_vq")
+    config.model.update(TINY_AUTOENCODER, codebook_size=16)
+    config.training.num_steps = 3
+    workdir = str(tmp_path / "vq")
+    with fast_compiles():
+        state = train_and_evaluate(config, workdir)
+    expected = codebook_from_statistics(
+        CodebookStatistics(state.extra["counts"], state.extra["sums"])
+    )
+    # The optimizer leaves the codebook alone; the step writes it, into the EMA weights too.
+    np.testing.assert_array_equal(state.params["autoencoder"]["codebook"], expected)
+    np.testing.assert_array_equal(state.ema_params["autoencoder"]["codebook"], expected)
+    logged = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    first = next(entry for entry in logged if "perplexity" in entry)
+    # Step 0 starts every entry that its batch did not use at one of the batch's encodings.
+    assert first["restarted_codes"] > 0 and 1 <= first["perplexity"] <= 16
+    assert os.path.exists(os.path.join(workdir, "latent_statistics.json"))
+
+
 @pytest.mark.parametrize(
     "key, value, message",
     [
         ("objective.reconstruction", "l3", r"reconstruction must be one of \('l1', 'l2'\)"),
         ("objective.lpips_weight", 1.0, "needs images of at least 64 px"),
         ("objective.disc_layers", 3, "halves 8 px images to 1 px"),
-        ("model.name", "unet", "config.model.name must be one of \\('autoencoder_kl',\\)"),
+        (
+            "model.name",
+            "unet",
+            "config.model.name must be one of \\('autoencoder_kl', 'autoencoder_vq'\\)",
+        ),
         ("objective.kl_weight", -1.0, "kl_weight must be >= 0"),
+        ("objective.codebook_update", "kmeans", "codebook_update must be one of"),
     ],
 )
 def test_bad_autoencoder_configs_are_one_line_errors(data_dir, key, value, message):

@@ -1,6 +1,7 @@
 """The autoencoder's loss terms (diffjax/autoencoding.py) against their formulas: the KL term
 against a Monte-Carlo estimate of the same divergence, the adaptive weight against its ratio of
-gradient norms, and the hinge losses at known logits."""
+gradient norms, the hinge losses at known logits, and the VQ codebook's quantization,
+straight-through gradient, EMA update, restarts and perplexity by hand."""
 
 import jax
 import jax.numpy as jnp
@@ -8,12 +9,20 @@ import numpy as np
 import pytest
 
 from diffjax.autoencoding import (
+    CodebookStatistics,
     adaptive_weight,
+    codebook_from_statistics,
+    codebook_perplexity,
+    ema_codebook_update,
     gaussian_kl,
     generator_loss,
     hinge_discriminator_loss,
+    quantize,
     reconstruction_loss,
+    restart_dead_codes,
     sample_posterior,
+    straight_through,
+    vq_losses,
 )
 
 
@@ -60,3 +69,46 @@ def test_reconstruction_losses_sum_over_each_image():
     np.testing.assert_allclose(reconstruction_loss(images, reconstructions, "l2"), [1.0, 1.0])
     with pytest.raises(ValueError, match="Unknown reconstruction loss 'l3'"):
         reconstruction_loss(images, reconstructions, "l3")
+
+
+def test_quantize_picks_the_nearest_entry_and_passes_gradients_straight_through():
+    codebook = jnp.array([[0.0, 0.0], [1.0, 1.0], [-2.0, 0.5]])
+    encodings = jnp.array([[[0.4, 0.4], [0.6, 0.7]], [[-1.5, 0.0], [5.0, 5.0]]])
+    quantized, indices = quantize(encodings, codebook)
+    np.testing.assert_array_equal(indices, [[0, 1], [2, 1]])
+    np.testing.assert_array_equal(quantized, codebook[indices])
+    gradient = jax.grad(lambda z: jnp.sum(3.0 * straight_through(z, quantize(z, codebook)[0])))(
+        encodings
+    )
+    np.testing.assert_array_equal(gradient, jnp.full(encodings.shape, 3.0))
+    codebook_loss, commitment_loss = vq_losses(encodings, quantized)
+    expected = np.mean(np.square(np.asarray(encodings) - np.asarray(quantized)))
+    np.testing.assert_allclose([codebook_loss, commitment_loss], [expected, expected], rtol=1e-6)
+
+
+def test_the_ema_codebook_follows_the_means_of_its_assigned_encodings():
+    statistics = CodebookStatistics(
+        jnp.array([2.0, 1.0, 0.0]), jnp.array([[2.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    )
+    encodings = jnp.array([[1.0, 1.0], [3.0, 1.0], [0.0, 4.0]])
+    indices = jnp.array([0, 0, 1])
+    new = ema_codebook_update(statistics, encodings, indices, decay=0.5)
+    # eqs. 6 and 7: N = 0.5 N + 0.5 n, m = 0.5 m + 0.5 sum z.
+    np.testing.assert_allclose(new.counts, [0.5 * 2 + 0.5 * 2, 0.5 * 1 + 0.5 * 1, 0.0])
+    np.testing.assert_allclose(
+        new.sums, [[0.5 * 2 + 0.5 * 4, 0.5 * 2], [0.0, 0.5 + 2.0], [0.0, 0.0]]
+    )
+    codebook = codebook_from_statistics(new, epsilon=0.0)
+    np.testing.assert_allclose(codebook[:2], [[1.5, 0.5], [0.0, 2.5]])
+    # The unused entry is restarted at one of the batch's encodings.
+    restarted, count = restart_dead_codes(new, encodings, jax.random.key(0), threshold=0.1)
+    assert count == 1.0 and restarted.counts[2] == 1.0
+    assert any(np.array_equal(restarted.sums[2], row) for row in np.asarray(encodings))
+    np.testing.assert_array_equal(restarted.sums[:2], new.sums[:2])
+
+
+def test_perplexity_and_usage_of_the_codebook():
+    uniform, usage = codebook_perplexity(jnp.array([0, 1, 2, 3]), 8)
+    np.testing.assert_allclose([uniform, usage], [4.0, 0.5], rtol=1e-6)
+    single, usage = codebook_perplexity(jnp.array([5, 5, 5]), 8)
+    np.testing.assert_allclose([single, usage], [1.0, 0.125], rtol=1e-6)

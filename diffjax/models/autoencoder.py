@@ -42,6 +42,7 @@ from diffjax.models.group_norm import GroupNorm
 __all__ = [
     "AUTOENCODER_PRESETS",
     "AutoencoderKL",
+    "AutoencoderVQ",
     "check_autoencoder_input",
     "decode_checked",
     "downsampling_factor",
@@ -62,6 +63,13 @@ AUTOENCODER_PRESETS: dict[str, dict[str, object]] = {
         latent_channels=16,
         quant_conv=False,
     ),
+    "ldm_vq_f4": dict(
+        base_channels=128,
+        channel_mults=(1, 2, 4),
+        num_res_blocks=2,
+        latent_channels=3,
+        codebook_size=8192,
+    ),  # fmt: skip
     "fashion_mnist_f4": dict(
         base_channels=32,
         channel_mults=(1, 2, 2),
@@ -279,6 +287,10 @@ class AutoencoderKL(nn.Module):
     def _compute_dtype(self) -> Dtype:
         return jnp.float32 if self.force_upcast else self.dtype
 
+    def _moment_channels(self) -> int:
+        """The encoder's output channels: a mean and a log variance per latent channel."""
+        return 2 * self.latent_channels
+
     def setup(self) -> None:
         for channels in (self.base_channels * mult for mult in self.channel_mults):
             if channels % self.num_groups:
@@ -294,13 +306,13 @@ class AutoencoderKL(nn.Module):
             dtype=self._compute_dtype(),
             param_dtype=self.param_dtype,
         )
-        self.encoder = _Encoder(out_channels=2 * self.latent_channels, **common)
+        self.encoder = _Encoder(out_channels=self._moment_channels(), **common)
         self.decoder = _Decoder(out_channels=self.image_channels, **common)
         if self.quant_conv:
             conv = functools.partial(
                 nn.Conv, kernel_size=(1, 1), dtype=jnp.float32, param_dtype=self.param_dtype
             )
-            self.quant = conv(2 * self.latent_channels, name="quant_conv")
+            self.quant = conv(self._moment_channels(), name="quant_conv")
             self.post_quant = conv(self.latent_channels, name="post_quant_conv")
 
     def encode(self, x: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
@@ -337,6 +349,18 @@ class AutoencoderKL(nn.Module):
         w, latent_channels]`` (:func:`decode_checked` redoes a non-finite one in float32)."""
         return self.decoder(self._latents_in(z)).astype(jnp.float32)
 
+    def latents(self, x: jnp.ndarray, key: jax.Array | None = None) -> jnp.ndarray:
+        """The latents a diffusion model runs on: a posterior draw, or its mean without a key;
+        ``[B, h, w, latent_channels]`` float32."""
+        mean, logvar = self.encode(x)
+        if key is None:
+            return mean
+        return mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape, mean.dtype)
+
+    def decode_latents(self, z: jnp.ndarray) -> jnp.ndarray:
+        """Images of latents (:meth:`decode`)."""
+        return self.decode(z)
+
     def __call__(
         self, x: jnp.ndarray, key: jax.Array | None = None
     ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
@@ -353,8 +377,69 @@ class AutoencoderKL(nn.Module):
         return self.decode(z), mean, logvar
 
 
+class AutoencoderVQ(AutoencoderKL):
+    """LDM's VQ autoencoder (VQGAN's network, Esser et al. 2021; van den Oord et al. 2017): the
+    same encoder and decoder, the encoder's output ``z_e`` (after ``quant_conv``) replaced by
+    its nearest entry of a learned codebook ``[codebook_size, latent_channels]`` before
+    ``post_quant_conv`` and the decoder. As in LDM's VQ models, a diffusion model runs on the
+    continuous ``z_e`` (:meth:`latents`) and its samples are quantized before decoding
+    (:meth:`decode_latents`).
+
+    Attributes:
+      codebook_size: K, the number of entries (LDM's vq-f4: 8192).
+      (the others as :class:`AutoencoderKL`'s)
+    """
+
+    codebook_size: int = 8192
+
+    def _moment_channels(self) -> int:
+        return self.latent_channels
+
+    def setup(self) -> None:
+        super().setup()
+        bound = 1.0 / self.codebook_size
+        self.codebook = self.param(
+            "codebook",
+            lambda key, shape: jax.random.uniform(key, shape, jnp.float32, -bound, bound),
+            (self.codebook_size, self.latent_channels),
+        )
+
+    def encode(self, x: jnp.ndarray) -> jnp.ndarray:  # type: ignore[override]
+        """The encodings ``z_e`` ``[B, h, w, latent_channels]``, float32."""
+        moments = self.encoder(x.astype(self._compute_dtype())).astype(jnp.float32)
+        return self.quant(moments) if self.quant_conv else moments
+
+    def quantize(self, encodings: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+        """``(nearest entries [..., D], their indices [...])``
+        (:func:`diffjax.autoencoding.quantize`)."""
+        from diffjax.autoencoding import quantize
+
+        return quantize(encodings, self.codebook)
+
+    def latents(self, x: jnp.ndarray, key: jax.Array | None = None) -> jnp.ndarray:
+        """The encodings ``z_e`` (deterministic; ``key`` is unused)."""
+        return self.encode(x)
+
+    def decode_latents(self, z: jnp.ndarray) -> jnp.ndarray:
+        """Images of the quantized ``z``."""
+        return self.decode(self.quantize(z)[0])
+
+    def __call__(  # type: ignore[override]
+        self, x: jnp.ndarray, key: jax.Array | None = None
+    ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+        """Encodes, quantizes and decodes.
+
+        Returns:
+          ``(reconstruction [B, H, W, C], encodings z_e, indices)``.
+        """
+        encodings = self.encode(x)
+        quantized, indices = self.quantize(encodings)
+        return self.decode(quantized), encodings, indices
+
+
 def decode_checked(module: AutoencoderKL, params: Any, z: jnp.ndarray) -> jnp.ndarray:
-    """``module.decode(z)``, redone in float32 (``force_upcast``) when it came out non-finite.
+    """``module.decode_latents(z)``, redone in float32 (``force_upcast``) when it came out
+    non-finite.
 
     SD-family decoders overflow in float16 and occasionally in bfloat16; ``jax.lax.cond`` runs
     the float32 decode only for a batch that needs it.
@@ -367,12 +452,12 @@ def decode_checked(module: AutoencoderKL, params: Any, z: jnp.ndarray) -> jnp.nd
     Returns:
       Images ``[B, H, W, image_channels]``, float32.
     """
-    images = module.apply({"params": params}, z, method="decode")
+    images = module.apply({"params": params}, z, method="decode_latents")
     if module.force_upcast or module.dtype == jnp.float32:
         return images
     upcast = module.clone(force_upcast=True)
     return jax.lax.cond(
         jnp.all(jnp.isfinite(images)),
         lambda: images,
-        lambda: upcast.apply({"params": params}, z, method="decode"),
+        lambda: upcast.apply({"params": params}, z, method="decode_latents"),
     )

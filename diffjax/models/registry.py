@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_dict
 
-from diffjax.models.autoencoder import AutoencoderKL, check_autoencoder_input
+from diffjax.models.autoencoder import AutoencoderKL, AutoencoderVQ, check_autoencoder_input
 from diffjax.models.unet import UNet, check_attn_resolutions, check_image_size
 from diffjax.names import RegistryNames
 
@@ -166,6 +166,23 @@ def _build_autoencoder(config: Mapping[str, Any]) -> AutoencoderKL:
     )
 
 
+def _vq_defaults() -> dict[str, Any]:
+    # LDM's VQ-f4 with the KL network's keys; AUTOENCODER_PRESETS['ldm_vq_f4'].
+    return dict(
+        _autoencoder_defaults(), channel_mults=(1, 2, 4), latent_channels=3, codebook_size=8192
+    )
+
+
+def _build_vq(config: Mapping[str, Any]) -> AutoencoderVQ:
+    kl = _build_autoencoder(config)
+    fields = {
+        field: getattr(kl, field)
+        for field in kl.__dataclass_fields__
+        if field not in ("parent", "name")
+    }
+    return AutoencoderVQ(**fields, codebook_size=config["codebook_size"])
+
+
 def _check_autoencoder(model: AutoencoderKL, image_shape: tuple[int, ...]) -> None:
     for channels in (model.base_channels * mult for mult in model.channel_mults):
         if channels % model.num_groups:
@@ -207,6 +224,21 @@ MODELS: dict[str, ModelEntry] = {
             "image_channels",
             "num_groups",
             "quant_conv",
+        ),
+    ),
+    "autoencoder_vq": ModelEntry(
+        defaults=_vq_defaults,
+        build=_build_vq,
+        check_input_shape=_check_autoencoder,
+        state_keys=(
+            "base_channels",
+            "channel_mults",
+            "num_res_blocks",
+            "latent_channels",
+            "image_channels",
+            "num_groups",
+            "quant_conv",
+            "codebook_size",
         ),
     ),
 }

@@ -199,10 +199,9 @@ def _eval_batches(training: Any, split: str) -> Any:
 
 
 def _autoencoder_functions(training: Any) -> tuple[Callable, Callable]:
-    """Jitted ``reconstruct(params, images)`` (through the posterior mean) and
-    ``sample_latents(params, images, key)`` (posterior draws) of an autoencoder run."""
-    from diffjax.autoencoding import sample_posterior
-
+    """Jitted ``reconstruct(params, images)`` (through the posterior mean, or the quantized
+    encodings) and ``sample_latents(params, images, key)`` (the latents a diffusion model runs
+    on) of an autoencoder run."""
     module = training.programs.model
 
     @jax.jit
@@ -211,8 +210,7 @@ def _autoencoder_functions(training: Any) -> tuple[Callable, Callable]:
 
     @jax.jit
     def sample_latents(params: Any, images: jax.Array, key: jax.Array) -> jax.Array:
-        mean, logvar = module.apply({"params": params["autoencoder"]}, images, method="encode")
-        return sample_posterior(mean, logvar, key)
+        return module.apply({"params": params["autoencoder"]}, images, key, method="latents")
 
     return reconstruct, sample_latents
 

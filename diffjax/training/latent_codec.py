@@ -31,7 +31,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from diffjax.autoencoding import sample_posterior
 from diffjax.codecs import register_codec
 from diffjax.models.autoencoder import AutoencoderKL, decode_checked, latent_side
 from diffjax.models.registry import build_model
@@ -78,13 +77,14 @@ class AutoencoderCodec:
         )  # fmt: skip
 
     def encode(self, params: Any, images: jnp.ndarray, key: jax.Array | None) -> jnp.ndarray:
-        """Scaled posterior draws (the mean without a key) of images ``[B, H, W, C]``."""
-        mean, logvar = self.module.apply({"params": params}, images, method="encode")
-        latents = mean if key is None else sample_posterior(mean, logvar, key)
+        """Scaled latents of images ``[B, H, W, C]``: posterior draws (the mean without a key)
+        of a KL autoencoder, the encodings of a VQ one."""
+        latents = self.module.apply({"params": params}, images, key, method="latents")
         return self.scaling_factor * (latents - self.shift_factor)
 
     def decode(self, params: Any, latents: jnp.ndarray) -> jnp.ndarray:
-        """Images of scaled latents, redone in float32 where a bfloat16 decode overflowed."""
+        """Images of scaled latents (quantized first by a VQ autoencoder), redone in float32
+        where a bfloat16 decode overflowed."""
         return decode_checked(
             self.module, params, latents / self.scaling_factor + self.shift_factor
         )
@@ -107,7 +107,7 @@ def _from_workdir(workdir: str) -> tuple[dict[str, Any], float]:
     if record is None:
         raise ValueError(f"workdir={workdir!r} holds no diffjax run (no config.json).")
     config = record["config"]
-    if config["objective"]["name"] != "autoencoder":
+    if config["objective"]["name"] != "autoencoder":  # KL or VQ
         raise ValueError(
             f"workdir={workdir!r} is a {config['objective']['name']!r} run, not an autoencoder "
             f"run (config.objective.name='autoencoder')."

@@ -642,6 +642,7 @@ def build_programs(spec: str, mesh: Mesh) -> Programs:
             skip_nonfinite=values["training"]["nan_policy"] == "skip",
             trainable=trainable,
             stateful=objective.init_extra is not None,
+            assign=objective.assign,
         ),
         mesh,
         state_sharding,

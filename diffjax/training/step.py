@@ -52,6 +52,7 @@ def make_train_step(
     skip_nonfinite: bool = False,
     trainable: Any = None,
     stateful: bool = False,
+    assign: Callable[[Any, Any], Any] | None = None,
 ) -> TrainStepFn:
     """Builds the pure training step around a loss function.
 
@@ -75,6 +76,9 @@ def make_train_step(
       trainable: a pytree of Python bools with the params' structure (False: frozen), or None
         (everything trained).
       stateful: the loss reads and returns the state's ``extra`` (state outside the gradient).
+      assign: ``assign(params, extra) -> params``, applied after the update to the parameters
+        and to their EMA with the new ``extra`` (parameters the state outside the gradient
+        sets, such as an EMA codebook); None for none.
 
     Returns:
       ``train_step(state, batch, key, frozen) -> (new_state, metrics)``; ``key`` is the run's
@@ -118,6 +122,8 @@ def make_train_step(
             state.ema_params,
             update_ema(trainable_part(state.ema_params, trainable), updated, state.step, ema_decay),
         )
+        if assign is not None:
+            params, ema_params = assign(params, extra), assign(ema_params, extra)
         is_finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         if skip_nonfinite:
             params, ema_params, opt_state, extra = jax.tree.map(

@@ -27,21 +27,38 @@ import jax.numpy as jnp
 
 from diffjax.autoencoding import (
     RECONSTRUCTION_LOSSES,
+    CodebookStatistics,
     adaptive_weight,
+    codebook_from_statistics,
+    codebook_perplexity,
+    ema_codebook_update,
     gaussian_kl,
     generator_loss,
     hinge_discriminator_loss,
+    quantize,
     reconstruction_loss,
+    restart_dead_codes,
     sample_posterior,
+    straight_through,
+    vq_losses,
 )
 from diffjax.errors import ConfigError
+from diffjax.models.autoencoder import AutoencoderVQ
 from diffjax.models.discriminator import PatchDiscriminator
-from diffjax.training.objectives.base import Objective, ObjectiveContext, ObjectiveEntry
+from diffjax.training.objectives.base import (
+    FROZEN_GROUP,
+    Objective,
+    ObjectiveContext,
+    ObjectiveEntry,
+)
 
-__all__ = ["AUTOENCODER", "make_autoencoder_loss"]
+__all__ = ["AUTOENCODER", "assign_codebook", "make_autoencoder_loss"]
 
-AUTOENCODER_MODELS = ("autoencoder_kl",)
+AUTOENCODER_MODELS = ("autoencoder_kl", "autoencoder_vq")
 """The networks the objective trains."""
+
+CODEBOOK_UPDATES = ("ema", "gradient")
+"""How a VQ autoencoder's codebook learns."""
 
 
 def _defaults() -> dict[str, Any]:
@@ -61,6 +78,14 @@ def _defaults() -> dict[str, Any]:
         disc_layers=3,
         # The discriminator's learning rate; 0 takes config.optim.learning_rate.
         disc_learning_rate=0.0,
+        # VQ ('autoencoder_vq'): beta of the commitment loss (van den Oord et al.: 0.25).
+        commitment_weight=0.25,
+        # 'ema' (exponential moving averages, the codebook outside the gradient) or
+        # 'gradient' (the codebook loss).
+        codebook_update="ema",
+        codebook_decay=0.99,
+        # EMA codebooks: restart an entry whose EMA count falls below this at a batch encoding.
+        restart_threshold=0.01,
     )
 
 
@@ -81,7 +106,17 @@ def _check(values: Mapping[str, Any]) -> None:
             f"config.objective.reconstruction must be one of {RECONSTRUCTION_LOSSES}, got "
             f"{section['reconstruction']!r}."
         )
-    for key in ("kl_weight", "lpips_weight", "disc_weight", "disc_learning_rate"):
+    if section["codebook_update"] not in CODEBOOK_UPDATES:
+        raise ConfigError(
+            f"config.objective.codebook_update must be one of {CODEBOOK_UPDATES}, got "
+            f"{section['codebook_update']!r}."
+        )
+    if not 0.0 < section["codebook_decay"] < 1.0:
+        raise ConfigError(
+            f"config.objective.codebook_decay must lie in (0, 1), got {section['codebook_decay']}."
+        )
+    for key in ("kl_weight", "lpips_weight", "disc_weight", "disc_learning_rate",
+                "commitment_weight", "restart_threshold"):  # fmt: skip
         if not section[key] >= 0:
             raise ConfigError(f"config.objective.{key} must be >= 0, got {section[key]}.")
     if section["disc_start"] < 0 or section["disc_layers"] < 1 or section["disc_base_channels"] < 1:
@@ -128,6 +163,10 @@ def make_autoencoder_loss(
     lpips_net: str = "vgg",
     disc_weight: float = 0.0,
     disc_start: int = 0,
+    commitment_weight: float = 0.25,
+    codebook_update: str = "ema",
+    codebook_decay: float = 0.99,
+    restart_threshold: float = 0.01,
 ) -> Any:
     """The autoencoder's training loss as a stateful train-step ``loss_fn``.
 
@@ -140,12 +179,19 @@ def make_autoencoder_loss(
       lpips_net: ``'alex'`` or ``'vgg'``.
       disc_weight: the adversarial term's weight on top of the adaptive one.
       disc_start: the loss's step count from which the adversarial terms count.
+      commitment_weight: a VQ autoencoder's beta (its commitment loss's weight).
+      codebook_update: ``'ema'`` (statistics in ``extra``; the step writes the codebook from
+        them, :func:`assign_codebook`) or ``'gradient'`` (the codebook loss).
+      codebook_decay: the EMA's gamma.
+      restart_threshold: EMA entries whose count falls below it restart at a batch encoding.
 
     Returns:
       ``loss_fn(params, frozen, batch, key, train, extra) -> (loss, (metrics, extra))`` with
       ``params = {'autoencoder': ..., 'discriminator': ...}``, ``batch['image']`` ``[B, H, W,
-      C]`` in [-1, 1] and ``extra = {'step': int32}``. With ``train`` the latent is a posterior
-      draw and the step count advances; without, it is the posterior mean. ``loss`` is the
+      C]`` in [-1, 1] and ``extra = {'step': int32}`` (and a VQ-EMA codebook's ``'counts'``
+      and ``'sums'``). With ``train`` the latent is a posterior draw (a VQ autoencoder's
+      quantized encoding, passed straight through) and the step count and codebook statistics
+      advance; without, it is the posterior mean and nothing advances. ``loss`` is the
       autoencoder's loss plus the discriminator's (each network's gradient only reaches its
       own parameters).
     """
@@ -153,15 +199,53 @@ def make_autoencoder_loss(
         raise ValueError(
             f"reconstruction must be one of {RECONSTRUCTION_LOSSES}, got {reconstruction!r}."
         )
+    if codebook_update not in CODEBOOK_UPDATES:
+        raise ValueError(
+            f"codebook_update must be one of {CODEBOOK_UPDATES}, got {codebook_update!r}."
+        )
     use_gan = discriminator is not None and disc_weight > 0
+    vector_quantized = isinstance(autoencoder, AutoencoderVQ)
+
+    def _ema_step(extra, encodings, indices, key):
+        statistics = ema_codebook_update(
+            CodebookStatistics(extra["counts"], extra["sums"]), encodings, indices,
+            decay=codebook_decay,
+        )  # fmt: skip
+        # Count 0 (before the first step) always restarts: the codebook starts at encodings.
+        statistics, restarted = restart_dead_codes(
+            statistics, encodings, jax.random.fold_in(key, 5),
+            threshold=max(restart_threshold, 1e-30),
+        )  # fmt: skip
+        return dict(counts=statistics.counts, sums=statistics.sums), restarted
 
     def loss_fn(params, frozen, batch, key, train, extra):
         from diffjax.metrics.lpips import lpips_distance
 
         images = batch["image"]
         ae_params = params["autoencoder"]
-        mean, logvar = autoencoder.apply({"params": ae_params}, images, method="encode")
-        z = sample_posterior(mean, logvar, key) if train else mean
+        metrics, new_extra = {}, dict(extra)
+        if vector_quantized:
+            encodings = autoencoder.apply({"params": ae_params}, images, method="encode")
+            quantized, indices = quantize(encodings, ae_params["codebook"])
+            z = straight_through(encodings, quantized)
+            codebook_loss, commitment_loss = vq_losses(encodings, quantized)
+            regulariser = commitment_weight * commitment_loss
+            if codebook_update == "gradient":
+                regulariser = regulariser + codebook_loss
+            elif train:
+                statistics, metrics["restarted_codes"] = _ema_step(extra, encodings, indices, key)
+                new_extra.update(statistics)
+            perplexity, usage = codebook_perplexity(indices, autoencoder.codebook_size)
+            metrics.update(
+                codebook_loss=codebook_loss, commitment_loss=commitment_loss,
+                perplexity=perplexity, codebook_usage=usage,
+            )  # fmt: skip
+        else:
+            mean, logvar = autoencoder.apply({"params": ae_params}, images, method="encode")
+            z = sample_posterior(mean, logvar, key) if train else mean
+            kl = jnp.mean(gaussian_kl(mean, logvar))
+            regulariser = kl_weight * kl
+            metrics.update(kl=kl)
         features = autoencoder.apply({"params": ae_params}, z, method="decode_features")
         pixels = images[0].size
 
@@ -180,11 +264,9 @@ def make_autoencoder_loss(
             return jnp.mean(per_image), decoded
 
         last_layer = ae_params["decoder"]["conv_out"]
-        kl = jnp.mean(gaussian_kl(mean, logvar))
-        metrics = dict(kl=kl)
         if not use_gan:
             nll_value, decoded = nll(last_layer)
-            loss = nll_value + kl_weight * kl
+            loss = nll_value + regulariser
         else:
             frozen_disc = jax.lax.stop_gradient(params["discriminator"])
 
@@ -202,23 +284,47 @@ def make_autoencoder_loss(
                 {"params": params["discriminator"]}, jax.lax.stop_gradient(decoded)
             )
             d_loss = hinge_discriminator_loss(logits_real, logits_fake)
-            loss = nll_value + kl_weight * kl + active * (weight * g_loss + d_loss)
+            loss = nll_value + regulariser + active * (weight * g_loss + d_loss)
             metrics.update(
                 g_loss=g_loss, d_loss=d_loss, d_weight=weight, gan_active=active,
                 logits_real=jnp.mean(logits_real), logits_fake=jnp.mean(logits_fake),
             )  # fmt: skip
         error = decoded - images.astype(jnp.float32)
         metrics.update(nll=nll_value, l1=jnp.mean(jnp.abs(error)), mse=jnp.mean(jnp.square(error)))
-        new_extra = {"step": extra["step"] + 1} if train else extra
+        if train:
+            new_extra["step"] = extra["step"] + 1
         return loss, (metrics, new_extra)
 
     return loss_fn
+
+
+def _labels(params: Any, ema_codebook: bool) -> Any:
+    """Each top-level network is a group; an EMA codebook is frozen (the step writes it)."""
+
+    def label(path: tuple[Any, ...], _: Any) -> str:
+        names = tuple(getattr(entry, "key", entry) for entry in path)
+        if ema_codebook and names[:2] == ("autoencoder", "codebook"):
+            return FROZEN_GROUP
+        return names[0]
+
+    return jax.tree_util.tree_map_with_path(label, params)
+
+
+def assign_codebook(params: Any, extra: Any) -> Any:
+    """``params`` with ``params['autoencoder']['codebook']`` set from the EMA statistics in
+    ``extra`` (:func:`diffjax.autoencoding.codebook_from_statistics`)."""
+    codebook = codebook_from_statistics(CodebookStatistics(extra["counts"], extra["sums"]))
+    autoencoder = dict(
+        params["autoencoder"], codebook=codebook.astype(params["autoencoder"]["codebook"].dtype)
+    )
+    return dict(params, autoencoder=autoencoder)
 
 
 def _build(context: ObjectiveContext) -> Objective:
     values, autoencoder = context.values, context.model
     section = values["objective"]
     use_gan = section["disc_weight"] > 0
+    ema_codebook = isinstance(autoencoder, AutoencoderVQ) and section["codebook_update"] == "ema"
     discriminator = None
     if use_gan:
         discriminator = PatchDiscriminator(
@@ -234,36 +340,47 @@ def _build(context: ObjectiveContext) -> Objective:
             params["discriminator"] = discriminator.init(disc_key, x)["params"]
         return params
 
+    def init_extra() -> dict[str, jax.Array]:
+        extra = {"step": jnp.zeros((), jnp.int32)}
+        if ema_codebook:
+            # Zero counts: the first step restarts every entry at an encoding of its batch.
+            size, channels = autoencoder.codebook_size, autoencoder.latent_channels
+            extra.update(
+                counts=jnp.zeros((size,), jnp.float32),
+                sums=jnp.zeros((size, channels), jnp.float32),
+            )
+        return extra
+
     loss_fn = make_autoencoder_loss(
         autoencoder, discriminator, reconstruction=section["reconstruction"],
         kl_weight=section["kl_weight"], lpips_weight=section["lpips_weight"],
         lpips_net=section["lpips_net"], disc_weight=section["disc_weight"],
-        disc_start=section["disc_start"],
+        disc_start=section["disc_start"], commitment_weight=section["commitment_weight"],
+        codebook_update=section["codebook_update"], codebook_decay=section["codebook_decay"],
+        restart_threshold=section["restart_threshold"],
     )  # fmt: skip
-    if not use_gan:
-        return Objective(loss_fn, init_extra=_init_extra, init=init)
-    start = section["disc_start"]
-    disc_options: dict[str, Any] = {
-        "when": lambda count: (count >= start) & ((count - start) % 2 == 1)
-    }
-    if section["disc_learning_rate"] > 0:
-        disc_options["learning_rate"] = section["disc_learning_rate"]
-    return Objective(
-        loss_fn,
-        param_labels=lambda params: {
-            name: jax.tree.map(lambda _: name, tree) for name, tree in params.items()
-        },
-        group_options={
+    group_options: dict[str, Any] = {}
+    if use_gan:
+        start = section["disc_start"]
+        disc_options: dict[str, Any] = {
+            "when": lambda count: (count >= start) & ((count - start) % 2 == 1)
+        }
+        if section["disc_learning_rate"] > 0:
+            disc_options["learning_rate"] = section["disc_learning_rate"]
+        group_options = {
             "autoencoder": {"when": lambda count: (count < start) | ((count - start) % 2 == 0)},
             "discriminator": disc_options,
-        },
-        init_extra=_init_extra,
+        }
+    return Objective(
+        loss_fn,
+        param_labels=(
+            (lambda params: _labels(params, ema_codebook)) if use_gan or ema_codebook else None
+        ),
+        group_options=group_options,
+        init_extra=init_extra,
         init=init,
+        assign=assign_codebook if ema_codebook else None,
     )
-
-
-def _init_extra() -> dict[str, jax.Array]:
-    return {"step": jnp.zeros((), jnp.int32)}
 
 
 AUTOENCODER = ObjectiveEntry(
@@ -272,6 +389,6 @@ AUTOENCODER = ObjectiveEntry(
     build=_build,
     frozen=_frozen,
     hooks=("reconstruction_grid", "reconstruction_metrics", "held_out_loss", "latent_statistics"),
-    state_keys=("disc_weight", "disc_base_channels", "disc_layers"),
+    state_keys=("disc_weight", "disc_base_channels", "disc_layers", "codebook_update"),
 )
 """The ``'autoencoder'`` objective."""

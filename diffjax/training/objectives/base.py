@@ -38,6 +38,9 @@ class Objective(NamedTuple):
       init: ``init(key) -> params`` when the trained parameters are not those of the
         network ``module(x, t, cond)`` that ``config.model`` names alone (an autoencoder with
         its discriminator), or None.
+      assign: ``assign(params, extra) -> params``, parameters set from the state outside the
+        gradient after each update (an EMA codebook; label them :data:`FROZEN_GROUP` so the
+        optimizer leaves them alone), applied to the EMA weights too; or None.
     """
 
     loss_fn: Callable
@@ -45,6 +48,7 @@ class Objective(NamedTuple):
     group_options: Mapping[str, Mapping[str, Any]] = {}
     init_extra: Callable[[], Any] | None = None
     init: Callable[[jax.Array], Params] | None = None
+    assign: Callable[[Params, Any], Params] | None = None
 
 
 class ObjectiveContext(NamedTuple):
