@@ -128,3 +128,41 @@ def test_bad_latent_runs_are_one_line_errors(data_dir, autoencoder_run, tmp_path
     os.remove(os.path.join(unfinished, LATENT_STATISTICS_FILE))
     with pytest.raises(ConfigError, match="latent_statistics.json"):
         validate_config(latent_config(data_dir, unfinished))
+
+
+def test_a_latent_cache_trains_as_the_images_do_and_belongs_to_its_autoencoder(
+    data_dir, autoencoder_run, tmp_path, monkeypatch
+):
+    from diffjax.data.latent_cache import LATENT_CACHE_MANIFEST
+    from diffjax.training import latent_data
+
+    monkeypatch.setattr(latent_data, "SHARD_SIZE", 16)  # 64 images: four shards
+    states = {}
+    for name, cache in (("images", ""), ("cached", str(tmp_path / "cache"))):
+        config = latent_config(data_dir, autoencoder_run)
+        config.data.random_flip = False
+        config.training.latent_cache = cache
+        with fast_compiles():
+            states[name] = train_and_evaluate(config, str(tmp_path / name))
+    assert sorted(os.listdir(tmp_path / "cache")) == [
+        LATENT_CACHE_MANIFEST,
+        *(f"latents_{index:05d}.npz" for index in range(4)),
+    ]
+    # The same batches in the same order, each posterior draw made anew from the cached mean
+    # and log variance with the same key: the same training, up to the rounding of encoding
+    # 16 images at a time instead of 8.
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), states["cached"].params,
+        states["images"].params,
+    )  # fmt: skip
+    # The same cache folder for a copy of the autoencoder (another source): refused.
+    other = str(tmp_path / "other_autoencoder")
+    shutil.copytree(autoencoder_run, other)
+    config = latent_config(data_dir, other)
+    config.data.random_flip = False
+    config.training.latent_cache = str(tmp_path / "cache")
+    with pytest.raises(ConfigError, match="holds a latent cache of another autoencoder"):
+        train_and_evaluate(config, str(tmp_path / "refused"))
+    config.data.random_flip = True
+    with pytest.raises(ConfigError, match="set config.data.random_flip=False"):
+        validate_config(config)

@@ -173,6 +173,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.training.init_from = ""
     # A folder of reflow (noise, sample) pairs to train on instead of the dataset.
     config.training.pairs_dir = ""
+    # A latent run (an autoencoder codec): encode the training split once into this folder
+    # (resumable, in shards) and train on the cached encoder outputs instead of the images.
+    config.training.latent_cache = ""
 
     # EMA sample grids written to workdir/samples/ during training (same seed every time).
     config.sampling = ml_collections.ConfigDict()
@@ -442,6 +445,7 @@ def upgrade_config(values: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(training, dict):
         training.setdefault("init_from", "")
         training.setdefault("pairs_dir", "")
+        training.setdefault("latent_cache", "")
         if "label_dropout" in training:
             training["cond_dropout"] = training.pop("label_dropout")
     model = values.get("model")

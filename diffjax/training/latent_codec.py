@@ -31,8 +31,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from diffjax.autoencoding import sample_posterior
 from diffjax.codecs import register_codec
-from diffjax.models.autoencoder import AutoencoderKL, decode_checked, latent_side
+from diffjax.models.autoencoder import AutoencoderKL, AutoencoderVQ, decode_checked, latent_side
 from diffjax.models.registry import build_model
 from diffjax.training.workdir import load_run_record, resolve_run_dir
 
@@ -88,6 +89,24 @@ class AutoencoderCodec:
         return decode_checked(
             self.module, params, latents / self.scaling_factor + self.shift_factor
         )
+
+    def moments(self, params: Any, images: jnp.ndarray) -> jnp.ndarray:
+        """The encoder's unscaled output, what a latent cache stores: a KL posterior's mean and
+        log variance concatenated on the channel axis ``[B, h, w, 2c]``, a VQ autoencoder's
+        encodings ``[B, h, w, c]``."""
+        if isinstance(self.module, AutoencoderVQ):
+            return self.module.apply({"params": params}, images, method="encode")
+        mean, logvar = self.module.apply({"params": params}, images, method="encode")
+        return jnp.concatenate([mean, logvar], axis=-1)
+
+    def from_moments(self, moments: jnp.ndarray, key: jax.Array | None) -> jnp.ndarray:
+        """Scaled latents of cached :meth:`moments`: a fresh posterior draw (the mean without a
+        key) of a KL autoencoder's, a VQ autoencoder's encodings as they are."""
+        latents = moments
+        if not isinstance(self.module, AutoencoderVQ):
+            mean, logvar = jnp.split(moments.astype(jnp.float32), 2, axis=-1)
+            latents = mean if key is None else sample_posterior(mean, logvar, key)
+        return self.scaling_factor * (latents - self.shift_factor)
 
     def frozen_source(self) -> dict[str, Any]:
         """Where the parameters come from (:mod:`diffjax.training.frozen`)."""

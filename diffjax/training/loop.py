@@ -229,6 +229,13 @@ class _Run:
         self.init_key, self.train_key, self.eval_key = _keys(values["seed"])
         self.hooks = build_hooks(self, self.programs.hooks)
         self.frozen, self.frozen_record = load_frozen(values, self.programs, self.mesh)
+        if values["training"]["latent_cache"]:
+            from diffjax.training.latent_data import latent_training_data
+
+            self.dataset = latent_training_data(
+                values, self.mesh, self.info, self.programs.codec, self.frozen,
+                self.frozen_record,
+            )  # fmt: skip
         abstract = self.programs.abstract_state
         self.num_params = count_params(abstract.params)
         state_bytes = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(abstract))

@@ -290,6 +290,24 @@ def _check_training(values: Mapping[str, Any]) -> None:
         f"config.training.cond_dropout={dropout} drops the condition, but the network reads "
         f"none (config.model.num_classes is None: an unconditional model has nothing to drop).",
     )
+    cache = values["training"]["latent_cache"]
+    if cache:
+        _require(
+            hasattr(build_codec(values), "moments"),
+            f"config.training.latent_cache={cache!r} caches an autoencoder's latents: set "
+            f"config.codec.name='autoencoder' (the codec is {values['codec']['name']!r}).",
+        )
+        _require(
+            values["objective"]["name"] == "denoising" and not values["training"]["pairs_dir"],
+            f"config.training.latent_cache={cache!r} is for the denoising objective on the "
+            f"dataset (objective {values['objective']['name']!r}, pairs_dir "
+            f"{values['training']['pairs_dir']!r}).",
+        )
+        _require(
+            not values["data"]["random_flip"],
+            "config.training.latent_cache encodes each image once, unflipped: set "
+            "config.data.random_flip=False.",
+        )
 
 
 def _check_sampling(values: Mapping[str, Any], process: Any) -> None:

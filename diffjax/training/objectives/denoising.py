@@ -59,7 +59,8 @@ def make_denoising_loss(
     Returns:
       ``loss_fn(params, frozen, batch, key, train) -> (loss, {'mse': ...})``. ``batch`` holds
       ``'image'`` float ``[B, H, W, C]`` in [-1, 1], ``'cond'`` (what the network reads of it),
-      and optionally ``'noise'``, the eps paired with each image (reflow).
+      and optionally ``'noise'``, the eps paired with each image (reflow); a latent cache's
+      batches hold the codec's ``'moments'`` instead of images.
 
     Raises:
       ValueError: a bad option, before anything is traced.
@@ -83,9 +84,10 @@ def make_denoising_loss(
     codec = IdentityCodec() if codec is None else codec
 
     def loss_fn(params, frozen, batch, key, train):
-        if "image" not in batch:
+        if "image" not in batch and "moments" not in batch:
             raise ValueError(
-                f"The batch needs an 'image' entry [B, H, W, C]; got keys {sorted(batch)}."
+                f"The batch needs an 'image' entry [B, H, W, C] (or a latent cache's "
+                f"'moments'); got keys {sorted(batch)}."
             )
         loss_key, dropout_key, cond_key = jax.random.split(key, 3)
         cond = select_cond(module, batch.get("cond"))
@@ -94,9 +96,12 @@ def make_denoising_loss(
         model_fn = make_model_fn(
             module, params, cond, train=train, rng=dropout_key if train else None
         )
-        x0 = batch["image"]
-        if not is_identity(codec):
-            x0 = codec.encode(frozen.get("codec"), x0, jax.random.fold_in(key, 3))
+        if "moments" in batch:  # a latent cache: a fresh posterior draw of cached moments
+            x0 = codec.from_moments(batch["moments"], jax.random.fold_in(key, 3))
+        elif is_identity(codec):
+            x0 = batch["image"]
+        else:
+            x0 = codec.encode(frozen.get("codec"), batch["image"], jax.random.fold_in(key, 3))
         loss, aux = denoising_loss(
             model_fn, process, x0, loss_key, prediction_type=prediction_type,
             weighting=weighting, min_snr_gamma=min_snr_gamma, offset_noise=offset_noise,
