@@ -9,8 +9,8 @@ LDM's KL autoencoder at the scale of 28x28 grayscale images (``AUTOENCODER_PRESE
 per level, a 4x compression per side to 7x7x4 latents (196 numbers for 784 pixels), trained for
 1000 steps of batch 64 with the L1 reconstruction error and the KL term at LDM's weight 1e-6.
 LPIPS is off (its ImageNet backbones need RGB images of at least 64 px), and so is the patch
-GAN: switched on at step 1000 of a 2000-step run (``--config.objective.disc_weight=0.5
---config.objective.disc_start=1000``), its
+GAN: switched on at step 1000 of a 2000-step run (--config.objective.disc_weight=0.5
+--config.objective.disc_start=1000 --config.training.num_steps=2000 flags), its
 adaptively weighted term (weights of 500-900) raised the reconstructions' mean L1 error from
 0.08 to 0.20 within 150 steps (benchmarks/RESULTS.md).
 

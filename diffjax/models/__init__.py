@@ -4,7 +4,12 @@ that configs pick networks from by name, and the one adapter from a network to a
 (:func:`make_model_fn`)."""
 
 from diffjax.models.attention import dot_product_attention
-from diffjax.models.autoencoder import AUTOENCODER_PRESETS, AutoencoderKL, decode_checked
+from diffjax.models.autoencoder import (
+    AUTOENCODER_PRESETS,
+    AutoencoderKL,
+    AutoencoderVQ,
+    decode_checked,
+)
 from diffjax.models.conditioning import (
     ModuleApply,
     cond_keys,
@@ -33,6 +38,7 @@ from diffjax.models.registry import (
     model_entry,
     register_model,
 )
+from diffjax.models.transformer import SpatialTransformer
 from diffjax.models.unet import (
     UNet,
     check_attn_resolutions,
@@ -47,12 +53,14 @@ __all__ = [
     "MODEL_NAMES",
     "AttentionBlock",
     "AutoencoderKL",
+    "AutoencoderVQ",
     "Downsample",
     "GroupNorm",
     "ModelEntry",
     "ModuleApply",
     "PatchDiscriminator",
     "ResBlock",
+    "SpatialTransformer",
     "TimeEmbedding",
     "UNet",
     "Upsample",
