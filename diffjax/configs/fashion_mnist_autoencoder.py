@@ -5,7 +5,7 @@ r"""The Fashion-MNIST autoencoder: the first half of the latent recipe (CPU).
 then latent diffusion in its latent space with configs/fashion_mnist_latent.py.
 
 LDM's KL autoencoder at the scale of 28x28 grayscale images (``AUTOENCODER_PRESETS
-['fashion_mnist_f4']``, 1.12M parameters): 32 channels, two downsamplings, one ResNet block
+['fashion_mnist_f4']``, 953,413 parameters): 32 channels, two downsamplings, one ResNet block
 per level, a 4x compression per side to 7x7x4 latents (196 numbers for 784 pixels), trained for
 1000 steps of batch 64 with the L1 reconstruction error and the KL term at LDM's weight 1e-6.
 LPIPS is off (its ImageNet backbones need RGB images of at least 64 px), and so is the patch

@@ -421,6 +421,13 @@ def check_keys(values: Mapping[str, Any]) -> None:
     _check_section(config_schema(values), values, "")
 
 
+_UNET_ADDED_KEYS = dict(
+    guidance_embedding=False, context_dim=None, transformer_heads=8, transformer_depth=1,
+    linear_projection=False, class_context=False,
+)  # fmt: skip
+"""UNet keys added after 0.1.0, with the defaults that leave an older UNet as it was."""
+
+
 def upgrade_config(values: Mapping[str, Any]) -> dict[str, Any]:
     """A config saved by an older diffjax (``config.json`` of an older workdir) in today's layout.
 
@@ -429,7 +436,9 @@ def upgrade_config(values: Mapping[str, Any]) -> dict[str, Any]:
     key instead of ``sampling.options``; 0.2.0 had no ``imports``, ``codec``, ``objective`` or
     ``sharding`` section, a ``training.label_dropout`` where ``training.cond_dropout`` is, and,
     before reflow, no ``training.init_from`` or ``pairs_dir``; the UNet had no
-    ``guidance_embedding`` before progressive distillation. The defaults filled in here are
+    ``guidance_embedding`` before progressive distillation nor cross-attention keys before
+    latent diffusion, and an objective's section gains the keys its objective added since
+    (their defaults); ``training.latent_cache`` is new too. The defaults filled in here are
     what those versions did. Current configs pass unchanged.
     """
     values = config_to_dict(values)
@@ -448,12 +457,17 @@ def upgrade_config(values: Mapping[str, Any]) -> dict[str, Any]:
         training.setdefault("latent_cache", "")
         if "label_dropout" in training:
             training["cond_dropout"] = training.pop("label_dropout")
+    objective = values.get("objective")
+    if isinstance(objective, dict) and objective.get("name") in OBJECTIVES:
+        for key, default in OBJECTIVES[objective["name"]].defaults().items():
+            objective.setdefault(key, default)
     model = values.get("model")
     if isinstance(model, dict) and model.get("name") == "unet":
-        model.setdefault("guidance_embedding", False)
+        for key, default in _UNET_ADDED_KEYS.items():
+            model.setdefault(key, default)
     if not isinstance(values.get("model"), dict) or "name" in values["model"]:
         return values
-    values["model"] = {"name": "unet", "guidance_embedding": False, **values["model"]}
+    values["model"] = {"name": "unet", **_UNET_ADDED_KEYS, **values["model"]}
     diffusion = values.get("diffusion", {})
     diffusion.setdefault("process", "discrete")
     diffusion.setdefault("process_options", {})
