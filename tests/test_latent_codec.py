@@ -2,6 +2,7 @@
 diffjax autoencoder run as the space a denoiser trains and samples in, the scale they give,
 what the run records, and the one-line errors before anything compiles."""
 
+import json
 import os
 import shutil
 import sys
@@ -85,40 +86,15 @@ def latent_config(data_dir, autoencoder_workdir):
     return config
 
 
-def test_a_denoiser_trains_and_samples_in_an_autoencoder_runs_latent_space(
-    data_dir, autoencoder_run, tmp_path
-):
-    import json
-
-    with open(os.path.join(autoencoder_run, LATENT_STATISTICS_FILE)) as file:
-        statistics = json.load(file)
-    config = latent_config(data_dir, autoencoder_run)
-    workdir = str(tmp_path / "latent")
-    with fast_compiles():
-        train_and_evaluate(config, workdir)
-    record = load_run_record(workdir)
-    assert record["frozen"]["codec"] == {
-        "workdir": os.path.abspath(autoencoder_run), "step": 6, "weights": "ema",
-        "params_key": "autoencoder", "scaling_factor": 1.0 / statistics["std"],
-        "shift_factor": 0.0,
-    }  # fmt: skip
-    run = load_trained_run(workdir)
-    assert run.programs.latent_shape == (4, 4, 2)
-    generate = make_run_generator(run.config, run.programs, 8, run.mesh)
-    from diffjax.training.frozen import load_frozen
-
-    frozen, _ = load_frozen(run.config, run.programs, run.mesh)
-    with fast_compiles():
-        images = generate(run.state.ema_params, jax.random.key(0), frozen=frozen)
-    assert images.shape == (8, 8, 8, 1) and np.all(np.isfinite(images))
-
-
 def test_bad_latent_runs_are_one_line_errors(data_dir, autoencoder_run, tmp_path):
-    denoiser_run = str(tmp_path / "pixels")
-    with fast_compiles():
-        train_and_evaluate(make_test_config(data_dir), denoiser_run)
+    # A denoising run's record (its config.json is all the codec reads of it).
+    denoiser_run = tmp_path / "pixels"
+    denoiser_run.mkdir()
+    record = load_run_record(autoencoder_run)
+    record["config"]["objective"] = {"name": "denoising"}
+    (denoiser_run / "config.json").write_text(json.dumps(record))
     with pytest.raises(ConfigError, match="is a 'denoising' run, not an autoencoder run"):
-        validate_config(latent_config(data_dir, denoiser_run))
+        validate_config(latent_config(data_dir, str(denoiser_run)))
     config = latent_config(data_dir, autoencoder_run)
     config.model.channel_mults = (1, 2, 2, 2)  # 4x4 latents cannot be halved three times
     with pytest.raises(ConfigError, match=r"config.model \(unet\) does not fit"):
@@ -130,11 +106,12 @@ def test_bad_latent_runs_are_one_line_errors(data_dir, autoencoder_run, tmp_path
         validate_config(latent_config(data_dir, unfinished))
 
 
-def test_a_latent_cache_trains_as_the_images_do_and_belongs_to_its_autoencoder(
+def test_a_denoiser_trains_and_samples_in_an_autoencoder_runs_latent_space_cached_or_not(
     data_dir, autoencoder_run, tmp_path, monkeypatch
 ):
     from diffjax.data.latent_cache import LATENT_CACHE_MANIFEST
     from diffjax.training import latent_data
+    from diffjax.training.frozen import load_frozen
 
     monkeypatch.setattr(latent_data, "SHARD_SIZE", 16)  # 64 images: four shards
     states = {}
@@ -155,6 +132,21 @@ def test_a_latent_cache_trains_as_the_images_do_and_belongs_to_its_autoencoder(
         lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), states["cached"].params,
         states["images"].params,
     )  # fmt: skip
+    with open(os.path.join(autoencoder_run, LATENT_STATISTICS_FILE)) as file:
+        statistics = json.load(file)
+    record = load_run_record(str(tmp_path / "images"))
+    assert record["frozen"]["codec"] == {
+        "workdir": os.path.abspath(autoencoder_run), "step": 6, "weights": "ema",
+        "params_key": "autoencoder", "scaling_factor": 1.0 / statistics["std"],
+        "shift_factor": 0.0,
+    }  # fmt: skip
+    run = load_trained_run(str(tmp_path / "cached"))
+    assert run.programs.latent_shape == (4, 4, 2)
+    generate = make_run_generator(run.config, run.programs, 8, run.mesh)
+    frozen, _ = load_frozen(run.config, run.programs, run.mesh)
+    with fast_compiles():
+        images = generate(run.state.ema_params, jax.random.key(0), frozen=frozen)
+    assert images.shape == (8, 8, 8, 1) and np.all(np.isfinite(images))
     # The same cache folder for a copy of the autoencoder (another source): refused.
     other = str(tmp_path / "other_autoencoder")
     shutil.copytree(autoencoder_run, other)
