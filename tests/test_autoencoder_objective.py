@@ -133,3 +133,36 @@ def test_bad_autoencoder_configs_are_one_line_errors(data_dir, key, value, messa
         config[section][name] = value
     with pytest.raises(ConfigError, match=message):
         validate_config(config)
+
+
+def test_the_lpips_term_counts_once_per_pixel():
+    """The loss with LPIPS is the loss without it plus lpips_weight * H * W * C * mean LPIPS
+    (LDM adds the perceptual distance to every pixel's error), with LPIPS's variables read
+    from frozen['lpips'] (random AlexNet weights here; the published ones need a download)."""
+    import jax.numpy as jnp
+    import lpips_reference
+
+    from diffjax.metrics.lpips import lpips_distance, lpips_variables_from_state_dicts
+    from diffjax.models.autoencoder import AutoencoderKL
+    from diffjax.training.objectives import make_autoencoder_loss
+
+    variables = lpips_variables_from_state_dicts(
+        lpips_reference.random_backbone_state_dict("alex", 0),
+        lpips_reference.random_heads_state_dict("alex", 1), net="alex",
+    )  # fmt: skip
+    module = AutoencoderKL(base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
+                           latent_channels=2, num_groups=4)  # fmt: skip
+    images = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3), minval=-1, maxval=1)
+    params = {"autoencoder": module.init(jax.random.key(1), images)["params"]}
+    extra = {"step": jnp.zeros((), jnp.int32)}
+    batch, key = {"image": images}, jax.random.key(2)
+    plain = make_autoencoder_loss(module, None, kl_weight=1e-6)
+    perceptual = make_autoencoder_loss(
+        module, None, kl_weight=1e-6, lpips_weight=0.5, lpips_net="alex"
+    )
+    loss, (metrics, _) = plain(params, {}, batch, key, False, extra)
+    with_lpips, _ = perceptual(params, {"lpips": variables}, batch, key, False, extra)
+    reconstruction = module.apply({"params": params["autoencoder"]}, images)[0]
+    distance = jnp.mean(lpips_distance(variables, images, reconstruction, net="alex"))
+    assert distance > 0
+    np.testing.assert_allclose(with_lpips, loss + 0.5 * 32 * 32 * 3 * distance, rtol=1e-5)
