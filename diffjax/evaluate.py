@@ -18,6 +18,10 @@ statistics; the digest is of the settings, so no evaluation overwrites another's
 prints a table.
 An interrupted evaluation resumes where it stopped when rerun with the same flags.
 
+For an autoencoder run (``config.objective.name = 'autoencoder'``) it measures the PSNR and
+SSIM of the EMA reconstructions of the first ``--num`` images of ``config.eval.split`` instead
+(:mod:`diffjax.evaluation.reconstruction`; resumable too).
+
 Metrics (``--metrics``, comma-separated): ``fd`` (FID with ``--features inception``,
 FD-FMNIST with ``--features fmnist``), ``kid``, ``pr`` (precision/recall), ``is``, ``bpd``
 (bits/dim on the first ``--bpd_num`` images of the evaluation split: ``bpd_ode`` through the
@@ -245,6 +249,19 @@ def evaluate_main() -> dict:
     from diffjax.training.programs import sampling_settings
 
     config = upgrade_config(record["config"])
+    if config["objective"]["name"] == "autoencoder":
+        from diffjax.evaluation.reconstruction import evaluate_reconstruction
+
+        result = evaluate_reconstruction(
+            _WORKDIR.value, num_images=_NUM.value, batch_size=_BATCH.value, ema=_EMA.value
+        )
+        ssim_text = "" if result["ssim"] is None else f", SSIM {result['ssim']:.4f}"
+        log(
+            f"diffjax.evaluate: step {result['step']}, reconstructions of {result['num_images']} "
+            f"{result['split']} images ({result['weights']} weights): PSNR {result['psnr']:.2f} "
+            f"dB{ssim_text}; {result['seconds']:.0f} s; wrote {result['path']}"
+        )
+        return result
     sampling = config["sampling"]
     sampler, options = sampling_settings(
         config, sampler=_SAMPLER.value, num_steps=_STEPS.value,

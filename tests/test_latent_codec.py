@@ -158,3 +158,29 @@ def test_a_denoiser_trains_and_samples_in_an_autoencoder_runs_latent_space_cache
     config.data.random_flip = True
     with pytest.raises(ConfigError, match="set config.data.random_flip=False"):
         validate_config(config)
+
+
+def test_the_evaluate_program_measures_an_autoencoders_reconstructions_and_resumes(
+    autoencoder_run, monkeypatch
+):
+    from diffjax.evaluation import reconstruction
+
+    psnr = reconstruction.psnr
+    calls = []
+
+    def killed_at_the_second_batch(x, y):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return psnr(x, y)
+
+    monkeypatch.setattr(reconstruction, "psnr", killed_at_the_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        reconstruction.evaluate_reconstruction(autoencoder_run, num_images=16, batch_size=8)
+    resumed = reconstruction.evaluate_reconstruction(autoencoder_run, num_images=16, batch_size=8)
+    assert len(calls) == 3  # the rerun measured only the second batch
+    monkeypatch.setattr(reconstruction, "psnr", psnr)
+    straight = reconstruction.evaluate_reconstruction(autoencoder_run, num_images=16, batch_size=8)
+    assert resumed["num_images"] == straight["num_images"] == 16 and resumed["ssim"] is None
+    np.testing.assert_allclose(resumed["psnr"], straight["psnr"], rtol=1e-6)
+    assert os.path.exists(straight["path"]) and 0 < straight["psnr"] < 100
