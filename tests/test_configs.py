@@ -77,7 +77,7 @@ def test_shipped_configs_are_valid_and_complete(name, num_devices):
     config = load(name)
     if config.codec.name == "autoencoder":
         # A latent recipe needs its autoencoder: the port fixture's diffusers folder stands in
-        # (it halves images once: 14x14 latents, attention at 14).
+        # (it halves images once; attention at the latents' side).
         from diffjax.weights import sha256_of_file
 
         fixture = REPO / "tests" / "fixtures" / "autoencoder_kl"
@@ -86,7 +86,7 @@ def test_shipped_configs_are_valid_and_complete(name, num_devices):
         config.codec.options.sha256 = sha256_of_file(
             fixture / "diffusion_pytorch_model.safetensors"
         )
-        config.model.attn_resolutions = (14,)
+        config.model.attn_resolutions = (config.data.image_size // 2,)
     values = validate_config(config, num_devices=num_devices)
     schema = config_schema(values)
     assert config_keys(values, schema) == schema_keys(schema)

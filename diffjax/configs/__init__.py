@@ -6,16 +6,20 @@ what the recipe trains and what to expect. The command line reads the same recip
 files of the repository's ``configs/`` folder (``python -m diffjax.train --config
 configs/fashion_mnist.py``), each of which imports its module from here.
 
-=========================  ===============================================================
-``base``                   every key, set to the DDPM paper's choices
-``fashion_mnist``          the offline default: Fashion-MNIST on a laptop CPU, a rectified flow
-``fashion_mnist_ddpm``     the same network and budget with DDPM (cosine schedule, eps)
-``fashion_mnist_edm``      the same with EDM's formulation and Heun sampler
-``fashion_mnist_modern``   DDPM with v-prediction, zero terminal SNR and trailing timesteps
-``cifar10``                the DDPM paper's CIFAR-10 run (GPU/TPU)
-``cifar10_cond``           the same, class-conditional with classifier-free guidance
-``test``                   a tiny run for the tests and smoke checks
-=========================  ===============================================================
+=============================  ===================================================================
+``base``                       every key, set to the DDPM paper's choices
+``fashion_mnist``              the offline default: Fashion-MNIST on a laptop CPU, a rectified flow
+``fashion_mnist_ddpm``         the same network and budget with DDPM (cosine schedule, eps)
+``fashion_mnist_edm``          the same with EDM's formulation and Heun sampler
+``fashion_mnist_modern``       DDPM with v-prediction, zero terminal SNR and trailing timesteps
+``fashion_mnist_autoencoder``  the Fashion-MNIST KL autoencoder (CPU)
+``fashion_mnist_latent``       the default recipe's flow in that autoencoder's latent space (CPU)
+``cifar10``                    the DDPM paper's CIFAR-10 run (GPU/TPU)
+``cifar10_cond``               the same, class-conditional with classifier-free guidance
+``cifar10_autoencoder``        a CIFAR-10 KL autoencoder with the patch GAN (GPU/TPU; not run yet)
+``cifar10_latent``             latent diffusion in its space (GPU/TPU; not run yet)
+``test``                       a tiny run for the tests and smoke checks
+=============================  ===================================================================
 
 The distillation recipes (:data:`DISTILL_RECIPES`) are configs of ``python -m diffjax.distill``
 (:func:`diffjax.pipelines.distillation.distill_config`), not of training:
@@ -36,7 +40,7 @@ __all__ = ["DISTILL_RECIPES", "RECIPES", "get_config"]
 
 RECIPES: tuple[str, ...] = (
     "base", "fashion_mnist", "fashion_mnist_ddpm", "fashion_mnist_edm", "fashion_mnist_modern",
-    "fashion_mnist_autoencoder", "fashion_mnist_latent",
+    "fashion_mnist_autoencoder", "fashion_mnist_latent", "cifar10_autoencoder", "cifar10_latent",
     "cifar10", "cifar10_cond", "test",
 )  # fmt: skip
 DISTILL_RECIPES: tuple[str, ...] = ("fashion_mnist_distill", "cifar10_distill")
