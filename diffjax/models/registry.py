@@ -166,6 +166,12 @@ def _build_autoencoder(config: Mapping[str, Any]) -> AutoencoderKL:
     )
 
 
+_AUTOENCODER_STATE_KEYS = (
+    "base_channels", "channel_mults", "num_res_blocks", "latent_channels", "image_channels",
+    "num_groups", "quant_conv",
+)  # fmt: skip
+
+
 def _vq_defaults() -> dict[str, Any]:
     # LDM's VQ-f4 with the KL network's keys; AUTOENCODER_PRESETS['ldm_vq_f4'].
     return dict(
@@ -216,30 +222,13 @@ MODELS: dict[str, ModelEntry] = {
         defaults=_autoencoder_defaults,
         build=_build_autoencoder,
         check_input_shape=_check_autoencoder,
-        state_keys=(
-            "base_channels",
-            "channel_mults",
-            "num_res_blocks",
-            "latent_channels",
-            "image_channels",
-            "num_groups",
-            "quant_conv",
-        ),
+        state_keys=_AUTOENCODER_STATE_KEYS,
     ),
     "autoencoder_vq": ModelEntry(
         defaults=_vq_defaults,
         build=_build_vq,
         check_input_shape=_check_autoencoder,
-        state_keys=(
-            "base_channels",
-            "channel_mults",
-            "num_res_blocks",
-            "latent_channels",
-            "image_channels",
-            "num_groups",
-            "quant_conv",
-            "codebook_size",
-        ),
+        state_keys=(*_AUTOENCODER_STATE_KEYS, "codebook_size"),
     ),
 }
 """The registered networks by name (the built-in ones and those of :func:`register_model`)."""
