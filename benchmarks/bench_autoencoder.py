@@ -22,6 +22,7 @@ import time
 import jax
 import jax.numpy as jnp
 
+from diffjax.cli import cpu_device_count, enable_fast_cpu_convolutions, use_cpu_devices
 from diffjax.models import AUTOENCODER_PRESETS, AutoencoderKL, count_params
 
 PEER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peers", "autoencoder_peer.py")
@@ -52,6 +53,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--peer_python", default="/work/peers/bin/python")
     args = parser.parse_args()
+    # The training program's CPU settings: XLA's convolutions, one JAX device per core.
+    enable_fast_cpu_convolutions()
+    use_cpu_devices(cpu_device_count([args.batch]))
     print("diffjax  ", json.dumps(time_diffjax(args.batch, args.repeats)))
     peer = subprocess.run(
         [args.peer_python, PEER, str(args.batch), str(args.repeats)],

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffjax import get_schedule
+from diffjax.cli import cpu_device_count, enable_fast_cpu_convolutions, use_cpu_devices
 from diffjax.models import UNet, count_params
 from diffjax.training import (
     create_train_state,
@@ -83,6 +84,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--peer_python", default="/work/peers/bin/python")
     args = parser.parse_args()
+    # The training program's CPU settings: XLA's convolutions, one JAX device per core.
+    enable_fast_cpu_convolutions()
+    use_cpu_devices(cpu_device_count([BATCH]))
     print("diffjax  ", json.dumps(time_diffjax(args.steps)))
     peer = subprocess.run(
         [args.peer_python, PEER, str(BATCH), str(args.steps), str(SIDE), str(TOKENS), str(CONTEXT_DIM)],
