@@ -95,7 +95,7 @@ def load_feature_network(
     from diffjax.weights import read_torch_state_dict, resolve_weights, sha256_of_file
 
     if name == "inception":
-        from diffjax.metrics import inception
+        import diffjax.metrics.inception as inception
 
         path = resolve_weights(inception.INCEPTION_WEIGHTS, weights_path, download=download)
         variables = inception.inception_variables_from_state_dict(
@@ -106,7 +106,7 @@ def load_feature_network(
             "fid", 2048, inception.NUM_CLASSES, sha256_of_file(path), None,
         )  # fmt: skip
     if name == "fmnist":
-        from diffjax.metrics import fmnist_classifier as fmnist
+        import diffjax.metrics.fmnist_classifier as fmnist
 
         path = fmnist.FMNIST_CLASSIFIER_FILE if weights_path is None else weights_path
         variables = jax.tree.map(np.asarray, fmnist.load_fmnist_classifier(path))

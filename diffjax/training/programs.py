@@ -39,8 +39,8 @@ from diffjax.sharding import (
     resolve_mesh_shape,
     state_shardings,
 )
-from diffjax.training import latent_codec as _latent_codec  # noqa: F401 (registers "autoencoder")
 from diffjax.training.config import check_keys, config_to_dict, import_modules, upgrade_config
+from diffjax.training.latent_codec import AutoencoderCodec
 from diffjax.training.noise_process import build_process
 from diffjax.training.objectives import (
     FROZEN_GROUP,
@@ -293,7 +293,7 @@ def _check_training(values: Mapping[str, Any]) -> None:
     cache = values["training"]["latent_cache"]
     if cache:
         _require(
-            hasattr(build_codec(values), "moments"),
+            isinstance(build_codec(values), AutoencoderCodec),
             f"config.training.latent_cache={cache!r} caches an autoencoder's latents: set "
             f"config.codec.name='autoencoder' (the codec is {values['codec']['name']!r}).",
         )
