@@ -36,8 +36,9 @@ import jax
 import jax.numpy as jnp
 from flax.typing import Dtype
 
-from diffjax.models.attention import dot_product_attention
+from diffjax.autoencoding import quantize, sample_posterior
 from diffjax.models.group_norm import GroupNorm
+from diffjax.models.transformer import Attention
 
 __all__ = [
     "AUTOENCODER_PRESETS",
@@ -141,28 +142,6 @@ class _ResnetBlock(nn.Module):
         return x + h
 
 
-class _Attention(nn.Module):
-    """Single-head self-attention over all positions, residual: ``x + to_out(softmax(q k^T /
-    sqrt(C)) v)`` with q, k, v linear maps of ``GN(x)`` (LDM's ``AttnBlock``)."""
-
-    num_groups: int
-    dtype: Dtype
-    param_dtype: Dtype
-
-    @nn.compact
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        batch, height, width, channels = x.shape
-        dense = functools.partial(
-            nn.Dense, channels, dtype=self.dtype, param_dtype=self.param_dtype
-        )
-        h = GroupNorm(
-            self.num_groups, NORM_EPSILON, self.dtype, self.param_dtype, name="group_norm"
-        )(x).reshape(batch, 1, height * width, channels)
-        q, k, v = (dense(name=name)(h) for name in ("to_q", "to_k", "to_v"))
-        h = dot_product_attention(q, k, v).reshape(batch, height, width, channels)
-        return x + dense(name="to_out")(h)
-
-
 class _MidBlock(nn.Module):
     """ResNet, attention, ResNet at the lowest resolution."""
 
@@ -175,7 +154,11 @@ class _MidBlock(nn.Module):
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         common = dict(num_groups=self.num_groups, dtype=self.dtype, param_dtype=self.param_dtype)
         x = _ResnetBlock(self.channels, name="resnets_0", **common)(x)
-        x = _Attention(name="attentions_0", **common)(x)
+        # LDM's AttnBlock: single-head, residual, q, k and v with biases, after a GroupNorm.
+        x = Attention(
+            1, qkv_bias=True, num_groups=self.num_groups, residual=True, dtype=self.dtype,
+            param_dtype=self.param_dtype, name="attentions_0",
+        )(x)  # fmt: skip
         return _ResnetBlock(self.channels, name="resnets_1", **common)(x)
 
 
@@ -353,9 +336,7 @@ class AutoencoderKL(nn.Module):
         """The latents a diffusion model runs on: a posterior draw, or its mean without a key;
         ``[B, h, w, latent_channels]`` float32."""
         mean, logvar = self.encode(x)
-        if key is None:
-            return mean
-        return mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape, mean.dtype)
+        return mean if key is None else sample_posterior(mean, logvar, key)
 
     def decode_latents(self, z: jnp.ndarray) -> jnp.ndarray:
         """Images of latents (:meth:`decode`)."""
@@ -371,9 +352,7 @@ class AutoencoderKL(nn.Module):
           ``(reconstruction [B, H, W, C], mean, logvar)``, float32.
         """
         mean, logvar = self.encode(x)
-        z = mean
-        if key is not None:
-            z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape, mean.dtype)
+        z = mean if key is None else sample_posterior(mean, logvar, key)
         return self.decode(z), mean, logvar
 
 
@@ -412,8 +391,6 @@ class AutoencoderVQ(AutoencoderKL):
     def quantize(self, encodings: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
         """``(nearest entries [..., D], their indices [...])``
         (:func:`diffjax.autoencoding.quantize`)."""
-        from diffjax.autoencoding import quantize
-
         return quantize(encodings, self.codebook)
 
     def latents(self, x: jnp.ndarray, key: jax.Array | None = None) -> jnp.ndarray:

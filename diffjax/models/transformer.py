@@ -29,39 +29,55 @@ __all__ = ["Attention", "SpatialTransformer", "TransformerBlock"]
 
 
 class Attention(nn.Module):
-    """Multi-head attention of ``x [B, N, C]`` over ``context [B, L, D]`` (``x`` itself when
-    None); returns ``[B, N, C]``.
+    """Multi-head attention of ``x`` over ``context [B, L, D]`` (``x`` itself when None), as
+    diffusers' ``Attention`` with its options: ``x`` is ``[B, N, C]``, or ``[B, H, W, C]``
+    (attended over its H*W positions); returns ``x``'s shape.
 
     Attributes:
       num_heads: heads; ``C`` is split into ``num_heads`` heads of ``C // num_heads``.
+      qkv_bias: whether q, k and v have biases (the SD transformer's: no; the autoencoder's
+        middle attention: yes).
+      num_groups: a GroupNorm (epsilon 1e-6) on ``[B, H, W, C]`` inputs before the
+        projections, or None.
+      residual: add ``x`` to the output.
       dtype, param_dtype: compute and parameter dtypes.
     """
 
     num_heads: int
+    qkv_bias: bool = False
+    num_groups: int | None = None
+    residual: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, context: jnp.ndarray | None = None) -> jnp.ndarray:
-        batch, length, channels = x.shape
+        channels = x.shape[-1]
         if channels % self.num_heads:
             raise ValueError(f"num_heads={self.num_heads} must divide the channels {channels}.")
-        context = x if context is None else context.astype(self.dtype)
+        h = x
+        if self.num_groups is not None:
+            h = GroupNorm(self.num_groups, 1e-6, self.dtype, self.param_dtype, name="group_norm")(h)
+        h = h.reshape(x.shape[0], -1, channels)
+        context = h if context is None else context.astype(self.dtype)
         head_dim = channels // self.num_heads
 
+        def dense(name: str, use_bias: bool = True) -> nn.Dense:
+            return nn.Dense(
+                channels, use_bias=use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
+                name=name,
+            )  # fmt: skip
+
         def project(name: str, source: jnp.ndarray) -> jnp.ndarray:
-            values = nn.Dense(
-                channels, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype, name=name
-            )(source)
-            return values.reshape(batch, -1, self.num_heads, head_dim).transpose(0, 2, 1, 3)
+            values = dense(name, self.qkv_bias)(source)
+            return values.reshape(x.shape[0], -1, self.num_heads, head_dim).transpose(0, 2, 1, 3)
 
         attended = dot_product_attention(
-            project("to_q", x), project("to_k", context), project("to_v", context)
+            project("to_q", h), project("to_k", context), project("to_v", context)
         )  # [B, heads, N, head_dim]
-        attended = attended.transpose(0, 2, 1, 3).reshape(batch, length, channels)
-        return nn.Dense(channels, dtype=self.dtype, param_dtype=self.param_dtype, name="to_out")(
-            attended
-        )
+        attended = attended.transpose(0, 2, 1, 3).reshape(h.shape)
+        out = dense("to_out")(attended).reshape(x.shape)
+        return x + out if self.residual else out
 
 
 class _GEGLU(nn.Module):

@@ -268,27 +268,39 @@ def make_autoencoder_loss(
             nll_value, decoded = nll(last_layer)
             loss = nll_value + regulariser
         else:
-            frozen_disc = jax.lax.stop_gradient(params["discriminator"])
+            (nll_value, decoded), nll_grads = jax.value_and_grad(nll, has_aux=True)(last_layer)
+            active = extra["step"] >= disc_start
 
-            def adversarial(last_layer):
-                return generator_loss(
-                    discriminator.apply({"params": frozen_disc}, decode_with(last_layer))
+            def gan_terms(disc_params):
+                frozen_disc = jax.lax.stop_gradient(disc_params)
+
+                def adversarial(last_layer):
+                    fake = decode_with(last_layer)
+                    return generator_loss(discriminator.apply({"params": frozen_disc}, fake))
+
+                g_loss, g_grads = jax.value_and_grad(adversarial)(last_layer)
+                logits_real = discriminator.apply({"params": disc_params}, images)
+                logits_fake = discriminator.apply(
+                    {"params": disc_params}, jax.lax.stop_gradient(decoded)
+                )
+                return dict(
+                    g_loss=g_loss,
+                    d_loss=hinge_discriminator_loss(logits_real, logits_fake),
+                    d_weight=disc_weight * adaptive_weight(nll_grads["kernel"], g_grads["kernel"]),
+                    logits_real=jnp.mean(logits_real),
+                    logits_fake=jnp.mean(logits_fake),
                 )
 
-            (nll_value, decoded), nll_grads = jax.value_and_grad(nll, has_aux=True)(last_layer)
-            g_loss, g_grads = jax.value_and_grad(adversarial)(last_layer)
-            weight = disc_weight * adaptive_weight(nll_grads["kernel"], g_grads["kernel"])
-            active = (extra["step"] >= disc_start).astype(jnp.float32)
-            logits_real = discriminator.apply({"params": params["discriminator"]}, images)
-            logits_fake = discriminator.apply(
-                {"params": params["discriminator"]}, jax.lax.stop_gradient(decoded)
-            )
-            d_loss = hinge_discriminator_loss(logits_real, logits_fake)
-            loss = nll_value + regulariser + active * (weight * g_loss + d_loss)
-            metrics.update(
-                g_loss=g_loss, d_loss=d_loss, d_weight=weight, gan_active=active,
-                logits_real=jnp.mean(logits_real), logits_fake=jnp.mean(logits_fake),
-            )  # fmt: skip
+            def before_disc_start(disc_params):
+                return dict.fromkeys(
+                    ("g_loss", "d_loss", "d_weight", "logits_real", "logits_fake"),
+                    jnp.zeros((), jnp.float32),
+                )
+
+            # Before disc_start the discriminator is not even run (its terms are 0).
+            gan = jax.lax.cond(active, gan_terms, before_disc_start, params["discriminator"])
+            loss = nll_value + regulariser + gan["d_weight"] * gan["g_loss"] + gan["d_loss"]
+            metrics.update(gan, gan_active=active.astype(jnp.float32))
         error = decoded - images.astype(jnp.float32)
         metrics.update(nll=nll_value, l1=jnp.mean(jnp.abs(error)), mse=jnp.mean(jnp.square(error)))
         if train:
