@@ -40,6 +40,20 @@ def test_group_norm_matches_float64_reference(shape, num_groups):
     np.testing.assert_allclose(got, group_norm_reference(x, scale, bias, num_groups), atol=2e-5)
 
 
+@pytest.mark.parametrize("mean", [1e2, 1e3])
+def test_group_norm_is_exact_on_activations_with_a_large_mean(mean):
+    # Published networks' activations reach means of 1e2-1e3 at unit spread. The two-pass
+    # variance then only inherits the float32 rounding of the group mean, a few ulps of `mean`
+    # in units of the spread; flax's one-pass E[x^2] - E[x]^2 cancels ~7 digits (its output
+    # misses by O(1) at 1e3).
+    rng = np.random.default_rng(1)
+    x = (rng.normal(size=(2, 16, 16, 32)) + mean).astype(np.float32)
+    scale, bias = np.ones(32, np.float32), np.zeros(32, np.float32)
+    got = group_norm(jnp.asarray(x), jnp.asarray(scale), jnp.asarray(bias), 4)
+    expected = group_norm_reference(x.astype(np.float64), scale, bias, 4)
+    np.testing.assert_allclose(got, expected, atol=4 * float(np.spacing(np.float32(mean))))
+
+
 @pytest.mark.parametrize("shape, num_groups", [((2, 5, 3, 8), 4), ((2, 6, 6, 12), 3)])
 def test_group_norm_gradients_match_flax_autodiff(shape, num_groups):
     x, scale, bias = (jnp.asarray(a, jnp.float32) for a in _inputs(shape, seed=1))

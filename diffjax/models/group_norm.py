@@ -1,8 +1,10 @@
 """Group normalisation (Wu & He 2018) for NHWC feature maps, with a hand-written derivative.
 
 ``GroupNorm`` is a drop-in replacement for ``flax.linen.GroupNorm`` on ``[B, H, W, C]`` inputs:
-same parameters (``scale`` and ``bias``, shape ``[C]``), same statistics (float32, the variance
-as ``E[x^2] - E[x]^2`` clamped at zero, flax's default), same epsilon. Only the way XLA is asked
+same parameters (``scale`` and ``bias``, shape ``[C]``), same epsilon, float32 statistics. The
+variance is two-pass, ``E[(x - E[x])^2]``, as PyTorch's: flax's one-pass ``E[x^2] - E[x]^2``
+loses every digit of a unit variance on activations of mean ~1e3 (float32 keeps ~7), and a
+published network's activations reach that. Only the way XLA is asked
 to compute it differs, because the straightforward formulation is slow on XLA's CPU backend:
 
 - Reducing ``x.reshape(B, H, W, G, C // G)`` over ``(H, W, C // G)`` reduces over part of the
@@ -60,8 +62,8 @@ def _statistics(
     group_size = height * width * (channels // num_groups)
     x = x.astype(jnp.float32)
     mean = _sum_per_group(jnp.sum(x, axis=(1, 2)), num_groups) / group_size
-    mean_of_squares = _sum_per_group(jnp.sum(jnp.square(x), axis=(1, 2)), num_groups) / group_size
-    variance = jnp.maximum(mean_of_squares - jnp.square(mean), 0.0)
+    centered = x - _per_channel(mean, channels)[:, None, None, :]
+    variance = _sum_per_group(jnp.sum(jnp.square(centered), axis=(1, 2)), num_groups) / group_size
     inv_std = jax.lax.rsqrt(variance + epsilon)
     multiplier = _per_channel(inv_std, channels) * scale.astype(jnp.float32)
     offset = bias.astype(jnp.float32) - _per_channel(mean, channels) * multiplier
@@ -92,7 +94,7 @@ def group_norm(
     where ``g`` is the group of channel ``c`` (channels split into ``num_groups`` contiguous
     groups) and ``mu``, ``var`` are the mean and (biased) variance over ``(h, w)`` and the
     channels of group ``g``. Statistics are float32 whatever the input dtype; the variance is
-    ``E[x^2] - E[x]^2`` clamped at zero, as in ``flax.linen.GroupNorm``.
+    two-pass, ``E[(x - mu)^2]``, and so is its tangent ``2 E[(x - mu) dx]``.
 
     Differentiable in ``x``, ``scale`` and ``bias`` in forward and reverse mode: the
     Jacobian-vector product is written out (``jax.custom_jvp``) in the per-channel form,
@@ -133,10 +135,11 @@ def _group_norm_jvp(num_groups, epsilon, primals, tangents):
     x32, dx32 = x.astype(jnp.float32), dx.astype(jnp.float32)
     # Tangents of the group statistics, from per-channel sums over (H, W).
     dmean = _sum_per_group(jnp.sum(dx32, axis=(1, 2)), num_groups) / group_size
-    dmean_of_squares = _sum_per_group(jnp.sum(x32 * dx32, axis=(1, 2)), num_groups) * (
+    centered = x32 - _per_channel(mean, channels)[:, None, None, :]
+    dvariance = _sum_per_group(jnp.sum(centered * dx32, axis=(1, 2)), num_groups) * (
         2.0 / group_size
     )
-    dinv_std = -0.5 * inv_std**3 * (dmean_of_squares - 2.0 * mean * dmean)
+    dinv_std = -0.5 * inv_std**3 * dvariance
     scale32 = scale.astype(jnp.float32)
     dmultiplier = _per_channel(dinv_std, channels) * scale32 + _per_channel(
         inv_std, channels
