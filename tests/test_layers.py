@@ -42,6 +42,17 @@ def test_sinusoidal_embedding_matches_ddpm_formula(dim):
     )
 
 
+def test_sinusoidal_embedding_with_stable_diffusions_convention():
+    """diffusers' Timesteps(flip_sin_to_cos=True, downscale_freq_shift=0): cosines first,
+    frequencies 10000^(-k / half)."""
+    t, dim = np.array([0.0, 1.0, 981.0]), 8
+    half = dim // 2
+    angles = t[:, None] * np.exp(-math.log(10000.0) * np.arange(half) / half)[None, :]
+    got = layers.sinusoidal_embedding(jnp.asarray(t), dim, flip_sin_to_cos=True, freq_shift=0)
+    # float32 angles up to ~1000: ~1000 * 2**-24 ~ 6e-5 absolute error in sin/cos.
+    np.testing.assert_allclose(got, np.concatenate([np.cos(angles), np.sin(angles)], 1), atol=2e-4)
+
+
 @pytest.mark.parametrize("dim", [3, 2, 7])
 def test_sinusoidal_embedding_rejects_bad_dim(dim):
     with pytest.raises(ValueError, match=f"even and >= 4, got {dim}"):
@@ -116,6 +127,14 @@ def test_downsample_pads_like_tensorflow_same():
     params = {"conv": {"kernel": _identity_center_kernel(3), "bias": jnp.zeros(3)}}
     got = jax.jit(block.apply)({"params": params}, x)
     np.testing.assert_array_equal(got, x[:, 1::2, 1::2, :])
+
+
+def test_downsample_with_padding_one_pads_both_sides():
+    """Stable Diffusion's padding=1: the centre tap of output i reads input 2i."""
+    x = jax.random.normal(jax.random.key(0), (2, 8, 6, 3))
+    params = {"conv": {"kernel": _identity_center_kernel(3), "bias": jnp.zeros(3)}}
+    got = layers.Downsample(padding=1).apply({"params": params}, x)
+    np.testing.assert_array_equal(got, x[:, 0::2, 0::2, :])
 
 
 def test_upsample_is_nearest_neighbour_then_conv():

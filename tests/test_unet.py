@@ -277,6 +277,10 @@ def test_t_shape_and_x_dtype_are_checked():
         ({"num_res_blocks": 0}, "num_res_blocks must be >= 1"),
         ({"dropout": 1.0}, r"dropout must lie in \[0, 1\)"),
         ({"num_classes": 0}, "num_classes must be None or >= 1"),
+        ({"attn_levels": (1,)}, r"either by level \(attn_levels=\(1,\)\) or by resolution"),
+        ({"attn_levels": (5,), "attn_resolutions": ()}, r"attn_levels=\(5,\) must lie in"),
+        ({"downsample_padding": 2}, "downsample_padding must be 0 or 1"),
+        ({"attention_head_dim": 0}, "attention_head_dim must be None or >= 1"),
     ],
 )
 def test_bad_config_raises_on_construction(overrides, message):
@@ -335,3 +339,12 @@ def test_class_labels_can_be_a_learned_context():
     assert "label_embedding" not in params
     with pytest.raises(ValueError, match="class_context=True .* needs num_classes and context_dim"):
         UNet(context_dim=6, class_context=True)
+
+
+def test_attention_by_level_holds_at_any_image_size():
+    model = UNet(**{**TINY, "attn_resolutions": (), "attn_levels": (1,), "attention_head_dim": 4})
+    for side in (8, 16):
+        params = model.init(jax.random.key(0), jnp.zeros((1, side, side, 1)), 0)["params"]
+        assert {name for name in params if "attn" in name} == {
+            "down_1_attn_0", "up_1_attn_0", "up_1_attn_1", "mid_attn"
+        }  # fmt: skip

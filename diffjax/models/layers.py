@@ -39,19 +39,29 @@ __all__ = [
 default_kernel_init = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform")
 
 
-def sinusoidal_embedding(t: jnp.ndarray, dim: int, max_period: float = 10000.0) -> jnp.ndarray:
+def sinusoidal_embedding(
+    t: jnp.ndarray,
+    dim: int,
+    max_period: float = 10000.0,
+    flip_sin_to_cos: bool = False,
+    freq_shift: float = 1.0,
+) -> jnp.ndarray:
     """Sinusoidal embedding of (possibly fractional) timesteps.
 
     Vaswani et al. 2017 positional encoding as used by DDPM (``get_timestep_embedding``):
     ``emb[b, k] = sin(t_b * w_k)`` and ``emb[b, half + k] = cos(t_b * w_k)`` with
-    ``w_k = max_period ** (-k / (half - 1))``, ``half = dim // 2``, ``k = 0 .. half - 1``.
-    ``t`` is taken as float, so continuous time works: feed it on the same scale the model was
-    trained on (e.g. ``1000 * t`` for ``t`` in ``[0, 1]``).
+    ``w_k = max_period ** (-k / (half - freq_shift))``, ``half = dim // 2``,
+    ``k = 0 .. half - 1``. DDPM has ``freq_shift = 1``; Stable Diffusion has ``freq_shift = 0``
+    and the cosines first (``flip_sin_to_cos``), diffusers' ``Timesteps`` options. ``t`` is
+    taken as float, so continuous time works: feed it on the same scale the model was trained
+    on (e.g. ``1000 * t`` for ``t`` in ``[0, 1]``).
 
     Args:
       t: timesteps ``[B]``, integer or float.
       dim: embedding width; even and at least 4.
       max_period: the slowest wavelength, in units of ``t``.
+      flip_sin_to_cos: put the cosines before the sines.
+      freq_shift: the frequency exponent's denominator is ``half - freq_shift``.
 
     Returns:
       ``[B, dim]`` float32 embedding.
@@ -59,9 +69,15 @@ def sinusoidal_embedding(t: jnp.ndarray, dim: int, max_period: float = 10000.0) 
     if dim % 2 or dim < 4:
         raise ValueError(f"Embedding dim must be even and >= 4, got {dim}.")
     half = dim // 2
-    frequencies = jnp.exp(-math.log(max_period) / (half - 1) * jnp.arange(half, dtype=jnp.float32))
+    exponents = jnp.arange(half, dtype=jnp.float32) / (half - freq_shift)
+    frequencies = jnp.exp(-math.log(max_period) * exponents)
     angles = t.astype(jnp.float32)[:, None] * frequencies[None, :]
-    return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+    waves = (
+        [jnp.cos(angles), jnp.sin(angles)]
+        if flip_sin_to_cos
+        else [jnp.sin(angles), jnp.cos(angles)]
+    )
+    return jnp.concatenate(waves, axis=-1)
 
 
 class TimeEmbedding(nn.Module):
@@ -70,12 +86,16 @@ class TimeEmbedding(nn.Module):
     Attributes:
       features: MLP width (DDPM: 4 x base channels).
       sinusoidal_dim: width of the sinusoidal embedding (DDPM: base channels).
+      flip_sin_to_cos, freq_shift: :func:`sinusoidal_embedding`'s convention (DDPM: False,
+        1; Stable Diffusion: True, 0).
       dtype: compute dtype.
       param_dtype: parameter dtype.
     """
 
     features: int
     sinusoidal_dim: int
+    flip_sin_to_cos: bool = False
+    freq_shift: float = 1.0
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -97,7 +117,9 @@ class TimeEmbedding(nn.Module):
             dtype=self.dtype,
             param_dtype=self.param_dtype,
         )
-        emb = sinusoidal_embedding(t, self.sinusoidal_dim)
+        emb = sinusoidal_embedding(
+            t, self.sinusoidal_dim, flip_sin_to_cos=self.flip_sin_to_cos, freq_shift=self.freq_shift
+        )
         emb = nn.silu(dense(name="dense_0")(emb))
         return dense(name="dense_1")(emb)
 
@@ -126,6 +148,7 @@ class ResBlock(nn.Module):
       out_channels: output channels.
       dropout: dropout rate before the second convolution.
       num_groups: GroupNorm groups; must divide both the input and output channel counts.
+      norm_epsilon: the GroupNorms' epsilon (DDPM: 1e-6, Stable Diffusion: 1e-5).
       dtype: compute dtype.
       param_dtype: parameter dtype.
     """
@@ -133,6 +156,7 @@ class ResBlock(nn.Module):
     out_channels: int
     dropout: float = 0.0
     num_groups: int = 32
+    norm_epsilon: float = 1e-6
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -160,7 +184,7 @@ class ResBlock(nn.Module):
             param_dtype=self.param_dtype,
         )
         norm = functools.partial(
-            GroupNorm, self.num_groups, dtype=self.dtype, param_dtype=self.param_dtype
+            GroupNorm, self.num_groups, self.norm_epsilon, self.dtype, self.param_dtype
         )
         h = conv(kernel_init=default_kernel_init, name="conv_0")(nn.silu(norm(name="norm_0")(x)))
         time_projection = nn.Dense(
@@ -225,12 +249,14 @@ class AttentionBlock(nn.Module):
     Attributes:
       num_heads: attention heads; must divide the channel count.
       num_groups: GroupNorm groups.
+      norm_epsilon: the GroupNorm's epsilon.
       dtype: compute dtype.
       param_dtype: parameter dtype.
     """
 
     num_heads: int = 1
     num_groups: int = 32
+    norm_epsilon: float = 1e-6
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -249,9 +275,9 @@ class AttentionBlock(nn.Module):
             raise ValueError(
                 f"AttentionBlock: num_heads={self.num_heads} must divide channels={channels}."
             )
-        h = GroupNorm(self.num_groups, dtype=self.dtype, param_dtype=self.param_dtype, name="norm")(
-            x
-        )
+        h = GroupNorm(
+            self.num_groups, self.norm_epsilon, self.dtype, self.param_dtype, name="norm"
+        )(x)
         heads, head_dim = self.num_heads, channels // self.num_heads
         qkv = _QKVProjection(
             heads, head_dim, dtype=self.dtype, param_dtype=self.param_dtype, name="qkv"
@@ -275,13 +301,16 @@ class AttentionBlock(nn.Module):
 class Downsample(nn.Module):
     """Halves the spatial size with a stride-2 3x3 convolution (DDPM ``downsample``).
 
-    ``padding="SAME"`` pads (0, 1) on even sizes, exactly as TensorFlow did in DDPM.
+    ``padding=0`` pads (0, 1) on even sizes, exactly as TensorFlow's ``"SAME"`` did in DDPM;
+    ``padding=1`` pads (1, 1), as Stable Diffusion does (diffusers' ``downsample_padding``).
 
     Attributes:
+      padding: 0 or 1, as above.
       dtype: compute dtype.
       param_dtype: parameter dtype.
     """
 
+    padding: int = 0
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -299,7 +328,7 @@ class Downsample(nn.Module):
             x.shape[-1],
             (3, 3),
             strides=(2, 2),
-            padding="SAME",
+            padding="SAME" if self.padding == 0 else ((1, 1), (1, 1)),
             kernel_init=default_kernel_init,
             dtype=self.dtype,
             param_dtype=self.param_dtype,

@@ -87,6 +87,8 @@ def _unet_defaults() -> dict[str, Any]:
         num_res_blocks=2,
         # Feature-map sizes (pixels) that get self-attention; each must occur in the UNet.
         attn_resolutions=(16,),
+        # Or the levels (0 = full resolution) that get attention at any image size.
+        attn_levels=(),
         dropout=0.1,
         num_groups=32,
         # Recompute activations in the backward pass: less memory, ~30% more compute.
@@ -98,10 +100,19 @@ def _unet_defaults() -> dict[str, Any]:
         context_dim=config_dict.placeholder(int),
         transformer_heads=8,
         transformer_depth=1,
+        # Heads of width attention_head_dim in every attention block (SD 2: 64) instead.
+        attention_head_dim=config_dict.placeholder(int),
         # Linear (SD 2) rather than 1x1-convolution (SD 1) projections in the transformers.
         linear_projection=False,
         # The class label becomes a learned one-token context instead of a time-embedding term.
         class_context=False,
+        # Conventions of published UNets (from_pretrained sets them): the GroupNorm epsilon,
+        # the timestep embedding's (cosines first, frequency shift) and the downsampling's
+        # padding (0: DDPM's (0, 1), 1: SD's (1, 1)).
+        norm_epsilon=1e-6,
+        flip_sin_to_cos=False,
+        freq_shift=1.0,
+        downsample_padding=0,
     )
 
 
@@ -123,6 +134,12 @@ def _build_unet(config: Mapping[str, Any]) -> UNet:
         transformer_depth=config["transformer_depth"],
         linear_projection=config["linear_projection"],
         class_context=config["class_context"],
+        attn_levels=tuple(config["attn_levels"]),
+        attention_head_dim=config["attention_head_dim"],
+        norm_epsilon=config["norm_epsilon"],
+        flip_sin_to_cos=config["flip_sin_to_cos"],
+        freq_shift=config["freq_shift"],
+        downsample_padding=config["downsample_padding"],
     )
 
 

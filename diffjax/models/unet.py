@@ -144,6 +144,10 @@ class UNet(nn.Module):
       attn_resolutions: feature-map side lengths (pixels) at which self-attention follows each
         ResNet block; each must occur for the input size (checked when called). For non-square
         inputs the height is matched. The middle block always has attention.
+      attn_levels: the levels (0 = full resolution) whose ResNet blocks are followed by
+        attention, whatever the input size (diffusers' ``Attn``/``CrossAttn`` block types, so
+        Stable Diffusion's UNet takes any image size); use either this or
+        ``attn_resolutions``.
       dropout: dropout rate inside the ResNet blocks (active only with ``train=True``).
       out_channels: output channels; ``None`` means the input's channel count.
       num_classes: enables class conditioning on ``cond['label']``: an embedding table of
@@ -162,6 +166,9 @@ class UNet(nn.Module):
         cross-attention, GEGLU). The null context of classifier-free guidance is all zeros.
       transformer_heads: the transformers' attention heads (SD 1: 8); must divide the
         channels at every attention level.
+      attention_head_dim: when set, every attention block (self-attention or transformer) has
+        ``channels // attention_head_dim`` heads instead (SD 2: 64); otherwise self-attention
+        blocks have one head (DDPM) and transformers ``transformer_heads``.
       transformer_depth: transformer blocks per spatial transformer (SD 1/2: 1).
       linear_projection: the transformers project in and out with linear maps (SD 2) instead
         of 1x1 convolutions (SD 1).
@@ -169,6 +176,13 @@ class UNet(nn.Module):
         the time embedding but becomes a learned one-token context ``[B, 1, context_dim]``
         for the cross-attention (class labels as "text" when a dataset has none).
       num_groups: GroupNorm groups.
+      norm_epsilon: the ResNet blocks', self-attention blocks' and output GroupNorms' epsilon
+        (DDPM: 1e-6; Stable Diffusion: 1e-5).
+      flip_sin_to_cos, freq_shift: the timestep embedding's convention
+        (:func:`~diffjax.models.layers.sinusoidal_embedding`; DDPM: False, 1; Stable
+        Diffusion: True, 0).
+      downsample_padding: 0 pads the stride-2 convolutions (0, 1) (DDPM's TensorFlow
+        ``"SAME"``), 1 pads them (1, 1) (Stable Diffusion).
       dtype: compute dtype (e.g. ``jnp.bfloat16``); the output is always float32.
       param_dtype: parameter dtype.
       remat: recompute each ResNet block's activations in the backward pass
@@ -179,6 +193,7 @@ class UNet(nn.Module):
     channel_mults: Sequence[int] = (1, 2, 2, 2)
     num_res_blocks: int = 2
     attn_resolutions: Sequence[int] = (16,)
+    attn_levels: Sequence[int] = ()
     dropout: float = 0.1
     out_channels: int | None = None
     num_classes: int | None = None
@@ -186,9 +201,14 @@ class UNet(nn.Module):
     context_dim: int | None = None
     transformer_heads: int = 8
     transformer_depth: int = 1
+    attention_head_dim: int | None = None
     linear_projection: bool = False
     class_context: bool = False
     num_groups: int = 32
+    norm_epsilon: float = 1e-6
+    flip_sin_to_cos: bool = False
+    freq_shift: float = 1.0
+    downsample_padding: int = 0
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     remat: bool = False
@@ -228,6 +248,22 @@ class UNet(nn.Module):
                 f"transformer_heads and transformer_depth must be >= 1, got "
                 f"{self.transformer_heads} and {self.transformer_depth}."
             )
+        if self.attn_levels and self.attn_resolutions:
+            raise ValueError(
+                f"give attention either by level (attn_levels={tuple(self.attn_levels)}) or by "
+                f"resolution (attn_resolutions={tuple(self.attn_resolutions)}), not both."
+            )
+        if any(not 0 <= level < len(self.channel_mults) for level in self.attn_levels):
+            raise ValueError(
+                f"attn_levels={tuple(self.attn_levels)} must lie in [0, "
+                f"{len(self.channel_mults) - 1}] (one level per channel multiplier)."
+            )
+        if self.attention_head_dim is not None and self.attention_head_dim < 1:
+            raise ValueError(
+                f"attention_head_dim must be None or >= 1, got {self.attention_head_dim}."
+            )
+        if self.downsample_padding not in (0, 1):
+            raise ValueError(f"downsample_padding must be 0 or 1, got {self.downsample_padding}.")
         if self.class_context and (self.num_classes is None or self.context_dim is None):
             raise ValueError(
                 "class_context=True makes the class label a cross-attention context: it needs "
@@ -401,7 +437,10 @@ class UNet(nn.Module):
         num_levels = len(self.channel_mults)
         common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
 
-        temb = TimeEmbedding(4 * channels, channels, name="time_embedding", **common)(t)
+        temb = TimeEmbedding(
+            4 * channels, channels, self.flip_sin_to_cos, self.freq_shift, name="time_embedding",
+            **common,
+        )(t)  # fmt: skip
         guidance = self._guidance(cond, x.shape[0])
         if guidance is not None:
             gemb = TimeEmbedding(4 * channels, channels, name="guidance_embedding", **common)(
@@ -425,21 +464,35 @@ class UNet(nn.Module):
             _RematResBlock if self.remat else ResBlock,
             dropout=self.dropout,
             num_groups=self.num_groups,
+            norm_epsilon=self.norm_epsilon,
             **common,
         )
-        if self.context_dim is None:
-            self_attention = functools.partial(AttentionBlock, num_groups=self.num_groups, **common)
+        default_heads = 1 if self.context_dim is None else self.transformer_heads
 
-            def attention(name: str) -> Any:
-                return lambda h: self_attention(name=name)(h)
-        else:
-            transformer = functools.partial(
-                SpatialTransformer, self.transformer_heads, self.transformer_depth,
-                self.linear_projection, self.num_groups, **common,
-            )  # fmt: skip
+        def heads(h: jnp.ndarray) -> int:
+            if self.attention_head_dim is None:
+                return default_heads
+            if h.shape[-1] % self.attention_head_dim:
+                raise ValueError(
+                    f"attention_head_dim={self.attention_head_dim} must divide the "
+                    f"{h.shape[-1]} channels of every attention block."
+                )
+            return h.shape[-1] // self.attention_head_dim
 
-            def attention(name: str) -> Any:
-                return lambda h: transformer(name=name)(h, context)
+        def attention(name: str) -> Any:
+            if self.context_dim is None:
+                return lambda h: AttentionBlock(
+                    heads(h), self.num_groups, self.norm_epsilon, name=name, **common
+                )(h)
+            return lambda h: SpatialTransformer(
+                heads(h), self.transformer_depth, self.linear_projection, self.num_groups,
+                name=name, **common,
+            )(h, context)  # fmt: skip
+
+        def has_attention(level: int, h: jnp.ndarray) -> bool:
+            if self.attn_levels:
+                return level in self.attn_levels
+            return h.shape[1] in self.attn_resolutions
 
         h = nn.Conv(
             channels,
@@ -453,11 +506,13 @@ class UNet(nn.Module):
         for level, mult in enumerate(self.channel_mults):
             for block in range(self.num_res_blocks):
                 h = res_block(channels * mult, name=f"down_{level}_res_{block}")(h, temb, train)
-                if h.shape[1] in self.attn_resolutions:
+                if has_attention(level, h):
                     h = attention(name=f"down_{level}_attn_{block}")(h)
                 skips.append(h)
             if level != num_levels - 1:
-                h = Downsample(name=f"down_{level}_downsample", **common)(h)
+                h = Downsample(self.downsample_padding, name=f"down_{level}_downsample", **common)(
+                    h
+                )
                 skips.append(h)
 
         h = res_block(h.shape[-1], name="mid_res_0")(h, temb, train)
@@ -470,12 +525,12 @@ class UNet(nn.Module):
                 h = res_block(channels * self.channel_mults[level], name=f"up_{level}_res_{block}")(
                     h, temb, train
                 )
-                if h.shape[1] in self.attn_resolutions:
+                if has_attention(level, h):
                     h = attention(name=f"up_{level}_attn_{block}")(h)
             if level != 0:
                 h = Upsample(name=f"up_{level}_upsample", **common)(h)
 
-        h = nn.silu(GroupNorm(self.num_groups, name="norm_out", **common)(h))
+        h = nn.silu(GroupNorm(self.num_groups, self.norm_epsilon, name="norm_out", **common)(h))
         h = nn.Conv(
             out_channels,
             (3, 3),

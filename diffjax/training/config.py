@@ -423,7 +423,8 @@ def check_keys(values: Mapping[str, Any]) -> None:
 
 _UNET_ADDED_KEYS = dict(
     guidance_embedding=False, context_dim=None, transformer_heads=8, transformer_depth=1,
-    linear_projection=False, class_context=False,
+    linear_projection=False, class_context=False, attn_levels=(), attention_head_dim=None,
+    norm_epsilon=1e-6, flip_sin_to_cos=False, freq_shift=1.0, downsample_padding=0,
 )  # fmt: skip
 """UNet keys added after 0.1.0, with the defaults that leave an older UNet as it was."""
 
@@ -436,10 +437,11 @@ def upgrade_config(values: Mapping[str, Any]) -> dict[str, Any]:
     key instead of ``sampling.options``; 0.2.0 had no ``imports``, ``codec``, ``objective`` or
     ``sharding`` section, a ``training.label_dropout`` where ``training.cond_dropout`` is, and,
     before reflow, no ``training.init_from`` or ``pairs_dir``; the UNet had no
-    ``guidance_embedding`` before progressive distillation nor cross-attention keys before
-    latent diffusion, and an objective's section gains the keys its objective added since
-    (their defaults); ``training.latent_cache`` is new too. The defaults filled in here are
-    what those versions did. Current configs pass unchanged.
+    ``guidance_embedding`` before progressive distillation, cross-attention keys before
+    latent diffusion nor the published UNets' conventions before the Stable Diffusion ports,
+    and an objective's section gains the keys its objective added since (their defaults);
+    ``training.latent_cache`` is new too. The defaults filled in here are what those versions
+    did. Current configs pass unchanged.
     """
     values = config_to_dict(values)
     values.setdefault("imports", ())
