@@ -271,6 +271,35 @@ def test_ddim_eta_one_over_all_T_is_ddpm_with_small_variance():
 
 
 @pytest.mark.usefixtures("unoptimized")
+def test_ddim_with_diffusers_offset_ends_at_timestep_zeros_noise_level():
+    """steps_offset shifts the grid; set_alpha_to_one=False makes the last step land on
+    alpha_0 x0_hat + sigma_0 eps_hat (both read off the exact denoiser at the last point)."""
+    schedule = SCHEDULES["linear"]
+    model_fn = oracle.exact_model_fn(GAUSS, schedule, "eps")
+    key = jax.random.key(5)
+    plain, trajectory = samplers.ddim_sample(
+        model_fn, schedule, key, (16, DIM), num_steps=4, steps_offset=1,
+        prediction_type="eps", return_trajectory=True,
+    )  # fmt: skip
+    np.testing.assert_array_equal(trajectory.timesteps, [751, 501, 251, 1])
+    shifted = samplers.ddim_sample(
+        model_fn, schedule, key, (16, DIM), num_steps=4, steps_offset=1,
+        set_alpha_to_one=False, prediction_type="eps",
+    )  # fmt: skip
+    alpha_1 = float(schedule.sqrt_alphas_cumprod[1])
+    sigma_1 = float(schedule.sqrt_one_minus_alphas_cumprod[1])
+    eps_hat = (trajectory.x_t[-1] - alpha_1 * plain) / sigma_1
+    alpha_0 = float(schedule.sqrt_alphas_cumprod[0])
+    sigma_0 = float(schedule.sqrt_one_minus_alphas_cumprod[0])
+    # eps_hat is recovered through 1 / sigma_1 = 70: float32 rounding of x (~1e-7) grows to
+    # ~1e-5 there and is scaled back by sigma_0 = 0.01.
+    np.testing.assert_allclose(shifted, alpha_0 * plain + sigma_0 * eps_hat, atol=1e-5)
+    with pytest.raises(ValueError, match="steps_offset=999 moves the grid"):
+        samplers.ddim_sample(model_fn, schedule, key, (4, DIM), num_steps=4, steps_offset=999,
+                             prediction_type="eps")  # fmt: skip
+
+
+@pytest.mark.usefixtures("unoptimized")
 def test_first_order_dpm_solver_is_ddim():
     schedule = SCHEDULES["cosine"]
     model_fn = oracle.exact_model_fn(GAUSS, schedule, "eps")

@@ -164,12 +164,17 @@ class ModuleApply:
         return self(params, cond, rng, x_in, t_in)
 
 
-def _check_guidance(module: Any, guidance_scale: float) -> float:
-    try:
-        scale = float(guidance_scale)
-    except (TypeError, jax.errors.ConcretizationTypeError) as error:
-        raise TypeError(f"guidance_scale must be a real number, got {guidance_scale!r}.") from error
-    if scale != 1.0 and not cond_keys(module):
+def _check_guidance(module: Any, guidance_scale: Any) -> Any:
+    if isinstance(guidance_scale, jax.core.Tracer):
+        scale = guidance_scale
+    else:
+        try:
+            scale = float(guidance_scale)
+        except (TypeError, jax.errors.ConcretizationTypeError) as error:
+            raise TypeError(
+                f"guidance_scale must be a real number, got {guidance_scale!r}."
+            ) from error
+    if (isinstance(scale, jax.core.Tracer) or scale != 1.0) and not cond_keys(module):
         raise ValueError(
             f"guidance_scale={scale} needs a conditional network; {type(module).__name__} reads "
             f"no conditioning (cond_keys=()). Use guidance_scale=1.0."
@@ -202,7 +207,8 @@ def make_model_fn(
         (:func:`select_cond`); None for an unconditional network.
       train: run in training mode (dropout on; needs ``rng``).
       rng: the dropout key when ``train``.
-      guidance_scale: w of classifier-free guidance; 1 is the plain conditional model.
+      guidance_scale: w of classifier-free guidance; 1 is the plain conditional model. A
+        scalar traced inside a jitted caller always guides (one batched call of both).
       null: the null condition for guidance; default the module's :func:`null_cond`.
 
     Returns:
@@ -219,7 +225,7 @@ def make_model_fn(
     cond = select_cond(module, cond)
     scale = _check_guidance(module, guidance_scale)
     apply = ModuleApply(module, bool(train))
-    if scale == 1.0:
+    if not isinstance(scale, jax.core.Tracer) and scale == 1.0:
         return jax.tree_util.Partial(apply, params, cond, rng)
     null = null_cond(module, cond) if null is None else select_cond(module, null)
     conditional = jax.tree_util.Partial(apply.with_cond, params, rng)

@@ -33,7 +33,7 @@ from diffjax.samplers.common import check_common_args, check_real
 from diffjax.samplers.grids import check_defined_start, make_grid, uniform_times
 from diffjax.samplers.runner import Plan, run_plan
 from diffjax.samplers.steps import ddim_noise_scale, ddim_step
-from diffjax.samplers.timesteps import spaced_timesteps
+from diffjax.samplers.timesteps import concrete_schedule_array, spaced_timesteps
 
 __all__ = ["CONTINUOUS_SPACINGS", "ddim_invert", "ddim_plan", "ddim_sample"]
 
@@ -78,6 +78,34 @@ def _grid_times(
     return uniform_times(num_steps, t_max=t_max, t_min=t_min)
 
 
+def _diffusers_grid(
+    process: Any, times: np.ndarray, steps_offset: int, set_alpha_to_one: bool
+) -> Any:
+    """The grid with diffusers' ``DDIMScheduler`` options: timesteps shifted by
+    ``steps_offset``, and the end point at timestep 0's noise level unless
+    ``set_alpha_to_one``."""
+    if (steps_offset, set_alpha_to_one) == (0, True):
+        return make_grid(process, times)
+    if not is_discrete(process):
+        raise ValueError("steps_offset and set_alpha_to_one are options of a schedule's grid.")
+    if isinstance(steps_offset, bool) or not isinstance(steps_offset, (int, np.integer)):
+        raise TypeError(f"steps_offset must be an int, got {steps_offset!r}.")
+    if not 0 <= times[0] + steps_offset < process.num_timesteps:
+        raise ValueError(
+            f"steps_offset={steps_offset} moves the grid's first timestep {times[0]} outside "
+            f"[0, {process.num_timesteps - 1}]."
+        )
+    grid = make_grid(process, times + steps_offset)
+    if set_alpha_to_one:
+        return grid
+    end_alpha = concrete_schedule_array(process.sqrt_alphas_cumprod, "the sampler")[0]
+    end_sigma = concrete_schedule_array(process.sqrt_one_minus_alphas_cumprod, "the sampler")[0]
+    return grid._replace(
+        alpha=np.append(grid.alpha[:-1], np.float32(end_alpha)),
+        sigma=np.append(grid.sigma[:-1], np.float32(end_sigma)),
+    )
+
+
 def ddim_plan(
     process: Any,
     *,
@@ -86,13 +114,18 @@ def ddim_plan(
     spacing: str | None = None,
     t_max: float | None = None,
     t_min: float | None = None,
+    steps_offset: int = 0,
+    set_alpha_to_one: bool = True,
     prediction_type: str,
 ) -> Plan:
     """Checks DDIM's options and builds its grid (see :func:`ddim_sample`)."""
     check_process(process)
     predictions.check_prediction_supported(prediction_type, process)
     eta = check_real(eta, "eta", 0.0, 1.0, " (0: deterministic DDIM, 1: DDPM-like)")
-    grid = make_grid(process, _grid_times(process, num_steps, spacing, t_max, t_min))
+    if not isinstance(set_alpha_to_one, (bool, np.bool_)):
+        raise TypeError(f"set_alpha_to_one must be True or False, got {set_alpha_to_one!r}.")
+    times = _grid_times(process, num_steps, spacing, t_max, t_min)
+    grid = _diffusers_grid(process, times, steps_offset, bool(set_alpha_to_one))
     check_defined_start(grid, prediction_type, process)
     alpha, sigma = np.float64(grid.alpha), np.float64(grid.sigma)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -119,6 +152,8 @@ def ddim_sample(
     spacing: str | None = None,
     t_max: float | None = None,
     t_min: float | None = None,
+    steps_offset: int = 0,
+    set_alpha_to_one: bool = True,
     prediction_type: str,
     clip_x0: bool = False,
     x_T: jnp.ndarray | None = None,
@@ -146,6 +181,13 @@ def ddim_sample(
         processes with alpha(1) = 0.
       t_min: the last time of a continuous grid, > 0 to end with a short step t_min -> 0
         (default: none, the 'trailing'-like grid).
+      steps_offset: added to a schedule's grid (diffusers' ``DDIMScheduler`` option; Stable
+        Diffusion's published scheduler configs have 1: 'leading' then visits 751 .. 1 for
+        S = 4).
+      set_alpha_to_one: False ends the last step at timestep 0's noise level
+        (``alpha_cumprod[0]``) instead of the data, as diffusers' ``DDIMScheduler`` with
+        ``set_alpha_to_one=False`` (Stable Diffusion's configs) does; the output is then
+        ``alpha_0 x0_hat + sigma_0 eps_hat``, not the last x0-prediction.
       prediction_type: what the model predicts (:data:`~diffjax.predictions.PREDICTION_TYPES`).
       clip_x0: clip each x0-prediction to [-1, 1] (for data scaled to that range).
       x_T: optional start ``[B, ...]`` (for interpolation, inversion, reproducibility);
@@ -165,6 +207,7 @@ def ddim_sample(
     """
     plan = ddim_plan(
         process, num_steps=num_steps, eta=eta, spacing=spacing, t_max=t_max, t_min=t_min,
+        steps_offset=steps_offset, set_alpha_to_one=set_alpha_to_one,
         prediction_type=prediction_type,
     )  # fmt: skip
     return run_plan(

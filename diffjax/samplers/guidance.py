@@ -114,7 +114,8 @@ def classifier_free_guidance(
       model_fn: ``model_fn(x_t [N, ...], t [N], cond) -> prediction [N, ...]``.
       cond: the condition of each sample, a pytree of ``[B, ...]`` arrays (e.g. int labels
         ``[B]``, or ``{'label': ..., 'context': [B, L, D]}``).
-      guidance_scale: w; 0 = unconditional, 1 = conditional, > 1 = guided.
+      guidance_scale: w; 0 = unconditional, 1 = conditional, > 1 = guided; a float, or a
+        scalar traced inside a jitted caller (so changing it does not recompile that caller).
       num_classes: for ``cond`` = int class labels ``[B]`` in [0, num_classes]: the null label
         ``num_classes`` (a label of ``num_classes`` gives an unconditional sample in that row).
       null_cond: the null condition, of the structure of ``cond``; each leaf ``[B, ...]`` or
@@ -147,18 +148,24 @@ def classifier_free_guidance(
             f"null_cond must have the structure of cond: {jax.tree.structure(cond)} vs "
             f"{jax.tree.structure(null_cond)}."
         )
-    try:
-        scale = float(guidance_scale)
-    except (TypeError, jax.errors.ConcretizationTypeError) as error:
-        raise TypeError(f"guidance_scale must be a real number, got {guidance_scale!r}.") from error
-    if not math.isfinite(scale):
-        raise ValueError(f"guidance_scale must be finite, got {guidance_scale}.")
+    if isinstance(guidance_scale, jax.core.Tracer) and guidance_scale.shape == ():
+        scale = guidance_scale.astype(jnp.float32)  # an argument of a jitted caller
+    else:
+        try:
+            scale = float(guidance_scale)
+        except (TypeError, jax.errors.ConcretizationTypeError) as error:
+            raise TypeError(
+                f"guidance_scale must be a real number, got {guidance_scale!r}."
+            ) from error
+        if not math.isfinite(scale):
+            raise ValueError(f"guidance_scale must be finite, got {guidance_scale}.")
+        scale = jnp.float32(scale)
     return jax.tree_util.Partial(
         _guided_prediction,
         model,
         jax.tree.map(jnp.asarray, cond),
         jax.tree.map(jnp.asarray, null_cond),
-        jnp.float32(scale),
+        scale,
     )
 
 
