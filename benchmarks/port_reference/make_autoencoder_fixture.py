@@ -40,7 +40,10 @@ def main() -> None:
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             scale = 0.2 if parameter.ndim == 1 else (1.0 / np.sqrt(parameter[0].numel()))
-            parameter.copy_(torch.randn_like(parameter) * scale + (1.0 if "norm" in name and name.endswith("weight") else 0.0))
+            parameter.copy_(
+                torch.randn_like(parameter) * scale
+                + (1.0 if "norm" in name and name.endswith("weight") else 0.0)
+            )
     os.makedirs(OUT, exist_ok=True)
     model.save_pretrained(OUT, safe_serialization=True)
     rng = np.random.default_rng(0)

@@ -20,7 +20,9 @@ import torch
 from diffusers.models.transformers.transformer_2d import Transformer2DModel
 from safetensors.torch import save_file
 
-OUT = os.path.join(os.path.dirname(__file__), "..", "..", "tests", "fixtures", "spatial_transformer")
+OUT = os.path.join(
+    os.path.dirname(__file__), "..", "..", "tests", "fixtures", "spatial_transformer"
+)
 
 
 def main() -> None:
@@ -42,7 +44,10 @@ def main() -> None:
                 parameter.copy_(torch.randn_like(parameter) * scale + offset)
             out = model(torch.from_numpy(x), encoder_hidden_states=torch.from_numpy(context)).sample
         tag = "linear" if linear else "conv"
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, os.path.join(OUT, f"{tag}.safetensors"))
+        save_file(
+            {k: v.contiguous() for k, v in model.state_dict().items()},
+            os.path.join(OUT, f"{tag}.safetensors"),
+        )
         arrays[f"out_{tag}"] = out.numpy().transpose(0, 2, 3, 1)
     np.savez_compressed(os.path.join(OUT, "outputs.npz"), **arrays)
     print(f"wrote {OUT}")

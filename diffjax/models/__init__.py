@@ -1,7 +1,8 @@
-"""Neural networks for diffusion: the DDPM UNet (Flax Linen), its building blocks, SD's KL
-autoencoder and the patch discriminator that trains it, the registry
-that configs pick networks from by name, and the one adapter from a network to a ``model_fn``
-(:func:`make_model_fn`)."""
+"""Neural networks for diffusion: the DDPM UNet (Flax Linen, also Stable Diffusion's), its
+building blocks, SD's KL autoencoder and the patch discriminator that trains it, CLIP's text
+encoder and tokenizer, the registry that configs pick networks from by name, the one adapter
+from a network to a ``model_fn`` (:func:`make_model_fn`), and the published weights in and out
+(:func:`from_pretrained`, :func:`from_single_file`, :func:`save_pretrained`)."""
 
 from diffjax.models.attention import dot_product_attention
 from diffjax.models.autoencoder import (
@@ -10,6 +11,8 @@ from diffjax.models.autoencoder import (
     AutoencoderVQ,
     decode_checked,
 )
+from diffjax.models.clip import CLIPTextModel
+from diffjax.models.clip_tokenizer import CLIPTokenizer
 from diffjax.models.conditioning import (
     ModuleApply,
     cond_keys,
@@ -28,6 +31,7 @@ from diffjax.models.layers import (
     Upsample,
     sinusoidal_embedding,
 )
+from diffjax.models.pretrained import from_pretrained, save_pretrained
 from diffjax.models.registry import (
     MODEL_NAMES,
     MODELS,
@@ -38,6 +42,7 @@ from diffjax.models.registry import (
     model_entry,
     register_model,
 )
+from diffjax.models.single_file import from_single_file
 from diffjax.models.transformer import SpatialTransformer
 from diffjax.models.unet import (
     UNet,
@@ -54,6 +59,8 @@ __all__ = [
     "AttentionBlock",
     "AutoencoderKL",
     "AutoencoderVQ",
+    "CLIPTextModel",
+    "CLIPTokenizer",
     "Downsample",
     "GroupNorm",
     "ModelEntry",
@@ -75,11 +82,14 @@ __all__ = [
     "dot_product_attention",
     "drop_cond",
     "feature_map_sizes",
+    "from_pretrained",
+    "from_single_file",
     "group_norm",
     "make_model_fn",
     "model_entry",
     "null_cond",
     "register_model",
+    "save_pretrained",
     "select_cond",
     "sinusoidal_embedding",
 ]

@@ -28,6 +28,7 @@ __all__ = [
     "autoencoder_from_diffusers_config",
     "autoencoder_key_table",
     "diffusers_autoencoder_shapes",
+    "diffusers_config_of_autoencoder",
     "load_diffusers_autoencoder",
     "model_config_of",
 ]
@@ -80,6 +81,26 @@ def autoencoder_from_diffusers_config(config: Mapping[str, Any], **overrides: An
     )
     arguments.update(overrides)
     return AutoencoderKL(**arguments)
+
+
+def diffusers_config_of_autoencoder(module: AutoencoderKL) -> dict[str, Any]:
+    """The diffusers ``AutoencoderKL`` ``config.json`` of ``module`` (the inverse of
+    :func:`autoencoder_from_diffusers_config`)."""
+    levels = len(module.channel_mults)
+    return dict(
+        _class_name="AutoencoderKL",
+        in_channels=module.image_channels,
+        out_channels=module.image_channels,
+        down_block_types=["DownEncoderBlock2D"] * levels,
+        up_block_types=["UpDecoderBlock2D"] * levels,
+        block_out_channels=[module.base_channels * mult for mult in module.channel_mults],
+        layers_per_block=module.num_res_blocks,
+        latent_channels=module.latent_channels,
+        norm_num_groups=module.num_groups,
+        act_fn="silu",
+        use_quant_conv=module.quant_conv,
+        use_post_quant_conv=module.quant_conv,
+    )
 
 
 def model_config_of(config: Mapping[str, Any]) -> dict[str, Any]:

@@ -5,8 +5,9 @@ A diffjax port names its Flax modules after diffusers' PyTorch modules, with ``_
 PyTorch name of every Flax parameter follows from its path (:func:`torch_key_of`), and a key
 table for :func:`~diffjax.weights.apply_key_table` from the parameter tree (:func:`key_table`):
 convolution kernels ``[out, in, kh, kw] -> [kh, kw, in, out]``, linear weights transposed,
-GroupNorm and LayerNorm ``weight`` as ``scale``. The table lists every parameter, so a file with
-a missing, unexpected or misshapen tensor is refused with each one named.
+GroupNorm and LayerNorm ``weight`` as ``scale``, ``nn.Embed`` tables (``embedding``) as they are.
+The table lists every parameter, so a file with a missing, unexpected or misshapen tensor is
+refused with each one named.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from diffjax.weights.key_tables import KeyRule, conv_kernel, linear_kernel
 
 __all__ = ["key_table", "torch_key_of"]
 
-_LEAF_NAMES = {"kernel": "weight", "scale": "weight", "bias": "bias"}
+_LEAF_NAMES = {"kernel": "weight", "scale": "weight", "bias": "bias", "embedding": "weight"}
 
 
 def _torch_module_path(part: str) -> str:
