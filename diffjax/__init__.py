@@ -197,11 +197,17 @@ _LAZY: dict[str, str] = {
 matplotlib: loaded on first use."""
 
 
+_SUBPACKAGES = ("models", "pipelines")
+"""Subpackages reachable as attributes (``dj.models.from_pretrained``), imported on first use."""
+
+
 def __getattr__(name: str) -> Any:
+    import importlib
+
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"diffjax.{name}")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'diffjax' has no attribute {name!r}")
-    import importlib
-
     attribute = "make_grid" if name == "make_image_grid" else name
     return getattr(importlib.import_module(module), attribute)
