@@ -57,6 +57,7 @@ from diffusers.loaders.single_file_utils import (
     convert_ldm_unet_checkpoint,
     convert_ldm_vae_checkpoint,
 )
+from make_autoencoder_fixture import CONFIG as VAE  # the same tiny AutoencoderKL
 from safetensors.numpy import save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -97,17 +98,6 @@ DDPM_UNET = dict(
     flip_sin_to_cos=False,
     downsample_padding=0,
     attention_head_dim=None,
-)
-VAE = dict(
-    in_channels=3,
-    out_channels=3,
-    down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-    up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-    block_out_channels=(8, 16),
-    layers_per_block=1,
-    latent_channels=4,
-    norm_num_groups=4,
-    sample_size=16,
 )
 SD_SCHEDULER = dict(  # Stable Diffusion 1.5's scheduler_config.json values
     num_train_timesteps=1000,
@@ -381,15 +371,19 @@ def ddpm_unet(out: str) -> None:
     )  # fmt: skip
 
 
+def published_config(model: torch.nn.Module) -> dict:
+    """The model's config.json values (without diffusers' unordered bookkeeping set)."""
+    config = {k: v for k, v in model.config.items() if k != "_use_default_values"}
+    return dict(config, _class_name=type(model).__name__)
+
+
 def published_shapes(path: str) -> None:
     shapes = {}
     with init_empty_weights():
         for name, config in PUBLISHED.items():
             model = (UNet2DConditionModel if name.endswith("unet") else AutoencoderKL)(**config)
             shapes[name] = dict(
-                config=json.loads(
-                    json.dumps(dict(model.config, _class_name=type(model).__name__), default=list)
-                ),
+                config=json.loads(json.dumps(published_config(model), default=list)),
                 shapes={key: list(value.shape) for key, value in model.state_dict().items()},
             )
             # The same tensors under the original single-file names, checked against

@@ -39,7 +39,7 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
-from diffjax.samplers.guidance import classifier_free_guidance
+from diffjax.samplers.guidance import checked_guidance_scale, classifier_free_guidance
 
 __all__ = [
     "Cond",
@@ -165,15 +165,7 @@ class ModuleApply:
 
 
 def _check_guidance(module: Any, guidance_scale: Any) -> Any:
-    if isinstance(guidance_scale, jax.core.Tracer):
-        scale = guidance_scale
-    else:
-        try:
-            scale = float(guidance_scale)
-        except (TypeError, jax.errors.ConcretizationTypeError) as error:
-            raise TypeError(
-                f"guidance_scale must be a real number, got {guidance_scale!r}."
-            ) from error
+    scale = checked_guidance_scale(guidance_scale)
     if (isinstance(scale, jax.core.Tracer) or scale != 1.0) and not cond_keys(module):
         raise ValueError(
             f"guidance_scale={scale} needs a conditional network; {type(module).__name__} reads "

@@ -39,7 +39,13 @@ import numpy as np
 
 from diffjax.samplers.common import as_model_pytree
 
-__all__ = ["Guide", "classifier_free_guidance", "clip_x0_guide", "compose_guides"]
+__all__ = [
+    "Guide",
+    "checked_guidance_scale",
+    "classifier_free_guidance",
+    "clip_x0_guide",
+    "compose_guides",
+]
 
 Guide = Callable[..., tuple[jnp.ndarray, jnp.ndarray]]
 """``guide(x_t [B, ...], t [B], alpha, sigma, x0_hat [B, ...], eps_hat [B, ...]) -> (x0_hat,
@@ -100,6 +106,24 @@ def _check_labels(labels: Any, num_classes: Any) -> jnp.ndarray:
     return labels.astype(jnp.int32)
 
 
+def checked_guidance_scale(guidance_scale: Any) -> float | jax.Array:
+    """A guidance scale w as a finite float, or as given when it is a scalar traced inside a
+    jitted caller (its value is not known yet).
+
+    Raises:
+      TypeError: not a real number; ValueError: not finite.
+    """
+    if isinstance(guidance_scale, jax.core.Tracer) and guidance_scale.shape == ():
+        return guidance_scale
+    try:
+        scale = float(guidance_scale)
+    except (TypeError, jax.errors.ConcretizationTypeError) as error:
+        raise TypeError(f"guidance_scale must be a real number, got {guidance_scale!r}.") from error
+    if not math.isfinite(scale):
+        raise ValueError(f"guidance_scale must be finite, got {guidance_scale}.")
+    return scale
+
+
 def classifier_free_guidance(
     model_fn: Callable[[jnp.ndarray, jnp.ndarray, Any], jnp.ndarray],
     cond: Any,
@@ -148,18 +172,7 @@ def classifier_free_guidance(
             f"null_cond must have the structure of cond: {jax.tree.structure(cond)} vs "
             f"{jax.tree.structure(null_cond)}."
         )
-    if isinstance(guidance_scale, jax.core.Tracer) and guidance_scale.shape == ():
-        scale = guidance_scale.astype(jnp.float32)  # an argument of a jitted caller
-    else:
-        try:
-            scale = float(guidance_scale)
-        except (TypeError, jax.errors.ConcretizationTypeError) as error:
-            raise TypeError(
-                f"guidance_scale must be a real number, got {guidance_scale!r}."
-            ) from error
-        if not math.isfinite(scale):
-            raise ValueError(f"guidance_scale must be finite, got {guidance_scale}.")
-        scale = jnp.float32(scale)
+    scale = jnp.asarray(checked_guidance_scale(guidance_scale), jnp.float32)
     return jax.tree_util.Partial(
         _guided_prediction,
         model,
