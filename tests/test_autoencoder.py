@@ -24,10 +24,10 @@ from diffjax.models.autoencoder import (
 )
 from diffjax.models.autoencoder_weights import (
     DIFFUSERS_WEIGHTS_FILE,
-    load_diffusers_autoencoder,
     model_config_of,
 )
 from diffjax.models.diffusers_weights import torch_key_of
+from diffjax.models.pretrained import from_pretrained, read_config
 from diffjax.models.registry import build_model
 from diffjax.weights import StateDictMismatchError, WeightsChecksumError, sha256_of_file
 
@@ -40,8 +40,9 @@ PORT_ATOL = 3e-5
 
 @pytest.fixture(scope="module")
 def port():
-    module, params, config = load_diffusers_autoencoder(FIXTURE, sha256_of_file(
+    module, params = from_pretrained(FIXTURE, sha256=sha256_of_file(
         os.path.join(FIXTURE, DIFFUSERS_WEIGHTS_FILE)))  # fmt: skip
+    config = read_config(FIXTURE)
     return module, params, config, np.load(os.path.join(FIXTURE, "outputs.npz"))
 
 
@@ -123,7 +124,7 @@ def test_a_file_of_another_architecture_or_checksum_is_refused(port, tmp_path):
     folder = tmp_path / "vae"
     shutil.copytree(FIXTURE, folder)
     with pytest.raises(WeightsChecksumError):
-        load_diffusers_autoencoder(folder, "0" * 64)
+        from_pretrained(folder, sha256="0" * 64)
     # The same weights under a config with one more ResNet block per level: named tensors
     # are missing.
     bigger = dict(config, layers_per_block=2)
@@ -131,12 +132,12 @@ def test_a_file_of_another_architecture_or_checksum_is_refused(port, tmp_path):
     with pytest.raises(
         StateDictMismatchError, match=r"missing key\(s\): \['decoder.up_blocks.0.resnets.2"
     ):
-        load_diffusers_autoencoder(folder)
+        from_pretrained(folder)
     with pytest.raises(ValueError, match="unsupported block types"):
         (folder / "config.json").write_text(
             json.dumps(dict(config, down_block_types=["CrossAttnDownBlock2D"] * 2))
         )
-        load_diffusers_autoencoder(folder)
+        from_pretrained(folder)
 
 
 def test_the_registered_network_is_the_diffusers_one(port):

@@ -18,8 +18,8 @@ from train_helpers import fast_compiles, make_image_folder, make_test_config  # 
 from diffjax.errors import ConfigError  # noqa: E402
 from diffjax.models.autoencoder_weights import (  # noqa: E402
     DIFFUSERS_WEIGHTS_FILE,
-    load_diffusers_autoencoder,
 )
+from diffjax.models.pretrained import from_pretrained  # noqa: E402
 from diffjax.training.latent_codec import LATENT_STATISTICS_FILE, autoencoder_codec  # noqa: E402
 from diffjax.training.loop import train_and_evaluate  # noqa: E402
 from diffjax.training.programs import make_run_generator, validate_config  # noqa: E402
@@ -40,7 +40,7 @@ def test_a_diffusers_folder_is_a_codec_with_its_published_scale():
         "sha256": FIXTURE_SHA256,
     }
     assert jax.tree_util.tree_leaves(codec) == []  # a static value, like a process
-    module, params, _ = load_diffusers_autoencoder(FIXTURE)
+    module, params = from_pretrained(FIXTURE)
     reference = np.load(os.path.join(FIXTURE, "outputs.npz"))
     latents = codec.encode(params, reference["images"], None)
     np.testing.assert_allclose(latents, 0.18215 * reference["mean"], atol=1e-5)

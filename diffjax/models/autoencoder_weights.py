@@ -1,11 +1,12 @@
-"""Published autoencoder weights into :class:`~diffjax.models.autoencoder.AutoencoderKL`.
+"""diffusers' ``AutoencoderKL`` config and key table for
+:class:`~diffjax.models.autoencoder.AutoencoderKL`.
 
-diffusers' ``AutoencoderKL`` folder format (``config.json`` and
-``diffusion_pytorch_model.safetensors``, the format SD 1/2, SDXL and SD3's autoencoders are
-published in) maps onto diffjax's network with one explicit key table, built from the Flax
-parameter tree: every Flax variable names the one PyTorch tensor it comes from, and
-:func:`~diffjax.weights.apply_key_table` refuses a file with a missing, unexpected or misshapen
-tensor, naming each. The file is read with ``safetensors``' NumPy loader: no torch.
+diffusers' folder format (``config.json`` and ``diffusion_pytorch_model.safetensors``, the
+format SD 1/2, SDXL and SD3's autoencoders are published in) maps onto diffjax's network with
+one explicit key table, built from the Flax parameter tree: every Flax variable names the one
+PyTorch tensor it comes from, and :func:`~diffjax.weights.apply_key_table` refuses a file with a
+missing, unexpected or misshapen tensor, naming each. :func:`~diffjax.models.from_pretrained`
+loads such a folder (no torch) and :func:`~diffjax.models.save_pretrained` writes one.
 """
 
 from __future__ import annotations
@@ -16,12 +17,10 @@ from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from diffjax.models.autoencoder import AutoencoderKL
 from diffjax.models.diffusers_weights import key_table
-from diffjax.weights.files import verify_checksum
-from diffjax.weights.key_tables import KeyRule, apply_key_table
+from diffjax.weights.key_tables import KeyRule
 
 __all__ = [
     "DIFFUSERS_WEIGHTS_FILE",
@@ -29,7 +28,6 @@ __all__ = [
     "autoencoder_key_table",
     "diffusers_autoencoder_shapes",
     "diffusers_config_of_autoencoder",
-    "load_diffusers_autoencoder",
     "model_config_of",
 ]
 
@@ -123,35 +121,3 @@ def diffusers_autoencoder_shapes(folder: str | os.PathLike) -> tuple[Autoencoder
         module = autoencoder_from_diffusers_config(json.load(file))
     x = jnp.zeros((1, 64, 64, module.image_channels), jnp.float32)
     return module, jax.eval_shape(lambda: module.init(jax.random.key(0), x)["params"])
-
-
-def load_diffusers_autoencoder(
-    folder: str | os.PathLike, sha256: str | None = None, **overrides: Any
-) -> tuple[AutoencoderKL, dict[str, Any], dict[str, Any]]:
-    """Loads a diffusers ``AutoencoderKL`` folder without torch.
-
-    Args:
-      folder: holds ``config.json`` and ``diffusion_pytorch_model.safetensors``.
-      sha256: the weights file's expected SHA-256 (hex), checked first; None skips the check.
-      overrides: :class:`AutoencoderKL` fields to set (``dtype``, ``force_upcast``).
-
-    Returns:
-      ``(module, params, config)``: the network, its float32 parameters (NumPy) and the
-      folder's config (its ``scaling_factor`` / ``shift_factor`` are the latent scale and
-      shift the published models were trained with).
-
-    Raises:
-      FileNotFoundError: a missing file; WeightsChecksumError: a checksum mismatch;
-      StateDictMismatchError: tensors that do not fit the config's network.
-    """
-    from safetensors.numpy import load_file
-
-    with open(os.path.join(folder, "config.json")) as file:
-        config = json.load(file)
-    module = autoencoder_from_diffusers_config(config, **overrides)
-    weights = os.path.join(folder, DIFFUSERS_WEIGHTS_FILE)
-    if sha256 is not None:
-        verify_checksum(weights, sha256, "autoencoder weights")
-    state = {key: np.asarray(value, np.float32) for key, value in load_file(weights).items()}
-    variables = apply_key_table(state, autoencoder_key_table(module), source=weights)
-    return module, variables["params"], config

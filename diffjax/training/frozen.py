@@ -47,13 +47,11 @@ def _load_workdir(
 
 
 def _load_diffusers(source: Mapping[str, Any], abstract: Any) -> tuple[Any, dict[str, Any]]:
-    from diffjax.models.autoencoder_weights import (
-        DIFFUSERS_WEIGHTS_FILE,
-        load_diffusers_autoencoder,
-    )
+    from diffjax.models.autoencoder_weights import DIFFUSERS_WEIGHTS_FILE
+    from diffjax.models.pretrained import from_pretrained
 
     folder = source["diffusers"]
-    _, params, _ = load_diffusers_autoencoder(folder, source["sha256"])
+    _, params = from_pretrained(folder, sha256=source["sha256"])
     weights = os.path.join(os.path.abspath(folder), DIFFUSERS_WEIGHTS_FILE)
     return place(params, abstract), dict(diffusers=weights, sha256=sha256_of_file(weights))
 
