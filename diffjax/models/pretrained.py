@@ -197,9 +197,11 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """
     path = os.fspath(path)
     if path.endswith(".safetensors"):
-        from safetensors.numpy import load_file
+        from safetensors import safe_open
 
-        return dict(load_file(path))
+        # One tensor at a time out of the mapped file: the peak is one copy of the weights.
+        with safe_open(path, framework="numpy") as file:
+            return {key: file.get_tensor(key) for key in file.keys()}
     checkpoint = load_torch_checkpoint(path)
     if isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict):
         checkpoint = checkpoint["state_dict"]

@@ -99,7 +99,9 @@ def apply_key_table(
                 f"(Flax layout {tuple(value.shape)}), Flax layout {tuple(rule.shape)} expected"
             )
             continue
-        _insert(variables, rule.flax_path, value if dtype is None else value.astype(dtype))
+        _insert(
+            variables, rule.flax_path, value if dtype is None else value.astype(dtype, copy=False)
+        )
     problems = []
     if missing:
         problems.append(f"{len(missing)} missing key(s): {missing[:5]}")
