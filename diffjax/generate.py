@@ -14,7 +14,9 @@ unconditional ``UNet2DModel`` folder draws ``--num`` samples
 default to the folder's scheduler config; ``--option name=value`` sets any option of the
 sampler, checked before anything compiles. It writes a PNG grid and an ``.npz``
 (``samples`` float32 [N, H, W, C] in [-1, 1], and the ``prompts``) to ``--out`` and prints the
-time taken (compilation included).
+time taken (compilation included). On CPU it splits the batch over one JAX device per core, as
+the sample CLI does; ``--fast_cpu_convolutions`` adds XLA's CPU convolution flag (faster, not
+bit-reproducible from run to run with several devices).
 """
 
 from __future__ import annotations
@@ -26,7 +28,14 @@ import time
 from absl import flags
 
 from diffjax import cli
-from diffjax.cli import main_runner, parse_option, run_program
+from diffjax.cli import (
+    cpu_devices_from_flag,
+    define_cpu_devices_flag,
+    define_fast_cpu_convolutions_flag,
+    main_runner,
+    parse_option,
+    run_program,
+)
 
 _MODEL = flags.DEFINE_string("model", None, "A diffusers pipeline or UNet2DModel folder.")
 _PROMPT = flags.DEFINE_multi_string("prompt", [], "A prompt (repeatable; text-to-image only).")
@@ -44,6 +53,8 @@ _WIDTH = flags.DEFINE_integer("width", None, "Image width (default: the model's)
 _OUT = flags.DEFINE_string(
     "out", None, "Output path without extension; default ./generated/<model>_seed<seed>."
 )
+_FAST_CPU_CONVOLUTIONS = define_fast_cpu_convolutions_flag(default=False)
+_CPU_DEVICES = define_cpu_devices_flag()
 flags.mark_flag_as_required("model")
 flags.adopt_module_key_flags(cli)
 
@@ -125,7 +136,13 @@ def generate_main() -> str:
 
 def main(argv: list[str]) -> None:
     """absl entry point: runs :func:`generate_main`; expected failures print one line."""
-    run_program("diffjax.generate", argv, generate_main, fast_cpu_convolutions=False)
+    batch = _NUM.value * max(1, len(_PROMPT.value))
+    run_program(
+        "diffjax.generate", argv, generate_main,
+        fast_cpu_convolutions=_FAST_CPU_CONVOLUTIONS.value,
+        # The batch is split over one JAX device per core when their count divides it.
+        cpu_devices=cpu_devices_from_flag(_CPU_DEVICES.value, [batch]),
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from typing import Any, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding
 
 import diffjax.models.pretrained as pretrained
 import diffjax.pipelines.scheduler_configs as scheduler_configs
@@ -40,6 +40,7 @@ from diffjax.models.clip import CLIPTextModel
 from diffjax.models.clip_tokenizer import CLIPTokenizer
 from diffjax.models.conditioning import make_model_fn
 from diffjax.samplers.registry import sample
+from diffjax.sharding import batch_sharding, make_mesh, replicated_sharding
 
 __all__ = ["StableDiffusion", "load_stable_diffusion", "text_to_image"]
 
@@ -114,7 +115,7 @@ def load_stable_diffusion(
         vae=vae,
         params=jax.device_put(
             dict(text_encoder=text_params, unet=unet_params, vae=vae_params),
-            NamedSharding(_mesh(), PartitionSpec()),
+            replicated_sharding(make_mesh()),
         ),
         scheduler_config=scheduler_config,
         scaling_factor=float(vae_config.get("scaling_factor") or 0.18215),
@@ -177,15 +178,12 @@ def _prompts(prompt: str | Sequence[str], name: str) -> list[str]:
     return prompts
 
 
-def _mesh() -> jax.sharding.Mesh:
-    return jax.sharding.Mesh(np.asarray(jax.devices()), ("data",))
-
-
-def _batch_sharding(batch: int) -> NamedSharding | None:
-    """Examples split over all devices when they divide the batch, else None (one device)."""
+def batch_sharding_for(batch: int) -> NamedSharding | None:
+    """The examples split over all devices when their count divides the batch (``P('data')``
+    on the 1-D mesh), else None (the default device)."""
     if jax.device_count() == 1 or batch % jax.device_count():
         return None
-    return NamedSharding(_mesh(), PartitionSpec("data"))
+    return batch_sharding(make_mesh())
 
 
 def text_to_image(
@@ -263,7 +261,7 @@ def text_to_image(
         pipeline.text_encoder, pipeline.unet, pipeline.vae, pipeline.skip_layers,
         json.dumps(pipeline.scheduler_config, sort_keys=True), name,
         tuple(sorted(options.items())), pipeline.scaling_factor, pipeline.shift_factor,
-        _batch_sharding(len(prompts)),
+        batch_sharding_for(len(prompts)),
     )  # fmt: skip
     tokens = pipeline.tokenizer(prompts), pipeline.tokenizer(negatives)
     batch = settings.batch_sharding

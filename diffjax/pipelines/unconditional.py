@@ -5,7 +5,8 @@ The folder is either a model repository (``config.json``, the weights and
 ``scheduler_config.json`` side by side) or a pipeline folder (``model_index.json`` with
 ``unet/`` and ``scheduler/``). The schedule, prediction type, x0 clipping and default sampler
 come from the scheduler config (:mod:`diffjax.pipelines.scheduler_configs`); the network is
-loaded strictly by :func:`~diffjax.models.from_pretrained`.
+loaded strictly by :func:`~diffjax.models.from_pretrained`. A batch that the device count divides
+is split over the devices.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ import diffjax.models.pretrained as pretrained
 import diffjax.pipelines.scheduler_configs as scheduler_configs
 from diffjax.errors import ConfigError
 from diffjax.models.conditioning import make_model_fn
+from diffjax.pipelines.stable_diffusion import batch_sharding_for
 from diffjax.samplers.registry import sample
+from diffjax.sharding import make_mesh, replicated_sharding
 
 __all__ = ["sample_pretrained"]
 
@@ -37,12 +40,17 @@ def _folders(folder: str) -> tuple[str, str]:
     return folder, os.path.join(folder, "scheduler_config.json")
 
 
-@functools.partial(jax.jit, static_argnames=("module", "sampler", "options", "config"))
-def _sample(params, noise, key, module, sampler, options, config):
+@functools.partial(
+    jax.jit, static_argnames=("module", "sampler", "options", "config", "out_sharding")
+)
+def _sample(params, noise, key, module, sampler, options, config, out_sharding):
     with jax.ensure_compile_time_eval():  # the samplers build their grids in NumPy
         schedule = scheduler_configs.schedule_from_scheduler_config(json.loads(config))
     model_fn = make_model_fn(module, params)
-    x = sample(sampler, model_fn, schedule, key, noise.shape, x_T=noise, **dict(options))
+    x = sample(
+        sampler, model_fn, schedule, key, noise.shape, x_T=noise, out_sharding=out_sharding,
+        **dict(options),
+    )  # fmt: skip
     return jnp.clip(x, -1.0, 1.0)
 
 
@@ -91,8 +99,11 @@ def sample_pretrained(
         noise = jax.random.normal(jax.random.fold_in(key, 1), (num_images, side, side, channels))
     elif np.ndim(noise) != 4 or np.shape(noise)[-1] != channels:
         raise ConfigError(f"noise must be [N, H, W, {channels}], got shape {np.shape(noise)}.")
+    sharding = batch_sharding_for(len(noise))
+    put = jnp.asarray if sharding is None else (lambda x: jax.device_put(x, sharding))
     images = _sample(
-        jax.device_put(params), jnp.asarray(noise, jnp.float32), key, module, name,
-        tuple(sorted(options.items())), json.dumps(scheduler_config, sort_keys=True),
+        jax.device_put(params, replicated_sharding(make_mesh())),
+        put(jnp.asarray(noise, jnp.float32)), key, module, name, tuple(sorted(options.items())),
+        json.dumps(scheduler_config, sort_keys=True), sharding,
     )  # fmt: skip
     return np.asarray(images)
