@@ -13,7 +13,12 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from diffjax.models import AutoencoderKL, CLIPTextModel, UNet
-from diffjax.models.pretrained import from_pretrained, load_state_dict, save_pretrained
+from diffjax.models.pretrained import (
+    ARCHITECTURES,
+    from_pretrained,
+    load_state_dict,
+    save_pretrained,
+)
 from diffjax.weights import StateDictMismatchError, WeightsChecksumError, sha256_of_file
 
 TINY_SD = os.path.join(os.path.dirname(__file__), "fixtures", "tiny_sd")
@@ -132,3 +137,17 @@ def test_save_refuses_what_diffusers_cannot_hold(tmp_path):
     with pytest.raises(ValueError, match="attn_levels"):
         save_pretrained(module, params, tmp_path)
     assert not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["sdxl_vae", "sd3_vae"])
+def test_full_size_autoencoder_key_tables_match_diffusers(name):
+    with open(os.path.join(os.path.dirname(__file__), "fixtures", "published_shapes.json")) as file:
+        published = json.load(file)[name]
+    architecture = ARCHITECTURES["AutoencoderKL"]
+    module = architecture.build(published["config"])
+    rules = architecture.key_table(module, None)
+    shapes = {key: tuple(shape) for key, shape in published["shapes"].items()}
+    assert sorted(rule.torch_key for rule in rules) == sorted(shapes)
+    for rule in rules:
+        torch_layout = np.broadcast_to(np.float32(0), shapes[rule.torch_key])
+        assert rule.transform(torch_layout).shape == rule.shape, rule.torch_key
