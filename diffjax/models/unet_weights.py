@@ -63,6 +63,7 @@ _RES_BLOCK_NAMES = {
     "shortcut": "conv_shortcut",
 }
 _SELF_ATTENTION_NAMES = {"norm": "group_norm", "qkv": "to_qkv", "proj_out": "to_out.0"}
+_TIME_EMBEDDING_NAMES = {"dense_0": "linear_1", "dense_1": "linear_2"}
 _LEGACY_ATTENTION_NAMES = {
     "query": "to_q",
     "key": "to_k",
@@ -98,11 +99,14 @@ _FIXED_OPTIONS = {
     "reverse_transformer_layers_per_block": (None,),
     "attention_type": ("default",),
     "add_attention": (True,),
+    "downsample_type": ("conv",),
+    "upsample_type": ("conv",),
     "attn_norm_num_groups": (None,),
     "num_train_timesteps": (None,),
     "resnet_skip_time_act": (False,),
     "resnet_out_scale_factor": (1, 1.0),
     "dropout": None,
+    # diffjax's attention logits and softmax are float32 whatever the compute dtype.
     "upcast_attention": None,
 }
 
@@ -191,7 +195,7 @@ def unet_from_diffusers_config(config: Mapping[str, Any], **overrides: Any) -> U
     )
     if len(set(depth)) != 1:
         raise ValueError(f"transformer_layers_per_block={depth} must be one number.")
-    context_dim = config.get("cross_attention_dim") if conditional else None
+    context_dim = config.get("cross_attention_dim", 1280) if conditional else None
     if isinstance(context_dim, (list, tuple)):
         raise ValueError(f"cross_attention_dim={context_dim} must be one number.")
     arguments = dict(
@@ -295,7 +299,7 @@ def _diffusers_block(part: str, num_levels: int) -> str:
     if match:
         kind, index = match.groups()
         return f"mid_block.{'resnets' if kind == 'res' else 'attentions'}.{index or 0}"
-    return {"norm_out": "conv_norm_out", "time_embedding": "time_embedding"}.get(part, part)
+    return "conv_norm_out" if part == "norm_out" else part
 
 
 def _identity(value: np.ndarray) -> np.ndarray:
@@ -310,7 +314,7 @@ def _rule(
     transform = (conv_kernel if len(shape) == 4 else linear_kernel) if leaf == "kernel" else None
     leaf_name = "weight" if leaf in ("kernel", "scale") else leaf
     if block == "time_embedding":
-        name = f"time_embedding.{ {'dense_0': 'linear_1', 'dense_1': 'linear_2'}[inner[0]] }"
+        name = f"time_embedding.{_TIME_EMBEDDING_NAMES[inner[0]]}"
     elif "_res" in block:
         name = f"{_diffusers_block(block, num_levels)}.{_RES_BLOCK_NAMES[inner[0]]}"
         if inner[0] == "shortcut" and leaf == "kernel":
