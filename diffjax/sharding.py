@@ -1,14 +1,16 @@
 """Parallelism with ``jax.jit`` shardings: the named mesh, the sharding rules, host batches.
 
 The mesh's axes are named (``config.sharding.mesh_axes``): ``'data'`` by default, spanning every
-device of every process; ``'fsdp'`` is the second batch axis that parameter sharding will use.
-The batch is split along its first axis over the batch axes (``P('data')``). Where the state
+device of every process; ``'fsdp'`` is the second batch axis, the one the ``'fsdp'`` rule splits
+the state over. The batch is split along its first axis over the batch axes (``P('data')``, or
+``P(('data', 'fsdp'))`` on a 2-D mesh). Where the state
 lives is a *sharding rule* (:data:`SHARDING_RULES`, chosen by ``config.sharding.rules``):
 ``rules(abstract_tree, mesh) -> tree of NamedSharding``, applied alike to the train state, the
 frozen networks and the parameters restored for sampling. The default, ``'replicated'``, puts
 a whole copy on every device (``P()``): data parallelism, where ``jax.jit`` with these
 shardings makes the compiler insert the gradient all-reduce, so the step code has no ``pmap``
-and no ``pmean``. With several processes (``jax.distributed.initialize()``), each process loads
+and no ``pmean``. ``'fsdp'`` splits every array over the ``'fsdp'`` axis (:func:`fsdp_rules`):
+the same step, with the compiler's all-gathers and reduce-scatters instead. With several processes (``jax.distributed.initialize()``), each process loads
 only its own rows and :func:`host_batch_to_global` assembles them into one global array.
 """
 
@@ -25,11 +27,14 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 __all__ = [
     "BATCH_AXES",
     "DATA_AXIS",
+    "FSDP_AXIS",
     "SHARDING_RULES",
     "batch_sharding",
     "broadcast_int",
     "broadcast_json",
     "check_batch_divisible",
+    "fsdp_rules",
+    "fsdp_spec",
     "gather_to_host",
     "host_batch_to_global",
     "make_mesh",
@@ -44,6 +49,7 @@ __all__ = [
 ]
 
 DATA_AXIS = "data"
+FSDP_AXIS = "fsdp"
 BATCH_AXES: tuple[str, ...] = ("data", "fsdp")
 """The mesh axes the batch is split over (every axis of a mesh is one of them)."""
 
@@ -140,7 +146,41 @@ def replicated_rules(abstract_tree: Any, mesh: Mesh) -> Any:
     return jax.tree.map(lambda _: replicated, abstract_tree)
 
 
-SHARDING_RULES: dict[str, Callable[[Any, Mesh], Any]] = {"replicated": replicated_rules}
+def fsdp_spec(shape: Sequence[int], num_shards: int) -> PartitionSpec:
+    """Where the ``'fsdp'`` rule splits an array of ``shape`` over ``num_shards`` devices.
+
+    The largest axis that ``num_shards`` divides, of more than 3 entries (never a convolution's
+    3-wide spatial axis); on a tie the later axis (a kernel's output channels). An array with
+    no such axis, a scalar, or ``num_shards = 1`` stays whole (``P()``).
+
+    Example:
+      ``fsdp_spec((3, 3, 64, 128), 8) == P(None, None, None, 'fsdp')``.
+    """
+    candidates = [axis for axis, size in enumerate(shape) if size > 3 and size % num_shards == 0]
+    if num_shards == 1 or not candidates:
+        return PartitionSpec()
+    axis = max(candidates, key=lambda candidate: (shape[candidate], candidate))
+    return PartitionSpec(*(FSDP_AXIS if index == axis else None for index in range(len(shape))))
+
+
+def fsdp_rules(abstract_tree: Any, mesh: Mesh) -> Any:
+    """The ``'fsdp'`` sharding rule (ZeRO-3, Rajbhandari et al. 2020): every array split over
+    the mesh's ``'fsdp'`` axis along one axis (:func:`fsdp_spec`) and replicated over the
+    others, so parameters, EMA and optimizer state (and frozen networks) take 1/N of the memory
+    on N devices; ``jax.jit`` then gathers each layer's parameters where it is used and
+    reduce-scatters its gradient. Shapes decide, so it applies to any registered network. On a
+    mesh without an ``'fsdp'`` axis (a sharded run's parameters restored on one device for
+    sampling, say) everything is replicated."""
+    num_shards = dict(zip(mesh.axis_names, mesh.devices.shape)).get(FSDP_AXIS, 1)
+    return jax.tree.map(
+        lambda leaf: NamedSharding(mesh, fsdp_spec(leaf.shape, num_shards)), abstract_tree
+    )
+
+
+SHARDING_RULES: dict[str, Callable[[Any, Mesh], Any]] = {
+    "replicated": replicated_rules,
+    "fsdp": fsdp_rules,
+}
 """Sharding rules by name: ``rules(abstract_tree, mesh) -> tree of NamedSharding``."""
 
 

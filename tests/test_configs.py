@@ -216,6 +216,11 @@ BAD_CONFIGS = {
         ConfigError,
         r"config.sharding: mesh axes \['model'\] are not supported",
     ),
+    "fsdp without its axis": (
+        lambda: broken(**{"sharding.rules": "fsdp"}),
+        ConfigError,
+        r"rules='fsdp' splits the state over a mesh axis named 'fsdp'",
+    ),
     "unknown sharding rules": (
         lambda: broken(**{"sharding.rules": "zero3"}),
         ConfigError,

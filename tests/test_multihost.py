@@ -141,3 +141,34 @@ def test_two_hosts_train_resume_on_one_host_and_evaluate_like_one_host(
     # The samples are quantized to uint8 before the features, so params equal to 1e-4 give
     # (nearly) the same pixels: the two FDs agree far inside 1e-4 relative (measured: equal).
     np.testing.assert_allclose(fd[0], fd[1], rtol=1e-4)
+
+
+def test_fsdp_on_two_hosts_killed_and_resumed_on_another_layout(reference, data_dir, tmp_path):
+    """The state split over an 'fsdp' axis that spans both processes (mesh 1 x 8), killed after
+    the step-4 checkpoint, resumed on one process of 8 devices split 4 x 2: the checkpoint is
+    restored onto the other layout and the run ends where the replicated one-process run does."""
+    workdir = str(tmp_path / "run")
+    layout = {"sharding.mesh_axes": ("data", "fsdp"), "sharding.rules": "fsdp"}
+    processes = launch(
+        train_command(workdir, data_dir, **RUN, **layout, **{"sharding.mesh_shape": (1, 8)}),
+        free_port(),
+    )
+    deadline = time.monotonic() + 300
+    while not complete_steps(workdir):
+        assert all(process.poll() is None for process in processes), "a process exited early"
+        assert time.monotonic() < deadline, "no checkpoint within 300 s"
+        time.sleep(0.05)
+    for process in processes:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    resumed = run_cli(
+        train_command(workdir, data_dir, **RUN, **layout, **{"sharding.mesh_shape": (4, 2)}),
+        timeout=400,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming at step 4" in resumed.stderr, resumed.stderr[-2000:]
+    # As above: only the summation order of the gradients differs between the layouts.
+    split, replicated = restore_full(workdir), restore_full(reference)
+    assert split.step == replicated.step == 12
+    for got, want in zip(state_leaves(split.state), state_leaves(replicated.state), strict=True):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)

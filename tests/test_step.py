@@ -145,6 +145,20 @@ def test_sharded_step_matches_single_device_step(worker_setup):
     assert np.abs(single["[0]['Dense_0']['kernel']"] - kernel).max() > 1e-3
 
 
+@pytest.mark.parametrize("mesh_shape", [(1, 8), (4, 2)])
+def test_fsdp_layouts_match_single_device_step(worker_setup, mesh_shape):
+    """The 'fsdp' rule (state split over the 'fsdp' axis, batch over both axes) computes the
+    same step as one device: only the summation order of the gradient differs (LAYOUT_ATOL)."""
+    single = train_step_worker.run_one_step(
+        worker_setup, make_mesh(jax.devices()[:1]), worker_setup["batch"]
+    )
+    mesh = make_mesh(axes=("data", "fsdp"), shape=mesh_shape)
+    sharded = train_step_worker.run_one_step(worker_setup, mesh, worker_setup["batch"], "fsdp")
+    assert single.keys() == sharded.keys()
+    for name in single:
+        np.testing.assert_allclose(sharded[name], single[name], atol=LAYOUT_ATOL, err_msg=name)
+
+
 def test_two_processes_match_one_process(worker_setup, tmp_path):
     """Two jax.distributed processes x 4 devices, each feeding half of the batch, end with the
     params of one process x 8 devices fed the whole batch."""

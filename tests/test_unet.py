@@ -182,11 +182,19 @@ def test_bfloat16_compute_keeps_float32_params_and_output():
     assert 1e-4 < relative_rms < 3 * 2**-8 * 4
 
 
-def test_remat_gives_same_output_and_gradient():
+@pytest.mark.parametrize(
+    "remat",
+    [
+        dict(remat=True),
+        dict(remat=True, remat_attention=True, remat_policy="dots_saveable"),
+    ],
+)
+def test_remat_gives_same_output_and_gradient(remat):
     # A one-level model (no resampling, attention only in the middle) keeps the two gradient
-    # compilations cheap; remat wraps only the ResNet blocks, which it still has.
+    # compilations cheap; remat wraps the ResNet blocks and, with remat_attention, the middle
+    # attention.
     config = {**TINY, "channel_mults": (1,), "attn_resolutions": ()}
-    model, remat_model = UNet(**config), UNet(**config, remat=True)
+    model, remat_model = UNet(**config), UNet(**config, **remat)
     x, t = _inputs(size=8)
     zeros = jax.tree_util.tree_map(
         lambda leaf: np.zeros(leaf.shape, leaf.dtype), _abstract_init(model, x.shape)
@@ -281,6 +289,7 @@ def test_t_shape_and_x_dtype_are_checked():
         ({"attn_levels": (5,), "attn_resolutions": ()}, r"attn_levels=\(5,\) must lie in"),
         ({"downsample_padding": 2}, "downsample_padding must be 0 or 1"),
         ({"attention_head_dim": 0}, "attention_head_dim must be None or >= 1"),
+        ({"remat_policy": "all"}, "remat_policy='all'; expected one of"),
     ],
 )
 def test_bad_config_raises_on_construction(overrides, message):

@@ -93,12 +93,19 @@ def make_setup():
     )
 
 
-def run_one_step(setup, mesh, batch):
-    """Creates the state on ``mesh``, runs one jitted step; returns flat host params + metrics."""
+def run_one_step(setup, mesh, batch, rules="replicated"):
+    """Creates the state on ``mesh`` laid out by the sharding rule ``rules``, runs one jitted
+    step; returns flat host params + metrics."""
+    from diffjax.sharding import state_shardings
     from diffjax.training import create_train_state, jit_train_step
 
-    state = create_train_state(setup["init_fn"], setup["init_key"], setup["optimizer"], mesh)
-    state, metrics = jit_train_step(setup["train_step"], mesh)(state, batch, setup["step_key"])
+    state = create_train_state(
+        setup["init_fn"], setup["init_key"], setup["optimizer"], mesh,
+        shardings=lambda abstract: state_shardings(abstract, mesh, rules),
+    )  # fmt: skip
+    layout = jax.tree.map(lambda leaf: leaf.sharding, state)
+    step = jit_train_step(setup["train_step"], mesh, state_shardings=layout)
+    state, metrics = step(state, batch, setup["step_key"])
     flat = {
         jax.tree_util.keystr(path): np.asarray(leaf)
         for path, leaf in jax.tree_util.tree_leaves_with_path((state.params, state.ema_params))

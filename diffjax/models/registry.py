@@ -91,8 +91,12 @@ def _unet_defaults() -> dict[str, Any]:
         attn_levels=(),
         dropout=0.1,
         num_groups=32,
-        # Recompute activations in the backward pass: less memory, ~30% more compute.
+        # Recompute activations in the backward pass: less memory, ~30% more compute. remat:
+        # the ResNet blocks; remat_attention: the attention blocks / spatial transformers;
+        # remat_policy: what they keep (diffjax.models.unet.REMAT_POLICIES).
         remat=False,
+        remat_attention=False,
+        remat_policy="nothing_saveable",
         # Also embed a guidance scale, cond['guidance'] (a guidance-distilled student).
         guidance_embedding=False,
         # Cross-attention on cond['context'] [B, L, context_dim] (SD's spatial transformers at
@@ -128,6 +132,8 @@ def _build_unet(config: Mapping[str, Any]) -> UNet:
         dtype=DTYPES[config["dtype"]],
         param_dtype=DTYPES[config["param_dtype"]],
         remat=config["remat"],
+        remat_attention=config["remat_attention"],
+        remat_policy=config["remat_policy"],
         guidance_embedding=config["guidance_embedding"],
         context_dim=config["context_dim"],
         transformer_heads=config["transformer_heads"],
@@ -233,6 +239,12 @@ MODELS: dict[str, ModelEntry] = {
             "transformer_depth",
             "linear_projection",
             "class_context",
+            "attn_levels",
+            "attention_head_dim",
+            "norm_epsilon",
+            "flip_sin_to_cos",
+            "freq_shift",
+            "downsample_padding",
         ),
     ),
     "autoencoder_kl": ModelEntry(

@@ -42,6 +42,7 @@ from diffjax.models.layers import (
 from diffjax.models.transformer import SpatialTransformer
 
 __all__ = [
+    "REMAT_POLICIES",
     "UNet",
     "check_attn_resolutions",
     "check_image_size",
@@ -49,8 +50,15 @@ __all__ = [
     "feature_map_sizes",
 ]
 
-# `train` (argument 3, counting self) is static: it decides whether dropout runs at all.
-_RematResBlock = nn.remat(ResBlock, static_argnums=(3,))
+REMAT_POLICIES: tuple[str, ...] = (
+    "nothing_saveable",
+    "dots_saveable",
+    "dots_with_no_batch_dims_saveable",
+    "everything_saveable",
+)
+"""The ``jax.checkpoint_policies`` a UNet's ``remat_policy`` may name: what a recomputed block
+keeps from its forward pass (nothing; matrix products' outputs; those without batch
+dimensions; everything, i.e. no saving)."""
 
 
 def check_image_size(image_size: int, channel_mults: Sequence[int]) -> None:
@@ -187,6 +195,9 @@ class UNet(nn.Module):
       param_dtype: parameter dtype.
       remat: recompute each ResNet block's activations in the backward pass
         (``nn.remat``) to save memory at the cost of ~1 extra forward pass.
+      remat_attention: recompute each attention block's (or spatial transformer's) as well.
+      remat_policy: what a recomputed block keeps (:data:`REMAT_POLICIES`, a
+        ``jax.checkpoint_policies`` name; default nothing).
     """
 
     base_channels: int = 128
@@ -212,6 +223,8 @@ class UNet(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     remat: bool = False
+    remat_attention: bool = False
+    remat_policy: str = "nothing_saveable"
 
     def __post_init__(self) -> None:
         """Validates the configuration when the module is constructed, before any tracing."""
@@ -261,6 +274,10 @@ class UNet(nn.Module):
         if self.attention_head_dim is not None and self.attention_head_dim < 1:
             raise ValueError(
                 f"attention_head_dim must be None or >= 1, got {self.attention_head_dim}."
+            )
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ValueError(
+                f"remat_policy={self.remat_policy!r}; expected one of {REMAT_POLICIES}."
             )
         if self.downsample_padding not in (0, 1):
             raise ValueError(f"downsample_padding must be 0 or 1, got {self.downsample_padding}.")
@@ -460,8 +477,19 @@ class UNet(nn.Module):
                 self.num_classes + 1, 4 * channels, name="label_embedding", **common
             )(labels)
 
+        policy = getattr(jax.checkpoint_policies, self.remat_policy)
+        # `train` (argument 3, counting self) is static: it decides whether dropout runs at all.
+        remat_res_block = nn.remat(ResBlock, static_argnums=(3,), policy=policy)
+        attention_block = (
+            nn.remat(AttentionBlock, policy=policy) if self.remat_attention else AttentionBlock
+        )
+        transformer_block = (
+            nn.remat(SpatialTransformer, policy=policy)
+            if self.remat_attention
+            else SpatialTransformer
+        )
         res_block = functools.partial(
-            _RematResBlock if self.remat else ResBlock,
+            remat_res_block if self.remat else ResBlock,
             dropout=self.dropout,
             num_groups=self.num_groups,
             norm_epsilon=self.norm_epsilon,
@@ -481,10 +509,10 @@ class UNet(nn.Module):
 
         def attention(name: str) -> Any:
             if self.context_dim is None:
-                return lambda h: AttentionBlock(
+                return lambda h: attention_block(
                     heads(h), self.num_groups, self.norm_epsilon, name=name, **common
                 )(h)
-            return lambda h: SpatialTransformer(
+            return lambda h: transformer_block(
                 heads(h), self.transformer_depth, self.linear_projection, self.num_groups,
                 name=name, **common,
             )(h, context)  # fmt: skip

@@ -223,11 +223,14 @@ def base_config() -> ml_collections.ConfigDict:
 
     # The device mesh and where the state lives on it (diffjax.sharding).
     config.sharding = ml_collections.ConfigDict()
-    # Mesh axis names and sizes (-1: all remaining devices). The batch is split over 'data'.
+    # Mesh axis names ('data', 'fsdp') and sizes (-1: all remaining devices). The batch is
+    # split over every axis.
     config.sharding.mesh_axes = ("data",)
     config.sharding.mesh_shape = (-1,)
     # How parameters, EMA, optimizer state and frozen networks are laid out on the mesh:
-    # 'replicated' (pure data parallelism), or a rule registered with register_sharding_rules.
+    # 'replicated' (pure data parallelism), 'fsdp' (each array split over the 'fsdp' axis,
+    # ZeRO-3; needs that axis, e.g. mesh_axes=('data', 'fsdp'), mesh_shape=(1, -1)), or a rule
+    # registered with register_sharding_rules.
     config.sharding.rules = "replicated"
     return config
 
@@ -425,6 +428,7 @@ _UNET_ADDED_KEYS = dict(
     guidance_embedding=False, context_dim=None, transformer_heads=8, transformer_depth=1,
     linear_projection=False, class_context=False, attn_levels=(), attention_head_dim=None,
     norm_epsilon=1e-6, flip_sin_to_cos=False, freq_shift=1.0, downsample_padding=0,
+    remat_attention=False, remat_policy="nothing_saveable",
 )  # fmt: skip
 """UNet keys added after 0.1.0, with the defaults that leave an older UNet as it was."""
 

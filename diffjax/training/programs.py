@@ -32,6 +32,7 @@ from diffjax.errors import ConfigError
 from diffjax.models.conditioning import GUIDANCE_KEY, cond_keys, data_cond_keys
 from diffjax.models.registry import build_model, check_model_config
 from diffjax.sharding import (
+    FSDP_AXIS,
     SHARDING_RULES,
     batch_sharding,
     make_mesh,
@@ -360,6 +361,12 @@ def _check_eval(values: Mapping[str, Any]) -> None:
 def _check_sharding(values: Mapping[str, Any], num_devices: int | None) -> None:
     _check_choice(values, "sharding.rules", tuple(SHARDING_RULES))
     sharding = values["sharding"]
+    if sharding["rules"] == "fsdp" and FSDP_AXIS not in tuple(sharding["mesh_axes"]):
+        raise ConfigError(
+            f"config.sharding.rules='fsdp' splits the state over a mesh axis named "
+            f"'{FSDP_AXIS}', but config.sharding.mesh_axes={tuple(sharding['mesh_axes'])}; use "
+            f"e.g. mesh_axes=('data', 'fsdp') with mesh_shape=(1, -1) (all devices) or (-1, 2)."
+        )
     try:
         resolve_mesh_shape(sharding["mesh_axes"], sharding["mesh_shape"], num_devices)
     except ValueError as error:
