@@ -157,6 +157,12 @@ def test_fsdp_run_resumes_on_other_layouts(reference, data_dir, tmp_path):
     # gradient differs between layouts, and Adam's update is scale-free.
     for got, want in zip(state_leaves(state), state_leaves(expected)):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    # The split run's parameters load onto one device for sampling (the rule replicates them
+    # on a mesh without an 'fsdp' axis).
+    run = load_trained_run(workdir, sharding.make_mesh(jax.devices()[:1]))
+    assert run.mesh.devices.size == 1
+    for got, want in zip(jax.tree.leaves(run.state.ema_params), jax.tree.leaves(state.ema_params)):
+        np.testing.assert_array_equal(got, want)
 
 
 def _inject_nan_at(monkeypatch, bad_step):
