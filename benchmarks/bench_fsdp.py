@@ -5,9 +5,10 @@ Usage::
     python benchmarks/bench_fsdp.py [--steps 10]
 
 1. Per-device bytes of the training state (parameters, EMA, AdamW's two moments) of the SD 1.5
-   UNet layout (859,520,964 parameters, float32) under the 'replicated' and the 'fsdp' rule on
-   8 devices (meshes 8 x 1 and 1 x 8, and 4 x 2), from ``jax.eval_shape`` and the shardings'
-   shard shapes: nothing is allocated.
+   UNet layout (859,520,964 parameters, float32) and of DiT-XL/2 (its published tensor shapes)
+   under the 'replicated' and the 'fsdp' rule on 8 devices (meshes 8 x 1 and 1 x 8, and
+   4 x 2), from ``jax.eval_shape`` / the shapes and the shardings' shard shapes: nothing is
+   allocated.
 2. The training step's time of a small UNet (the Fashion-MNIST recipe's network, batch 64) on 8
    fake CPU devices under each layout: correctness evidence that the same step compiles and
    runs split, not a speed claim (the fake devices share the machine's cores, so the
@@ -51,6 +52,31 @@ LAYOUTS = {
 }
 
 
+def dit_xl2_shapes() -> dict:
+    """The tensor shapes of the published DiT-XL/2 (256x256) checkpoint (Peebles & Xie 2023:
+    28 blocks of width 1152, 16 heads, patch 2 on 32x32x4 latents, adaLN-Zero, 1000 classes
+    and a null one, learned sigma), written out because diffjax has no DiT yet; Flax layouts
+    (a linear weight [in, out]), the fixed position embedding left out."""
+    width, shapes = 1152, {}
+
+    def linear(name: str, fan_in: int, fan_out: int) -> None:
+        shapes[f"{name}/kernel"], shapes[f"{name}/bias"] = (fan_in, fan_out), (fan_out,)
+
+    shapes["x_embedder/kernel"], shapes["x_embedder/bias"] = (2, 2, 4, width), (width,)
+    linear("t_embedder/mlp_0", 256, width)
+    linear("t_embedder/mlp_2", width, width)
+    shapes["y_embedder/embedding"] = (1001, width)
+    for block in range(28):
+        linear(f"blocks_{block}/attn/qkv", width, 3 * width)
+        linear(f"blocks_{block}/attn/proj", width, width)
+        linear(f"blocks_{block}/mlp/fc1", width, 4 * width)
+        linear(f"blocks_{block}/mlp/fc2", 4 * width, width)
+        linear(f"blocks_{block}/adaLN_modulation", width, 6 * width)
+    linear("final_layer/linear", width, 2 * 2 * 8)
+    linear("final_layer/adaLN_modulation", width, 2 * width)
+    return {name: jax.ShapeDtypeStruct(shape, jnp.float32) for name, shape in shapes.items()}
+
+
 def state_bytes_per_device(abstract_params, mesh, rules: str) -> int:
     """Bytes on one device of params, EMA and AdamW's moments laid out by ``rules``."""
     shardings = state_shardings(abstract_params, mesh, rules)
@@ -64,13 +90,14 @@ def state_bytes_per_device(abstract_params, mesh, rules: str) -> int:
 def memory_table() -> None:
     module = unet_from_diffusers_config(SD15_UNET)
     x, context = jnp.zeros((1, 64, 64, 4)), {"context": jnp.zeros((1, 77, 768))}
-    abstract = jax.eval_shape(lambda: module.init(jax.random.key(0), x, 0, context)["params"])
-    print(f"SD 1.5 UNet layout: {count_params(abstract):,} parameters; state = params + EMA + "
-          f"AdamW's 2 moments, float32")  # fmt: skip
-    for name, (shape, rules) in LAYOUTS.items():
-        mesh = make_mesh(axes=("data", "fsdp"), shape=shape)
-        gib = state_bytes_per_device(abstract, mesh, rules) / 2**30
-        print(f"  {name:36s} {gib:6.2f} GiB per device")
+    unet = jax.eval_shape(lambda: module.init(jax.random.key(0), x, 0, context)["params"])
+    for model, abstract in (("SD 1.5 UNet layout", unet), ("DiT-XL/2", dit_xl2_shapes())):
+        print(f"{model}: {count_params(abstract):,} parameters; state = params + EMA + "
+              f"AdamW's 2 moments, float32")  # fmt: skip
+        for name, (shape, rules) in LAYOUTS.items():
+            mesh = make_mesh(axes=("data", "fsdp"), shape=shape)
+            gib = state_bytes_per_device(abstract, mesh, rules) / 2**30
+            print(f"  {name:36s} {gib:6.2f} GiB per device")
 
 
 def step_times(steps: int) -> None:

@@ -20,9 +20,15 @@ from diffjax.models.autoencoder_weights import (  # noqa: E402
     DIFFUSERS_WEIGHTS_FILE,
 )
 from diffjax.models.pretrained import from_pretrained  # noqa: E402
+from diffjax.sharding import make_mesh  # noqa: E402
 from diffjax.training.latent_codec import LATENT_STATISTICS_FILE, autoencoder_codec  # noqa: E402
 from diffjax.training.loop import train_and_evaluate  # noqa: E402
-from diffjax.training.programs import make_run_generator, validate_config  # noqa: E402
+from diffjax.training.programs import (  # noqa: E402
+    build_programs,
+    make_run_generator,
+    program_spec,
+    validate_config,
+)
 from diffjax.training.trained_run import load_trained_run  # noqa: E402
 from diffjax.training.workdir import load_run_record  # noqa: E402
 from diffjax.weights import sha256_of_file  # noqa: E402
@@ -184,3 +190,22 @@ def test_the_evaluate_program_measures_an_autoencoders_reconstructions_and_resum
     assert resumed["num_images"] == straight["num_images"] == 16 and resumed["ssim"] is None
     np.testing.assert_allclose(resumed["psnr"], straight["psnr"], rtol=1e-6)
     assert os.path.exists(straight["path"]) and 0 < straight["psnr"] < 100
+
+
+def test_a_frozen_autoencoder_is_split_like_the_state(data_dir):
+    """Under the 'fsdp' rule the frozen networks (here a diffusers autoencoder as the codec) are
+    laid out by the same rule as the trained state."""
+    mesh_settings = {"sharding.mesh_axes": ("data", "fsdp"), "sharding.mesh_shape": (1, 8),
+                     "sharding.rules": "fsdp"}  # fmt: skip
+    config = make_test_config(data_dir, **mesh_settings)
+    config.codec.name = "autoencoder"
+    config.codec.options.diffusers = FIXTURE
+    config.codec.options.sha256 = FIXTURE_SHA256
+    values = validate_config(config, num_devices=8)
+    mesh = make_mesh(axes=("data", "fsdp"), shape=(1, 8))
+    programs = build_programs(
+        program_spec(values, dict(image_shape=(16, 16, 3), cond_spec=[])), mesh
+    )
+    for tree in (programs.abstract_frozen["codec"], programs.abstract_state.params):
+        specs = {leaf.sharding.spec for leaf in jax.tree.leaves(tree)}
+        assert any("fsdp" in spec for spec in specs)
