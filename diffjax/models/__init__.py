@@ -22,6 +22,7 @@ from diffjax.models.conditioning import (
     select_cond,
 )
 from diffjax.models.discriminator import PatchDiscriminator
+from diffjax.models.dit import DIT_PRESETS, DiT
 from diffjax.models.group_norm import GroupNorm, group_norm
 from diffjax.models.layers import (
     AttentionBlock,
@@ -60,6 +61,8 @@ __all__ = [
     "AutoencoderKL",
     "AutoencoderVQ",
     "CLIPTextModel",
+    "DIT_PRESETS",
+    "DiT",
     "CLIPTokenizer",
     "Downsample",
     "GroupNorm",

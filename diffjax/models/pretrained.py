@@ -16,6 +16,7 @@ is a ``ValueError`` naming it, and a missing, unexpected or misshapen tensor a
 ``AutoencoderKL``         :class:`~diffjax.models.AutoencoderKL` (SD 1/2, SDXL, SD 3)
 ``UNet2DConditionModel``  :class:`~diffjax.models.UNet` with cross-attention (SD 1/2)
 ``UNet2DModel``           :class:`~diffjax.models.UNet` (DDPM's published models)
+``DiTTransformer2DModel`` :class:`~diffjax.models.DiT` (the published DiT checkpoints)
 ``CLIPTextModel``         :class:`~diffjax.models.CLIPTextModel` (transformers' config)
 ========================  ============================================================
 """
@@ -36,6 +37,7 @@ from flax import traverse_util
 import diffjax.models.autoencoder_weights as autoencoder_weights
 import diffjax.models.clip as clip
 import diffjax.models.clip_weights as clip_weights
+import diffjax.models.dit_weights as dit_weights
 import diffjax.models.unet_weights as unet_weights
 from diffjax.weights.files import verify_checksum
 from diffjax.weights.key_tables import KeyRule, apply_key_table, conv_kernel, linear_kernel
@@ -118,6 +120,15 @@ ARCHITECTURES: dict[str, Architecture] = {
     ),
     "UNet2DConditionModel": _UNET,
     "UNet2DModel": _UNET,
+    "DiTTransformer2DModel": Architecture(
+        build=dit_weights.dit_from_diffusers_config,
+        config_of=lambda module, params: dit_weights.diffusers_config_of_dit(
+            module, int(params["pos_embed"]["proj"]["kernel"].shape[2])
+        ),
+        key_table=dit_weights.dit_key_table,
+        read_state=lambda state, rules: dit_weights.drop_embedder_copies(state),
+        write_state=dit_weights.add_embedder_copies,
+    ),
     "CLIPTextModel": Architecture(
         build=clip_weights.clip_text_from_config,
         config_of=lambda module, params: clip_weights.clip_text_config_of(module),
@@ -329,6 +340,7 @@ def save_pretrained(
       ValueError: a module or option the published classes cannot hold.
     """
     kinds = {
+        dit_weights.DiT: "DiTTransformer2DModel",
         unet_weights.UNet: "UNet2DModel",
         autoencoder_weights.AutoencoderKL: "AutoencoderKL",
         clip.CLIPTextModel: "CLIPTextModel",

@@ -27,6 +27,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from diffjax.models.autoencoder import AutoencoderKL, AutoencoderVQ, check_autoencoder_input
+from diffjax.models.dit import DiT
 from diffjax.models.unet import UNet, check_attn_resolutions, check_image_size
 from diffjax.names import RegistryNames
 
@@ -157,6 +158,48 @@ def _check_unet_input(model: UNet, image_shape: tuple[int, ...]) -> None:
     check_attn_resolutions(image_shape[0], model.channel_mults, model.attn_resolutions)
 
 
+def _dit_defaults() -> dict[str, Any]:
+    # DiT-S (Peebles & Xie 2023, Table 1); diffjax.models.DIT_PRESETS has S, B, L and XL.
+    return dict(
+        patch_size=2,
+        hidden_size=384,
+        depth=12,
+        num_heads=6,
+        mlp_ratio=4.0,
+        # None: the input's channels (2 C: a learned variance, as the published models).
+        out_channels=config_dict.placeholder(int),
+        # The training image side the position embeddings are scaled to; None: the input's.
+        sample_size=config_dict.placeholder(int),
+        mlp_norm_epsilon=1e-6,
+        remat=False,
+    )
+
+
+def _build_dit(config: Mapping[str, Any]) -> DiT:
+    return DiT(
+        patch_size=config["patch_size"],
+        hidden_size=config["hidden_size"],
+        depth=config["depth"],
+        num_heads=config["num_heads"],
+        mlp_ratio=config["mlp_ratio"],
+        num_classes=config["num_classes"],
+        out_channels=config["out_channels"],
+        sample_size=config["sample_size"],
+        mlp_norm_epsilon=config["mlp_norm_epsilon"],
+        remat=config["remat"],
+        dtype=DTYPES[config["dtype"]],
+        param_dtype=DTYPES[config["param_dtype"]],
+    )
+
+
+def _check_dit_input(model: DiT, image_shape: tuple[int, ...]) -> None:
+    if len(image_shape) not in (2, 3) or any(side % model.patch_size for side in image_shape[:2]):
+        raise ValueError(
+            f"the DiT takes images (H, W, C) with H and W multiples of patch_size="
+            f"{model.patch_size}, got {image_shape}."
+        )
+
+
 def _autoencoder_defaults() -> dict[str, Any]:
     # SD's kl-f8 (83.7M parameters); diffjax.models.AUTOENCODER_PRESETS has the others.
     return dict(
@@ -246,6 +289,12 @@ MODELS: dict[str, ModelEntry] = {
             "freq_shift",
             "downsample_padding",
         ),
+    ),
+    "dit": ModelEntry(
+        defaults=_dit_defaults,
+        build=_build_dit,
+        check_input_shape=_check_dit_input,
+        state_keys=("patch_size", "hidden_size", "depth", "num_heads", "mlp_ratio", "out_channels"),
     ),
     "autoencoder_kl": ModelEntry(
         defaults=_autoencoder_defaults,

@@ -1,0 +1,329 @@
+"""DiT: the diffusion transformer (Peebles & Xie 2023, "Scalable Diffusion Models with
+Transformers", arXiv:2212.09748), in Flax Linen.
+
+    tokens = patchify(x) + pos                 (a p x p stride-p convolution; fixed 2-D sin-cos
+                                                positions, Sec. 3.2)
+    c = MLP(sinusoid(t)) + embed(y)            (timestep and class embedders)
+    per block, adaLN-Zero (Sec. 3.2, "adaLN-Zero block"):
+      (shift1, scale1, gate1, shift2, scale2, gate2) = W silu(c)     (W zero-initialised)
+      h = h + gate1 * Attention(LN(h) (1 + scale1) + shift1)
+      h = h + gate2 * MLP(LN(h) (1 + scale2) + shift2)              (GELU, tanh approximation)
+    out = unpatchify(W_out (LN(h) (1 + scale) + shift)),  (shift, scale) = W_f silu(c)
+
+The LayerNorms have no affine parameters; the modulations and the output projection are
+zero-initialised, so a new DiT outputs exactly 0 (the paper's "Zero" initialisation). The class
+label ``num_classes`` is the null label of classifier-free guidance, as for the UNet.
+Parameter names follow diffusers' ``DiTTransformer2DModel`` (``transformer_blocks_0/attn1/to_q``,
+``proj_out_2``), so published weights map onto it by name (:mod:`diffjax.models.dit_weights`).
+
+It is called as every registered network is, ``dit(x, t, cond, train=...)``, with the class in
+``cond['label']`` when ``num_classes`` is set (:mod:`diffjax.models.conditioning`).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+from flax.typing import Dtype
+
+from diffjax.models.layers import sinusoidal_embedding
+from diffjax.models.transformer import Attention
+
+__all__ = ["DIT_PRESETS", "DiT", "sincos_positions"]
+
+DIT_PRESETS: dict[str, dict[str, int]] = {
+    "DiT-S": dict(hidden_size=384, depth=12, num_heads=6),
+    "DiT-B": dict(hidden_size=768, depth=12, num_heads=12),
+    "DiT-L": dict(hidden_size=1024, depth=24, num_heads=16),
+    "DiT-XL": dict(hidden_size=1152, depth=28, num_heads=16),
+}
+"""The paper's model sizes (Table 1); each takes patch 2, 4 or 8 (``DiT-XL/2``: patch 2)."""
+
+_TIME_FEATURES = 256
+
+
+def sincos_positions(
+    dim: int, grid_height: int, grid_width: int, base_size: int | None = None
+) -> np.ndarray:
+    """Fixed 2-D sin-cos position embeddings ``[grid_height * grid_width, dim]`` (MAE's, used by
+    DiT): half the channels encode the column, half the row, each as ``[sin(p w_k), cos(p
+    w_k)]`` with ``w_k = 10000^(-k / (dim / 4))``; positions are scaled by ``base_size /
+    grid`` (diffusers' convention, so a grid other than the training one keeps the same range).
+
+    Args:
+      dim: the embedding width, a multiple of 4.
+      grid_height, grid_width: the patch grid.
+      base_size: the training grid's side (default: the grid's own).
+    """
+    if dim % 4:
+        raise ValueError(f"the position embedding width {dim} must be a multiple of 4.")
+    rows = np.arange(grid_height) / (grid_height / (base_size or grid_height))
+    columns = np.arange(grid_width) / (grid_width / (base_size or grid_width))
+    column_grid, row_grid = np.meshgrid(columns, rows)
+    omega = 1.0 / 10000 ** (np.arange(dim // 4, dtype=np.float64) / (dim / 4))
+
+    def one_axis(positions: np.ndarray) -> np.ndarray:
+        angles = positions.reshape(-1)[:, None] * omega[None, :]
+        return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+
+    return np.concatenate([one_axis(column_grid), one_axis(row_grid)], axis=1).astype(np.float32)
+
+
+class _TimestepEmbedder(nn.Module):
+    """``linear_2(silu(linear_1(sinusoid(t))))``: diffusers' ``TimestepEmbedding`` of the
+    256-wide cosine-first sinusoid with DiT's frequency shift of 1."""
+
+    features: int
+    dtype: Dtype
+    param_dtype: Dtype
+
+    @nn.compact
+    def __call__(self, t: jnp.ndarray) -> jnp.ndarray:
+        common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        emb = sinusoidal_embedding(t, _TIME_FEATURES, flip_sin_to_cos=True, freq_shift=1.0)
+        emb = nn.silu(nn.Dense(self.features, name="linear_1", **common)(emb))
+        return nn.Dense(self.features, name="linear_2", **common)(emb)
+
+
+class _Linear(nn.Module):
+    """A zero-initialised ``linear`` Dense in a named scope (diffusers' ``norm1.linear``)."""
+
+    features: int
+    dtype: Dtype
+    param_dtype: Dtype
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        return nn.Dense(
+            self.features, kernel_init=nn.initializers.zeros, name="linear", dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )(x)  # fmt: skip
+
+
+class _FeedForward(nn.Module):
+    """``net_2(GELU_tanh(net_0.proj(x)))``, ``mlp_ratio`` times wider inside."""
+
+    mlp_ratio: float
+    dtype: Dtype
+    param_dtype: Dtype
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        width = x.shape[-1]
+        hidden = _Projection(int(width * self.mlp_ratio), name="net_0", **common)(x)
+        return nn.Dense(width, name="net_2", **common)(nn.gelu(hidden, approximate=True))
+
+
+class _Projection(nn.Module):
+    """A Dense named ``proj`` (diffusers' ``GELU`` module's projection)."""
+
+    features: int
+    dtype: Dtype
+    param_dtype: Dtype
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        return nn.Dense(self.features, name="proj", dtype=self.dtype, param_dtype=self.param_dtype)(
+            x
+        )
+
+
+class _PatchEmbed(nn.Module):
+    """``[B, H, W, C] -> [B, H/p * W/p, D]``: a p x p stride-p convolution named ``proj``, its
+    output flattened row by row."""
+
+    features: int
+    patch_size: int
+    dtype: Dtype
+    param_dtype: Dtype
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        p = self.patch_size
+        h = nn.Conv(
+            self.features, (p, p), strides=(p, p), padding="VALID", name="proj",
+            dtype=self.dtype, param_dtype=self.param_dtype,
+        )(x)  # fmt: skip
+        return h.reshape(h.shape[0], -1, self.features)
+
+
+class _ClassEmbedder(nn.Module):
+    """The label embedding table (``num_embeddings`` rows, the last the null label)."""
+
+    num_embeddings: int
+    features: int
+    dtype: Dtype
+    param_dtype: Dtype
+
+    @nn.compact
+    def __call__(self, labels: jnp.ndarray) -> jnp.ndarray:
+        return nn.Embed(
+            self.num_embeddings, self.features, name="embedding_table", dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )(labels)  # fmt: skip
+
+
+class _Block(nn.Module):
+    """One adaLN-Zero block (module docstring) on tokens ``[B, N, D]`` conditioned on
+    ``c [B, D]``."""
+
+    num_heads: int
+    mlp_ratio: float
+    mlp_norm_epsilon: float
+    dtype: Dtype
+    param_dtype: Dtype
+
+    @nn.compact
+    def __call__(self, h: jnp.ndarray, c: jnp.ndarray) -> jnp.ndarray:
+        common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        modulation = _Linear(6 * h.shape[-1], name="norm1", **common)(nn.silu(c))
+        shift1, scale1, gate1, shift2, scale2, gate2 = jnp.split(modulation[:, None], 6, -1)
+        norm = functools.partial(nn.LayerNorm, use_bias=False, use_scale=False, **common)
+        x = norm(epsilon=1e-6)(h) * (1 + scale1) + shift1
+        h = h + gate1 * Attention(self.num_heads, qkv_bias=True, name="attn1", **common)(x)
+        x = norm(epsilon=self.mlp_norm_epsilon)(h) * (1 + scale2) + shift2
+        return h + gate2 * _FeedForward(self.mlp_ratio, name="ff", **common)(x)
+
+
+class DiT(nn.Module):
+    """The diffusion transformer (module docstring), predicting an image-shaped output from
+    ``(x_t, t, cond)``.
+
+    Attributes:
+      patch_size: p; image sides must be multiples of it (DiT: 2, 4 or 8).
+      hidden_size: token width D (a multiple of 4 and of ``num_heads``).
+      depth: transformer blocks.
+      num_heads: attention heads.
+      mlp_ratio: the MLP's hidden width over D.
+      num_classes: enables class conditioning on ``cond['label']`` (``num_classes + 1``
+        embedding rows; ``num_classes`` is the null label); None: unconditional.
+      out_channels: output channels; None: the input's (``2 C`` for the published models'
+        learned variance).
+      sample_size: the image side the position embeddings are scaled to (the training
+        resolution; other sizes keep the same position range); None: the input's.
+      mlp_norm_epsilon: the MLP's LayerNorm epsilon (original DiT: 1e-6; diffusers' configs
+        carry 1e-5).
+      dtype, param_dtype: compute and parameter dtypes (attention logits and LayerNorm
+        statistics stay float32; the output is float32).
+      remat: recompute each block's activations in the backward pass.
+    """
+
+    patch_size: int = 2
+    hidden_size: int = 1152
+    depth: int = 28
+    num_heads: int = 16
+    mlp_ratio: float = 4.0
+    num_classes: int | None = 1000
+    out_channels: int | None = None
+    sample_size: int | None = None
+    mlp_norm_epsilon: float = 1e-6
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    remat: bool = False
+
+    def __post_init__(self) -> None:
+        """Validates the configuration at construction, before any tracing."""
+        super().__post_init__()
+        if self.patch_size < 1 or self.depth < 1:
+            raise ValueError(
+                f"patch_size and depth must be >= 1, got {self.patch_size}, {self.depth}."
+            )
+        if self.hidden_size % 4 or self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size={self.hidden_size} must be a multiple of 4 and of "
+                f"num_heads={self.num_heads}."
+            )
+        if self.num_classes is not None and self.num_classes < 1:
+            raise ValueError(f"num_classes must be None or >= 1, got {self.num_classes}.")
+
+    @property
+    def cond_keys(self) -> tuple[str, ...]:
+        """``('label',)`` for a class-conditional DiT, else ``()``."""
+        return () if self.num_classes is None else ("label",)
+
+    def null_cond(self, cond: Mapping[str, Any]) -> dict[str, jnp.ndarray]:
+        """The null label ``num_classes`` for every example."""
+        return {"label": jnp.full_like(jnp.asarray(cond["label"]), self.num_classes)}
+
+    def _labels(self, cond: Any, batch: int) -> jnp.ndarray | None:
+        labels = None if cond is None else cond.get("label")
+        if self.num_classes is None:
+            if labels is not None:
+                raise ValueError("cond['label'] was given but the DiT has num_classes=None.")
+            return None
+        if labels is None:
+            raise ValueError(
+                f"The DiT is class-conditional (num_classes={self.num_classes}) and needs "
+                f"cond['label'] int [B]; the null label is {self.num_classes}."
+            )
+        labels = jnp.asarray(labels)
+        if labels.shape != (batch,) or not jnp.issubdtype(labels.dtype, jnp.integer):
+            raise ValueError(
+                f"cond['label'] must be an int array [B] = [{batch}], got {labels.dtype} "
+                f"{labels.shape}."
+            )
+        return labels
+
+    @nn.compact
+    def __call__(
+        self,
+        x: jnp.ndarray,
+        t: jnp.ndarray,
+        cond: Mapping[str, Any] | None = None,
+        train: bool = False,
+    ) -> jnp.ndarray:
+        """Runs the DiT.
+
+        Args:
+          x: ``[B, H, W, C]`` float, ``H`` and ``W`` multiples of ``patch_size``.
+          t: timesteps ``[B]`` (or a scalar), embedded as given.
+          cond: ``{'label': int [B]}`` for a class-conditional DiT, else None or ``{}``.
+          train: unused (no dropout); accepted as every registered network's argument.
+
+        Returns:
+          ``[B, H, W, out_channels]`` float32.
+
+        Raises:
+          ValueError: at trace time, for a bad image size or label.
+        """
+        if x.ndim != 4 or x.shape[1] % self.patch_size or x.shape[2] % self.patch_size:
+            raise ValueError(
+                f"x must be [B, H, W, C] with H and W multiples of patch_size="
+                f"{self.patch_size}, got shape {x.shape}."
+            )
+        batch, height, width, channels = x.shape
+        p, common = self.patch_size, dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        t = jnp.broadcast_to(jnp.asarray(t), (batch,))
+        labels = self._labels(cond, batch)
+        grid_h, grid_w = height // p, width // p
+        h = _PatchEmbed(self.hidden_size, p, name="pos_embed", **common)(x.astype(self.dtype))
+        base = None if self.sample_size is None else self.sample_size // p
+        h = h + sincos_positions(self.hidden_size, grid_h, grid_w, base).astype(h.dtype)
+        c = _TimestepEmbedder(self.hidden_size, name="timestep_embedder", **common)(t)
+        if labels is not None:
+            c = c + _ClassEmbedder(
+                self.num_classes + 1, self.hidden_size, name="class_embedder", **common
+            )(labels)
+        block = nn.remat(_Block) if self.remat else _Block
+        for index in range(self.depth):
+            h = block(
+                self.num_heads, self.mlp_ratio, self.mlp_norm_epsilon,
+                name=f"transformer_blocks_{index}", **common,
+            )(h, c)  # fmt: skip
+        shift, scale = jnp.split(
+            nn.Dense(2 * self.hidden_size, kernel_init=nn.initializers.zeros, name="proj_out_1",
+                     **common)(nn.silu(c))[:, None],
+            2, axis=-1,
+        )  # fmt: skip
+        h = nn.LayerNorm(epsilon=1e-6, use_bias=False, use_scale=False, **common)(h)
+        out_channels = channels if self.out_channels is None else self.out_channels
+        h = nn.Dense(p * p * out_channels, kernel_init=nn.initializers.zeros, name="proj_out_2",
+                     **common)(h * (1 + scale) + shift)  # fmt: skip
+        h = h.reshape(batch, grid_h, grid_w, p, p, out_channels)
+        h = jnp.transpose(h, (0, 1, 3, 2, 4, 5)).reshape(batch, height, width, out_channels)
+        return h.astype(jnp.float32)
