@@ -26,6 +26,7 @@ import functools
 from typing import Any, Mapping
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax.typing import Dtype
@@ -33,7 +34,7 @@ from flax.typing import Dtype
 from diffjax.models.layers import sinusoidal_embedding
 from diffjax.models.transformer import Attention
 
-__all__ = ["DIT_PRESETS", "DiT", "sincos_positions"]
+__all__ = ["DIT_PRESETS", "DiT", "sincos_positions", "stack_blocks", "unstack_blocks"]
 
 DIT_PRESETS: dict[str, dict[str, int]] = {
     "DiT-S": dict(hidden_size=384, depth=12, num_heads=6),
@@ -190,6 +191,43 @@ class _Block(nn.Module):
         return h + gate2 * _FeedForward(self.mlp_ratio, name="ff", **common)(x)
 
 
+class _ScanStep(nn.Module):
+    """One block as a step of ``nn.scan``: ``(h, c) -> (block(h, c), None)``."""
+
+    block: Any
+    settings: tuple[int, float, float]
+    dtype: Dtype
+    param_dtype: Dtype
+
+    @nn.compact
+    def __call__(self, h: jnp.ndarray, c: jnp.ndarray) -> tuple[jnp.ndarray, None]:
+        block = self.block(*self.settings, name="block", dtype=self.dtype,
+                           param_dtype=self.param_dtype)  # fmt: skip
+        return block(h, c), None
+
+
+def stack_blocks(params: Mapping[str, Any], depth: int) -> dict[str, Any]:
+    """An unrolled DiT's parameters (``transformer_blocks_0`` .. ``_{depth-1}``) in the layout
+    of ``scan_blocks=True``: one ``transformer_blocks/block`` tree, each leaf stacked on a
+    leading ``depth`` axis."""
+    blocks = [params[f"transformer_blocks_{index}"] for index in range(depth)]
+    rest = {k: v for k, v in params.items() if not k.startswith("transformer_blocks_")}
+    stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *blocks)
+    return {**rest, "transformer_blocks": {"block": stacked}}
+
+
+def unstack_blocks(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The inverse of :func:`stack_blocks`."""
+    stacked = params["transformer_blocks"]["block"]
+    depth = jax.tree.leaves(stacked)[0].shape[0]
+    rest = {k: v for k, v in params.items() if k != "transformer_blocks"}
+    blocks = {
+        f"transformer_blocks_{index}": jax.tree.map(lambda leaf, i=index: leaf[i], stacked)
+        for index in range(depth)
+    }
+    return {**rest, **blocks}
+
+
 class DiT(nn.Module):
     """The diffusion transformer (module docstring), predicting an image-shaped output from
     ``(x_t, t, cond)``.
@@ -211,6 +249,10 @@ class DiT(nn.Module):
       dtype, param_dtype: compute and parameter dtypes (attention logits and LayerNorm
         statistics stay float32; the output is float32).
       remat: recompute each block's activations in the backward pass.
+      scan_blocks: run the blocks as one ``nn.scan`` (their parameters stacked on a leading
+        ``depth`` axis under ``transformer_blocks``), so compile time stays flat in depth;
+        :func:`stack_blocks` / :func:`unstack_blocks` convert parameters between the layouts
+        (published weights load into the unrolled one).
     """
 
     patch_size: int = 2
@@ -225,6 +267,7 @@ class DiT(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     remat: bool = False
+    scan_blocks: bool = False
 
     def __post_init__(self) -> None:
         """Validates the configuration at construction, before any tracing."""
@@ -310,11 +353,15 @@ class DiT(nn.Module):
                 self.num_classes + 1, self.hidden_size, name="class_embedder", **common
             )(labels)
         block = nn.remat(_Block) if self.remat else _Block
-        for index in range(self.depth):
-            h = block(
-                self.num_heads, self.mlp_ratio, self.mlp_norm_epsilon,
-                name=f"transformer_blocks_{index}", **common,
-            )(h, c)  # fmt: skip
+        settings = (self.num_heads, self.mlp_ratio, self.mlp_norm_epsilon)
+        if self.scan_blocks:
+            scanned = nn.scan(
+                _ScanStep, variable_axes={"params": 0}, split_rngs={"params": True},
+                in_axes=nn.broadcast, length=self.depth,
+            )  # fmt: skip
+            h, _ = scanned(block, settings, name="transformer_blocks", **common)(h, c)
+        for index in range(0 if self.scan_blocks else self.depth):
+            h = block(*settings, name=f"transformer_blocks_{index}", **common)(h, c)
         shift, scale = jnp.split(
             nn.Dense(2 * self.hidden_size, kernel_init=nn.initializers.zeros, name="proj_out_1",
                      **common)(nn.silu(c))[:, None],

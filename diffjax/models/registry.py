@@ -172,6 +172,9 @@ def _dit_defaults() -> dict[str, Any]:
         sample_size=config_dict.placeholder(int),
         mlp_norm_epsilon=1e-6,
         remat=False,
+        # One nn.scan over the blocks (parameters stacked on a depth axis): compile time flat
+        # in depth.
+        scan_blocks=False,
     )
 
 
@@ -187,6 +190,7 @@ def _build_dit(config: Mapping[str, Any]) -> DiT:
         sample_size=config["sample_size"],
         mlp_norm_epsilon=config["mlp_norm_epsilon"],
         remat=config["remat"],
+        scan_blocks=config["scan_blocks"],
         dtype=DTYPES[config["dtype"]],
         param_dtype=DTYPES[config["param_dtype"]],
     )
@@ -294,7 +298,15 @@ MODELS: dict[str, ModelEntry] = {
         defaults=_dit_defaults,
         build=_build_dit,
         check_input_shape=_check_dit_input,
-        state_keys=("patch_size", "hidden_size", "depth", "num_heads", "mlp_ratio", "out_channels"),
+        state_keys=(
+            "patch_size",
+            "hidden_size",
+            "depth",
+            "num_heads",
+            "mlp_ratio",
+            "out_channels",
+            "scan_blocks",
+        ),  # fmt: skip
     ),
     "autoencoder_kl": ModelEntry(
         defaults=_autoencoder_defaults,
