@@ -6,6 +6,8 @@ Examples::
   python -m diffjax.evaluate --workdir runs/fmnist --metrics fd,kid,pr,is,bpd --num 10000 \
       --sampler dpm_solver --steps 20
   python -m diffjax.evaluate --workdir runs/cifar10 --features inception --metrics fd,is,kid
+  python -m diffjax.evaluate --workdir runs/fmnist --classifier runs/fmnist_classifier \
+      --classifier_scale 2 --num 1000
   python -m diffjax.evaluate --make_reference_stats --dataset cifar10 --split train \
       --image_size 32 --features inception --out cifar10_train_inception.npz
 
@@ -74,6 +76,14 @@ _STEPS = flags.DEFINE_integer(
 )  # fmt: skip
 _OPTIONS = flags.DEFINE_multi_string("option", [], "A sampler option as name=value (repeatable).")
 _GUIDANCE = flags.DEFINE_float("guidance", None, "Guidance weight; default: the config's.")
+_CLASSIFIER = flags.DEFINE_string(
+    "classifier", None,
+    "Classifier guidance: the workdir of a noisy classifier trained on the run's process; "
+    "sample i is guided towards class i mod K.",
+)  # fmt: skip
+_CLASSIFIER_SCALE = flags.DEFINE_float(
+    "classifier_scale", 1.0, "The classifier guidance scale (with --classifier)."
+)
 _EMA = flags.DEFINE_bool("ema", True, "Use the EMA weights (--noema: the raw weights).")
 _SEED = flags.DEFINE_integer(
     "seed", None, "Seed of the samples (default: the run's config.sampling.seed)."
@@ -225,6 +235,7 @@ def _quoted(config: dict, settings: Any, step: int) -> float | None:
         and settings.num_samples == evaluation["fd_num_samples"]
         and (settings.sampler, settings.options) == sampling_settings(config)
         and settings.guidance_scale == sampling["guidance_scale"]
+        and settings.classifier is None
         and settings.ema
         and settings.seed == sampling["seed"]
         and settings.features == evaluation["fd_features"]
@@ -262,6 +273,12 @@ def evaluate_main() -> dict:
             f"dB{ssim_text}; {result['seconds']:.0f} s; wrote {result['path']}"
         )
         return result
+    if config["objective"]["name"] == "classifier":
+        raise ConfigError(
+            f"{_WORKDIR.value} is a noisy classifier (config.objective.name='classifier'): it "
+            f"draws no samples; its accuracy by noise level is in its metrics.jsonl, and it "
+            f"guides another run's evaluation with --classifier {_WORKDIR.value}."
+        )
     sampling = config["sampling"]
     sampler, options = sampling_settings(
         config, sampler=_SAMPLER.value, num_steps=_STEPS.value,
@@ -284,6 +301,8 @@ def evaluate_main() -> dict:
         bpd_rtol=_BPD_RTOL.value,
         bpd_divergence=_BPD_DIVERGENCE.value,
         bpd_autodiff=_BPD_AUTODIFF.value,
+        classifier=_CLASSIFIER.value or None,
+        classifier_scale=_CLASSIFIER_SCALE.value,
     )
     result = evaluate_run(
         _WORKDIR.value, settings, weights_path=_INCEPTION_WEIGHTS.value, download=_DOWNLOAD.value

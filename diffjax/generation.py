@@ -25,6 +25,7 @@ from jax.sharding import Mesh
 from diffjax import samplers
 from diffjax.codecs import IdentityCodec, is_identity
 from diffjax.models.conditioning import GUIDANCE_KEY, cond_keys, make_model_fn
+from diffjax.samplers.guidance import compose_guides
 from diffjax.sharding import batch_sharding
 
 __all__ = ["Generator", "class_labels", "make_generator"]
@@ -92,11 +93,13 @@ def make_generator(
       mesh: optional mesh to split the samples over.
 
     Returns:
-      ``generate(params, keys, cond=None, *, frozen=None, x_T=None, decode=True)``: ``keys``
-      one key or ``[N]`` per-sample keys (:func:`diffjax.samplers.sample_keys`), ``cond`` the
-      conditioning ``{key: [N, ...]}`` (None for an unconditional network), ``frozen`` the
-      run's frozen pytrees (the codec's parameters as ``frozen['codec']``), ``x_T`` an
-      optional start ``[N, *shape]``; returns float32 images ``[N, H, W, C]`` in about
+      ``generate(params, keys, cond=None, *, frozen=None, x_T=None, decode=True,
+      guide=None)``: ``keys`` one key or ``[N]`` per-sample keys
+      (:func:`diffjax.samplers.sample_keys`), ``cond`` the conditioning ``{key: [N, ...]}``
+      (None for an unconditional network), ``frozen`` the run's frozen pytrees (the codec's
+      parameters as ``frozen['codec']``), ``x_T`` an optional start ``[N, *shape]``, ``guide``
+      this call's guide (classifier guidance towards this batch's classes; applied before
+      the ``guide`` given here); returns float32 images ``[N, H, W, C]`` in about
       [-1, 1], or the model-space samples ``[N, *shape]`` with ``decode=False``.
     """
     codec = IdentityCodec() if codec is None else codec
@@ -117,6 +120,7 @@ def make_generator(
         frozen: Mapping[str, Any] | None = None,
         x_T: jax.Array | None = None,
         decode: bool = True,
+        guide: Callable | None = None,
     ) -> jax.Array:
         if embeds_guidance:
             scale = jnp.full((num_samples,), guidance_scale, jnp.float32)
@@ -125,7 +129,11 @@ def make_generator(
             module, params, cond, guidance_scale=1.0 if embeds_guidance else guidance_scale
         )
         extra = {} if x_T is None else {"x_T": jnp.asarray(x_T)}
-        latents = samplers.sample(sampler, model_fn, process, keys, full_shape, **options, **extra)
+        if guide is not None:
+            extra["guide"] = compose_guides(guide, options.get("guide"))
+        latents = samplers.sample(
+            sampler, model_fn, process, keys, full_shape, **{**options, **extra}
+        )
         if options.get("return_stats"):
             latents, stats = latents
         if decode and decode_fn is not None:

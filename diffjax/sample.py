@@ -6,6 +6,8 @@ Example::
       --num 64 --seed 0
   python -m diffjax.sample --workdir runs/fmnist_edm --sampler heun --steps 18 --option s_churn=10
   python -m diffjax.sample --workdir runs/cifar10_cond --guidance 3.0 --label 3
+  python -m diffjax.sample --workdir runs/fmnist --classifier runs/fmnist_classifier \
+      --classifier_scale 2 --class 3
 
 Loads the newest good checkpoint read-only (safe while the run is still training), draws
 ``--num`` samples with the EMA weights (``--noema`` for the raw weights), and writes a PNG grid
@@ -15,7 +17,9 @@ class-conditional model) into ``DIR/samples/``. Sample i is drawn with the key
 and ``--seed S`` gives the training loop's grid images for ``config.sampling.seed = S`` (same
 sampler and steps). It prints the first batch's time (compilation included) and, apart, the
 compiled time per sample (a single-batch run is timed on a second call), and for the adaptive
-``ode`` sampler its function evaluations. The sampler, steps, sampler options and
+``ode`` sampler its function evaluations. ``--classifier`` guides the samples with a noisy
+classifier's gradient (classifier guidance, ``diffjax.gradient_guidance``) towards ``--class``
+(an alias of ``--label``), or one class per row of the grid. The sampler, steps, sampler options and
 guidance default to the run's config; ``--option name=value`` sets any option of the chosen
 sampler (checked against it before anything compiles). Without ``--steps``, the run's sampler
 uses its configured steps and another sampler its own default (``ddpm``: all T steps, as in the
@@ -69,6 +73,16 @@ _GUIDANCE = flags.DEFINE_float(
 _LABEL = flags.DEFINE_integer(
     "label", None, "Class of every sample (class-conditional runs); default: all classes in turn."
 )
+flags.DEFINE_alias("class", "label")
+_CLASSIFIER = flags.DEFINE_string(
+    "classifier", None,
+    "Classifier guidance: the workdir of a noisy classifier trained on this run's process "
+    "(config.objective.name='classifier'); samples are guided towards --class (default: one "
+    "class per row of the grid).",
+)  # fmt: skip
+_CLASSIFIER_SCALE = flags.DEFINE_float(
+    "classifier_scale", 1.0, "The classifier guidance scale s (with --classifier; 0: unguided)."
+)
 _SEED = flags.DEFINE_integer(
     "seed",
     None,
@@ -114,6 +128,22 @@ def _check_flags() -> dict:
     config = upgrade_config(record["config"])
     import_modules(config)  # they may register the sampler
     num_classes = config["model"]["num_classes"]
+    if _CLASSIFIER.value:
+        classifier_record = load_run_record(_CLASSIFIER.value)
+        if classifier_record is None:
+            raise WorkdirError(
+                f"--classifier {_CLASSIFIER.value} holds no diffjax run (no {RUN_RECORD_FILE})."
+            )
+        classes = upgrade_config(classifier_record["config"])["model"]["num_classes"]
+        if _LABEL.value is not None and not 0 <= _LABEL.value < (classes or 0):
+            raise ConfigError(
+                f"--class={_LABEL.value} is not a class of the classifier; allowed: "
+                f"0..{(classes or 1) - 1}."
+            )
+        if num_classes is None:
+            return config
+    elif _CLASSIFIER_SCALE.value != 1.0:
+        raise ConfigError("--classifier_scale needs --classifier (a classifier run's workdir).")
     if _LABEL.value is not None and (num_classes is None or not 0 <= _LABEL.value <= num_classes):
         allowed = "none (unconditional run)" if num_classes is None else f"0..{num_classes}"
         raise ConfigError(f"--label={_LABEL.value} is not a class of this run; allowed: {allowed}.")
@@ -140,20 +170,29 @@ def sample_main() -> str:
     from diffjax.generation import class_labels
     from diffjax.images import atomic_write, save_image_grid
     from diffjax.sharding import gather_to_host, make_mesh
+    from diffjax.training.classifier_guidance import load_run_classifier
     from diffjax.training.run_sampling import run_sampler
     from diffjax.training.trained_run import load_trained_run
 
     num_classes = _check_flags()["model"]["num_classes"]
-    run = load_trained_run(_WORKDIR.value, make_mesh())
+    mesh = make_mesh()
+    run = load_trained_run(_WORKDIR.value, mesh)
+    classifier = None
+    if _CLASSIFIER.value:
+        classifier = load_run_classifier(
+            _CLASSIFIER.value, run.config, _CLASSIFIER_SCALE.value, mesh=mesh
+        )
     all_labels = None
     if _LABEL.value is not None:
         all_labels = np.full((_NUM.value,), _LABEL.value, np.int32)
-    elif num_classes is not None:
-        all_labels = class_labels(np.arange(_NUM.value), num_classes, blocks=_NUM.value)
+    elif num_classes is not None or classifier is not None:
+        classes = num_classes if classifier is None else classifier.num_classes
+        all_labels = class_labels(np.arange(_NUM.value), classes, blocks=_NUM.value)
     batch = min(_BATCH.value, _NUM.value)
     settings = dict(
         sampler=_SAMPLER.value, num_steps=_STEPS.value,
-        options=_options(), guidance_scale=_GUIDANCE.value, ema=_EMA.value, seed=_SEED.value, labels=all_labels,
+        options=_options(), guidance_scale=_GUIDANCE.value, ema=_EMA.value, seed=_SEED.value,
+        labels=all_labels, classifier=classifier,
     )  # fmt: skip
     sampler = run_sampler(run, batch, **settings)
     if is_adaptive(sampler.sampler):
@@ -186,6 +225,7 @@ def sample_main() -> str:
     name = (
         f"{file_part}_step{run.step}_seed{sampler.seed}"
         + (f"_w{sampler.guidance_scale:g}" if num_classes is not None else "")
+        + (f"_cg{classifier.scale:g}" if classifier is not None else "")
         + ("" if _EMA.value else "_raw")
     )
     prefix = _OUT.value or os.path.join(_WORKDIR.value, "samples", f"cli_{name}")

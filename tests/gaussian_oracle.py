@@ -529,3 +529,35 @@ class CallCounter:
     def __call__(self, x, t):
         jax.debug.callback(self._count)
         return self.model_fn(x, t)
+
+
+def _class_log_prob(means, variances0, log_weights, process, labels, x_t, t):
+    alpha, sigma = dj.alpha_sigma(process, t, 3)  # [B, 1, 1]
+    variances_t = alpha**2 * variances0 + sigma**2  # [B, K, D]
+    residual = x_t.reshape(x_t.shape[0], 1, -1) - alpha * means
+    log_density = -0.5 * jnp.sum(
+        residual**2 / variances_t + jnp.log(2 * jnp.pi * variances_t), axis=-1
+    )
+    log_posterior = jax.nn.log_softmax(log_weights + log_density, axis=-1)  # [B, K]
+    return jnp.take_along_axis(log_posterior, labels[:, None], axis=-1)[:, 0]
+
+
+def exact_class_log_prob(
+    mixture: GaussianMixture, process, labels: jnp.ndarray
+) -> jax.tree_util.Partial:
+    """``log_prob_fn(x_t [B, D], t [B]) -> [B]``: the exact log p(y | x_t) of the noised mixture
+    when the class y is the component (Bayes' rule on the mixture of the module docstring).
+    ``t`` is the process time: int for a schedule, float for a continuous process."""
+    return jax.tree_util.Partial(
+        _class_log_prob,
+        *_mixture_arrays(mixture),
+        dj.processes.as_jit_argument(process),
+        jnp.asarray(labels, jnp.int32),
+    )
+
+
+def component(mixture: GaussianMixture, index: int) -> GaussianMixture:
+    """Mixture component ``index`` alone: the data law of class ``index``."""
+    return GaussianMixture(
+        np.ones(1), mixture.means[index : index + 1], mixture.stds[index : index + 1]
+    )

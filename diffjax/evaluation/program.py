@@ -84,6 +84,9 @@ class EvalSettings(NamedTuple):
       bpd_divergence: the ODE likelihood's divergence, ``'rademacher' | 'gaussian' | 'exact'``.
       bpd_autodiff: its Jacobian products, ``'forward' | 'reverse'`` (for a network with a
         ``custom_vjp``).
+      classifier: the workdir of a noisy classifier guiding the samples (classifier guidance,
+        sample i towards class i mod K), or None.
+      classifier_scale: its guidance scale.
     """
 
     metrics: tuple[str, ...]
@@ -102,6 +105,8 @@ class EvalSettings(NamedTuple):
     bpd_rtol: float = 1e-5
     bpd_divergence: str = "rademacher"
     bpd_autodiff: str = "forward"
+    classifier: str | None = None
+    classifier_scale: float = 1.0
 
     def check(self, num_devices: int) -> None:
         """Raises :class:`ConfigError` for a bad setting, before anything is compiled."""
@@ -235,6 +240,13 @@ def evaluate_run(
 
     results: dict[str, Any] = {}
     frozen, _ = load_frozen(values, run.programs, mesh)
+    classifier = None
+    if settings.classifier:
+        from diffjax.training.classifier_guidance import load_run_classifier
+
+        classifier = load_run_classifier(
+            settings.classifier, values, settings.classifier_scale, mesh=mesh
+        )
     if feature_metrics:
         generate = make_run_generator(
             values, run.programs, settings.batch_size, mesh, sampler=settings.sampler,
@@ -247,7 +259,7 @@ def evaluate_run(
         )  # fmt: skip
         draw = sample_drawer(
             generate, params, seed=settings.seed, conditions=SampleConditions(values, run.model),
-            frozen=frozen,
+            frozen=frozen, classifier=classifier,
         )  # fmt: skip
         job.run(sample_image_source(draw, mesh), settings.batch_size, description="samples",
                 progress=progress)  # fmt: skip
@@ -273,6 +285,7 @@ def evaluate_run(
             network=None if network is None else network.record(),
             reference=reference_record,
             weights="ema" if settings.ema else "raw",
+            classifier=None if classifier is None else classifier.record(),
             devices=mesh.devices.size,
             processes=jax.process_count(),
             platform=jax.devices()[0].platform,

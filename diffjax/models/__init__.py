@@ -11,6 +11,7 @@ from diffjax.models.autoencoder import (
     AutoencoderVQ,
     decode_checked,
 )
+from diffjax.models.classifier import NoisyClassifier
 from diffjax.models.clip import CLIPTextModel
 from diffjax.models.clip_tokenizer import CLIPTokenizer
 from diffjax.models.conditioning import (
@@ -63,6 +64,7 @@ __all__ = [
     "CLIPTextModel",
     "DIT_PRESETS",
     "DiT",
+    "NoisyClassifier",
     "CLIPTokenizer",
     "Downsample",
     "GroupNorm",

@@ -27,8 +27,14 @@ import ml_collections
 from ml_collections import config_dict
 
 from diffjax.models.autoencoder import AutoencoderKL, AutoencoderVQ, check_autoencoder_input
+from diffjax.models.classifier import NoisyClassifier
 from diffjax.models.dit import DiT
-from diffjax.models.unet import UNet, check_attn_resolutions, check_image_size
+from diffjax.models.unet import (
+    UNet,
+    check_attn_resolutions,
+    check_image_size,
+    feature_map_sizes,
+)
 from diffjax.names import RegistryNames
 
 __all__ = [
@@ -204,6 +210,48 @@ def _check_dit_input(model: DiT, image_shape: tuple[int, ...]) -> None:
         )
 
 
+def _classifier_defaults() -> dict[str, Any]:
+    # config.model.num_classes is the number of classes the classifier predicts (required).
+    return dict(
+        base_channels=32,
+        channel_mults=(1, 2, 2),
+        num_res_blocks=1,
+        attn_resolutions=(),
+        dropout=0.0,
+        num_groups=8,
+    )
+
+
+def _build_classifier(config: Mapping[str, Any]) -> NoisyClassifier:
+    return NoisyClassifier(
+        num_classes=config["num_classes"],
+        base_channels=config["base_channels"],
+        channel_mults=tuple(config["channel_mults"]),
+        num_res_blocks=config["num_res_blocks"],
+        attn_resolutions=tuple(config["attn_resolutions"]),
+        dropout=config["dropout"],
+        num_groups=config["num_groups"],
+        dtype=DTYPES[config["dtype"]],
+        param_dtype=DTYPES[config["param_dtype"]],
+    )
+
+
+def _check_classifier_input(model: NoisyClassifier, image_shape: tuple[int, ...]) -> None:
+    factor = 2 ** (len(model.channel_mults) - 1)
+    if len(image_shape) not in (2, 3) or any(side % factor for side in image_shape[:2]):
+        raise ValueError(
+            f"the classifier takes images (H, W, C) with sides divisible by {factor} "
+            f"(channel_mults={tuple(model.channel_mults)}), got {image_shape}."
+        )
+    sizes = feature_map_sizes(image_shape[0], model.channel_mults)
+    missing = [size for size in model.attn_resolutions if size not in sizes]
+    if missing:
+        raise ValueError(
+            f"attn_resolutions {missing} do not occur for images of side {image_shape[0]} "
+            f"(feature-map sides: {sizes})."
+        )
+
+
 def _autoencoder_defaults() -> dict[str, Any]:
     # SD's kl-f8 (83.7M parameters); diffjax.models.AUTOENCODER_PRESETS has the others.
     return dict(
@@ -306,6 +354,18 @@ MODELS: dict[str, ModelEntry] = {
             "mlp_ratio",
             "out_channels",
             "scan_blocks",
+        ),  # fmt: skip
+    ),
+    "unet_classifier": ModelEntry(
+        defaults=_classifier_defaults,
+        build=_build_classifier,
+        check_input_shape=_check_classifier_input,
+        state_keys=(
+            "base_channels",
+            "channel_mults",
+            "num_res_blocks",
+            "attn_resolutions",
+            "num_groups",
         ),  # fmt: skip
     ),
     "autoencoder_kl": ModelEntry(

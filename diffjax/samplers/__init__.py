@@ -18,6 +18,9 @@ shape.
 ``guide=``                             every sampler's denoiser-level hook (x0_hat, eps_hat)
                                        -> (x0_hat, eps_hat): :func:`clip_x0_guide`,
                                        :func:`compose_guides`
+:func:`gradient_guidance`              classifier guidance (Dhariwal & Nichol 2021) with a
+                                       noisy classifier (:func:`classifier_log_prob`) or any
+                                       differentiable function of x0_hat, as a guide
 :func:`sample`                         any of the samplers by name (for CLIs and configs);
                                        :func:`register_sampler` adds one
 =====================================  ========================================================
@@ -57,11 +60,15 @@ from diffjax.samplers.grids import (
     uniform_times,
 )
 from diffjax.samplers.guidance import (
+    GRADIENT_TARGETS,
     Guide,
     classifier_free_guidance,
+    classifier_log_prob,
     clip_x0_guide,
     compose_guides,
+    gradient_guidance,
 )
+from diffjax.samplers.input_gradient import input_gradient
 from diffjax.samplers.ode import EVALS_PER_STEP, ODE_SOLVERS, OdeStats, ode_sample
 from diffjax.samplers.registry import (
     COMMON_OPTIONS,
@@ -98,6 +105,7 @@ from diffjax.samplers.timesteps import (
 )
 
 __all__ = [
+    "GRADIENT_TARGETS",
     "COMMON_OPTIONS",
     "CORRECTORS",
     "EVALS_PER_STEP",
@@ -122,8 +130,11 @@ __all__ = [
     "Trajectory",
     "check_sampler_options",
     "classifier_free_guidance",
+    "classifier_log_prob",
     "clip_x0_guide",
     "compose_guides",
+    "gradient_guidance",
+    "input_gradient",
     "ddim_invert",
     "ddim_noise_scale",
     "ddim_plan",

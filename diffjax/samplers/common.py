@@ -39,6 +39,7 @@ __all__ = [
     "initial_state",
     "sample_keys",
     "step_noise",
+    "takes_denoiser",
 ]
 
 
@@ -65,6 +66,12 @@ def as_model_pytree(model_fn: Callable) -> jax.tree_util.Partial:
     if not callable(model_fn):
         raise TypeError(f"model_fn must be callable as model_fn(x_t, t), got {model_fn!r}.")
     return jax.tree_util.Partial(model_fn)
+
+
+def takes_denoiser(guide: Any) -> bool:
+    """Whether a sampler's ``guide`` is called with ``denoiser=`` too: its function has the
+    attribute ``takes_denoiser = True`` (:mod:`diffjax.samplers.guidance`)."""
+    return bool(getattr(getattr(guide, "func", guide), "takes_denoiser", False))
 
 
 def check_flag(value: object, name: str) -> bool:
@@ -273,27 +280,37 @@ def denoise(
       x: the state ``[B, ...]``.
       clip_x0: clip the x0-prediction.
       time: the point's process time, a scalar (what ``guide`` is told, as ``[B]``).
-      guide: ``guide(x_t, t, alpha, sigma, x0_hat, eps_hat) -> (x0_hat, eps_hat)``, or None.
+      guide: ``guide(x_t, t, alpha, sigma, x0_hat, eps_hat) -> (x0_hat, eps_hat)``, or None;
+        one that :func:`takes_denoiser` also gets ``denoiser=``, x -> (x0_hat, eps_hat) of the
+        network at this point, to differentiate through.
 
     Raises:
       ValueError: the model returned another shape (raised while tracing).
     """
     scale = predictions.input_scale(prediction_type, m)
     t_batch = jnp.full((x.shape[0],), model_time, dtype=jnp.asarray(model_time).dtype)
-    prediction = model(x if scale is None else x * scale, t_batch)
-    if getattr(prediction, "shape", None) != x.shape:
-        raise ValueError(
-            f"model_fn returned shape {getattr(prediction, 'shape', type(prediction))}; "
-            f"expected the shape of x_t, {x.shape}."
-        )
-    prediction = prediction.astype(x.dtype)
+
+    def network(x: jnp.ndarray) -> jnp.ndarray:
+        prediction = model(x if scale is None else x * scale, t_batch)
+        if getattr(prediction, "shape", None) != x.shape:
+            raise ValueError(
+                f"model_fn returned shape {getattr(prediction, 'shape', type(prediction))}; "
+                f"expected the shape of x_t, {x.shape}."
+            )
+        return prediction.astype(x.dtype)
+
+    def denoiser(x: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+        return predictions.to_x0_eps(prediction_type, network(x), x, m)
+
+    prediction = network(x)
     x0, eps = predictions.to_x0_eps(prediction_type, prediction, x, m)
     if guide is not None:
         if time is None:
             raise ValueError("denoise with a guide needs the point's process time.")
         time = jnp.asarray(time)
         times = jnp.full((x.shape[0],), time, dtype=time.dtype)
-        x0, eps = guide(x, times, m.alpha, m.sigma, x0, eps)
+        extra = {"denoiser": denoiser} if takes_denoiser(guide) else {}
+        x0, eps = guide(x, times, m.alpha, m.sigma, x0, eps, **extra)
         x0, eps = x0.astype(x.dtype), eps.astype(x.dtype)
     if clip_x0:
         x0 = jnp.clip(x0, -1.0, 1.0)

@@ -26,12 +26,16 @@ from jax.typing import DTypeLike
 from diffjax import predictions
 from diffjax.diffusion import VARIANCE_TYPES
 from diffjax.processes import check_process, is_discrete
+from diffjax.samplers.common import denoise
 from diffjax.samplers.grids import Grid, check_defined_start
 from diffjax.samplers.runner import Plan, run_plan
 from diffjax.samplers.timesteps import check_num_steps, concrete_schedule_array, spaced_timesteps
 from diffjax.schedules import DiffusionSchedule, make_schedule, schedule_constants
 
-__all__ = ["ddpm_plan", "ddpm_sample", "respace_schedule"]
+__all__ = ["GUIDANCE_FORMS", "ddpm_plan", "ddpm_sample", "respace_schedule"]
+
+GUIDANCE_FORMS = ("score", "mean")
+"""How a guide enters DDPM's step: through (x0_hat, eps_hat), or as a shift of the mean."""
 
 
 def _respaced_betas(schedule: DiffusionSchedule, timesteps: np.ndarray) -> np.ndarray:
@@ -64,10 +68,31 @@ def respace_schedule(schedule: DiffusionSchedule, timesteps: np.ndarray) -> Diff
     return make_schedule(_respaced_betas(schedule, timesteps))
 
 
-def _ddpm_body(model, process, x, carry, step, noise_key, settings, options):
-    _, x0, _ = settings.denoise(model, step.current, x)
+def _mean_guided_step(model, step, x, settings):
+    """guided-diffusion's ``condition_mean``: the posterior mean of the unguided x0_hat, shifted
+    by the variance times the guide's score change, -(eps_guided - eps_hat) / sigma."""
+    point = step.current
+    m = point.marginal
+    prediction, _, guided_eps = denoise(
+        model.model, settings.prediction_type, m, point.model_time, x, False, time=point.time,
+        guide=model.guide,
+    )  # fmt: skip
+    x0, eps = predictions.to_x0_eps(settings.prediction_type, prediction, x, m)
+    if settings.clip_x0:
+        x0 = jnp.clip(x0, -1.0, 1.0)
     coefficients = step.coefficients
+    score_change = (eps - guided_eps) / m.sigma
     mean = coefficients["coef_x0"] * x0 + coefficients["coef_x"] * x
+    return mean + coefficients["variance"] * score_change, x0
+
+
+def _ddpm_body(model, process, x, carry, step, noise_key, settings, options):
+    coefficients = step.coefficients
+    if settings.static["guidance_form"] == "mean" and model.guide is not None:
+        mean, x0 = _mean_guided_step(model, step, x, settings)
+    else:
+        _, x0, _ = settings.denoise(model, step.current, x)
+        mean = coefficients["coef_x0"] * x0 + coefficients["coef_x"] * x
     noise = settings.noise(noise_key, step)
     # Algorithm 2, line 4: z = 0 at the last step.
     noise_scale = jnp.where(step.next.marginal.sigma > 0, jnp.sqrt(coefficients["variance"]), 0.0)
@@ -81,6 +106,7 @@ def ddpm_plan(
     variance: str = "small",
     num_steps: int | None = None,
     spacing: str = "linspace",
+    guidance_form: str = "score",
 ) -> Plan:
     """Checks DDPM's options and builds its chain (see :func:`ddpm_sample`)."""
     check_process(process)
@@ -92,6 +118,8 @@ def ddpm_plan(
     predictions.check_prediction_supported(prediction_type, process)
     if variance not in VARIANCE_TYPES:
         raise ValueError(f"Unknown variance {variance!r}; expected one of {VARIANCE_TYPES}.")
+    if guidance_form not in GUIDANCE_FORMS:
+        raise ValueError(f"guidance_form must be one of {GUIDANCE_FORMS}, got {guidance_form!r}.")
     num_timesteps = process.num_timesteps
     num_steps = check_num_steps(num_timesteps if num_steps is None else num_steps, num_timesteps)
     timesteps = spaced_timesteps(num_timesteps, num_steps, spacing)
@@ -136,6 +164,7 @@ def ddpm_plan(
         ),
         prediction_type=prediction_type,
         variance_preserving=True,
+        static=(("guidance_form", guidance_form),),
     )
 
 
@@ -155,6 +184,7 @@ def ddpm_sample(
     dtype: DTypeLike = jnp.float32,
     out_sharding: jax.sharding.Sharding | None = None,
     guide: Callable | None = None,
+    guidance_form: str = "score",
 ):
     """Ancestral sampling (Ho et al. 2020, Algorithm 2) as one ``lax.scan``.
 
@@ -179,6 +209,16 @@ def ddpm_sample(
       out_sharding: optional sharding of ``[B, ...]``; the samples do not depend on it.
       guide: ``guide(x_t, t, alpha, sigma, x0_hat, eps_hat) -> (x0_hat, eps_hat)`` after each
         network call (:mod:`diffjax.samplers.guidance`), before ``clip_x0``; None for none.
+      guidance_form: how the guide enters the step (:data:`GUIDANCE_FORMS`). ``'score'``:
+        through its (x0_hat, eps_hat), like every sampler (guided-diffusion's
+        ``condition_score``). ``'mean'``: guided-diffusion's ``condition_mean`` (Dhariwal &
+        Nichol 2021, Algorithm 1): the posterior mean of the unguided x0_hat (clipped with
+        ``clip_x0``) plus the step's variance v_t times the guide's score change
+        -(eps_guided - eps_hat) / sigma_t, i.e. mu + v_t s grad log p for gradient guidance.
+        The score form moves the mean by s beta_t / sqrt(alpha_t) grad log p instead: the two
+        differ by the factor beta_t / (sqrt(alpha_t) v_t) (1 / sqrt(alpha_t) <= 1.01 for
+        ``variance='large'`` on DDPM's linear schedule; large at the first steps for
+        ``'small'``, where beta~_t << beta_t) and in clipping the guided or unguided x0_hat.
 
     Returns:
       Samples ``[B, ...]``, or ``(samples, trajectory)``.
@@ -188,7 +228,7 @@ def ddpm_sample(
     """
     plan = ddpm_plan(
         schedule, prediction_type=prediction_type, variance=variance, num_steps=num_steps,
-        spacing=spacing,
+        spacing=spacing, guidance_form=guidance_form,
     )  # fmt: skip
     return run_plan(
         plan, model_fn, schedule, key, shape, clip_x0=clip_x0, x_T=x_T,

@@ -26,10 +26,31 @@ for the deterministic samplers to stay on their ODE. :func:`clip_x0_guide` (x0 c
 samplers' ``clip_x0``) is one; :func:`compose_guides` chains several (classifier guidance and
 clipping, say). Guides are :class:`jax.tree_util.Partial` objects, so their arrays (a
 classifier's parameters) are traced and changing them does not recompile a sampler.
+
+A guide whose function has the attribute ``takes_denoiser = True`` is also given
+``denoiser=``, the function x_t -> (x0_hat, eps_hat) of the network at this point (before any
+guide), so it can differentiate through the network.
+
+**Gradient guidance** (:func:`gradient_guidance`) adds the gradient of a log-probability to the
+score, score(x_t) + s ∇_{x_t} log p(y | x_t), which in eps space is (Dhariwal & Nichol 2021,
+"Diffusion Models Beat GANs on Image Synthesis", arXiv:2105.05233, Algorithm 2 and eq. 14;
+guided-diffusion's ``condition_score``)
+
+    eps_hat' = eps_hat - s sigma ∇_{x_t} log p(y | x_t),
+    x0_hat'  = (x_t - sigma eps_hat') / alpha = x0_hat + s (sigma^2 / alpha) ∇_{x_t} log p,
+
+so every sampler follows the guided score (at alpha = 0, pure noise, x_t carries no
+information about y and the guide leaves the step alone). ``log p(y | x_t)`` is a noisy
+classifier's (:func:`classifier_log_prob`), or any differentiable ``f(x0_hat(x_t))``
+differentiated through the network (universal guidance, Bansal et al. 2023, arXiv:2302.07121,
+eq. 6; diffusion posterior sampling, Chung et al. 2023, arXiv:2209.14687, with f = -||y -
+A(x0_hat)||^2 / (2 s_y^2)). Classifier-free guidance composes with it by summing the two score
+terms: guide the CFG-guided ``model_fn``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Callable
 
@@ -37,15 +58,32 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffjax.samplers.common import as_model_pytree
+from diffjax import predictions
+from diffjax.processes import (
+    as_continuous,
+    as_jit_argument,
+    check_process,
+    is_discrete,
+    marginal,
+)
+from diffjax.samplers.common import as_model_pytree, takes_denoiser
+from diffjax.samplers.input_gradient import input_gradient
 
 __all__ = [
+    "GRADIENT_TARGETS",
     "Guide",
     "checked_guidance_scale",
     "classifier_free_guidance",
+    "classifier_log_prob",
     "clip_x0_guide",
     "compose_guides",
+    "gradient_guidance",
+    "takes_denoiser",
 ]
+
+GRADIENT_TARGETS = ("x_t", "x0")
+"""What :func:`gradient_guidance`'s ``log_prob_fn`` reads: the noisy state, or the denoised
+estimate (differentiated through the network)."""
 
 Guide = Callable[..., tuple[jnp.ndarray, jnp.ndarray]]
 """``guide(x_t [B, ...], t [B], alpha, sigma, x0_hat [B, ...], eps_hat [B, ...]) -> (x0_hat,
@@ -200,10 +238,18 @@ def clip_x0_guide(low: float = -1.0, high: float = 1.0) -> jax.tree_util.Partial
     return jax.tree_util.Partial(_clip_x0, jnp.float32(low), jnp.float32(high))
 
 
-def _composed(guides, x_t, t, alpha, sigma, x0_hat, eps_hat):
+def _composed(guides, x_t, t, alpha, sigma, x0_hat, eps_hat, denoiser=None):
     for guide in guides:
-        x0_hat, eps_hat = guide(x_t, t, alpha, sigma, x0_hat, eps_hat)
+        extra = {"denoiser": denoiser} if takes_denoiser(guide) else {}
+        x0_hat, eps_hat = guide(x_t, t, alpha, sigma, x0_hat, eps_hat, **extra)
     return x0_hat, eps_hat
+
+
+def _composed_with_denoiser(guides, x_t, t, alpha, sigma, x0_hat, eps_hat, *, denoiser):
+    return _composed(guides, x_t, t, alpha, sigma, x0_hat, eps_hat, denoiser)
+
+
+_composed_with_denoiser.takes_denoiser = True
 
 
 def compose_guides(*guides: Guide | None) -> jax.tree_util.Partial | None:
@@ -217,4 +263,163 @@ def compose_guides(*guides: Guide | None) -> jax.tree_util.Partial | None:
         return None
     if len(kept) == 1:
         return kept[0]
+    if any(takes_denoiser(guide) for guide in kept):
+        return jax.tree_util.Partial(_composed_with_denoiser, kept)
     return jax.tree_util.Partial(_composed, kept)
+
+
+def _shifted(scale, t_low, t_high, gradient, x_t, t, alpha, sigma, x0_hat, eps_hat):
+    """(x0_hat, eps_hat) moved along the score by ``scale`` times ``gradient``, where the time
+    lies in [t_low, t_high] and alpha > 0."""
+    inside = (t >= t_low) & (t <= t_high)
+    active = inside.reshape((-1,) + (1,) * (x_t.ndim - 1)) & (alpha > 0)
+    step = jnp.where(active, scale * gradient, 0.0)
+    safe_alpha = jnp.where(alpha > 0, alpha, 1.0)
+    eps_guided = eps_hat - sigma * step
+    x0_guided = x0_hat + jnp.square(sigma) / safe_alpha * step
+    return x0_guided.astype(x0_hat.dtype), eps_guided.astype(eps_hat.dtype)
+
+
+def _noisy_gradient_guide(log_prob_fn, scale, t_low, t_high, x_t, t, alpha, sigma, x0_hat,
+                          eps_hat):  # fmt: skip
+    gradient = input_gradient(lambda x: log_prob_fn(x, t), x_t)
+    return _shifted(scale, t_low, t_high, gradient, x_t, t, alpha, sigma, x0_hat, eps_hat)
+
+
+def _denoised_gradient_guide(log_prob_fn, scale, t_low, t_high, x_t, t, alpha, sigma, x0_hat,
+                             eps_hat, *, denoiser):  # fmt: skip
+    gradient = input_gradient(lambda x: log_prob_fn(denoiser(x)[0], t), x_t)
+    return _shifted(scale, t_low, t_high, gradient, x_t, t, alpha, sigma, x0_hat, eps_hat)
+
+
+_denoised_gradient_guide.takes_denoiser = True
+
+
+def _time_bounds(t_range: Any) -> tuple[float, float]:
+    if t_range is None:
+        return -np.inf, np.inf
+    try:
+        low, high = (float(bound) for bound in t_range)
+    except (TypeError, ValueError) as error:
+        raise TypeError(
+            f"t_range must be None or a pair (t_low, t_high) of process times, got {t_range!r}."
+        ) from error
+    if not low <= high:
+        raise ValueError(f"t_range must have t_low <= t_high, got {t_range!r}.")
+    return low, high
+
+
+def gradient_guidance(
+    log_prob_fn: Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray],
+    scale: float,
+    t_range: tuple[float, float] | None = None,
+    *,
+    wrt: str = "x_t",
+) -> jax.tree_util.Partial:
+    """The guide that adds ``scale`` times the gradient of ``log_prob_fn`` to the score
+    (Dhariwal & Nichol 2021, eq. 14; see the module docstring):
+    eps_hat' = eps_hat - scale sigma ∇_{x_t} log p.
+
+    Args:
+      log_prob_fn: ``log_prob_fn(x [B, ...], t [B]) -> [B]``, the log-probability of the
+        target of each example (per example: row i may only depend on x[i]); ``t`` the process
+        time (int32 for a schedule, float32 in [0, 1] otherwise). With ``wrt='x_t'`` it reads
+        the noisy state x_t (a noisy classifier, :func:`classifier_log_prob`); with
+        ``wrt='x0'`` the denoised estimate x0_hat(x_t), and the gradient is taken through the
+        network (universal guidance / DPS; one more backward pass of the network per step).
+      scale: s; 1 follows p(x | y) when ``log_prob_fn`` is the exact log p(y | x_t), larger
+        values sharpen towards the target, 0 is unguided. A float, or a scalar traced inside a
+        jitted caller.
+      t_range: ``(t_low, t_high)``: guide only at process times in this closed interval
+        (e.g. the noisy half of the trajectory); None: everywhere.
+      wrt: ``'x_t'`` or ``'x0'`` (:data:`GRADIENT_TARGETS`).
+
+    Returns:
+      ``guide(x_t, t, alpha, sigma, x0_hat, eps_hat) -> (x0_hat, eps_hat)``, a
+      :class:`jax.tree_util.Partial` (its arrays are traced: new classifier parameters or
+      labels do not recompile a sampler).
+
+    Raises:
+      TypeError / ValueError: a non-callable ``log_prob_fn``, a non-finite scale, a bad
+        ``t_range`` or ``wrt``.
+
+    Example:
+      >>> log_prob = classifier_log_prob(classifier_fn, process, labels)
+      >>> guide = gradient_guidance(log_prob, 2.0)
+      >>> images = dj.sample("ddim", model_fn, process, keys, shape, num_steps=50, guide=guide)
+    """
+    if not callable(log_prob_fn):
+        raise TypeError(f"log_prob_fn must be callable as log_prob_fn(x, t), got {log_prob_fn!r}.")
+    if wrt not in GRADIENT_TARGETS:
+        raise ValueError(f"wrt must be one of {GRADIENT_TARGETS}, got {wrt!r}.")
+    low, high = _time_bounds(t_range)
+    guide = _noisy_gradient_guide if wrt == "x_t" else _denoised_gradient_guide
+    return jax.tree_util.Partial(
+        guide,
+        as_model_pytree(log_prob_fn),
+        jnp.asarray(checked_guidance_scale(scale), jnp.float32),
+        jnp.float32(low),
+        jnp.float32(high),
+    )
+
+
+@jax.tree_util.register_static
+@dataclasses.dataclass(frozen=True)
+class _PredictionType:
+    """A prediction type as a static (hashable, leafless) part of a guide's pytree."""
+
+    name: str
+
+
+def _classifier_log_prob(logits_fn, process, continuous_view, labels, prediction_type, x_t, t):
+    if is_discrete(process) and jnp.issubdtype(t.dtype, jnp.floating):
+        # A schedule's ODE and SDE samplers visit its continuous-time view.
+        process = continuous_view
+    m = marginal(process, t, x_t.ndim, x_t.dtype)
+    x_in, t_in = predictions.network_inputs(prediction_type.name, process, m, x_t, t)
+    logits = logits_fn(x_in, t_in).astype(jnp.float32)
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    return jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
+
+
+def classifier_log_prob(
+    logits_fn: Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray],
+    process: Any,
+    labels: Any,
+    *,
+    prediction_type: str = "eps",
+) -> jax.tree_util.Partial:
+    """log p(y | x_t) of a noise-conditional classifier, as :func:`gradient_guidance` reads it.
+
+    The classifier sees what a denoiser of ``prediction_type`` trained on ``process`` sees
+    (:func:`diffjax.predictions.network_inputs`: x_t, scaled for 'edm', and the network time),
+    which is how the training program's ``'classifier'`` objective trains it. A schedule's
+    ODE and SDE samplers tell a guide the float time of its continuous-time view
+    (:func:`diffjax.processes.schedule_time`); the classifier then gets that view's fractional
+    index, as the denoiser does.
+
+    Args:
+      logits_fn: ``logits_fn(x_in [B, ...], t_in [B]) -> logits [B, K]`` (e.g.
+        :func:`diffjax.models.make_model_fn` of a trained classifier).
+      process: the schedule or continuous process the classifier was trained on.
+      labels: int ``[B]`` target classes in [0, K).
+      prediction_type: the prediction type whose network inputs the classifier takes.
+
+    Returns:
+      ``log_prob_fn(x_t [B, ...], t [B]) -> [B]`` float32, log softmax(logits)[y].
+    """
+    check_process(process)
+    predictions.check_prediction_supported(prediction_type, process)
+    labels = jnp.asarray(labels)
+    if labels.ndim != 1 or not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise ValueError(
+            f"labels must be an int array of shape [B], got {labels.dtype}{list(labels.shape)}."
+        )
+    return jax.tree_util.Partial(
+        _classifier_log_prob,
+        as_model_pytree(logits_fn),
+        as_jit_argument(process),
+        as_continuous(process) if is_discrete(process) else None,
+        labels.astype(jnp.int32),
+        _PredictionType(prediction_type),
+    )

@@ -355,6 +355,17 @@ def _autoencoder_lines(workdir: str, grids: list[str], kept: int) -> list[str]:
     ]
 
 
+def _classifier_lines(workdir: str, kept: int) -> list[str]:
+    """What a noisy classifier's run wrote and how to guide another run with it."""
+    return [
+        f"  {LOSS_PLOT_FILE:<30} the training and held-out cross-entropy",
+        f"  {'metrics.jsonl':<30} the accuracy by noise level (accuracy_q1: least noise)",
+        f"  {CHECKPOINT_DIR + '/':<30} the newest {kept} checkpoints",
+        "Next: guide a run trained on the same process (classifier guidance):",
+        f"  python -m diffjax.sample --workdir RUN --classifier {workdir} --classifier_scale 2",
+    ]
+
+
 def _final_message(run: _Run, seconds: float) -> str:
     """What the run wrote and what to do next, in a few lines."""
     values, workdir = run.values, run.workdir
@@ -366,6 +377,8 @@ def _final_message(run: _Run, seconds: float) -> str:
     grids = [name for name in grids if name.startswith("step_")]
     if values["objective"]["name"] == "autoencoder":
         return "\n".join(lines + _autoencoder_lines(workdir, grids, kept))
+    if values["objective"]["name"] == "classifier":
+        return "\n".join(lines + _classifier_lines(workdir, kept))
     if grids:
         lines.append(
             f"  {SAMPLES_DIR}/{grids[-1]:<22} EMA samples ({sampling['sampler']}, "

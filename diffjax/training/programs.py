@@ -30,7 +30,7 @@ from diffjax.codecs import check_latent_shape, get_codec
 from diffjax.data.pipeline import check_data_config
 from diffjax.errors import ConfigError
 from diffjax.models.conditioning import GUIDANCE_KEY, cond_keys, data_cond_keys
-from diffjax.models.registry import build_model, check_model_config
+from diffjax.models.registry import DTYPES, build_model, check_model_config
 from diffjax.sharding import (
     FSDP_AXIS,
     SHARDING_RULES,
@@ -229,6 +229,11 @@ def _latent_shape(values: Mapping[str, Any]) -> tuple[int, ...]:
 
 def _check_model(values: Mapping[str, Any]) -> None:
     shape = _latent_shape(values)
+    if values["model"]["dtype"] in DTYPES and values["model"]["param_dtype"] in DTYPES:
+        try:
+            build_model(values["model"])
+        except ValueError as error:
+            raise ConfigError(f"config.model ({values['model']['name']}): {error}") from error
     try:
         check_model_config(values["model"], shape[:-1])
     except ValueError as error:
@@ -769,6 +774,7 @@ def sample_drawer(
     frozen: Any = None,
     blocks: int | None = None,
     labels: Any = None,
+    classifier: Any = None,
 ) -> Callable[[int, int], jax.Array]:
     """``draw(start, count) -> images`` of samples ``start .. start + count - 1``: sample i with
     the key ``fold_in(key(seed), i)`` and the condition ``conditions(i)``.
@@ -782,18 +788,31 @@ def sample_drawer(
       blocks: a grid's size (one class per row), or None.
       labels: int ``[N]`` classes of all samples, overriding ``conditions`` (the sample CLI's
         ``--label``); a short last batch is padded by repetition.
+      classifier: a :class:`~diffjax.training.classifier_guidance.RunClassifier` guiding each
+        sample towards its class: ``labels[i]``, else the class a class-conditional run draws
+        it for, else class i mod K (i K // N with ``blocks``), K the classifier's classes.
     """
     import numpy as np
 
+    from diffjax.generation import class_labels
     from diffjax.samplers import sample_keys
 
     def draw(start: int, count: int) -> jax.Array:
         indices = np.arange(start, start + count)
-        if labels is None:
+        chosen = None if labels is None else np.resize(np.asarray(labels)[start:], count)
+        if chosen is None:
             cond = conditions(indices, blocks=blocks)
         else:
-            cond = {"label": jnp.asarray(np.resize(np.asarray(labels)[start:], count), jnp.int32)}
-        return generate(params, sample_keys(seed, start, count), cond, frozen=frozen)
+            cond = {"label": jnp.asarray(chosen, jnp.int32)}
+        guide = None
+        if classifier is not None:
+            if chosen is None and cond is not None and "label" in cond:
+                chosen = np.asarray(cond["label"])
+            if chosen is None:
+                chosen = class_labels(indices, classifier.num_classes, blocks=blocks)
+            guide = classifier.guide(chosen)
+        keys = sample_keys(seed, start, count)
+        return generate(params, keys, cond, frozen=frozen, guide=guide)
 
     return draw
 

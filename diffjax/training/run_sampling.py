@@ -58,6 +58,7 @@ def run_sampler(
     seed: int | None = None,
     labels: Any = None,
     stats: bool = False,
+    classifier: Any = None,
 ) -> RunSampler:
     """A run's sampler with the defaults ``python -m diffjax.sample`` uses.
 
@@ -76,6 +77,9 @@ def run_sampler(
       seed: the samples' seed; None: ``config.sampling.seed`` (the training grids' seed).
       labels: int ``[N]`` classes of samples ``0 .. N - 1`` (class-conditional runs).
       stats: ``draw`` also returns the solve's statistics (adaptive samplers: ``'ode'``).
+      classifier: a :class:`~diffjax.training.classifier_guidance.RunClassifier`
+        (:func:`~diffjax.training.classifier_guidance.load_run_classifier`) guiding sample i
+        towards ``labels[i]`` (default: class i mod K; the CLI's grids: one class per row).
 
     Raises:
       ConfigError: options the sampler does not take or refuses, or a prediction type other
@@ -97,6 +101,7 @@ def run_sampler(
     draw = sample_drawer(
         generate, run.state.ema_params if ema else run.state.params, seed=seed,
         conditions=SampleConditions(run.config, run.model), frozen=frozen, labels=labels,
+        classifier=classifier,
     )  # fmt: skip
     return RunSampler(draw, name, chosen, seed, scale)
 

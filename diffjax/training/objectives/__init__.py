@@ -1,10 +1,10 @@
 """Objectives by name: what the training program minimises, and what it needs to do so.
 
 ``config.objective.name`` picks a registered objective (:data:`OBJECTIVES`: ``'denoising'``,
-the diffusion loss, and ``'progressive_distillation'``, one round of Salimans & Ho 2022 with a
+the diffusion loss, ``'progressive_distillation'``, one round of Salimans & Ho 2022 with a
 frozen teacher (:mod:`diffjax.distillation`; the rounds are :mod:`diffjax.pipelines.
-distillation`); the autoencoder, the noisy classifier and ControlNet register here as they
-land). An objective owns
+distillation`), ``'autoencoder'``, LDM's autoencoder, and ``'classifier'``, the noisy
+classifier of classifier guidance). An objective owns
 
 * its loss: ``loss_fn(params, frozen, batch, key, train) -> (loss, metrics)``, the function
   the generic train step (:mod:`diffjax.training.step`) differentiates with respect to
@@ -43,6 +43,7 @@ from diffjax.training.objectives.base import (
     ObjectiveContext,
     ObjectiveEntry,
 )
+from diffjax.training.objectives.classifier import CLASSIFIER, make_classifier_loss
 from diffjax.training.objectives.denoising import DENOISING, make_denoising_loss
 from diffjax.training.objectives.distillation import PROGRESSIVE_DISTILLATION
 
@@ -56,6 +57,7 @@ __all__ = [
     "ObjectiveEntry",
     "default_objective_config",
     "make_autoencoder_loss",
+    "make_classifier_loss",
     "make_denoising_loss",
     "objective_entry",
     "register_objective",
@@ -65,6 +67,7 @@ OBJECTIVES: dict[str, ObjectiveEntry] = {
     "denoising": DENOISING,
     "progressive_distillation": PROGRESSIVE_DISTILLATION,
     "autoencoder": AUTOENCODER,
+    "classifier": CLASSIFIER,
 }
 """The registered objectives by name (the built-in ones and those of
 :func:`register_objective`)."""
