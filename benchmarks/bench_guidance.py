@@ -141,30 +141,35 @@ def sampler_rows(uncond: str, classifier_dir: str, batch: int, steps: int) -> li
     rows = [dict(case=f"flow Euler step, batch {batch}, unguided", ms=timed(None))]
     plain_gradient = lambda fn, x: jax.grad(lambda y: jnp.sum(fn(y)))(x)  # noqa: E731
     after = guidance.input_gradient
+    # The runner's jit cache keys on the guide's pytree, not on what its function calls:
+    # clear it around the swap so each variant is traced and compiled on its own.
+    jax.clear_caches()
     guidance.input_gradient = plain_gradient
     try:
         rows.append(dict(case="classifier-guided, jax.grad (before)",
                          ms=timed(classifier.guide(labels))))  # fmt: skip
     finally:
         guidance.input_gradient = after
+        jax.clear_caches()
     rows.append(dict(case="classifier-guided, input_gradient (after)",
                      ms=timed(classifier.guide(labels))))  # fmt: skip
     x0_guide = dj.gradient_guidance(
-        jax.tree_util.Partial(_x0_log_prob, classifier.module, classifier.params), 2.0, wrt="x0"
+        jax.tree_util.Partial(_x0_log_prob, make_model_fn(classifier.module, classifier.params)),
+        2.0,
+        wrt="x0",
     )
     rows.append(dict(case="guided through the UNet (wrt='x0'), input_gradient",
                      ms=timed(x0_guide)))  # fmt: skip
     return rows
 
 
-def _x0_log_prob(module, params, x0_hat, t):
+def _x0_log_prob(logits_fn, x0_hat, t):
     """The classifier's log-probability of class 0 on the denoised estimate, at time 0: a
     differentiable function of x0_hat for universal guidance (only its cost is measured)."""
     import jax
     import jax.numpy as jnp
 
-    logits = module.apply({"params": params}, x0_hat, jnp.zeros(x0_hat.shape[0]))
-    return jax.nn.log_softmax(logits)[:, 0]
+    return jax.nn.log_softmax(logits_fn(x0_hat, jnp.zeros(x0_hat.shape[0])))[:, 0]
 
 
 def quality(args) -> list[dict]:
