@@ -185,7 +185,7 @@ def quality(args) -> list[dict]:
     path = os.path.join(OUT, "guidance_quality.json")
     done = json.load(open(path)) if os.path.exists(path) else {}
     variables = load_fmnist_classifier()
-    reference = load_statistics(
+    reference, _ = load_statistics(
         os.path.join(args.uncond, "eval", "reference_fmnist_fashion_mnist_test_all.npz")
     )
     num, labels = args.num, np.arange(args.num) % 10
@@ -210,6 +210,8 @@ def quality(args) -> list[dict]:
             guidance_scale=weight, classifier=classifier,
         )  # fmt: skip
         seconds = time.perf_counter() - start
+        os.makedirs(OUT, exist_ok=True)
+        np.savez(os.path.join(OUT, f"guidance_samples_{name.replace(' ', '_')}.npz"), samples)
         outputs = [fmnist_features(variables, to_uint8(samples[i : i + 500]))
                    for i in range(0, num, 500)]  # fmt: skip
         features = np.concatenate([np.asarray(o["features"]) for o in outputs])

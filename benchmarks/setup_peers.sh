@@ -31,7 +31,7 @@ pip=("${venv}/bin/python" -m pip install --quiet --disable-pip-version-check)
 "${pip[@]}" "torch==2.13.0"
 echo "torch==2.13.0" > "${venv}/constraints.txt"
 "${pip[@]}" -c "${venv}/constraints.txt" "diffusers==0.42.1" accelerate einops \
-  "ema-pytorch>=0.4.2" numpy pillow scipy tqdm safetensors packaging
+  "ema-pytorch>=0.4.2" numpy pillow scipy tqdm safetensors packaging "peft==0.21.2"
 "${pip[@]}" --no-deps "torchvision==0.28.0" "denoising-diffusion-pytorch==2.3.4" \
   "torch-fidelity==0.4.0" "pytorch-fid==0.3.0" "lpips==0.1.4"
 site="$(echo "${venv}"/lib/python3*/site-packages)"

@@ -15,6 +15,7 @@ configs/fashion_mnist.py``), each of which imports its module from here.
 ``fashion_mnist_autoencoder``  the Fashion-MNIST KL autoencoder (CPU)
 ``fashion_mnist_latent``       the default recipe's flow in that autoencoder's latent space (CPU)
 ``fashion_mnist_classifier``   a noisy classifier of the default recipe's process (guidance; CPU)
+``fashion_mnist_lora``         a LoRA of the default run's frozen weights (CPU)
 ``cifar10``                    the DDPM paper's CIFAR-10 run (GPU/TPU)
 ``cifar10_cond``               the same, class-conditional with classifier-free guidance
 ``cifar10_autoencoder``        a CIFAR-10 KL autoencoder with the patch GAN (GPU/TPU; not run yet)
@@ -42,7 +43,7 @@ __all__ = ["DISTILL_RECIPES", "RECIPES", "get_config"]
 RECIPES: tuple[str, ...] = (
     "base", "fashion_mnist", "fashion_mnist_ddpm", "fashion_mnist_edm", "fashion_mnist_modern",
     "fashion_mnist_autoencoder", "fashion_mnist_latent", "fashion_mnist_classifier",
-    "cifar10_autoencoder", "cifar10_latent", "cifar10", "cifar10_cond", "test",
+    "fashion_mnist_lora", "cifar10_autoencoder", "cifar10_latent", "cifar10", "cifar10_cond", "test",
 )  # fmt: skip
 DISTILL_RECIPES: tuple[str, ...] = ("fashion_mnist_distill", "cifar10_distill")
 

@@ -53,6 +53,7 @@ def bits_per_dim_job(
     from diffjax.likelihood import bits_per_dim, ode_likelihood
     from diffjax.models.conditioning import make_model_fn
     from diffjax.samplers import sample_keys
+    from diffjax.training.frozen import run_network_params
 
     if not is_identity(run.programs.codec):
         raise ConfigError(
@@ -67,7 +68,7 @@ def bits_per_dim_job(
     )  # fmt: skip
     total = min(settings.bpd_num, dataset.info.num_examples)
     model, process = run.model, run.process
-    params = run.state.ema_params if settings.ema else run.state.params
+    params = run_network_params(run, run.state.ema_params if settings.ema else run.state.params)
     prediction_type = values["diffusion"]["prediction_type"]
 
     @jax.jit

@@ -48,7 +48,7 @@ from diffjax.errors import ConfigError
 from diffjax.evaluation.features import write_json
 from diffjax.models.conditioning import cond_keys, make_model_fn
 from diffjax.sharding import batch_sharding, gather_to_host, make_mesh
-from diffjax.training.frozen import load_frozen
+from diffjax.training.frozen import load_frozen, run_network_params
 from diffjax.training.loop import train_and_evaluate
 from diffjax.training.programs import SampleConditions, make_run_generator, sampling_settings
 from diffjax.training.trained_run import load_trained_run
@@ -151,7 +151,8 @@ def _flow_paths(
     """Euler paths of the run's EMA flow from ``noise`` (sample i with its condition):
     (path [N + 1, B, ...], times [N + 1]). The model function is the one adapter's, so every
     batch reuses one compiled sampler."""
-    flow = make_model_fn(run.model, run.state.ema_params, conditions(indices))
+    flow = make_model_fn(run.model, run_network_params(run, run.state.ema_params),
+                         conditions(indices))  # fmt: skip
     samples, trajectory = samplers.flow_euler_sample(
         flow, run.process, jax.random.key(0), noise.shape, num_steps=num_steps,
         prediction_type=run.config["diffusion"]["prediction_type"], x_T=noise,

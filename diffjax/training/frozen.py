@@ -104,3 +104,14 @@ def load_frozen(
         if name == "codec" and hasattr(programs.codec, "record"):
             record[name].update(programs.codec.record())
     return frozen, record
+
+
+def run_network_params(run: Any, params: Any) -> Any:
+    """The network's parameters of a loaded run from its trained ``params`` (its EMA or raw
+    weights): themselves, or, for an objective that trains something else (a LoRA of a frozen
+    base), ``Objective.network_params`` of them and the run's frozen pytrees (loaded here)."""
+    network_params = run.programs.objective.network_params
+    if network_params is None:
+        return params
+    frozen, _ = load_frozen(run.config, run.programs, run.mesh)
+    return network_params(params, frozen)

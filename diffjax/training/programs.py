@@ -644,7 +644,9 @@ def build_programs(spec: str, mesh: Mesh) -> Programs:
             abstract,
             state_shardings(abstract, mesh, rules),
         )
-    objective = entry.build(ObjectiveContext(values, model, process, codec, frozen_modules))
+    objective = entry.build(
+        ObjectiveContext(values, model, process, codec, frozen_modules, init_for(model))
+    )
     init_fn = init_for(model) if objective.init is None else objective.init
     # Only the key's type matters for the shapes; the run's own key initialises.
     params_shape = jax.eval_shape(init_fn, jax.random.key(0))
@@ -829,7 +831,9 @@ def make_run_generator(
 ) -> Callable:
     """:func:`diffjax.generation.make_generator` with a run's settings: its network, process,
     codec, ``config.sampling``'s sampler, options, guidance and ``clip_x0`` (each overridable;
-    ``clip_x0`` by an option of that name, e.g. ``--option clip_x0=false``).
+    ``clip_x0`` by an option of that name, e.g. ``--option clip_x0=false``). An objective
+    whose trained parameters are not the network's (``Objective.network_params``: a LoRA)
+    has them turned into the network's on every call, from the ``frozen`` pytrees given.
 
     Raises:
       ConfigError: guidance for an unconditional network.
@@ -845,7 +849,7 @@ def make_run_generator(
         )
     options = dict(sampling_settings(values)[1] if options is None else options)
     clip_x0 = options.pop("clip_x0", sampling["clip_x0"])
-    return make_generator(
+    generate = make_generator(
         programs.model,
         programs.process,
         shape=programs.latent_shape,
@@ -857,3 +861,12 @@ def make_run_generator(
         codec=programs.codec,
         mesh=mesh,
     )
+    network_params = programs.objective.network_params
+    if network_params is None:
+        return generate
+
+    def generate_with_network_params(params: Any, *args: Any, **kwargs: Any) -> Any:
+        # The trained parameters (a LoRA) and the frozen base make the network's weights.
+        return generate(network_params(params, kwargs.get("frozen")), *args, **kwargs)
+
+    return generate_with_network_params

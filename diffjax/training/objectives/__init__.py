@@ -3,8 +3,8 @@
 ``config.objective.name`` picks a registered objective (:data:`OBJECTIVES`: ``'denoising'``,
 the diffusion loss, ``'progressive_distillation'``, one round of Salimans & Ho 2022 with a
 frozen teacher (:mod:`diffjax.distillation`; the rounds are :mod:`diffjax.pipelines.
-distillation`), ``'autoencoder'``, LDM's autoencoder, and ``'classifier'``, the noisy
-classifier of classifier guidance). An objective owns
+distillation`), ``'autoencoder'``, LDM's autoencoder, ``'classifier'``, the noisy
+classifier of classifier guidance, and ``'lora'``, a LoRA of a trained run's frozen weights). An objective owns
 
 * its loss: ``loss_fn(params, frozen, batch, key, train) -> (loss, metrics)``, the function
   the generic train step (:mod:`diffjax.training.step`) differentiates with respect to
@@ -46,6 +46,7 @@ from diffjax.training.objectives.base import (
 from diffjax.training.objectives.classifier import CLASSIFIER, make_classifier_loss
 from diffjax.training.objectives.denoising import DENOISING, make_denoising_loss
 from diffjax.training.objectives.distillation import PROGRESSIVE_DISTILLATION
+from diffjax.training.objectives.lora import LORA
 
 __all__ = [
     "FROZEN_GROUP",
@@ -68,6 +69,7 @@ OBJECTIVES: dict[str, ObjectiveEntry] = {
     "progressive_distillation": PROGRESSIVE_DISTILLATION,
     "autoencoder": AUTOENCODER,
     "classifier": CLASSIFIER,
+    "lora": LORA,
 }
 """The registered objectives by name (the built-in ones and those of
 :func:`register_objective`)."""

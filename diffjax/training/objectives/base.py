@@ -41,6 +41,10 @@ class Objective(NamedTuple):
       assign: ``assign(params, extra) -> params``, parameters set from the state outside the
         gradient after each update (an EMA codebook; label them :data:`FROZEN_GROUP` so the
         optimizer leaves them alone), applied to the EMA weights too; or None.
+      network_params: ``network_params(params, frozen) -> params`` of the network
+        ``config.model`` names, when the trained parameters are not those (a LoRA of a frozen
+        base: the merged weights); every generator of the run samples with them. None: the
+        trained parameters are the network's.
     """
 
     loss_fn: Callable
@@ -49,6 +53,7 @@ class Objective(NamedTuple):
     init_extra: Callable[[], Any] | None = None
     init: Callable[[jax.Array], Params] | None = None
     assign: Callable[[Params, Any], Params] | None = None
+    network_params: Callable[[Params, Any], Params] | None = None
 
 
 class ObjectiveContext(NamedTuple):
@@ -60,6 +65,8 @@ class ObjectiveContext(NamedTuple):
       process: the noise process.
       codec: the run's codec (:mod:`diffjax.codecs`).
       frozen_modules: the networks of the frozen pytrees, by name (a teacher's module).
+      model_init: ``model_init(key) -> params`` of ``model`` at the run's input shape (so
+        an objective can read the shapes with ``jax.eval_shape``), or None.
     """
 
     values: Mapping[str, Any]
@@ -67,6 +74,7 @@ class ObjectiveContext(NamedTuple):
     process: Any
     codec: Any
     frozen_modules: Mapping[str, Any]
+    model_init: Callable[[jax.Array], Params] | None = None
 
 
 class ObjectiveEntry(NamedTuple):
