@@ -93,12 +93,15 @@ def test_bad_classifier_flags_are_one_line_errors(runs, flags, message):
     assert "Traceback" not in result.stderr
 
 
-def test_a_classifier_of_another_process_is_refused(runs):
+def test_a_classifier_of_another_process_or_space_is_refused(runs):
     denoiser, classifier = runs
     config = load_trained_run(denoiser).config
     other = dict(config, diffusion=dict(config["diffusion"], schedule="linear"))
     with pytest.raises(ConfigError, match="schedule: 'cosine' vs 'linear'"):
         load_run_classifier(classifier, other, 1.0)
+    latent = dict(config, codec={"name": "autoencoder", "options": {}})
+    with pytest.raises(ConfigError, match="latent space of codec 'autoencoder'"):
+        load_run_classifier(classifier, latent, 1.0)
 
 
 def test_evaluating_a_classifier_run_says_what_it_is(runs):

@@ -123,6 +123,12 @@ def load_run_classifier(
             f"the classifier in {workdir} was trained on another noise process than the run it "
             f"would guide (config.diffusion {differences}); train it with the run's process."
         )
+    if guided_config["codec"]["name"] != "identity":
+        raise ConfigError(
+            f"classifier guidance reads the guided run's samples as pixels; that run samples in "
+            f"the latent space of codec {guided_config['codec']['name']!r}, which a pixel "
+            f"classifier cannot read."
+        )
     if not math.isfinite(scale):
         raise ConfigError(f"the classifier guidance scale must be finite, got {scale}.")
     run = load_trained_run(workdir, mesh)
