@@ -326,7 +326,8 @@ def gradient_guidance(
         time (int32 for a schedule, float32 in [0, 1] otherwise). With ``wrt='x_t'`` it reads
         the noisy state x_t (a noisy classifier, :func:`classifier_log_prob`); with
         ``wrt='x0'`` the denoised estimate x0_hat(x_t), and the gradient is taken through the
-        network (universal guidance / DPS; one more backward pass of the network per step).
+        network (universal guidance / DPS; one more forward and backward pass of the network
+        per step).
       scale: s; 1 follows p(x | y) when ``log_prob_fn`` is the exact log p(y | x_t), larger
         values sharpen towards the target, 0 is unguided. A float, or a scalar traced inside a
         jitted caller.
