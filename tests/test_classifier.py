@@ -84,5 +84,5 @@ def test_the_registry_builds_it_and_checks_the_image_size():
     section.num_classes = 10
     check_model_config(section, (28, 28, 1))
     section.attn_resolutions = (5,)
-    with pytest.raises(ValueError, match=r"attn_resolutions \[5\] do not occur"):
+    with pytest.raises(ValueError, match=r"attn_resolutions \(5,\) never occur for image size 28"):
         check_model_config(section, (28, 28, 1))

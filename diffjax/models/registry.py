@@ -33,7 +33,6 @@ from diffjax.models.unet import (
     UNet,
     check_attn_resolutions,
     check_image_size,
-    feature_map_sizes,
 )
 from diffjax.names import RegistryNames
 
@@ -236,22 +235,6 @@ def _build_classifier(config: Mapping[str, Any]) -> NoisyClassifier:
     )
 
 
-def _check_classifier_input(model: NoisyClassifier, image_shape: tuple[int, ...]) -> None:
-    factor = 2 ** (len(model.channel_mults) - 1)
-    if len(image_shape) not in (2, 3) or any(side % factor for side in image_shape[:2]):
-        raise ValueError(
-            f"the classifier takes images (H, W, C) with sides divisible by {factor} "
-            f"(channel_mults={tuple(model.channel_mults)}), got {image_shape}."
-        )
-    sizes = feature_map_sizes(image_shape[0], model.channel_mults)
-    missing = [size for size in model.attn_resolutions if size not in sizes]
-    if missing:
-        raise ValueError(
-            f"attn_resolutions {missing} do not occur for images of side {image_shape[0]} "
-            f"(feature-map sides: {sizes})."
-        )
-
-
 def _autoencoder_defaults() -> dict[str, Any]:
     # SD's kl-f8 (83.7M parameters); diffjax.models.AUTOENCODER_PRESETS has the others.
     return dict(
@@ -359,7 +342,8 @@ MODELS: dict[str, ModelEntry] = {
     "unet_classifier": ModelEntry(
         defaults=_classifier_defaults,
         build=_build_classifier,
-        check_input_shape=_check_classifier_input,
+        # The UNet's encoder: the same image-size and attention-resolution rules.
+        check_input_shape=_check_unet_input,
         state_keys=(
             "base_channels",
             "channel_mults",
