@@ -1,5 +1,5 @@
 """Neural networks for diffusion: the DDPM UNet (Flax Linen, also Stable Diffusion's), its
-building blocks, SD's KL autoencoder and the patch discriminator that trains it, CLIP's text
+building blocks, SD's KL autoencoder, ControlNet and the patch discriminator that trains it, CLIP's text
 encoder and tokenizer, the registry that configs pick networks from by name, the one adapter
 from a network to a ``model_fn`` (:func:`make_model_fn`), and the published weights in and out
 (:func:`from_pretrained`, :func:`from_single_file`, :func:`save_pretrained`)."""
@@ -21,6 +21,12 @@ from diffjax.models.conditioning import (
     make_model_fn,
     null_cond,
     select_cond,
+)
+from diffjax.models.controlnet import (
+    ControlledUNet,
+    ControlNet,
+    controlnet_fields,
+    controlnet_from_unet,
 )
 from diffjax.models.discriminator import PatchDiscriminator
 from diffjax.models.dit import DIT_PRESETS, DiT
@@ -66,6 +72,8 @@ __all__ = [
     "DiT",
     "NoisyClassifier",
     "CLIPTokenizer",
+    "ControlNet",
+    "ControlledUNet",
     "Downsample",
     "GroupNorm",
     "ModelEntry",
@@ -81,6 +89,8 @@ __all__ = [
     "check_image_size",
     "check_model_config",
     "cond_keys",
+    "controlnet_fields",
+    "controlnet_from_unet",
     "decode_checked",
     "count_params",
     "default_model_config",

@@ -17,6 +17,7 @@ is a ``ValueError`` naming it, and a missing, unexpected or misshapen tensor a
 ``UNet2DConditionModel``  :class:`~diffjax.models.UNet` with cross-attention (SD 1/2)
 ``UNet2DModel``           :class:`~diffjax.models.UNet` (DDPM's published models)
 ``DiTTransformer2DModel`` :class:`~diffjax.models.DiT` (the published DiT checkpoints)
+``ControlNetModel``       :class:`~diffjax.models.ControlNet` (SD 1/2 ControlNets)
 ``CLIPTextModel``         :class:`~diffjax.models.CLIPTextModel` (transformers' config)
 ========================  ============================================================
 """
@@ -37,6 +38,7 @@ from flax import traverse_util
 import diffjax.models.autoencoder_weights as autoencoder_weights
 import diffjax.models.clip as clip
 import diffjax.models.clip_weights as clip_weights
+import diffjax.models.controlnet_weights as controlnet_weights
 import diffjax.models.dit_weights as dit_weights
 import diffjax.models.unet_weights as unet_weights
 from diffjax.weights.files import verify_checksum
@@ -109,6 +111,15 @@ _UNET = Architecture(
     write_state=unet_weights.split_attention_projections,
 )
 
+
+def _controlnet_config_of(module: nn.Module, params: Any) -> dict[str, Any]:
+    return controlnet_weights.diffusers_config_of_controlnet(
+        module,
+        int(params["conv_in"]["kernel"].shape[2]),
+        int(params["cond_embedding"]["conv_in"]["kernel"].shape[2]),
+    )
+
+
 ARCHITECTURES: dict[str, Architecture] = {
     "AutoencoderKL": Architecture(
         build=autoencoder_weights.autoencoder_from_diffusers_config,
@@ -128,6 +139,13 @@ ARCHITECTURES: dict[str, Architecture] = {
         key_table=dit_weights.dit_key_table,
         read_state=lambda state, rules: dit_weights.drop_embedder_copies(state),
         write_state=dit_weights.add_embedder_copies,
+    ),
+    "ControlNetModel": Architecture(
+        build=controlnet_weights.controlnet_from_diffusers_config,
+        config_of=_controlnet_config_of,
+        key_table=controlnet_weights.controlnet_key_table,
+        read_state=controlnet_weights.read_controlnet_state,
+        write_state=unet_weights.split_attention_projections,
     ),
     "CLIPTextModel": Architecture(
         build=clip_weights.clip_text_from_config,
@@ -329,7 +347,8 @@ def save_pretrained(
     :func:`from_pretrained` load.
 
     Args:
-      module: a :class:`~diffjax.models.UNet` (attention by level), an
+      module: a :class:`~diffjax.models.UNet` (attention by level), a
+        :class:`~diffjax.models.ControlNet` (with cross-attention), an
         :class:`~diffjax.models.AutoencoderKL` or a :class:`~diffjax.models.CLIPTextModel`.
       params: its parameters.
       folder: created if missing; its ``config.json`` and weights file are replaced
@@ -339,7 +358,8 @@ def save_pretrained(
     Raises:
       ValueError: a module or option the published classes cannot hold.
     """
-    kinds = {
+    kinds = {  # a ControlNet is a UNet: it comes first
+        controlnet_weights.ControlNet: "ControlNetModel",
         dit_weights.DiT: "DiTTransformer2DModel",
         unet_weights.UNet: "UNet2DModel",
         autoencoder_weights.AutoencoderKL: "AutoencoderKL",

@@ -28,6 +28,7 @@ from ml_collections import config_dict
 
 from diffjax.models.autoencoder import AutoencoderKL, AutoencoderVQ, check_autoencoder_input
 from diffjax.models.classifier import NoisyClassifier
+from diffjax.models.controlnet import ControlledUNet, ControlNet, controlnet_fields
 from diffjax.models.dit import DiT
 from diffjax.models.unet import (
     UNet,
@@ -43,6 +44,7 @@ __all__ = [
     "ModelEntry",
     "build_model",
     "check_model_config",
+    "controlnet_base_config",
     "default_model_config",
     "model_entry",
     "register_model",
@@ -161,6 +163,40 @@ def _check_unet_input(model: UNet, image_shape: tuple[int, ...]) -> None:
     for side in image_shape[:2]:
         check_image_size(side, model.channel_mults)
     check_attn_resolutions(image_shape[0], model.channel_mults, model.attn_resolutions)
+
+
+_CONTROLNET_KEYS = ("conditioning_embedding_channels", "conditioning_scale")
+
+
+def _controlnet_defaults() -> dict[str, Any]:
+    # A frozen base UNet (its keys, as the base run has them) and a ControlNet of it.
+    return dict(
+        _unet_defaults(),
+        # The condition encoder's widths; up to len - 1 stride-2 steps (a control image
+        # 2**k times the input's size).
+        conditioning_embedding_channels=(16, 32, 96, 256),
+        # The weight of the ControlNet's residuals (0: the base model).
+        conditioning_scale=1.0,
+    )
+
+
+def controlnet_base_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``'unet'`` section of a ``'controlnet'`` one: its base network's configuration."""
+    base = {key: value for key, value in dict(config).items() if key not in _CONTROLNET_KEYS}
+    return dict(base, name="unet")
+
+
+def _build_controlnet(config: Mapping[str, Any]) -> ControlledUNet:
+    base = _build_unet(config)
+    controlnet = ControlNet(
+        **controlnet_fields(base),
+        conditioning_embedding_channels=tuple(config["conditioning_embedding_channels"]),
+    )
+    return ControlledUNet(base, controlnet, float(config["conditioning_scale"]))
+
+
+def _check_controlnet_input(model: ControlledUNet, image_shape: tuple[int, ...]) -> None:
+    _check_unet_input(model.base, image_shape)
 
 
 def _dit_defaults() -> dict[str, Any]:
@@ -300,30 +336,25 @@ def _check_autoencoder(model: AutoencoderKL, image_shape: tuple[int, ...]) -> No
     check_autoencoder_input(image_shape, model.channel_mults, model.image_channels)
 
 
+_UNET_STATE_KEYS = (
+    "base_channels", "channel_mults", "num_res_blocks", "attn_resolutions", "num_groups",
+    "guidance_embedding", "context_dim", "transformer_heads", "transformer_depth",
+    "linear_projection", "class_context", "attn_levels", "attention_head_dim", "norm_epsilon",
+    "flip_sin_to_cos", "freq_shift", "downsample_padding",
+)  # fmt: skip
+
 MODELS: dict[str, ModelEntry] = {
     "unet": ModelEntry(
         defaults=_unet_defaults,
         build=_build_unet,
         check_input_shape=_check_unet_input,
-        state_keys=(
-            "base_channels",
-            "channel_mults",
-            "num_res_blocks",
-            "attn_resolutions",
-            "num_groups",
-            "guidance_embedding",
-            "context_dim",
-            "transformer_heads",
-            "transformer_depth",
-            "linear_projection",
-            "class_context",
-            "attn_levels",
-            "attention_head_dim",
-            "norm_epsilon",
-            "flip_sin_to_cos",
-            "freq_shift",
-            "downsample_padding",
-        ),
+        state_keys=_UNET_STATE_KEYS,
+    ),
+    "controlnet": ModelEntry(
+        defaults=_controlnet_defaults,
+        build=_build_controlnet,
+        check_input_shape=_check_controlnet_input,
+        state_keys=(*_UNET_STATE_KEYS, "conditioning_embedding_channels"),
     ),
     "dit": ModelEntry(
         defaults=_dit_defaults,

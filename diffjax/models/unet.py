@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
@@ -59,6 +59,16 @@ REMAT_POLICIES: tuple[str, ...] = (
 """The ``jax.checkpoint_policies`` a UNet's ``remat_policy`` may name: what a recomputed block
 keeps from its forward pass (nothing; matrix products' outputs; those without batch
 dimensions; everything, i.e. no saving)."""
+
+
+class _Blocks(NamedTuple):
+    """A UNet configuration's block constructors: ``res(channels, name=)`` (a ResNet block
+    called as ``(h, temb, train)``), ``attention(name=)`` (``h -> h``, self-attention or a
+    spatial transformer on the context) and ``has_attention(level, h)``."""
+
+    res: Callable[..., Any]
+    attention: Callable[..., Callable[[jnp.ndarray], jnp.ndarray]]
+    has_attention: Callable[[int, jnp.ndarray], bool]
 
 
 def check_image_size(image_size: int, channel_mults: Sequence[int]) -> None:
@@ -417,40 +427,31 @@ class UNet(nn.Module):
                 )
         return t, labels
 
-    @nn.compact
-    def __call__(
+    def _encode(
         self,
         x: jnp.ndarray,
-        t: jnp.ndarray,
-        cond: Mapping[str, Any] | None = None,
-        train: bool = False,
-    ) -> jnp.ndarray:
-        """Runs the UNet.
+        t: Any,
+        cond: Mapping[str, Any] | None,
+        train: bool,
+        stem_addition: jnp.ndarray | None = None,
+    ) -> tuple[jnp.ndarray, list[jnp.ndarray], jnp.ndarray, _Blocks]:
+        """The embeddings, the input convolution, the downsampling path and the middle block.
+
+        Called from a compact method (:meth:`__call__`, or a ControlNet's, which copies these
+        layers under the same names).
 
         Args:
-          x: noisy images ``[B, H, W, C]``, float; ``H`` and ``W`` multiples of
-            ``2 ** (len(channel_mults) - 1)``.
-          t: timesteps ``[B]`` (or a scalar, broadcast), int or float; embedded as given, so
-            continuous time should be fed on the training scale (e.g. ``1000 * t``).
-          cond: the conditioning dict; a class-conditional UNet reads ``cond['label']``, int
-            ``[B]`` in ``[0, num_classes]`` (``num_classes`` = null label), one with
-            cross-attention ``cond['context']``, float ``[B, L, context_dim]``, one with
-            ``guidance_embedding`` also ``cond['guidance']``, float ``[B]``. None or ``{}``
-            for an unconditional UNet.
-          train: enables dropout; then ``apply`` needs ``rngs={'dropout': key}``.
+          x, t, cond, train: as for :meth:`__call__`.
+          stem_addition: ``[B, H, W, base_channels]`` added to the input convolution's output
+            before the first skip (a ControlNet's condition embedding), or None.
 
         Returns:
-          ``[B, H, W, out_channels]`` float32 prediction.
-
-        Raises:
-          ValueError: for a bad image size, missing attention resolution, or a mismatch
-            between ``cond['label']`` and ``num_classes``; raised while tracing, before
-            compiling.
-          TypeError: if ``x`` is not a float array (e.g. raw uint8 images).
+          ``(h, skips, temb, blocks)``: the middle block's output ``[B, H', W', C']``, the
+          skip activations in the order the decoder pops them from the end, the time
+          embedding ``[B, 4 base_channels]`` and the block constructors.
         """
         t, labels = self._check_inputs(x, t, cond)
         channels = self.base_channels
-        out_channels = x.shape[-1] if self.out_channels is None else self.out_channels
         num_levels = len(self.channel_mults)
         common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
 
@@ -476,7 +477,39 @@ class UNet(nn.Module):
             temb = temb + nn.Embed(
                 self.num_classes + 1, 4 * channels, name="label_embedding", **common
             )(labels)
+        blocks = self._blocks(context)
 
+        h = nn.Conv(
+            channels,
+            (3, 3),
+            padding="SAME",
+            kernel_init=default_kernel_init,
+            name="conv_in",
+            **common,
+        )(x.astype(self.dtype))
+        if stem_addition is not None:
+            h = h + stem_addition.astype(h.dtype)
+        skips = [h]
+        for level, mult in enumerate(self.channel_mults):
+            for block in range(self.num_res_blocks):
+                h = blocks.res(channels * mult, name=f"down_{level}_res_{block}")(h, temb, train)
+                if blocks.has_attention(level, h):
+                    h = blocks.attention(name=f"down_{level}_attn_{block}")(h)
+                skips.append(h)
+            if level != num_levels - 1:
+                h = Downsample(self.downsample_padding, name=f"down_{level}_downsample", **common)(
+                    h
+                )
+                skips.append(h)
+
+        h = blocks.res(h.shape[-1], name="mid_res_0")(h, temb, train)
+        h = blocks.attention(name="mid_attn")(h)
+        h = blocks.res(h.shape[-1], name="mid_res_1")(h, temb, train)
+        return h, skips, temb, blocks
+
+    def _blocks(self, context: jnp.ndarray | None) -> _Blocks:
+        """The ResNet-block and attention constructors of this configuration."""
+        common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         policy = getattr(jax.checkpoint_policies, self.remat_policy)
         # `train` (argument 3, counting self) is static: it decides whether dropout runs at all.
         remat_res_block = nn.remat(ResBlock, static_argnums=(3,), policy=policy)
@@ -522,39 +555,59 @@ class UNet(nn.Module):
                 return level in self.attn_levels
             return h.shape[1] in self.attn_resolutions
 
-        h = nn.Conv(
-            channels,
-            (3, 3),
-            padding="SAME",
-            kernel_init=default_kernel_init,
-            name="conv_in",
-            **common,
-        )(x.astype(self.dtype))
-        skips = [h]
-        for level, mult in enumerate(self.channel_mults):
-            for block in range(self.num_res_blocks):
-                h = res_block(channels * mult, name=f"down_{level}_res_{block}")(h, temb, train)
-                if has_attention(level, h):
-                    h = attention(name=f"down_{level}_attn_{block}")(h)
-                skips.append(h)
-            if level != num_levels - 1:
-                h = Downsample(self.downsample_padding, name=f"down_{level}_downsample", **common)(
-                    h
-                )
-                skips.append(h)
+        return _Blocks(res_block, attention, has_attention)
 
-        h = res_block(h.shape[-1], name="mid_res_0")(h, temb, train)
-        h = attention(name="mid_attn")(h)
-        h = res_block(h.shape[-1], name="mid_res_1")(h, temb, train)
+    @nn.compact
+    def __call__(
+        self,
+        x: jnp.ndarray,
+        t: jnp.ndarray,
+        cond: Mapping[str, Any] | None = None,
+        train: bool = False,
+        control_residuals: tuple[Sequence[jnp.ndarray], jnp.ndarray] | None = None,
+    ) -> jnp.ndarray:
+        """Runs the UNet.
 
-        for level in reversed(range(num_levels)):
+        Args:
+          x: noisy images ``[B, H, W, C]``, float; ``H`` and ``W`` multiples of
+            ``2 ** (len(channel_mults) - 1)``.
+          t: timesteps ``[B]`` (or a scalar, broadcast), int or float; embedded as given, so
+            continuous time should be fed on the training scale (e.g. ``1000 * t``).
+          cond: the conditioning dict; a class-conditional UNet reads ``cond['label']``, int
+            ``[B]`` in ``[0, num_classes]`` (``num_classes`` = null label), one with
+            cross-attention ``cond['context']``, float ``[B, L, context_dim]``, one with
+            ``guidance_embedding`` also ``cond['guidance']``, float ``[B]``. None or ``{}``
+            for an unconditional UNet.
+          train: enables dropout; then ``apply`` needs ``rngs={'dropout': key}``.
+          control_residuals: ``(skip_residuals, middle_residual)`` of a ControlNet
+            (:class:`~diffjax.models.controlnet.ControlNet`), added to each skip activation
+            and to the middle block's output (Zhang et al. 2023, "Adding Conditional Control
+            to Text-to-Image Diffusion Models", arXiv:2302.05543, Eq. 4); None: none.
+
+        Returns:
+          ``[B, H, W, out_channels]`` float32 prediction.
+
+        Raises:
+          ValueError: for a bad image size, missing attention resolution, a mismatch
+            between ``cond['label']`` and ``num_classes``, or residuals that do not match
+            the skips; raised while tracing, before compiling.
+          TypeError: if ``x`` is not a float array (e.g. raw uint8 images).
+        """
+        h, skips, temb, blocks = self._encode(x, t, cond, train)
+        if control_residuals is not None:
+            skips, h = _add_residuals(skips, h, control_residuals)
+        channels = self.base_channels
+        out_channels = x.shape[-1] if self.out_channels is None else self.out_channels
+        common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+
+        for level in reversed(range(len(self.channel_mults))):
             for block in range(self.num_res_blocks + 1):
                 h = jnp.concatenate([h, skips.pop()], axis=-1)
-                h = res_block(channels * self.channel_mults[level], name=f"up_{level}_res_{block}")(
-                    h, temb, train
-                )
-                if has_attention(level, h):
-                    h = attention(name=f"up_{level}_attn_{block}")(h)
+                h = blocks.res(
+                    channels * self.channel_mults[level], name=f"up_{level}_res_{block}"
+                )(h, temb, train)
+                if blocks.has_attention(level, h):
+                    h = blocks.attention(name=f"up_{level}_attn_{block}")(h)
             if level != 0:
                 h = Upsample(name=f"up_{level}_upsample", **common)(h)
 
@@ -568,3 +621,21 @@ class UNet(nn.Module):
             **common,
         )(h)
         return h.astype(jnp.float32)
+
+
+def _add_residuals(
+    skips: list[jnp.ndarray],
+    middle: jnp.ndarray,
+    residuals: tuple[Sequence[jnp.ndarray], jnp.ndarray],
+) -> tuple[list[jnp.ndarray], jnp.ndarray]:
+    """The skips and the middle output plus a ControlNet's residuals, shapes checked."""
+    skip_residuals, middle_residual = residuals
+    shapes = [skip.shape for skip in skips]
+    given = [tuple(residual.shape) for residual in skip_residuals]
+    if given != shapes or tuple(middle_residual.shape) != middle.shape:
+        raise ValueError(
+            f"control_residuals must match the UNet's skips {shapes} and middle output "
+            f"{middle.shape}; got {given} and {tuple(middle_residual.shape)}."
+        )
+    skips = [skip + residual.astype(skip.dtype) for skip, residual in zip(skips, skip_residuals)]
+    return skips, middle + middle_residual.astype(middle.dtype)
