@@ -10,6 +10,8 @@ Sources (the ``name`` argument, ``config.data.name``):
   ``"oxford_flowers102"``, ``"downsampled_imagenet/64x64"``, ...) through ``as_data_source``;
   reading needs no TensorFlow, preparing one does (``pip install "diffjax[tf]"``).
 - ``"folder"``: the PNG/JPEG images under ``data_dir``, optionally in class subfolders.
+- ``"circles"`` and ``"fashion_mnist_edges"``: images with a control image, offline
+  (:mod:`diffjax.data.datasets.control`; ControlNet's recipes).
 - a dataset of in-memory arrays registered with :func:`register_dataset` (images with any
   conditioning: class labels, text embeddings, control images).
 
@@ -46,7 +48,7 @@ from typing import TYPE_CHECKING, Any, Mapping, NamedTuple
 
 import numpy as np
 
-from diffjax.data.datasets import DatasetUnavailableError, preprocess
+from diffjax.data.datasets import DatasetUnavailableError, control, preprocess
 from diffjax.errors import ConfigError
 from diffjax.sharding import process_batch_size
 
@@ -78,8 +80,12 @@ _HOST_LAYOUT_KEYS = ("batch_size", "process_index", "process_count")
 layout resumes on another with the same global batch size."""
 
 
-DATASETS: dict[str, Any] = {}
-"""Datasets of in-memory arrays by name (:func:`register_dataset`)."""
+DATASETS: dict[str, Any] = {
+    "circles": control.load_circles,
+    "fashion_mnist_edges": control.load_fashion_mnist_edges,
+}
+"""Datasets of in-memory arrays by name: the control datasets of
+:mod:`diffjax.data.datasets.control` and those of :func:`register_dataset`."""
 
 
 def register_dataset(name: str, load: Any) -> None:
