@@ -8,6 +8,7 @@ Example::
   python -m diffjax.sample --workdir runs/cifar10_cond --guidance 3.0 --label 3
   python -m diffjax.sample --workdir runs/fmnist --classifier runs/fmnist_classifier \
       --classifier_scale 2 --class 3
+  python -m diffjax.sample --workdir runs/circles_cn --control outline.png
 
 Loads the newest good checkpoint read-only (safe while the run is still training), draws
 ``--num`` samples with the EMA weights (``--noema`` for the raw weights), and writes a PNG grid
@@ -19,7 +20,8 @@ sampler and steps). It prints the first batch's time (compilation included) and,
 compiled time per sample (a single-batch run is timed on a second call), and for the adaptive
 ``ode`` sampler its function evaluations. ``--classifier`` guides the samples with a noisy
 classifier's gradient (classifier guidance, ``diffjax.gradient_guidance``) towards ``--class``
-(an alias of ``--label``), or one class per row of the grid. The sampler, steps, sampler options and
+(an alias of ``--label``), or one class per row of the grid. ``--control IMAGE`` gives every
+sample of a ControlNet run that control image (default: the evaluation split's). The sampler, steps, sampler options and
 guidance default to the run's config; ``--option name=value`` sets any option of the chosen
 sampler (checked against it before anything compiles). Without ``--steps``, the run's sampler
 uses its configured steps and another sampler its own default (``ddpm``: all T steps, as in the
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 from absl import flags
 
@@ -82,6 +85,12 @@ _CLASSIFIER = flags.DEFINE_string(
 )  # fmt: skip
 _CLASSIFIER_SCALE = flags.DEFINE_float(
     "classifier_scale", 1.0, "The classifier guidance scale s (with --classifier; 0: unguided)."
+)
+_CONTROL = flags.DEFINE_string(
+    "control",
+    None,
+    "A control image (PNG/JPEG) for every sample of a ControlNet run, read in [0, 1] at the "
+    "run's control size and channels; default: the evaluation split's control images.",
 )
 _SEED = flags.DEFINE_integer(
     "seed",
@@ -151,7 +160,43 @@ def _check_flags() -> dict:
         config, sampler=_SAMPLER.value, num_steps=_STEPS.value, options=_options(),
         process=build_process(config["diffusion"]),
     )  # fmt: skip
+    if _CONTROL.value is not None:
+        _read_control(record)
     return config
+
+
+def _read_control(record: dict) -> Any:
+    """``--control`` as float32 ``[H, W, C]`` in [0, 1], checked against the run's control
+    images (their size and channels, from the run's dataset record).
+
+    Raises:
+      ConfigError: a run without control images, a missing file or a wrong size.
+    """
+    import numpy as np
+    from PIL import Image
+
+    from diffjax.errors import ConfigError
+    from diffjax.training.workdir import cond_spec_of
+
+    spec = {key: shape for key, shape, _ in cond_spec_of(record["dataset"])}
+    if "control" not in spec or record["config"]["model"]["name"] != "controlnet":
+        raise ConfigError(
+            f"--control={_CONTROL.value} needs a ControlNet run (config.model.name="
+            f"'controlnet'); {_WORKDIR.value} trained a {record['config']['model']['name']!r} "
+            f"network."
+        )
+    height, width, channels = spec["control"]
+    try:
+        with Image.open(_CONTROL.value) as image:
+            pixels = np.asarray(image.convert("L" if channels == 1 else "RGB"), np.float32)
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"--control={_CONTROL.value}: not a readable image ({error}).") from error
+    if pixels.shape[:2] != (height, width):
+        raise ConfigError(
+            f"--control={_CONTROL.value} is {pixels.shape[1]}x{pixels.shape[0]} pixels; this "
+            f"run's control images are {width}x{height}."
+        )
+    return pixels.reshape(height, width, channels) / 255.0
 
 
 def _options() -> dict:
@@ -175,6 +220,11 @@ def sample_main() -> str:
     from diffjax.training.trained_run import load_trained_run
 
     num_classes = _check_flags()["model"]["num_classes"]
+    control = None
+    if _CONTROL.value is not None:
+        from diffjax.training.workdir import load_run_record
+
+        control = _read_control(load_run_record(_WORKDIR.value))
     mesh = make_mesh()
     run = load_trained_run(_WORKDIR.value, mesh)
     classifier = None
@@ -192,7 +242,7 @@ def sample_main() -> str:
     settings = dict(
         sampler=_SAMPLER.value, num_steps=_STEPS.value,
         options=_options(), guidance_scale=_GUIDANCE.value, ema=_EMA.value, seed=_SEED.value,
-        labels=all_labels, classifier=classifier,
+        labels=all_labels, classifier=classifier, control=control,
     )  # fmt: skip
     sampler = run_sampler(run, batch, **settings)
     if is_adaptive(sampler.sampler):

@@ -16,6 +16,9 @@ configs/fashion_mnist.py``), each of which imports its module from here.
 ``fashion_mnist_latent``       the default recipe's flow in that autoencoder's latent space (CPU)
 ``fashion_mnist_classifier``   a noisy classifier of the default recipe's process (guidance; CPU)
 ``fashion_mnist_lora``         a LoRA of the default run's frozen weights (CPU)
+``fashion_mnist_controlnet``   a ControlNet of the default run on Sobel edge maps (CPU)
+``circles``                    coloured circles, ControlNet's toy data, unconditional (CPU)
+``circles_controlnet``         a ControlNet of the circles run on their outlines (CPU)
 ``cifar10``                    the DDPM paper's CIFAR-10 run (GPU/TPU)
 ``cifar10_cond``               the same, class-conditional with classifier-free guidance
 ``cifar10_autoencoder``        a CIFAR-10 KL autoencoder with the patch GAN (GPU/TPU; not run yet)
@@ -43,7 +46,8 @@ __all__ = ["DISTILL_RECIPES", "RECIPES", "get_config"]
 RECIPES: tuple[str, ...] = (
     "base", "fashion_mnist", "fashion_mnist_ddpm", "fashion_mnist_edm", "fashion_mnist_modern",
     "fashion_mnist_autoencoder", "fashion_mnist_latent", "fashion_mnist_classifier",
-    "fashion_mnist_lora", "cifar10_autoencoder", "cifar10_latent", "cifar10", "cifar10_cond", "test",
+    "fashion_mnist_lora", "fashion_mnist_controlnet", "circles", "circles_controlnet",
+    "cifar10_autoencoder", "cifar10_latent", "cifar10", "cifar10_cond", "test",
 )  # fmt: skip
 DISTILL_RECIPES: tuple[str, ...] = ("fashion_mnist_distill", "cifar10_distill")
 

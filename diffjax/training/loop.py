@@ -285,6 +285,20 @@ class _Run:
             init_extra=objective.init_extra,
         )
         source = values["training"]["init_from"]
+        if not source and objective.init_from_frozen is not None:
+            # The objective's first parameters come from the frozen pytrees (a ControlNet's
+            # copy of its base); they enter the initialiser as an argument.
+            params = jax.jit(
+                objective.init_from_frozen,
+                out_shardings=jax.tree.map(
+                    lambda leaf: leaf.sharding, programs.abstract_state.params
+                ),
+            )(self.init_key, self.frozen)
+            log(f"diffjax: initialised from the frozen {sorted(self.frozen)} weights")
+            return create_train_state(
+                programs.init_fn, self.init_key, programs.optimizer, self.mesh, params=params,
+                **common,
+            )  # fmt: skip
         if not source:
             return create_train_state(
                 programs.init_fn, self.init_key, programs.optimizer, self.mesh, **common

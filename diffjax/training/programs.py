@@ -725,17 +725,35 @@ class SampleConditions:
     N, class i K // N (one class per row); a network that reads more than a class label gets
     the conditioning of example i of the run's evaluation split (``config.eval.split``, read in
     order and cycled); an unconditional one gets None. A guidance scale (``'guidance'``, a
-    guidance-distilled network) is not part of it: the generator sets it.
+    guidance-distilled network) is not part of it: the generator sets it. Entries of
+    ``fixed`` are every sample's (a control image given to the sample CLI).
 
     Args:
       values: the run's validated config.
       module: the network.
+      fixed: ``{key: array [...]}`` shared by every sample, or None.
+
+    Raises:
+      ValueError: a fixed key the network does not read.
     """
 
-    def __init__(self, values: Mapping[str, Any], module: nn.Module):
+    def __init__(
+        self,
+        values: Mapping[str, Any],
+        module: nn.Module,
+        fixed: Mapping[str, Any] | None = None,
+    ):
         self._values = values
+        self._fixed = dict(fixed or {})
         # A guidance scale is the generator's to set (diffjax.generation.make_generator).
-        self._keys = data_cond_keys(module)
+        wanted = data_cond_keys(module)
+        unread = sorted(set(self._fixed) - set(wanted))
+        if unread:
+            raise ValueError(
+                f"the network reads cond keys {list(wanted)}, not {unread}; it cannot be given "
+                f"them."
+            )
+        self._keys = tuple(key for key in wanted if key not in self._fixed)
         self._num_classes = values["model"]["num_classes"]
         self._loaded: dict[str, Any] = {}
 
@@ -760,11 +778,16 @@ class SampleConditions:
         """
         from diffjax.generation import class_labels
 
+        fixed = {
+            key: jnp.broadcast_to(jnp.asarray(value), (len(indices), *jnp.shape(value)))
+            for key, value in self._fixed.items()
+        }
         if not self._keys:
-            return None
+            return fixed or None
         if self._keys == ("label",) and self._num_classes is not None:
-            return {"label": jnp.asarray(class_labels(indices, self._num_classes, blocks=blocks))}
-        return self._from_data(indices)
+            labels = class_labels(indices, self._num_classes, blocks=blocks)
+            return {"label": jnp.asarray(labels), **fixed}
+        return {**self._from_data(indices), **fixed}
 
 
 def sample_drawer(
@@ -802,10 +825,9 @@ def sample_drawer(
     def draw(start: int, count: int) -> jax.Array:
         indices = np.arange(start, start + count)
         chosen = None if labels is None else np.resize(np.asarray(labels)[start:], count)
-        if chosen is None:
-            cond = conditions(indices, blocks=blocks)
-        else:
-            cond = {"label": jnp.asarray(chosen, jnp.int32)}
+        cond = conditions(indices, blocks=blocks)
+        if chosen is not None:
+            cond = {**(cond or {}), "label": jnp.asarray(chosen, jnp.int32)}
         guide = None
         if classifier is not None:
             if chosen is None and cond is not None and "label" in cond:

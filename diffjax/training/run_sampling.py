@@ -59,6 +59,7 @@ def run_sampler(
     labels: Any = None,
     stats: bool = False,
     classifier: Any = None,
+    control: Any = None,
 ) -> RunSampler:
     """A run's sampler with the defaults ``python -m diffjax.sample`` uses.
 
@@ -80,6 +81,8 @@ def run_sampler(
       classifier: a :class:`~diffjax.training.classifier_guidance.RunClassifier`
         (:func:`~diffjax.training.classifier_guidance.load_run_classifier`) guiding sample i
         towards ``labels[i]`` (default: class i mod K; the CLI's grids: one class per row).
+      control: float ``[H_c, W_c, C_c]`` in [0, 1], the control image of every sample (a
+        ControlNet run; default: those of the evaluation split, in order).
 
     Raises:
       ConfigError: options the sampler does not take or refuses, or a prediction type other
@@ -100,7 +103,10 @@ def run_sampler(
     frozen, _ = load_frozen(run.config, run.programs, run.mesh)
     draw = sample_drawer(
         generate, run.state.ema_params if ema else run.state.params, seed=seed,
-        conditions=SampleConditions(run.config, run.model), frozen=frozen, labels=labels,
+        conditions=SampleConditions(
+            run.config, run.model, None if control is None else {"control": control}
+        ),
+        frozen=frozen, labels=labels,
         classifier=classifier,
     )  # fmt: skip
     return RunSampler(draw, name, chosen, seed, scale)

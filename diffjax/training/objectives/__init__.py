@@ -4,7 +4,8 @@
 the diffusion loss, ``'progressive_distillation'``, one round of Salimans & Ho 2022 with a
 frozen teacher (:mod:`diffjax.distillation`; the rounds are :mod:`diffjax.pipelines.
 distillation`), ``'autoencoder'``, LDM's autoencoder, ``'classifier'``, the noisy
-classifier of classifier guidance, and ``'lora'``, a LoRA of a trained run's frozen weights). An objective owns
+classifier of classifier guidance, ``'lora'``, a LoRA of a trained run's frozen weights, and
+``'controlnet'``, a ControlNet of a trained run's frozen UNet). An objective owns
 
 * its loss: ``loss_fn(params, frozen, batch, key, train) -> (loss, metrics)``, the function
   the generic train step (:mod:`diffjax.training.step`) differentiates with respect to
@@ -44,6 +45,7 @@ from diffjax.training.objectives.base import (
     ObjectiveEntry,
 )
 from diffjax.training.objectives.classifier import CLASSIFIER, make_classifier_loss
+from diffjax.training.objectives.controlnet import CONTROLNET
 from diffjax.training.objectives.denoising import DENOISING, make_denoising_loss
 from diffjax.training.objectives.distillation import PROGRESSIVE_DISTILLATION
 from diffjax.training.objectives.lora import LORA
@@ -70,6 +72,7 @@ OBJECTIVES: dict[str, ObjectiveEntry] = {
     "autoencoder": AUTOENCODER,
     "classifier": CLASSIFIER,
     "lora": LORA,
+    "controlnet": CONTROLNET,
 }
 """The registered objectives by name (the built-in ones and those of
 :func:`register_objective`)."""

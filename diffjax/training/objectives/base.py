@@ -45,6 +45,10 @@ class Objective(NamedTuple):
         ``config.model`` names, when the trained parameters are not those (a LoRA of a frozen
         base: the merged weights); every generator of the run samples with them. None: the
         trained parameters are the network's.
+      init_from_frozen: ``init_from_frozen(key, frozen) -> params``, the trained parameters'
+        first values when they start from the frozen pytrees (a ControlNet copies its base's
+        encoder; shapes those of ``init``), or None: ``init`` (or the network's initialiser).
+        ``config.training.init_from`` takes precedence.
     """
 
     loss_fn: Callable
@@ -54,6 +58,7 @@ class Objective(NamedTuple):
     init: Callable[[jax.Array], Params] | None = None
     assign: Callable[[Params, Any], Params] | None = None
     network_params: Callable[[Params, Any], Params] | None = None
+    init_from_frozen: Callable[[jax.Array, Any], Params] | None = None
 
 
 class ObjectiveContext(NamedTuple):
