@@ -8,6 +8,8 @@ circle i). Each sample's edge map (:func:`diffjax.metrics.edges.edge_map`) is co
 outline: outline IoU and edge F1 at a 1-pixel tolerance. The base run's samples with the same
 keys (no control), and the test images themselves (the ceiling), are measured against the
 same outlines; the last stage also with classifier-free guidance on the control (w = 2).
+``--recipe fashion_mnist`` does the same with configs/fashion_mnist_controlnet.py on the
+default run (``--base``) and the test images' Sobel edge maps.
 
 Cost (``--part cost``): the training state's float32 bytes (parameters, EMA, Adam's two
 moments; from the abstract shapes, nothing allocated) of full fine-tuning of the UNet and of a
@@ -31,6 +33,7 @@ import sys
 import tempfile
 
 REPO = os.path.dirname(os.path.abspath(os.path.dirname(__file__)))
+RECIPES = {"circles": "circles_controlnet", "fashion_mnist": "fashion_mnist_controlnet"}
 CONTROLNET_CONFIG = os.path.join(REPO, "configs", "circles_controlnet.py")
 BASE_CONFIG = os.path.join(REPO, "configs", "circles.py")
 
@@ -58,11 +61,16 @@ def _agreement(samples, outlines) -> tuple[float, float]:
     )
 
 
-def agreement(base: str, root: str, steps: list[int], num: int) -> None:
+def agreement(recipe: str, base: str, root: str, steps: list[int], num: int) -> None:
     import diffjax as dj
-    from diffjax.data.datasets.control import load_circles
+    from diffjax.data.datasets.control import load_circles, load_fashion_mnist_edges
 
-    test, _ = load_circles("test", 32)
+    test = (
+        load_circles("test", 32)[0]
+        if recipe == "circles"
+        else load_fashion_mnist_edges("test", 28)[0]
+    )
+    config = os.path.join(REPO, "configs", f"{RECIPES[recipe]}.py")
     images, outlines = test["image"][:num], test["cond"]["control"][:num]
     settings = dict(batch_size=min(num, 256), seed=0)
     rows = [("test images (ceiling)", "-", *_agreement(images, outlines))]
@@ -71,7 +79,7 @@ def agreement(base: str, root: str, steps: list[int], num: int) -> None:
     workdir = os.path.join(root, "controlnet")
     for count in steps:
         _run([
-            sys.executable, "-m", "diffjax.train", f"--config={CONTROLNET_CONFIG}",
+            sys.executable, "-m", "diffjax.train", f"--config={config}",
             f"--workdir={workdir}", f"--config.objective.base={base}",
             f"--config.training.num_steps={count}", f"--config.training.checkpoint_every_steps={count}",
             "--config.sampling.every_steps=0", "--config.eval.every_steps=0",
@@ -82,7 +90,7 @@ def agreement(base: str, root: str, steps: list[int], num: int) -> None:
         print(rows[-1], flush=True)
     guided = dj.sample_run(run, num, guidance_scale=2.0, **settings)
     rows.append(("ControlNet, guidance w=2", str(steps[-1]), *_agreement(guided, outlines)))
-    print(f"\n{num} samples, flow Euler 50 steps, seed 0; 1-pixel tolerance")
+    print(f"\n{recipe}: {num} samples, flow Euler 50 steps, seed 0; 1-pixel tolerance")
     print("| samples | ControlNet steps | outline IoU | edge F1 |")
     print("| --- | ---: | ---: | ---: |")
     for name, count, iou, f1 in rows:
@@ -149,12 +157,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=("agreement", "cost"), required=True)
     parser.add_argument("--base", required=True)
+    parser.add_argument("--recipe", choices=tuple(RECIPES), default="circles")
     parser.add_argument("--root", default=os.path.join(REPO, "runs", "circles_cn"))
     parser.add_argument("--steps", default="100,200,400,600")
     parser.add_argument("--num", type=int, default=256)
     args = parser.parse_args()
     if args.part == "agreement":
-        agreement(args.base, args.root, [int(s) for s in args.steps.split(",")], args.num)
+        agreement(
+            args.recipe, args.base, args.root, [int(s) for s in args.steps.split(",")], args.num
+        )
     else:
         cost(args.base)
 

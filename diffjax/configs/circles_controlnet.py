@@ -8,7 +8,7 @@ The base run's network (configs/circles.py) with the ``'controlnet'`` objective:
 weights are a frozen step argument and only a ControlNet (a copy of its encoder and middle
 block, a condition encoder of widths 16 and 32 at full resolution, zero convolutions)
 is trained, on the circles' outlines (``cond['control']``). The condition is dropped to an
-all-zero control for 10% of the examples, so ``--guidance_scale`` guides on it. 1000 steps;
+all-zero control for 10% of the examples, so ``python -m diffjax.sample --guidance W`` guides on it. 1000 steps;
 the outline agreement of its samples by training step, against the base's and the data's, is
 in benchmarks/RESULTS.md ("ControlNet").
 """
