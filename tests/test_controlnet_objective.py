@@ -17,8 +17,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from train_helpers import PYTHON, fast_compiles, subprocess_env  # noqa: E402
 
 import diffjax as dj  # noqa: E402
+from diffjax.data.datasets.control import load_circles  # noqa: E402
 from diffjax.errors import ConfigError  # noqa: E402
-from diffjax.models import default_model_config  # noqa: E402
+from diffjax.losses import denoising_loss  # noqa: E402
+from diffjax.models import default_model_config, make_model_fn  # noqa: E402
 from diffjax.training import default_objective_config, loop  # noqa: E402
 from diffjax.training.programs import validate_config  # noqa: E402
 
@@ -100,6 +102,50 @@ def test_training_moves_only_the_controlnet_and_resumes_exactly(base, tmp_path):
     assert jax.tree.all(jax.tree.map(np.array_equal, resumed.opt_state, direct.opt_state))
     base_after = dj.load_trained_run(base).state.ema_params
     assert jax.tree.all(jax.tree.map(np.array_equal, base_before, base_after))
+
+
+def _per_example_losses(run, params, images, controls, key):
+    """The denoising loss of each example with its control, the same noise and time for all
+    calls (a paired comparison)."""
+    keys = jax.random.split(key, len(images))
+
+    def loss(x, example_key, control):
+        model_fn = make_model_fn(run.model, params, {"control": control[None]})
+        return denoising_loss(model_fn, run.process, x[None], example_key)[0]
+
+    return np.asarray(jax.jit(jax.vmap(loss))(images, keys, controls))
+
+
+def test_a_trained_controlnet_uses_its_control(tmp_path):
+    """After 200 steps on the circles, the held-out loss with each image's own outline is
+    below the loss with another image's outline and below the base model's, by more than
+    three standard errors of the paired differences."""
+    base_dir, workdir = str(tmp_path / "base"), str(tmp_path / "cn")
+    config = base_config()
+    config.training.num_steps = 200
+    config.optim.learning_rate = 2e-3
+    with fast_compiles():
+        loop.train_and_evaluate(config, base_dir)
+        config = controlnet_config(base_dir)
+        config.update_from_flattened_dict(
+            {"training.num_steps": 200, "training.checkpoint_every_steps": 200,
+             "optim.learning_rate": 2e-3}
+        )  # fmt: skip
+        loop.train_and_evaluate(config, workdir)
+    run, base_run = dj.load_trained_run(workdir), dj.load_trained_run(base_dir)
+    frozen = {"base": base_run.state.ema_params}  # the frozen source: the base's EMA weights
+    params = run.programs.objective.network_params(run.state.params, frozen)
+    test, _ = load_circles("test", 16)
+    images, controls = test["image"][:256], test["cond"]["control"][:256]
+    key = jax.random.key(0)
+    own = _per_example_losses(run, params, images, controls, key)
+    other = _per_example_losses(run, params, images, np.roll(controls, 1, axis=0), key)
+    silent = dict(params, controlnet=jax.tree.map(np.zeros_like, params["controlnet"]))
+    base = _per_example_losses(run, silent, images, controls, key)
+    for worse in (other, base):
+        differences = worse - own
+        standard_error = differences.std(ddof=1) / np.sqrt(len(differences))
+        assert differences.mean() > 3 * standard_error
 
 
 def test_the_sample_cli_takes_a_control_image(base, tmp_path):
