@@ -108,7 +108,7 @@ def cost(base: str) -> None:
     import jax.numpy as jnp
 
     from diffjax.configs import get_config
-    from diffjax.models import ControlledUNet, ControlNet, build_model, controlnet_fields
+    from diffjax.models import ControlledModel, ControlNet, build_model, controlnet_fields
     from diffjax.models.unet_weights import unet_from_diffusers_config
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -116,7 +116,7 @@ def cost(base: str) -> None:
 
     circles = build_model(get_config("circles_controlnet").model)
     sd15_unet = unet_from_diffusers_config(SD15_UNET)
-    sd15 = ControlledUNet(sd15_unet, ControlNet(**controlnet_fields(sd15_unet)))
+    sd15 = ControlledModel(sd15_unet, ControlNet(**controlnet_fields(sd15_unet)))
     cases = {
         "circles UNet (32x32x3)": (
             circles, jnp.zeros((1, 32, 32, 3)), {"control": jnp.zeros((1, 32, 32, 1))},

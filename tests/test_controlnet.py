@@ -1,5 +1,5 @@
-"""ControlNet (diffjax/models/controlnet.py): a new ControlNet leaves its base UNet exactly as
-it was (bit for bit at conditioning_scale 0 and, through its zero convolutions, at scale 1),
+"""ControlNet (diffjax/models/controlnet.py): a new ControlNet (of a UNet, or of a DiT's first
+blocks) leaves its base exactly as it was (bit for bit at conditioning_scale 0 and, through its zero convolutions, at scale 1),
 its encoder is the base's, its residuals reach the base's skips, the control image is checked
 before anything compiles, and its null condition guides on the control."""
 
@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 
 from diffjax.models import (
-    ControlledUNet,
+    ControlledModel,
     ControlNet,
+    DiT,
+    DiTControlNet,
     UNet,
     build_model,
     controlnet_fields,
-    controlnet_from_unet,
+    controlnet_from_base,
     default_model_config,
     make_model_fn,
 )
@@ -40,7 +42,7 @@ def _noisy(params, key, scale=0.05):
 
 def _controlled(scale=1.0, widths=(4, 8)):
     controlnet = ControlNet(**controlnet_fields(UNET), conditioning_embedding_channels=widths)
-    return ControlledUNet(UNET, controlnet, scale)
+    return ControlledModel(UNET, controlnet, scale)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +53,7 @@ def base_params():
 
 def _new_params(module, base_params):
     params = module.init(jax.random.key(4), X, T, {"label": LABELS, "control": CONTROL})
-    controlnet = controlnet_from_unet(params["params"]["controlnet"], base_params)
+    controlnet = controlnet_from_base(params["params"]["controlnet"], base_params)
     return {"base": base_params, "controlnet": controlnet}
 
 
@@ -135,7 +137,7 @@ def test_a_bad_control_image_is_refused_while_tracing(control, message):
 def test_a_controlnet_of_another_configuration_is_refused():
     other = ControlNet(**dict(controlnet_fields(UNET), base_channels=16))
     with pytest.raises(ValueError, match=r"differ in \['base_channels'\]"):
-        ControlledUNet(UNET, other)
+        ControlledModel(UNET, other)
 
 
 def test_the_null_condition_is_the_null_label_and_a_zero_control(base_params):
@@ -161,6 +163,76 @@ def test_the_registered_network_is_the_base_unet_with_a_controlnet():
     section.update(base_channels=8, channel_mults=(1, 2), attn_resolutions=(4,), num_groups=4)
     section.conditioning_embedding_channels = (4, 8)
     module = build_model(section)
-    assert isinstance(module, ControlledUNet)
+    assert isinstance(module, ControlledModel)
     assert module.base == build_model(controlnet_base_config(section))
     assert tuple(module.controlnet.conditioning_embedding_channels) == (4, 8)
+
+
+DIT = DiT(patch_size=2, hidden_size=16, depth=4, num_heads=2, num_classes=None)
+
+
+def _dit_controlled(scale=1.0, control_depth=2):
+    controlnet = DiTControlNet(**controlnet_fields(DIT), control_depth=control_depth)
+    return ControlledModel(DIT, controlnet, scale)
+
+
+def _dit_params(module, key):
+    base = _noisy(DIT.init(jax.random.key(9), X, T)["params"], key)
+    fresh = module.init(jax.random.key(10), X, T, {"control": CONTROL})["params"]
+    return {"base": base, "controlnet": controlnet_from_base(fresh["controlnet"], base)}
+
+
+def test_a_new_dit_controlnet_copies_the_first_blocks_and_leaves_the_base_exact():
+    module = _dit_controlled()
+    params = _dit_params(module, jax.random.key(11))
+    controlnet = params["controlnet"]
+    assert sorted(n for n in controlnet if n.startswith("transformer_blocks_")) == [
+        "transformer_blocks_0", "transformer_blocks_1",
+    ]  # fmt: skip
+    for name in ("pos_embed", "timestep_embedder", "transformer_blocks_1"):
+        assert jax.tree.all(jax.tree.map(np.array_equal, controlnet[name], params["base"][name]))
+    base_out = DIT.apply({"params": params["base"]}, X, T)
+    assert float(jnp.abs(base_out).max()) > 0.01
+    out = module.apply({"params": params}, X, T, {"control": CONTROL})
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(base_out))
+    assert module.null_cond({"control": CONTROL}).keys() == {"control"}
+
+
+def test_dit_residuals_enter_after_every_kth_block():
+    """Two residuals for four blocks: residual i // 2 after block i (SD3's interval)."""
+    module = _dit_controlled()
+    params = _dit_params(module, jax.random.key(12))
+    params["controlnet"] = _noisy(params["controlnet"], jax.random.key(13))
+    cond = {"control": CONTROL}
+    residuals = module.controlnet.apply({"params": params["controlnet"]}, X, T, cond)
+    assert len(residuals) == 2 and residuals[0].shape == (2, 16, 16)
+    out = module.apply({"params": params}, X, T, cond)
+    assert float(jnp.abs(out - DIT.apply({"params": params["base"]}, X, T)).max()) > 1e-4
+    # The same residual repeated four times (one per block) is the interval made explicit.
+    explicit = DIT.apply(
+        {"params": params["base"]}, X, T,
+        control_residuals=(residuals[0], residuals[0], residuals[1], residuals[1]),
+    )  # fmt: skip
+    np.testing.assert_allclose(out, explicit, atol=1e-6)
+
+
+def test_bad_dit_controlnets_are_refused():
+    with pytest.raises(ValueError, match=r"control_depth must lie in \[1, depth=4\]"):
+        DiTControlNet(**controlnet_fields(DIT), control_depth=5)
+    with pytest.raises(ValueError, match="scan_blocks=False"):
+        DiTControlNet(**dict(controlnet_fields(DIT), scan_blocks=True))
+    with pytest.raises(TypeError, match="pairs a UNet with a ControlNet or a DiT"):
+        ControlledModel(DIT, ControlNet(**controlnet_fields(UNET)))
+    module = _dit_controlled()
+    with pytest.raises(ValueError, match=r"\[B, H, W\] = \[2, 8, 8\]"):
+        jax.eval_shape(
+            lambda: module.init(jax.random.key(0), X, T, {"control": jnp.zeros((2, 16, 16, 1))})
+        )
+
+
+def test_the_registered_dit_network_is_the_base_dit_with_a_controlnet():
+    section = default_model_config("dit_controlnet")
+    section.update(hidden_size=16, depth=4, num_heads=2, control_depth=2)
+    module = build_model(section)
+    assert isinstance(module.controlnet, DiTControlNet)
+    assert module.base == build_model(controlnet_base_config(section))

@@ -104,6 +104,36 @@ def test_training_moves_only_the_controlnet_and_resumes_exactly(base, tmp_path):
     assert jax.tree.all(jax.tree.map(np.array_equal, base_before, base_after))
 
 
+def test_a_dit_controlnet_starts_as_its_base(tmp_path):
+    config = base_config()
+    config.model = default_model_config("dit")
+    config.model.update(hidden_size=16, depth=2, num_heads=2, patch_size=4)
+    base_dir = str(tmp_path / "dit")
+    with fast_compiles():
+        loop.train_and_evaluate(config, base_dir)
+        section = default_model_config("dit_controlnet")
+        section.update({key: config.model[key] for key in config.model})
+        section.update(name="dit_controlnet", control_depth=1)
+        config.model = section
+        config.objective = default_objective_config("controlnet")
+        config.objective.base = base_dir
+        run = loop._Run(config, str(tmp_path / "cn"), None)
+    base_run = dj.load_trained_run(base_dir)
+    try:
+        params = run.programs.objective.network_params(run.state.params, run.frozen)
+        assert sorted(name for name in run.state.params if "blocks" in name) == [
+            "controlnet_blocks_0", "transformer_blocks_0",
+        ]  # fmt: skip
+        x = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
+        t, control = np.array([10, 900]), np.ones((2, 16, 16, 1), np.float32)
+        out = run.programs.model.apply({"params": params}, x, t, {"control": control})
+    finally:
+        run.checkpoints.close()
+    base_out = base_run.model.apply({"params": base_run.state.ema_params}, x, t)
+    assert np.abs(np.asarray(base_out)).max() > 0
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(base_out))
+
+
 def _per_example_losses(run, params, images, controls, key):
     """The denoising loss of each example with its control, the same noise and time for all
     calls (a paired comparison)."""

@@ -23,10 +23,11 @@ from diffjax.models.conditioning import (
     select_cond,
 )
 from diffjax.models.controlnet import (
-    ControlledUNet,
+    ControlledModel,
     ControlNet,
+    DiTControlNet,
     controlnet_fields,
-    controlnet_from_unet,
+    controlnet_from_base,
 )
 from diffjax.models.discriminator import PatchDiscriminator
 from diffjax.models.dit import DIT_PRESETS, DiT
@@ -70,10 +71,11 @@ __all__ = [
     "CLIPTextModel",
     "DIT_PRESETS",
     "DiT",
+    "DiTControlNet",
     "NoisyClassifier",
     "CLIPTokenizer",
     "ControlNet",
-    "ControlledUNet",
+    "ControlledModel",
     "Downsample",
     "GroupNorm",
     "ModelEntry",
@@ -90,7 +92,7 @@ __all__ = [
     "check_model_config",
     "cond_keys",
     "controlnet_fields",
-    "controlnet_from_unet",
+    "controlnet_from_base",
     "decode_checked",
     "count_params",
     "default_model_config",

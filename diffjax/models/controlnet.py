@@ -1,10 +1,10 @@
 """ControlNet (Zhang et al. 2023, "Adding Conditional Control to Text-to-Image Diffusion
-Models", arXiv:2302.05543): spatial control of a frozen UNet through a trainable copy of its
-encoder.
+Models", arXiv:2302.05543): spatial control of a frozen UNet (or DiT) through a trainable copy
+of its encoder (or first blocks: :class:`DiTControlNet`, SD3's design).
 
 :class:`ControlNet` is a UNet's configuration without the decoder: the same time, class and
 guidance embeddings, input convolution, downsampling path and middle block, under the same
-parameter names (so :func:`controlnet_from_unet` copies them from a trained UNet), plus
+parameter names (so :func:`controlnet_from_base` copies them from a trained UNet), plus
 
 * a condition encoder (``cond_embedding``): a 3x3 convolution to 16 channels, then per
   further width a 3x3 convolution and a 3x3 one to the next width (stride 2 where the control
@@ -13,7 +13,7 @@ parameter names (so :func:`controlnet_from_unet` copies them from a trained UNet
 * a zero-initialised 1x1 convolution per skip activation (``controlnet_down_{i}``) and one for
   the middle block (``controlnet_mid``).
 
-It returns the residuals ``(skips, middle)`` that :class:`ControlledUNet` adds, times
+It returns the residuals ``(skips, middle)`` that :class:`ControlledModel` adds, times
 ``conditioning_scale``, to its frozen base UNet's skips and middle output (Eq. 4 of the
 paper: y_c = F(x; Θ) + Z(F(x + Z(c; Θ_z1); Θ_c); Θ_z2)). With the zero convolutions a new
 ControlNet's residuals are exactly zero, so training starts at the base model.
@@ -25,8 +25,8 @@ Its null condition (classifier-free guidance on the control, condition dropout) 
 
 Typical use::
 
-    controlled = ControlledUNet(base=unet, controlnet=ControlNet(**unet_fields))
-    params = {"base": unet_params, "controlnet": controlnet_from_unet(init, unet_params)}
+    controlled = ControlledModel(base=unet, controlnet=ControlNet(**unet_fields))
+    params = {"base": unet_params, "controlnet": controlnet_from_base(init, unet_params)}
     model_fn = diffjax.models.make_model_fn(controlled, params, {"control": edges})
 """
 
@@ -39,15 +39,17 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from diffjax.models.dit import DiT
 from diffjax.models.unet import UNet
 
 __all__ = [
     "CONTROL_KEY",
     "ConditionEmbedding",
     "ControlNet",
-    "ControlledUNet",
+    "ControlledModel",
+    "DiTControlNet",
     "controlnet_fields",
-    "controlnet_from_unet",
+    "controlnet_from_base",
 ]
 
 CONTROL_KEY = "control"
@@ -58,11 +60,12 @@ ControlResiduals = tuple[tuple[jnp.ndarray, ...], jnp.ndarray]
 block's ``[B, h', w', c']``."""
 
 
-def controlnet_fields(unet: UNet) -> dict[str, Any]:
-    """The fields of ``unet`` a :class:`ControlNet` copies (all but the decoder's)."""
+def controlnet_fields(base: UNet | DiT) -> dict[str, Any]:
+    """The fields of a UNet or DiT that its :class:`ControlNet` or :class:`DiTControlNet`
+    copies (all but the output's)."""
     return {
-        field: getattr(unet, field)
-        for field in unet.__dataclass_fields__
+        field: getattr(base, field)
+        for field in base.__dataclass_fields__
         if field not in ("parent", "name", "out_channels")
     }
 
@@ -210,38 +213,136 @@ class ConditionEmbedding(nn.Module):
         )(h)  # fmt: skip
 
 
-class ControlledUNet(nn.Module):
-    """A frozen base UNet with a ControlNet's residuals added: a registered network.
+class DiTControlNet(DiT):
+    """A DiT's embeddings and first ``control_depth`` blocks reading ``cond['control']``
+    (SD3's ControlNets: Esser et al. 2024, arXiv:2403.03206; diffusers'
+    ``SD3ControlNetModel``); returns one residual per block.
 
-    Called as every network is, ``module(x, t, cond, train=...)``; its parameters are
-    ``{'base': UNet params, 'controlnet': ControlNet params}``.
+    The control image, float ``[B, H, W, C_c]`` at the input's size (a latent model takes the
+    control encoded to its latent space, as SD3's ControlNets do), is patch-embedded by a
+    zero-initialised p x p convolution (``pos_embed_input``) and added to the tokens; each
+    copied block's output passes through a zero-initialised linear map
+    (``controlnet_blocks_{i}``).
+
+    Attributes (besides :class:`~diffjax.models.dit.DiT`'s, whose head is unused):
+      control_depth: the blocks copied (1 to ``depth``); the base adds residual ``i // k``
+        after its block i, ``k = ceil(depth / control_depth)``.
+    """
+
+    control_depth: int = 1
+
+    def __post_init__(self) -> None:
+        """Validates the configuration when the module is constructed."""
+        super().__post_init__()
+        if not 1 <= self.control_depth <= self.depth:
+            raise ValueError(
+                f"control_depth must lie in [1, depth={self.depth}], got {self.control_depth}."
+            )
+        if self.scan_blocks:
+            raise ValueError("a DiT ControlNet needs the unrolled blocks (scan_blocks=False).")
+
+    @property
+    def cond_keys(self) -> tuple[str, ...]:
+        """The base DiT's keys, then ``'control'``."""
+        return super().cond_keys + (CONTROL_KEY,)
+
+    def null_cond(self, cond: Mapping[str, Any]) -> dict[str, jnp.ndarray]:
+        """The DiT's null label (if it has one) and an all-zero control image."""
+        null = super().null_cond(cond) if super().cond_keys else {}
+        null[CONTROL_KEY] = jnp.zeros_like(jnp.asarray(cond[CONTROL_KEY]))
+        return null
+
+    @nn.compact
+    def __call__(
+        self,
+        x: jnp.ndarray,
+        t: jnp.ndarray,
+        cond: Mapping[str, Any] | None = None,
+        train: bool = False,
+    ) -> tuple[jnp.ndarray, ...]:
+        """The residuals of a control image for the base DiT.
+
+        Args:
+          x: noisy inputs ``[B, H, W, C]``.
+          t: timesteps ``[B]`` or a scalar.
+          cond: the base DiT's conditioning plus ``'control'``, float ``[B, H, W, C_c]``.
+          train: unused (no dropout).
+
+        Returns:
+          ``control_depth`` float32 token arrays ``[B, N, D]``.
+
+        Raises:
+          ValueError: a missing or misshaped control image (or any DiT input error).
+        """
+        given = None if cond is None else cond.get(CONTROL_KEY)
+        if given is None or jnp.ndim(given) != 4 or jnp.shape(given)[:3] != x.shape[:3]:
+            raise ValueError(
+                f"A DiT ControlNet needs cond['control'], float [B, H, W, C_c] with [B, H, W] = "
+                f"{list(x.shape[:3])}, got {None if given is None else jnp.shape(given)}."
+            )
+        common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        h, c = self._embed(x, t, cond)
+        p = self.patch_size
+        control = nn.Conv(
+            self.hidden_size, (p, p), strides=(p, p), padding="VALID",
+            kernel_init=nn.initializers.zeros, name="pos_embed_input", **common,
+        )(jnp.asarray(given).astype(self.dtype))  # fmt: skip
+        h = h + control.reshape(h.shape)
+        residuals = []
+        for index in range(self.control_depth):
+            h = self._block(index)(h, c)
+            residual = nn.Dense(
+                self.hidden_size, kernel_init=nn.initializers.zeros,
+                name=f"controlnet_blocks_{index}", **common,
+            )(h)  # fmt: skip
+            residuals.append(residual.astype(jnp.float32))
+        return tuple(residuals)
+
+
+_CONTROLNET_OF = ((UNet, ControlNet), (DiT, DiTControlNet))
+
+
+class ControlledModel(nn.Module):
+    """A frozen base network with a ControlNet's residuals added: a registered network.
+
+    The base is a :class:`~diffjax.models.unet.UNet` with a :class:`ControlNet`
+    (``'controlnet'`` in the model registry) or a :class:`~diffjax.models.dit.DiT` with a
+    :class:`DiTControlNet` (``'dit_controlnet'``). Called as every network is,
+    ``module(x, t, cond, train=...)``; its parameters are ``{'base': ..., 'controlnet': ...}``.
 
     Attributes:
-      base: the base UNet.
-      controlnet: the ControlNet (with the base's fields: :func:`controlnet_fields`).
+      base: the base network.
+      controlnet: its ControlNet (with the base's fields: :func:`controlnet_fields`).
       conditioning_scale: the residuals' weight (0: the base model exactly).
     """
 
-    base: UNet
-    controlnet: ControlNet
+    base: nn.Module
+    controlnet: nn.Module
     conditioning_scale: float = 1.0
 
     def __post_init__(self) -> None:
-        """Checks that the ControlNet copies the base's encoder."""
+        """Checks that the ControlNet copies the base's configuration."""
         super().__post_init__()
+        kinds = [pair for pair in _CONTROLNET_OF if type(self.base) is pair[0]]
+        if not kinds or not isinstance(self.controlnet, kinds[0][1]):
+            raise TypeError(
+                f"a ControlledModel pairs a UNet with a ControlNet or a DiT with a "
+                f"DiTControlNet, got {type(self.base).__name__} and "
+                f"{type(self.controlnet).__name__}."
+            )
         mine = controlnet_fields(self.base)
         theirs = {field: getattr(self.controlnet, field) for field in mine}
         differing = sorted(field for field in mine if mine[field] != theirs[field])
         if differing:
             raise ValueError(
-                f"the ControlNet must copy its base UNet's configuration; they differ in "
-                f"{differing} (UNet: {[mine[f] for f in differing]}, ControlNet: "
+                f"the ControlNet must copy its base network's configuration; they differ in "
+                f"{differing} (base: {[mine[f] for f in differing]}, ControlNet: "
                 f"{[theirs[f] for f in differing]})."
             )
 
     @property
     def cond_keys(self) -> tuple[str, ...]:
-        """The base UNet's keys, then ``'control'``."""
+        """The base's keys, then ``'control'``."""
         return self.controlnet.cond_keys
 
     def null_cond(self, cond: Mapping[str, Any]) -> dict[str, jnp.ndarray]:
@@ -256,49 +357,49 @@ class ControlledUNet(nn.Module):
         cond: Mapping[str, Any] | None = None,
         train: bool = False,
     ) -> jnp.ndarray:
-        """The base UNet's prediction with the ControlNet's residuals (Eq. 4 of the paper).
+        """The base's prediction with the ControlNet's residuals (Eq. 4 of the paper).
 
         Args:
           x: noisy inputs ``[B, H, W, C]``.
           t: timesteps ``[B]`` or a scalar.
-          cond: the base's conditioning plus ``'control'`` (see :class:`ControlNet`).
+          cond: the base's conditioning plus ``'control'``.
           train: enables dropout in both networks.
 
         Returns:
           ``[B, H, W, out_channels]`` float32, the base's output shape.
         """
-        skips, middle = self.controlnet(x, t, cond, train)
+        residuals = self.controlnet(x, t, cond, train)
         scale = self.conditioning_scale
-        residuals = (tuple(scale * skip for skip in skips), scale * middle)
+        residuals = jax.tree.map(lambda residual: scale * residual, residuals)
         base_cond = {key: value for key, value in dict(cond).items() if key != CONTROL_KEY}
         return self.base(x, t, base_cond, train, control_residuals=residuals)
 
 
-def controlnet_from_unet(controlnet_params: Any, unet_params: Mapping[str, Any]) -> Any:
-    """A ControlNet's parameters with its encoder and middle block copied from a UNet.
+def controlnet_from_base(controlnet_params: Any, base_params: Mapping[str, Any]) -> Any:
+    """A ControlNet's parameters with the layers it shares with its base copied from it.
 
     Args:
-      controlnet_params: a (fresh) ControlNet's parameters.
-      unet_params: the trained base UNet's parameters (same configuration).
+      controlnet_params: a (fresh) ControlNet's or DiTControlNet's parameters.
+      base_params: the trained base UNet's or DiT's parameters (same configuration).
 
     Returns:
-      ``controlnet_params`` with every sub-tree the UNet also has (embeddings, ``conv_in``,
-      ``down_*``, ``mid_*``) replaced by the UNet's; the condition encoder and the zero
-      convolutions kept.
+      ``controlnet_params`` with every sub-tree the base also has replaced by the base's (a
+      UNet's embeddings, ``conv_in``, ``down_*``, ``mid_*``; a DiT's embeddings and first
+      blocks); the condition encoder and the zero layers kept.
 
     Raises:
       ValueError: a shared sub-tree whose shapes differ (another configuration).
     """
     copied = dict(controlnet_params)
     for name, subtree in controlnet_params.items():
-        if name not in unet_params:
+        if name not in base_params:
             continue
         mine = jax.tree.map(jnp.shape, subtree)
-        theirs = jax.tree.map(jnp.shape, unet_params[name])
+        theirs = jax.tree.map(jnp.shape, base_params[name])
         if mine != theirs:
             raise ValueError(
-                f"the UNet's {name!r} has shapes {theirs}, the ControlNet's {mine}: build the "
-                f"ControlNet from the same UNet configuration (controlnet_fields)."
+                f"the base's {name!r} has shapes {theirs}, the ControlNet's {mine}: build the "
+                f"ControlNet from the same configuration (controlnet_fields)."
             )
-        copied[name] = unet_params[name]
+        copied[name] = base_params[name]
     return copied

@@ -23,7 +23,7 @@ It is called as every registered network is, ``dit(x, t, cond, train=...)``, wit
 from __future__ import annotations
 
 import functools
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -312,6 +312,43 @@ class DiT(nn.Module):
             )
         return labels
 
+    def _embed(self, x: jnp.ndarray, t: Any, cond: Any) -> tuple[jnp.ndarray, jnp.ndarray]:
+        """The input checks, patch and position embedding, timestep and class embedding.
+
+        Called from a compact method (:meth:`__call__`, or a ControlNet's, which copies these
+        layers under the same names).
+
+        Returns:
+          ``(h, c)``: tokens ``[B, N, D]`` and the conditioning vector ``[B, D]``.
+        """
+        if x.ndim != 4 or x.shape[1] % self.patch_size or x.shape[2] % self.patch_size:
+            raise ValueError(
+                f"x must be [B, H, W, C] with H and W multiples of patch_size="
+                f"{self.patch_size}, got shape {x.shape}."
+            )
+        batch, height, width, _ = x.shape
+        p, common = self.patch_size, dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        t = jnp.broadcast_to(jnp.asarray(t), (batch,))
+        labels = self._labels(cond, batch)
+        h = _PatchEmbed(self.hidden_size, p, name="pos_embed", **common)(x.astype(self.dtype))
+        base = None if self.sample_size is None else self.sample_size // p
+        positions = sincos_positions(self.hidden_size, height // p, width // p, base)
+        h = h + positions.astype(h.dtype)
+        c = _TimestepEmbedder(self.hidden_size, name="timestep_embedder", **common)(t)
+        if labels is not None:
+            c = c + _ClassEmbedder(
+                self.num_classes + 1, self.hidden_size, name="class_embedder", **common
+            )(labels)
+        return h, c
+
+    def _block(self, index: int) -> nn.Module:
+        """Transformer block ``index`` of the unrolled layout."""
+        block = nn.remat(_Block) if self.remat else _Block
+        return block(
+            self.num_heads, self.mlp_ratio, self.mlp_norm_epsilon,
+            name=f"transformer_blocks_{index}", dtype=self.dtype, param_dtype=self.param_dtype,
+        )  # fmt: skip
+
     @nn.compact
     def __call__(
         self,
@@ -319,6 +356,7 @@ class DiT(nn.Module):
         t: jnp.ndarray,
         cond: Mapping[str, Any] | None = None,
         train: bool = False,
+        control_residuals: Sequence[jnp.ndarray] | None = None,
     ) -> jnp.ndarray:
         """Runs the DiT.
 
@@ -327,41 +365,34 @@ class DiT(nn.Module):
           t: timesteps ``[B]`` (or a scalar), embedded as given.
           cond: ``{'label': int [B]}`` for a class-conditional DiT, else None or ``{}``.
           train: unused (no dropout); accepted as every registered network's argument.
+          control_residuals: R token arrays ``[B, N, D]`` of a ControlNet
+            (:class:`~diffjax.models.controlnet.DiTControlNet`); residual ``i // k`` is added
+            to block i's output, ``k = ceil(depth / R)`` (SD3's ControlNet convention); None:
+            none. Needs ``scan_blocks=False``.
 
         Returns:
           ``[B, H, W, out_channels]`` float32.
 
         Raises:
-          ValueError: at trace time, for a bad image size or label.
+          ValueError: at trace time, for a bad image size or label, or residuals that do not
+            match the tokens.
         """
-        if x.ndim != 4 or x.shape[1] % self.patch_size or x.shape[2] % self.patch_size:
-            raise ValueError(
-                f"x must be [B, H, W, C] with H and W multiples of patch_size="
-                f"{self.patch_size}, got shape {x.shape}."
-            )
         batch, height, width, channels = x.shape
         p, common = self.patch_size, dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        t = jnp.broadcast_to(jnp.asarray(t), (batch,))
-        labels = self._labels(cond, batch)
-        grid_h, grid_w = height // p, width // p
-        h = _PatchEmbed(self.hidden_size, p, name="pos_embed", **common)(x.astype(self.dtype))
-        base = None if self.sample_size is None else self.sample_size // p
-        h = h + sincos_positions(self.hidden_size, grid_h, grid_w, base).astype(h.dtype)
-        c = _TimestepEmbedder(self.hidden_size, name="timestep_embedder", **common)(t)
-        if labels is not None:
-            c = c + _ClassEmbedder(
-                self.num_classes + 1, self.hidden_size, name="class_embedder", **common
-            )(labels)
-        block = nn.remat(_Block) if self.remat else _Block
-        settings = (self.num_heads, self.mlp_ratio, self.mlp_norm_epsilon)
+        h, c = self._embed(x, t, cond)
+        interval = _control_interval(self, h, control_residuals)
         if self.scan_blocks:
+            block = nn.remat(_Block) if self.remat else _Block
             scanned = nn.scan(
                 _ScanStep, variable_axes={"params": 0}, split_rngs={"params": True},
                 in_axes=nn.broadcast, length=self.depth,
             )  # fmt: skip
+            settings = (self.num_heads, self.mlp_ratio, self.mlp_norm_epsilon)
             h, _ = scanned(block, settings, name="transformer_blocks", **common)(h, c)
         for index in range(0 if self.scan_blocks else self.depth):
-            h = block(*settings, name=f"transformer_blocks_{index}", **common)(h, c)
+            h = self._block(index)(h, c)
+            if control_residuals is not None:
+                h = h + control_residuals[index // interval].astype(h.dtype)
         shift, scale = jnp.split(
             nn.Dense(2 * self.hidden_size, kernel_init=nn.initializers.zeros, name="proj_out_1",
                      **common)(nn.silu(c))[:, None],
@@ -371,6 +402,24 @@ class DiT(nn.Module):
         out_channels = channels if self.out_channels is None else self.out_channels
         h = nn.Dense(p * p * out_channels, kernel_init=nn.initializers.zeros, name="proj_out_2",
                      **common)(h * (1 + scale) + shift)  # fmt: skip
+        grid_h, grid_w = height // p, width // p
         h = h.reshape(batch, grid_h, grid_w, p, p, out_channels)
         h = jnp.transpose(h, (0, 1, 3, 2, 4, 5)).reshape(batch, height, width, out_channels)
         return h.astype(jnp.float32)
+
+
+def _control_interval(
+    dit: DiT, tokens: jnp.ndarray, residuals: Sequence[jnp.ndarray] | None
+) -> int:
+    """``ceil(depth / R)``, the blocks per ControlNet residual, after checking them."""
+    if residuals is None:
+        return 1
+    if dit.scan_blocks:
+        raise ValueError("control_residuals need the unrolled blocks (scan_blocks=False).")
+    shapes = {tuple(residual.shape) for residual in residuals}
+    if not residuals or len(residuals) > dit.depth or shapes != {tuple(tokens.shape)}:
+        raise ValueError(
+            f"control_residuals must be 1 to depth={dit.depth} arrays of the tokens' shape "
+            f"{tuple(tokens.shape)}; got {len(residuals)} of shapes {sorted(shapes)}."
+        )
+    return -(-dit.depth // len(residuals))

@@ -28,7 +28,12 @@ from ml_collections import config_dict
 
 from diffjax.models.autoencoder import AutoencoderKL, AutoencoderVQ, check_autoencoder_input
 from diffjax.models.classifier import NoisyClassifier
-from diffjax.models.controlnet import ControlledUNet, ControlNet, controlnet_fields
+from diffjax.models.controlnet import (
+    ControlledModel,
+    ControlNet,
+    DiTControlNet,
+    controlnet_fields,
+)
 from diffjax.models.dit import DiT
 from diffjax.models.unet import (
     UNet,
@@ -165,7 +170,8 @@ def _check_unet_input(model: UNet, image_shape: tuple[int, ...]) -> None:
     check_attn_resolutions(image_shape[0], model.channel_mults, model.attn_resolutions)
 
 
-_CONTROLNET_KEYS = ("conditioning_embedding_channels", "conditioning_scale")
+_CONTROLNET_KEYS = ("conditioning_embedding_channels", "conditioning_scale", "control_depth")
+_CONTROLNET_BASES = {"controlnet": "unet", "dit_controlnet": "dit"}
 
 
 def _controlnet_defaults() -> dict[str, Any]:
@@ -181,22 +187,39 @@ def _controlnet_defaults() -> dict[str, Any]:
 
 
 def controlnet_base_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``'unet'`` section of a ``'controlnet'`` one: its base network's configuration."""
+    """The base network's section of a ``'controlnet'`` (``'unet'``) or ``'dit_controlnet'``
+    (``'dit'``) one."""
     base = {key: value for key, value in dict(config).items() if key not in _CONTROLNET_KEYS}
-    return dict(base, name="unet")
+    return dict(base, name=_CONTROLNET_BASES[config["name"]])
 
 
-def _build_controlnet(config: Mapping[str, Any]) -> ControlledUNet:
+def _build_controlnet(config: Mapping[str, Any]) -> ControlledModel:
     base = _build_unet(config)
     controlnet = ControlNet(
         **controlnet_fields(base),
         conditioning_embedding_channels=tuple(config["conditioning_embedding_channels"]),
     )
-    return ControlledUNet(base, controlnet, float(config["conditioning_scale"]))
+    return ControlledModel(base, controlnet, float(config["conditioning_scale"]))
 
 
-def _check_controlnet_input(model: ControlledUNet, image_shape: tuple[int, ...]) -> None:
+def _check_controlnet_input(model: ControlledModel, image_shape: tuple[int, ...]) -> None:
     _check_unet_input(model.base, image_shape)
+
+
+def _dit_controlnet_defaults() -> dict[str, Any]:
+    # A frozen base DiT (its keys, as the base run has them) and a ControlNet of its first
+    # control_depth blocks (SD3's design).
+    return dict(_dit_defaults(), control_depth=1, conditioning_scale=1.0)
+
+
+def _build_dit_controlnet(config: Mapping[str, Any]) -> ControlledModel:
+    base = _build_dit(config)
+    controlnet = DiTControlNet(**controlnet_fields(base), control_depth=config["control_depth"])
+    return ControlledModel(base, controlnet, float(config["conditioning_scale"]))
+
+
+def _check_dit_controlnet_input(model: ControlledModel, image_shape: tuple[int, ...]) -> None:
+    _check_dit_input(model.base, image_shape)
 
 
 def _dit_defaults() -> dict[str, Any]:
@@ -343,6 +366,10 @@ _UNET_STATE_KEYS = (
     "flip_sin_to_cos", "freq_shift", "downsample_padding",
 )  # fmt: skip
 
+_DIT_STATE_KEYS = (
+    "patch_size", "hidden_size", "depth", "num_heads", "mlp_ratio", "out_channels", "scan_blocks",
+)  # fmt: skip
+
 MODELS: dict[str, ModelEntry] = {
     "unet": ModelEntry(
         defaults=_unet_defaults,
@@ -360,15 +387,13 @@ MODELS: dict[str, ModelEntry] = {
         defaults=_dit_defaults,
         build=_build_dit,
         check_input_shape=_check_dit_input,
-        state_keys=(
-            "patch_size",
-            "hidden_size",
-            "depth",
-            "num_heads",
-            "mlp_ratio",
-            "out_channels",
-            "scan_blocks",
-        ),  # fmt: skip
+        state_keys=_DIT_STATE_KEYS,
+    ),
+    "dit_controlnet": ModelEntry(
+        defaults=_dit_controlnet_defaults,
+        build=_build_dit_controlnet,
+        check_input_shape=_check_dit_controlnet_input,
+        state_keys=(*_DIT_STATE_KEYS, "control_depth"),
     ),
     "unet_classifier": ModelEntry(
         defaults=_classifier_defaults,

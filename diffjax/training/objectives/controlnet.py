@@ -2,12 +2,13 @@
 encoder (Zhang et al. 2023, "Adding Conditional Control to Text-to-Image Diffusion Models",
 arXiv:2302.05543, Sec. 3.3).
 
-``config.objective.name = 'controlnet'`` reads the EMA weights of the UNet run in
+``config.objective.name = 'controlnet'`` reads the EMA weights of the UNet or DiT run in
 ``config.objective.base`` as a frozen pytree (``frozen['base']``: a step argument, sharded like
 the state, never updated) and trains only a ControlNet of it (:class:`diffjax.models.
-ControlNet`), whose encoder and middle block start as copies of the base's and whose zero
-convolutions make the first prediction exactly the base model's. ``config.model`` is the
-``'controlnet'`` network: the base run's ``config.model`` keys with ``name='controlnet'``
+ControlNet`, or :class:`diffjax.models.DiTControlNet` for a DiT), whose shared layers start as
+copies of the base's and whose zero layers make the first prediction exactly the base model's.
+``config.model`` is the ``'controlnet'`` (``'dit_controlnet'``) network: the base run's
+``config.model`` keys with that name and the ControlNet's keys
 (:func:`diffjax.models.registry.controlnet_base_config` is the inverse), and the data's batches
 hold the control image ``cond['control']`` (``'circles'``, ``'fashion_mnist_edges'`` or a
 registered dataset). The loss is ``config.diffusion``'s denoising loss; the condition
@@ -24,7 +25,7 @@ from typing import Any, Mapping
 import jax
 
 from diffjax.errors import ConfigError
-from diffjax.models.controlnet import controlnet_from_unet
+from diffjax.models.controlnet import controlnet_from_base
 from diffjax.models.registry import controlnet_base_config
 from diffjax.training.objectives.base import Objective, ObjectiveContext, ObjectiveEntry
 from diffjax.training.objectives.denoising import DENOISING
@@ -43,11 +44,11 @@ def _check(values: Mapping[str, Any]) -> None:
             "config.objective.name='controlnet' controls a trained run: set "
             "config.objective.base to its workdir."
         )
-    if values["model"]["name"] != "controlnet":
+    if values["model"]["name"] not in ("controlnet", "dit_controlnet"):
         raise ConfigError(
-            f"config.objective.name='controlnet' trains the 'controlnet' network, got "
-            f"config.model.name={values['model']['name']!r}: copy the base run's config.model "
-            f"and set name='controlnet'."
+            f"config.objective.name='controlnet' trains the 'controlnet' network (a UNet's) or "
+            f"the 'dit_controlnet' one (a DiT's), got config.model.name="
+            f"{values['model']['name']!r}: copy the base run's config.model and set its name."
         )
 
 
@@ -61,7 +62,7 @@ def _build(context: ObjectiveContext) -> Objective:
         wanted = controlnet_base_config(context.values["model"])
         raise ConfigError(
             f"config.model must be the network of the base run {context.values['objective']['base']} "
-            f"with name='controlnet': its UNet ({wanted}) is not the base run's "
+            f"with the ControlNet's name: its base ({wanted}) is not the base run's "
             f"{type(base_module).__name__} ({base_module}). Copy the base run's config.model."
         )
     denoising = DENOISING.build(context).loss_fn
@@ -76,7 +77,7 @@ def _build(context: ObjectiveContext) -> Objective:
         return context.model_init(key)["controlnet"]
 
     def init_from_frozen(key: jax.Array, frozen: Mapping[str, Any]) -> Any:
-        return controlnet_from_unet(init(key), frozen["base"])
+        return controlnet_from_base(init(key), frozen["base"])
 
     return Objective(
         loss_fn, init=init, network_params=network_params, init_from_frozen=init_from_frozen
