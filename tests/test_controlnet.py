@@ -20,7 +20,7 @@ from diffjax.models import (
     default_model_config,
     make_model_fn,
 )
-from diffjax.models.registry import controlnet_base_config
+from diffjax.models.registry import controlnet_base_config, controlnet_model_config
 
 UNET = UNet(
     base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attn_resolutions=(4,),
@@ -166,6 +166,13 @@ def test_the_registered_network_is_the_base_unet_with_a_controlnet():
     assert isinstance(module, ControlledModel)
     assert module.base == build_model(controlnet_base_config(section))
     assert tuple(module.controlnet.conditioning_embedding_channels) == (4, 8)
+    # The section of a ControlNet of a UNet section, and back.
+    base = controlnet_base_config(section)
+    assert dict(controlnet_model_config(base)) == dict(
+        section, conditioning_embedding_channels=(16, 32, 96, 256)
+    )
+    with pytest.raises(ValueError, match="ControlNets exist for the networks"):
+        controlnet_model_config(default_model_config("autoencoder_kl"))
 
 
 DIT = DiT(patch_size=2, hidden_size=16, depth=4, num_heads=2, num_classes=None)

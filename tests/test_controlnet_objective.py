@@ -21,6 +21,7 @@ from diffjax.data.datasets.control import load_circles  # noqa: E402
 from diffjax.errors import ConfigError  # noqa: E402
 from diffjax.losses import denoising_loss  # noqa: E402
 from diffjax.models import default_model_config, make_model_fn  # noqa: E402
+from diffjax.models.registry import controlnet_model_config  # noqa: E402
 from diffjax.training import default_objective_config, loop  # noqa: E402
 from diffjax.training.programs import validate_config  # noqa: E402
 
@@ -41,11 +42,7 @@ def base_config():
 
 def controlnet_config(base_dir):
     config = base_config()
-    unet = config.model
-    config.model = default_model_config("controlnet")
-    for key in unet:
-        config.model[key] = unet[key]
-    config.model.name = "controlnet"
+    config.model = controlnet_model_config(config.model)
     config.model.conditioning_embedding_channels = (4, 8)
     config.objective = default_objective_config("controlnet")
     config.objective.base = base_dir
@@ -111,10 +108,7 @@ def test_a_dit_controlnet_starts_as_its_base(tmp_path):
     base_dir = str(tmp_path / "dit")
     with fast_compiles():
         loop.train_and_evaluate(config, base_dir)
-        section = default_model_config("dit_controlnet")
-        section.update({key: config.model[key] for key in config.model})
-        section.update(name="dit_controlnet", control_depth=1)
-        config.model = section
+        config.model = controlnet_model_config(config.model)
         config.objective = default_objective_config("controlnet")
         config.objective.base = base_dir
         run = loop._Run(config, str(tmp_path / "cn"), None)

@@ -14,18 +14,14 @@ in benchmarks/RESULTS.md ("ControlNet").
 """
 
 from diffjax.configs import circles
-from diffjax.models import default_model_config
+from diffjax.models.registry import controlnet_model_config
 from diffjax.training.objectives import default_objective_config
 
 
 def get_config():
     """Returns the circles ControlNet config."""
     config = circles.get_config()
-    base_model = config.model
-    config.model = default_model_config("controlnet")
-    for key in base_model:
-        config.model[key] = base_model[key]
-    config.model.name = "controlnet"
+    config.model = controlnet_model_config(config.model)
     # Control images at the input's size: two widths, no stride (diffusers' four widths
     # and three stride-2 steps are for a 512x512 image over 64x64 latents).
     config.model.conditioning_embedding_channels = (16, 32)

@@ -50,6 +50,7 @@ __all__ = [
     "build_model",
     "check_model_config",
     "controlnet_base_config",
+    "controlnet_model_config",
     "default_model_config",
     "model_entry",
     "register_model",
@@ -471,6 +472,31 @@ def default_model_config(name: str) -> ml_collections.ConfigDict:
     section = _common_keys(name)
     for key, value in model_entry(name).defaults().items():
         section[key] = value
+    return section
+
+
+def controlnet_model_config(base: Mapping[str, Any]) -> ml_collections.ConfigDict:
+    """The ``config.model`` section of a ControlNet of the network ``base`` describes: every
+    key of the base run's ``config.model`` (a ``'unet'`` or ``'dit'`` section), the name
+    ``'controlnet'`` or ``'dit_controlnet'``, and the ControlNet's own keys at their defaults
+    (the inverse of :func:`controlnet_base_config`).
+
+    Raises:
+      ValueError: a base network without a ControlNet.
+
+    Example:
+      >>> config.model = controlnet_model_config(base_config.model)
+      >>> config.model.conditioning_embedding_channels = (16, 32)
+    """
+    names = {base_name: name for name, base_name in _CONTROLNET_BASES.items()}
+    if base["name"] not in names:
+        raise ValueError(
+            f"ControlNets exist for the networks {sorted(names)}, not {base['name']!r}."
+        )
+    section = default_model_config(names[base["name"]])
+    for key, value in dict(base).items():
+        if key != "name":
+            section[key] = value
     return section
 
 
