@@ -148,7 +148,7 @@ def cost(base: str) -> None:
         _run([sys.executable, "-m", "diffjax.train", f"--config={CONTROLNET_CONFIG}",
               f"--workdir={control}", f"--config.objective.base={base}", *common])  # fmt: skip
         batch = get_config("circles").data.batch_size
-        print(f"\nseconds per training step, batch {batch}, {jax.device_count()} CPU devices:")
+        print(f"\nseconds per training step, batch {batch} (python -m diffjax.train's devices):")
         print(f"| full fine-tuning | {_seconds_per_step(full, batch):.3f} |")
         print(f"| ControlNet | {_seconds_per_step(control, batch):.3f} |")
 
