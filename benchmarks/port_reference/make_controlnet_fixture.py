@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from accelerate import init_empty_weights
 from diffusers import ControlNetModel
+from make_stable_diffusion_fixture import nchw, nhwc, randomise  # the same random weights
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "tests", "fixtures", "controlnet")
 
@@ -90,25 +91,6 @@ PUBLISHED = {  # the published config.json values of the full-size ControlNets
         conditioning_embedding_out_channels=(16, 32, 96, 256),
     ),
 }  # fmt: skip
-
-
-def randomise(model: torch.nn.Module) -> torch.nn.Module:
-    """Draws every parameter at random (norm scales around 1, fan-in scaled weights, so the
-    zero convolutions too)."""
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            scale = 0.2 if parameter.ndim == 1 else 1.0 / np.sqrt(parameter[0].numel())
-            offset = 1.0 if "norm" in name and name.endswith("weight") else 0.0
-            parameter.copy_(torch.randn_like(parameter) * scale + offset)
-    return model.eval()
-
-
-def nhwc(tensor: torch.Tensor) -> np.ndarray:
-    return tensor.permute(0, 2, 3, 1).numpy()
-
-
-def nchw(array: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(array).permute(0, 3, 1, 2)
 
 
 def write_variant(name: str, config: dict, out: str) -> None:
