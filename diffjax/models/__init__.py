@@ -31,6 +31,7 @@ from diffjax.models.controlnet import (
 )
 from diffjax.models.discriminator import PatchDiscriminator
 from diffjax.models.dit import DIT_PRESETS, DiT
+from diffjax.models.dit_weights import dit_from_checkpoint
 from diffjax.models.group_norm import GroupNorm, group_norm
 from diffjax.models.layers import (
     AttentionBlock,
@@ -96,6 +97,7 @@ __all__ = [
     "decode_checked",
     "count_params",
     "default_model_config",
+    "dit_from_checkpoint",
     "dot_product_attention",
     "drop_cond",
     "feature_map_sizes",
