@@ -41,6 +41,7 @@ from diffjax.models.layers import (
     Upsample,
     sinusoidal_embedding,
 )
+from diffjax.models.mmdit import MMDiT
 from diffjax.models.pretrained import from_pretrained, save_pretrained
 from diffjax.models.registry import (
     MODEL_NAMES,
@@ -73,6 +74,7 @@ __all__ = [
     "DIT_PRESETS",
     "DiT",
     "DiTControlNet",
+    "MMDiT",
     "NoisyClassifier",
     "CLIPTokenizer",
     "ControlNet",

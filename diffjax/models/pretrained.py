@@ -18,6 +18,7 @@ is a ``ValueError`` naming it, and a missing, unexpected or misshapen tensor a
 ``UNet2DModel``           :class:`~diffjax.models.UNet` (DDPM's published models)
 ``DiTTransformer2DModel`` :class:`~diffjax.models.DiT` (the published DiT checkpoints)
 ``ControlNetModel``       :class:`~diffjax.models.ControlNet` (SD 1/2 ControlNets)
+``SD3Transformer2DModel`` :class:`~diffjax.models.MMDiT` (SD 3 and 3.5's transformer)
 ``CLIPTextModel``         :class:`~diffjax.models.CLIPTextModel` (transformers' config)
 ========================  ============================================================
 """
@@ -40,6 +41,7 @@ import diffjax.models.clip as clip
 import diffjax.models.clip_weights as clip_weights
 import diffjax.models.controlnet_weights as controlnet_weights
 import diffjax.models.dit_weights as dit_weights
+import diffjax.models.mmdit_weights as mmdit_weights
 import diffjax.models.unet_weights as unet_weights
 from diffjax.weights.files import verify_checksum
 from diffjax.weights.key_tables import KeyRule, apply_key_table, conv_kernel, linear_kernel
@@ -146,6 +148,14 @@ ARCHITECTURES: dict[str, Architecture] = {
         key_table=controlnet_weights.controlnet_key_table,
         read_state=controlnet_weights.read_controlnet_state,
         write_state=unet_weights.split_attention_projections,
+    ),
+    "SD3Transformer2DModel": Architecture(
+        build=mmdit_weights.mmdit_from_diffusers_config,
+        config_of=lambda module, params: mmdit_weights.diffusers_config_of_mmdit(
+            module, int(params["pos_embed"]["proj"]["kernel"].shape[2])
+        ),
+        key_table=mmdit_weights.mmdit_key_table,
+        ignored=lambda key: key == mmdit_weights.POSITION_BUFFER,
     ),
     "CLIPTextModel": Architecture(
         build=clip_weights.clip_text_from_config,
@@ -361,6 +371,7 @@ def save_pretrained(
     kinds = {  # a ControlNet is a UNet: it comes first
         controlnet_weights.ControlNet: "ControlNetModel",
         dit_weights.DiT: "DiTTransformer2DModel",
+        mmdit_weights.MMDiT: "SD3Transformer2DModel",
         unet_weights.UNet: "UNet2DModel",
         autoencoder_weights.AutoencoderKL: "AutoencoderKL",
         clip.CLIPTextModel: "CLIPTextModel",
