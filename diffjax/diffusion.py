@@ -36,18 +36,23 @@ __all__ = [
     "eps_from_v",
     "eps_from_x0",
     "extract",
+    "learned_range_log_variance",
     "p_mean_variance",
     "predict_x0_and_eps",
     "prediction_target",
     "q_mean_variance",
     "q_posterior_mean_variance",
     "q_sample",
+    "split_learned_variance",
     "v_from_x0_eps",
     "x0_from_eps",
     "x0_from_v",
 ]
 
-VARIANCE_TYPES: tuple[str, ...] = ("small", "large")
+VARIANCE_TYPES: tuple[str, ...] = ("small", "large", "learned_range")
+"""The reverse step's variance: fixed beta~_t (``'small'``) or beta_t (``'large'``), or the
+network's interpolation between their logs (``'learned_range'``,
+:func:`learned_range_log_variance`)."""
 
 
 class PosteriorMeanVariance(NamedTuple):
@@ -84,6 +89,54 @@ def extract(values: jnp.ndarray, t: jnp.ndarray, ndim: int) -> jnp.ndarray:
     if gathered.ndim == 0:
         return gathered
     return gathered.reshape(gathered.shape + (1,) * (ndim - 1))
+
+
+def split_learned_variance(
+    model_output: jnp.ndarray, x_shape: tuple[int, ...]
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Splits a learned-variance network's output ``[B, ..., 2 C]`` into its prediction and its
+    variance values, each ``[B, ..., C]`` (the first and second halves of the channel axis, as
+    Improved DDPM and DiT lay them out).
+
+    Args:
+      model_output: ``[B, ..., 2 C]``.
+      x_shape: the state's shape ``(B, ..., C)``.
+
+    Raises:
+      ValueError: the output is not ``x_shape`` with twice the channels.
+    """
+    expected = tuple(x_shape[:-1]) + (2 * x_shape[-1],)
+    if tuple(model_output.shape) != expected:
+        raise ValueError(
+            f"a learned-variance model_fn returns the prediction and the variance values on "
+            f"the channel axis, shape {expected} for x_t of shape {tuple(x_shape)}; got "
+            f"{tuple(model_output.shape)}."
+        )
+    prediction, values = jnp.split(model_output, 2, axis=-1)
+    return prediction, values
+
+
+def learned_range_log_variance(
+    values: jnp.ndarray, min_log: jnp.ndarray, max_log: jnp.ndarray
+) -> jnp.ndarray:
+    """The learned log-variance of the reverse step (Nichol & Dhariwal 2021, "Improved
+    Denoising Diffusion Probabilistic Models", eq. 15):
+
+        log Sigma_t = v log beta_t + (1 - v) log beta~_t,   v = (values + 1) / 2,
+
+    The network's ``values`` lie near [-1, 1] but are not clipped (as in Improved DDPM).
+
+    Args:
+      values: the network's variance values ``[B, ...]``.
+      min_log: log beta~_t, clipped at t = 0 to log beta~_1 so it stays finite (the schedule's
+        ``posterior_log_variance_clipped``), broadcastable to ``values``.
+      max_log: log beta_t, broadcastable to ``values``.
+
+    Returns:
+      ``[B, ...]`` log-variances in the dtype of ``values`` (computed in float32).
+    """
+    fraction = (values.astype(jnp.float32) + 1.0) / 2.0
+    return (fraction * max_log + (1.0 - fraction) * min_log).astype(values.dtype)
 
 
 def q_sample(process: Any, x0: jnp.ndarray, t, noise: jnp.ndarray) -> jnp.ndarray:
@@ -230,28 +283,35 @@ def p_mean_variance(
     variance: str = "small",
     clip_x0: bool = False,
 ) -> PosteriorMeanVariance:
-    """The reverse step p(x_{t-1} | x_t) = q(x_{t-1} | x_t, x0_hat) with a fixed variance.
+    """The reverse step p(x_{t-1} | x_t) = N(mu~_t(x_t, x0_hat), Sigma_t).
 
     x0_hat comes from the model output (optionally clipped to [-1, 1]); the mean is the posterior
     mean of eq. 7 at x0_hat. Variance 'small' is beta~_t, 'large' is beta_t (with beta~_1 at
-    t = 0 so the log stays finite), the two choices of Ho et al. 2020, Sec. 3.2.
+    t = 0 so the log stays finite), the two choices of Ho et al. 2020, Sec. 3.2; 'learned_range'
+    is Improved DDPM's learned interpolation of their logs (:func:`learned_range_log_variance`,
+    Nichol & Dhariwal 2021, eq. 15), read off the second half of the output's channels.
 
     Args:
       schedule: the discrete schedule.
-      model_output: ``[B, ...]`` prediction of type ``prediction_type``.
-      x_t: ``[B, ...]``.
+      model_output: ``[B, ...]`` prediction of type ``prediction_type``; for
+        ``'learned_range'``, ``[B, ..., 2 C]``: the prediction, then the variance values
+        (:func:`split_learned_variance`).
+      x_t: ``[B, ..., C]``.
       t: int32 ``[B]`` (or scalar).
       prediction_type: ``'eps' | 'x0' | 'v'``.
-      variance: ``'small' | 'large'``.
+      variance: one of :data:`VARIANCE_TYPES`.
       clip_x0: clip x0_hat to [-1, 1] before forming the mean.
 
     Returns:
-      :class:`PosteriorMeanVariance`.
+      :class:`PosteriorMeanVariance`; a learned variance is elementwise ``[B, ..., C]``.
     """
     predictions.check_prediction_supported(prediction_type, schedule)
     if variance not in VARIANCE_TYPES:
         raise ValueError(f"Unknown variance {variance!r}; expected one of {VARIANCE_TYPES}.")
-    if model_output.shape != x_t.shape:
+    values = None
+    if variance == "learned_range":
+        model_output, values = split_learned_variance(model_output, x_t.shape)
+    elif model_output.shape != x_t.shape:
         raise ValueError(
             f"model_output shape {model_output.shape} must equal x_t shape {x_t.shape}."
         )
@@ -266,6 +326,13 @@ def p_mean_variance(
     posterior = q_posterior_mean_variance(schedule, pred_x0, x_t, t)
     if variance == "small":
         return posterior._replace(pred_x0=pred_x0)
+    if variance == "learned_range":
+        log_variance = learned_range_log_variance(
+            values.astype(x_t.dtype),
+            extract(schedule.posterior_log_variance_clipped, t, x_t.ndim),
+            extract(jnp.log(schedule.betas), t, x_t.ndim),
+        )
+        return PosteriorMeanVariance(posterior.mean, jnp.exp(log_variance), log_variance, pred_x0)
     large = jnp.concatenate([schedule.posterior_variance[1:2], schedule.betas[1:]])
     if schedule.num_timesteps == 1:
         large = schedule.betas

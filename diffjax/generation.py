@@ -24,7 +24,13 @@ from jax.sharding import Mesh
 
 from diffjax import samplers
 from diffjax.codecs import IdentityCodec, is_identity
-from diffjax.models.conditioning import GUIDANCE_KEY, cond_keys, make_model_fn
+from diffjax.models.conditioning import (
+    GUIDANCE_KEY,
+    cond_keys,
+    learned_variance,
+    make_model_fn,
+    prediction_channels,
+)
 from diffjax.samplers.guidance import compose_guides
 from diffjax.sharding import batch_sharding
 
@@ -85,7 +91,9 @@ def make_generator(
         ``'ode'``), ``generate`` returns ``(images, stats)``.
       guidance_scale: classifier-free guidance weight w (1: the plain conditional model); a
         network that embeds w (a guidance-distilled student, ``cond['guidance']``) gets it as
-        its condition and is called once per step instead.
+        its condition and is called once per step instead. A network with a learned
+        variance is sampled from its prediction's channels, but by DDPM with
+        ``variance='learned_range'``, which reads the variance too.
       clip_x0: clip each x0-prediction to [-1, 1] (ignored where the codec says its space is
         not [-1, 1]).
       codec: the :class:`~diffjax.codecs.Codec` (default pixel space).
@@ -110,6 +118,15 @@ def make_generator(
         options["out_sharding"] = batch_sharding(mesh)
     full_shape = (num_samples, *shape)
     embeds_guidance = GUIDANCE_KEY in cond_keys(module)
+    # A learned variance is read by DDPM's 'learned_range' step; every other sampler gets the
+    # prediction's channels.
+    learned = learned_variance(module)
+    keeps_variance = sampler == "ddpm" and options.get("variance") == "learned_range"
+    if keeps_variance and not learned:
+        raise ValueError(
+            f"variance='learned_range' reads a learned variance, which "
+            f"{type(module).__name__} does not output (DiT: learn_sigma=True)."
+        )
     decode_fn = None if is_identity(codec) else jax.jit(codec.decode)
 
     def generate(
@@ -128,6 +145,8 @@ def make_generator(
         model_fn = make_model_fn(
             module, params, cond, guidance_scale=1.0 if embeds_guidance else guidance_scale
         )
+        if learned and not keeps_variance:
+            model_fn = prediction_channels(model_fn)
         extra = {} if x_T is None else {"x_T": jnp.asarray(x_T)}
         if guide is not None:
             extra["guide"] = compose_guides(guide, options.get("guide"))

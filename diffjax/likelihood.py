@@ -87,6 +87,7 @@ __all__ = [
     "normal_kl",
     "ode_likelihood",
     "vlb_terms",
+    "vlb_terms_of_output",
 ]
 
 _LOG2 = math.log(2.0)
@@ -134,6 +135,40 @@ def discretized_gaussian_log_likelihood(
     )
 
 
+def vlb_terms_of_output(
+    schedule: Any,
+    model_output: jnp.ndarray,
+    x0: jnp.ndarray,
+    x_t: jnp.ndarray,
+    t: jnp.ndarray,
+    *,
+    prediction_type: str,
+    variance: str = "small",
+) -> jnp.ndarray:
+    """The bound's term at index t per pixel, in nats, from the network's output at x_t:
+    L_{t} for t >= 1 (a KL, eq. 5) and L_0 = -log p(x_0 | x_1) at t = 0 (eq. 13).
+
+    Args:
+      schedule: the discrete schedule.
+      model_output: the network's output at ``(x_t, t)`` (``[B, ..., 2 C]`` for
+        ``variance='learned_range'``).
+      x0: 8-bit data in [-1, 1], ``[B, ..., C]``.
+      x_t: ``[B, ..., C]``, a draw of q(x_t | x_0).
+      t: int32 ``[B]``, 0-based.
+      prediction_type: what the model predicts.
+      variance: the reverse step's variance (:data:`~diffjax.diffusion.VARIANCE_TYPES`).
+
+    Returns:
+      float32 ``[B, ..., C]``.
+    """
+    x0 = x0.astype(jnp.float32)
+    reverse = p_mean_variance(schedule, model_output, x_t, t, prediction_type, variance)
+    true = q_posterior_mean_variance(schedule, x0, x_t, t)
+    kl = normal_kl(true.mean, true.log_variance, reverse.mean, reverse.log_variance)
+    decoder = -discretized_gaussian_log_likelihood(x0, reverse.mean, 0.5 * reverse.log_variance)
+    return jnp.where(jnp.reshape(t, (-1,) + (1,) * (x0.ndim - 1)) == 0, decoder, kl)
+
+
 def vlb_terms(
     model_fn: Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray],
     schedule: Any,
@@ -148,24 +183,24 @@ def vlb_terms(
     L_{t} for t >= 1 (a KL, eq. 5) and L_0 = -log p(x_0 | x_1) at t = 0 (eq. 13).
 
     Args:
-      model_fn: ``model_fn(x_t [B, ...], t int32 [B]) -> prediction``.
+      model_fn: ``model_fn(x_t [B, ...], t int32 [B]) -> prediction`` (``[B, ..., 2 C]`` for
+        ``variance='learned_range'``).
       schedule: the discrete schedule.
       x0: 8-bit data in [-1, 1], ``[B, ...]``.
       t: int32 ``[B]``, 0-based.
       noise: ``[B, ...]`` N(0, I) draws for x_t = q_sample(x0, t, noise).
       prediction_type: what the model predicts.
-      variance: the reverse step's fixed variance, ``'small' | 'large'``.
+      variance: the reverse step's variance (:data:`~diffjax.diffusion.VARIANCE_TYPES`).
 
     Returns:
       float32 ``[B]``.
     """
     x0 = x0.astype(jnp.float32)
     x_t = q_sample(schedule, x0, t, noise)
-    reverse = p_mean_variance(schedule, model_fn(x_t, t), x_t, t, prediction_type, variance)
-    true = q_posterior_mean_variance(schedule, x0, x_t, t)
-    kl = normal_kl(true.mean, true.log_variance, reverse.mean, reverse.log_variance)
-    decoder = -discretized_gaussian_log_likelihood(x0, reverse.mean, 0.5 * reverse.log_variance)
-    per_pixel = jnp.where(jnp.reshape(t, (-1,) + (1,) * (x0.ndim - 1)) == 0, decoder, kl)
+    per_pixel = vlb_terms_of_output(
+        schedule, model_fn(x_t, t), x0, x_t, t, prediction_type=prediction_type,
+        variance=variance,
+    )  # fmt: skip
     return jnp.sum(per_pixel, axis=tuple(range(1, x0.ndim)))
 
 

@@ -34,6 +34,15 @@ and the loss puts weight (x_0-space weight) * (sigma / det)^2 on the target's er
 the 'edm' prediction is exactly 1, 'rectified_flow' on the 'flow' prediction of rectified flow
 too. Weights are computed from alpha and sigma at the drawn times, never looked up.
 
+**The hybrid loss** (Nichol & Dhariwal 2021, "Improved Denoising Diffusion Probabilistic
+Models", Sec. 3.1): a network with a learned variance (its output ``[B, ..., 2 C]``, the
+prediction then Improved DDPM's variance values; DiT's ``learn_sigma``) trains the variance
+through the variational bound's term at the drawn t, L_hybrid = L_simple + lambda L_vlb, with
+L_vlb = T E_t[L_t] estimated by T times the drawn term and a stop-gradient on the mean, so
+L_vlb trains the variance alone. Per example the loss adds ``vlb_weight * T * L_t``, L_t in
+bits per dimension (:func:`diffjax.likelihood.vlb_terms_of_output`); lambda = 0.001 with
+T = 1000 is DiT's training loss and with T = 4000 Improved DDPM's ``RESCALED_MSE`` hybrid.
+
 Like the rest of the math core, the loss takes a plain ``model_fn(x_in, t_in) -> prediction``
 closure (params, dropout keys and class labels live in the closure), called as
 :func:`diffjax.predictions.network_inputs` says.
@@ -49,7 +58,8 @@ import jax
 import jax.numpy as jnp
 
 from diffjax import predictions
-from diffjax.diffusion import q_sample
+from diffjax.diffusion import q_sample, split_learned_variance
+from diffjax.likelihood import vlb_terms_of_output
 from diffjax.predictions import EDM_SIGMA_DATA, check_prediction_supported
 from diffjax.processes import Marginal, check_process, check_time, is_discrete, marginal
 
@@ -59,6 +69,7 @@ __all__ = [
     "TIME_SAMPLERS",
     "TimeSampler",
     "check_min_snr_gamma",
+    "check_vlb_weight",
     "check_weighting",
     "constant_times",
     "denoising_loss",
@@ -413,6 +424,7 @@ def denoising_loss(
     time_sampler: TimeSampler | None = None,
     t: jnp.ndarray | None = None,
     noise: jnp.ndarray | None = None,
+    vlb_weight: float = 0.0,
 ) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
     """The denoising regression loss (Ho et al. 2020, Algorithm 1 / eq. 14) for any process.
 
@@ -442,11 +454,16 @@ def denoising_loss(
       noise: optional ``[B, ...]`` eps paired with ``x0`` instead of a fresh draw (reflow
         trains on the coupling (noise, ODE sample) of the previous flow, Liu et al. 2022,
         Algorithm 1); offset noise is then not added.
+      vlb_weight: lambda of the hybrid loss (module docstring; Improved DDPM: 0.001) for a
+        ``model_fn`` with a learned variance, which returns ``[B, ..., 2 C]``; 0 (the
+        default): the plain regression of a ``model_fn`` returning ``[B, ..., C]``. Needs a
+        discrete schedule and data on the 8-bit grid of [-1, 1] (the bound's decoder term).
 
     Returns:
       ``(loss, aux)``: ``loss`` is the float32 scalar mean of ``aux['loss']``; ``aux`` holds
       float32 ``[B]`` arrays ``'loss'`` (weighted per-example terms), ``'mse'`` (unweighted),
-      ``'weight'``, ``'snr'``, the ``[B]`` times ``'t'`` and the ``[B, ...]`` ``'noise'`` used.
+      ``'weight'``, ``'snr'``, the ``[B]`` times ``'t'`` and the ``[B, ...]`` ``'noise'`` used;
+      with ``vlb_weight > 0`` also ``'vlb'``, the drawn bound term L_t in bits per dimension.
     """
     check_process(process)
     check_prediction_supported(prediction_type, process)
@@ -464,6 +481,7 @@ def denoising_loss(
         )
     if time_sampler is not None and is_discrete(process):
         raise ValueError("time_sampler is for continuous processes; a schedule draws U{0..T-1}.")
+    check_vlb_weight(vlb_weight, process)
     batch_size = x0.shape[0]
     t_key, noise_key = jax.random.split(key)
     if t is None:
@@ -483,14 +501,46 @@ def denoising_loss(
         prediction_type, x0.astype(jnp.float32), noise.astype(jnp.float32), m
     )
     weight = loss_weight(prediction_type, weighting, m, min_snr_gamma)
-    prediction = model_fn(x_in, t_in)
-    if prediction.shape != x0.shape:
+    output = model_fn(x_in, t_in)
+    if vlb_weight > 0:
+        prediction, variance_values = split_learned_variance(output, x0.shape)
+    elif output.shape != x0.shape:
         raise ValueError(
-            f"model_fn returned shape {prediction.shape}; expected the data shape {x0.shape}."
+            f"model_fn returned shape {output.shape}; expected the data shape {x0.shape} (a "
+            f"learned-variance network's [B, ..., 2 C] is trained with vlb_weight > 0)."
         )
+    else:
+        prediction = output
     squared_error = jnp.square(prediction.astype(jnp.float32) - target)
-    mse = jnp.mean(squared_error, axis=tuple(range(1, x0.ndim)))
+    pixel_axes = tuple(range(1, x0.ndim))
+    mse = jnp.mean(squared_error, axis=pixel_axes)
     per_example = weight * mse
     snr = jnp.square(m.alpha.reshape(batch_size)) / jnp.square(m.sigma.reshape(batch_size))
     aux = dict(loss=per_example, mse=mse, weight=weight, snr=snr, t=t, noise=noise)
+    if vlb_weight > 0:
+        frozen_mean = jnp.concatenate(
+            [jax.lax.stop_gradient(prediction), variance_values], axis=-1
+        ).astype(jnp.float32)
+        nats = vlb_terms_of_output(
+            process, frozen_mean, x0, x_t.astype(jnp.float32), t,
+            prediction_type=prediction_type, variance="learned_range",
+        )  # fmt: skip
+        vlb = jnp.mean(nats, axis=pixel_axes) / math.log(2.0)
+        per_example = per_example + vlb_weight * process.num_timesteps * vlb
+        aux.update(loss=per_example, vlb=vlb)
     return jnp.mean(per_example), aux
+
+
+def check_vlb_weight(vlb_weight: Any, process: Any) -> float:
+    """Raises unless ``vlb_weight`` is a float >= 0 and, when > 0, the process a discrete
+    schedule (the hybrid loss's bound term is the discrete chain's)."""
+    value = _check_real("vlb_weight", vlb_weight)
+    if value < 0:
+        raise ValueError(f"vlb_weight must be >= 0, got {vlb_weight}.")
+    if value > 0 and not is_discrete(process):
+        raise ValueError(
+            f"vlb_weight={vlb_weight} trains a learned variance through the discrete chain's "
+            f"variational bound; the process {getattr(process, 'name', type(process).__name__)!r} "
+            f"is continuous. Use a DiffusionSchedule or vlb_weight=0."
+        )
+    return value

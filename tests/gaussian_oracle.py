@@ -561,3 +561,51 @@ def component(mixture: GaussianMixture, index: int) -> GaussianMixture:
     return GaussianMixture(
         np.ones(1), mixture.means[index : index + 1], mixture.stds[index : index + 1]
     )
+
+
+def _learned_variance_predict(mean, variance0, sqrt_ac, sqrt_1mac, chain, x_t, t):
+    chain_index, coef1, posterior_variance, min_log, max_log = chain
+    alpha, sigma = sqrt_ac[t][:, None], sqrt_1mac[t][:, None]
+    total = alpha**2 * variance0 + sigma**2
+    x0_mean = mean + alpha * variance0 / total * (x_t - alpha * mean)
+    x0_variance = variance0 * sigma**2 / total
+    i = chain_index[t]
+    reverse_variance = posterior_variance[i][:, None] + coef1[i][:, None] ** 2 * x0_variance
+    low, high = min_log[i][:, None], max_log[i][:, None]
+    values = 2.0 * (jnp.log(reverse_variance) - low) / (high - low) - 1.0
+    return jnp.concatenate([(x_t - alpha * x0_mean) / sigma, values], axis=-1)
+
+
+def learned_variance_model_fn(
+    law: GaussianMixture, schedule: dj.DiffusionSchedule, timesteps: np.ndarray
+) -> jax.tree_util.Partial:
+    """The exact learned-variance ``model_fn(x_t [B, D], t [B]) -> [B, 2 D]`` of Gaussian data
+    (one component) on the DDPM chain over ``timesteps`` (a respaced subset of the schedule's):
+    eps_hat, then the Improved DDPM values v that make exp(v' log beta' + (1 - v') log beta~'),
+    v' = (v + 1) / 2, the true reverse variance of the chain,
+
+        Var[x_{s} | x_t] = beta~'_t + coef1'_t^2 Var[x_0 | x_t],
+        Var[x_0 | x_t] = s^2 sigma_t^2 / (alpha_t^2 s^2 + sigma_t^2),
+
+    with the chain's posterior coefficient coef1' and bounds beta~', beta' (the reverse kernel of
+    Gaussian data is exactly Gaussian, so the ancestral chain with these moments samples
+    q(x_s) exactly at every step, whatever the step count)."""
+    ascending = np.sort(np.asarray(timesteps))
+    chain = dj.samplers.respace_schedule(schedule, ascending)
+    chain_index = np.zeros(schedule.num_timesteps, np.int32)
+    chain_index[ascending] = np.arange(len(ascending))
+    arrays = (
+        jnp.asarray(chain_index),
+        chain.posterior_mean_coef1,
+        chain.posterior_variance,
+        chain.posterior_log_variance_clipped,
+        jnp.log(chain.betas),
+    )
+    return jax.tree_util.Partial(
+        _learned_variance_predict,
+        jnp.asarray(law.means[0], jnp.float32),
+        jnp.asarray(law.stds[0] ** 2, jnp.float32),
+        schedule.sqrt_alphas_cumprod,
+        schedule.sqrt_one_minus_alphas_cumprod,
+        arrays,
+    )

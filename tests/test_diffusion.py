@@ -159,6 +159,31 @@ def test_fixed_large_variance_at_t0_uses_posterior_variance_of_step_one(schedule
     np.testing.assert_allclose(large.variance[0, 0], schedule.posterior_variance[1], rtol=1e-6)
 
 
+def test_learned_range_interpolates_the_log_variance_between_the_fixed_ones(schedule):
+    """Improved DDPM eq. 15: values -1 and 1 give beta~_t (clipped at t = 0) and beta_t; 0 gives
+    their geometric mean; the mean is the one of the prediction half."""
+    t = jnp.array([0, 10, 500, 999])
+    x_t = jax.random.normal(jax.random.key(0), (4, 2, 2, 3))
+    eps = jax.random.normal(jax.random.key(1), x_t.shape)
+    small = dj.p_mean_variance(schedule, eps, x_t, t, "eps", "small")
+    betas = np.asarray(schedule.betas, np.float64)[np.asarray(t)]
+    clipped = np.exp(np.asarray(schedule.posterior_log_variance_clipped, np.float64))[np.asarray(t)]
+    for value, expected in [(-1.0, clipped), (1.0, betas), (0.0, np.sqrt(clipped * betas))]:
+        output = jnp.concatenate([eps, jnp.full_like(eps, value)], axis=-1)
+        learned = dj.p_mean_variance(schedule, output, x_t, t, "eps", "learned_range")
+        assert learned.variance.shape == x_t.shape
+        # float32 exp/log of variances down to 1e-4: a few ulps relative.
+        np.testing.assert_allclose(learned.variance[:, 0, 0, 0], expected, rtol=1e-5)
+        np.testing.assert_allclose(learned.log_variance, jnp.log(learned.variance), rtol=1e-6)
+        np.testing.assert_array_equal(learned.mean, small.mean)
+
+
+def test_learned_range_needs_twice_the_channels(schedule):
+    x_t = jnp.zeros((2, 4, 4, 3))
+    with pytest.raises(ValueError, match=r"shape \(2, 4, 4, 6\) for x_t of shape"):
+        dj.p_mean_variance(schedule, x_t, x_t, jnp.array([1, 2]), "eps", "learned_range")
+
+
 def test_clip_x0_clips_the_prediction(schedule):
     x_t = jnp.full((1, 2), 5.0)
     result = dj.p_mean_variance(schedule, x_t * 3, x_t, jnp.array([10]), "x0", clip_x0=True)

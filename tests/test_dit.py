@@ -11,7 +11,15 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from diffjax.models import DIT_PRESETS, DiT, build_model, count_params, default_model_config
+from diffjax.models import (
+    DIT_PRESETS,
+    DiT,
+    build_model,
+    count_params,
+    default_model_config,
+    make_model_fn,
+    prediction_channels,
+)
 from diffjax.models.dit import stack_blocks, unstack_blocks
 from diffjax.models.pretrained import from_pretrained, save_pretrained
 from diffjax.weights import StateDictMismatchError
@@ -99,6 +107,71 @@ def test_a_dit_trains_and_samples_with_the_training_program(tmp_path):
     assert os.listdir(tmp_path / "run" / "samples")
     # adaLN-Zero starts at exactly 0; training moved the output layer.
     assert np.abs(np.asarray(state.params["proj_out_2"]["kernel"])).max() > 0
+
+
+def test_a_learned_sigma_dit_trains_with_the_hybrid_loss_and_samples_its_variance(tmp_path):
+    from train_helpers import fast_compiles, make_image_folder, make_test_config
+
+    from diffjax.training import loop
+    from diffjax.training.run_sampling import sample_run
+    from diffjax.training.trained_run import load_trained_run
+
+    config = make_test_config(make_image_folder(tmp_path / "images"))
+    model = default_model_config("dit")
+    model.hidden_size, model.depth, model.num_heads, model.learn_sigma = 32, 1, 4, True
+    config.model = model
+    config.diffusion.vlb_weight = 1e-3
+    config.sampling.sampler = "ddpm"
+    config.sampling.options = {"variance": "learned_range"}
+    with fast_compiles():
+        state = loop.train_and_evaluate(config, str(tmp_path / "run"))
+        assert os.listdir(tmp_path / "run" / "samples")
+        run = load_trained_run(str(tmp_path / "run"))
+        for sampler in ("ddpm", "ddim"):
+            images = sample_run(run, 2, sampler=sampler, num_steps=3)
+            assert images.shape == (2, 8, 8, 1) and np.all(np.isfinite(images))
+    kernel = np.asarray(state.params["proj_out_2"]["kernel"])
+    # Patch 2 x 2, two channels per image channel: the prediction and the variance values.
+    channels = kernel.reshape(kernel.shape[0], 2, 2, 2)
+    # Both halves of the output layer trained, the variance through the bound term alone.
+    assert np.abs(channels[..., 0]).max() > 0 and np.abs(channels[..., 1]).max() > 0
+
+
+def test_learned_sigma_and_the_loss_must_agree(tmp_path):
+    from train_helpers import make_image_folder, make_test_config
+
+    from diffjax.errors import ConfigError
+    from diffjax.training import loop
+
+    config = make_test_config(make_image_folder(tmp_path / "images"))
+    model = default_model_config("dit")
+    model.hidden_size, model.depth, model.num_heads, model.learn_sigma = 32, 1, 4, True
+    config.model = model
+    with pytest.raises((ConfigError, ValueError), match="learned variance but vlb_weight=0.0"):
+        loop.train_and_evaluate(config, str(tmp_path / "run"))
+    with pytest.raises(ValueError, match="learn_sigma=True outputs 2 C channels"):
+        DiT(hidden_size=32, depth=1, num_heads=4, learn_sigma=True, out_channels=8)
+
+
+def test_guiding_a_learned_sigma_dit_keeps_the_conditional_variance():
+    model = DiT(patch_size=2, hidden_size=32, depth=1, num_heads=4, num_classes=3,
+                learn_sigma=True)  # fmt: skip
+    x = jax.random.normal(jax.random.key(0), (2, 4, 4, 3))
+    t, cond = jnp.array([5, 900]), {"label": jnp.array([0, 2])}
+    params = model.init(jax.random.key(1), x, t, cond)["params"]
+    params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(2), p.shape),
+                          params)  # fmt: skip
+    conditional = model.apply({"params": params}, x, t, cond)
+    unconditional = model.apply({"params": params}, x, t, model.null_cond(cond))
+    assert model.learned_variance and conditional.shape == (2, 4, 4, 6)
+    guided = make_model_fn(model, params, cond, guidance_scale=4.0)(x, t)
+    np.testing.assert_allclose(
+        guided[..., :3], unconditional[..., :3] + 4.0 * (conditional - unconditional)[..., :3],
+        rtol=1e-4, atol=1e-5,
+    )  # fmt: skip
+    np.testing.assert_allclose(guided[..., 3:], conditional[..., 3:], rtol=1e-5, atol=1e-6)
+    plain = prediction_channels(make_model_fn(model, params, cond))(x, t)
+    np.testing.assert_array_equal(plain, conditional[..., :3])
 
 
 def test_scanned_blocks_compute_the_unrolled_dit():

@@ -43,24 +43,23 @@ def _apply(module, params, expected):
     )
 
 
-def test_the_checkpoint_computes_diffusers_outputs(expected):
+def test_the_checkpoint_computes_facebookresearch_outputs(expected):
     sha256 = hashlib.sha256(open(CHECKPOINT, "rb").read()).hexdigest()
     module, params = dit_from_checkpoint(CHECKPOINT, num_heads=HEADS, sha256=sha256)
+    assert module.time_freq_shift == 0.0 and module.learned_variance
     # The sinusoid of t = 999 in float32 carries ~1000 * 2^-24 of angle error, which two orders
-    # of the same float32 operations round differently (measured 1.3e-5 at t = 999).
+    # of the same float32 operations round differently (measured 1.1e-5 at t = 999).
+    got = _apply(module, params, expected)
+    np.testing.assert_allclose(got, expected["out_facebookresearch"], atol=1e-4)
+    # diffusers' conversion keeps the weights but not the sinusoid (10000^(-k/127)): the same
+    # weights compute another network there, by O(1) at t = 999.
+    assert np.max(np.abs(got - expected["out"])) > 0.1
+
+
+def test_the_diffusers_folder_of_the_weights_computes_diffusers_outputs(expected):
+    module, params = from_pretrained(os.path.join(FIXTURE, "diffusers"))
+    assert module.time_freq_shift == 1.0
     np.testing.assert_allclose(_apply(module, params, expected), expected["out"], atol=1e-4)
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="diffjax's DiT embeds t with diffusers' frequencies 10000^(-k/127); "
-    "facebookresearch's are 10000^(-k/128) (dit_weights module docstring)",
-)
-def test_the_checkpoint_computes_facebookresearch_outputs(expected):
-    module, params = dit_from_checkpoint(CHECKPOINT, num_heads=HEADS)
-    np.testing.assert_allclose(
-        _apply(module, params, expected), expected["out_facebookresearch"], atol=1e-4
-    )
 
 
 def test_a_wrong_checksum_is_refused():
@@ -74,15 +73,15 @@ def test_the_config_is_read_off_the_shapes(state):
     assert config == {key: published[key] for key in config}
     module, _ = dit_from_state_dict(state, num_heads=HEADS)
     assert module == DiT(
-        patch_size=2, hidden_size=16, depth=2, num_heads=2, num_classes=10, out_channels=8,
-        sample_size=8, mlp_norm_epsilon=1e-6,
+        patch_size=2, hidden_size=16, depth=2, num_heads=2, num_classes=10, learn_sigma=True,
+        sample_size=8, mlp_norm_epsilon=1e-6, time_freq_shift=0.0,
     )  # fmt: skip
 
 
 def test_it_equals_the_diffusers_folder_of_the_same_weights(state):
     module, params = dit_from_state_dict(state, num_heads=HEADS)
     folder_module, folder_params = from_pretrained(os.path.join(FIXTURE, "diffusers"))
-    assert module == folder_module
+    assert module == folder_module.clone(time_freq_shift=0.0)
     assert jax.tree.structure(params) == jax.tree.structure(folder_params)
     jax.tree.map(np.testing.assert_array_equal, params, folder_params)
 
@@ -178,5 +177,5 @@ def test_the_key_table_names_the_published_dit_xl_2_keys():
     }
     config = facebookresearch_dit_config(_shapes_only(1152, depth=28))
     module = dit_from_diffusers_config(config)
-    assert module == DiT(sample_size=32, out_channels=8)  # DiT-XL/2 at 256x256
+    assert module == DiT(sample_size=32, learn_sigma=True)  # DiT-XL/2 at 256x256
     assert {rule.torch_key for rule in facebookresearch_key_table(module)} == keys

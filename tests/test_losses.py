@@ -447,3 +447,64 @@ def test_constant_times_put_every_example_at_t():
     times = losses.constant_times(0.25)(jax.random.key(0), 5)
     assert times.dtype == jnp.float32
     np.testing.assert_array_equal(times, np.full(5, 0.25, np.float32))
+
+
+def _learned_variance_model(params, x_t, t):
+    """eps_hat = a x_t and variance values b (a toy learned-variance network)."""
+    return jnp.concatenate([params["a"] * x_t, jnp.broadcast_to(params["b"], x_t.shape)], -1)
+
+
+def _x_t(schedule, x0, t, noise):
+    alpha, sigma = alpha_sigma(schedule, t, x0.ndim)
+    return alpha * x0 + sigma * noise
+
+
+def test_hybrid_loss_is_l_simple_plus_lambda_t_times_the_bound_term():
+    """Improved DDPM Sec. 3.1: per example w mse + lambda T L_t (bits/dim), L_t the bound's term
+    with the learned variance, and a stop-gradient on the mean, so L_vlb trains the variance
+    alone."""
+    from diffjax.likelihood import vlb_terms
+
+    schedule = schedules.get_schedule("linear", NUM_TIMESTEPS)
+    levels = jax.random.randint(jax.random.key(0), (4, 4, 4, 3), 0, 256)
+    x0 = levels.astype(jnp.float32) / 127.5 - 1.0
+    t = jnp.array([0, 3, 400, 999])
+    noise = jax.random.normal(jax.random.key(1), x0.shape)
+    params = {"a": jnp.float32(0.3), "b": jnp.float32(0.2)}
+
+    def loss(params, vlb_weight):
+        model_fn = jax.tree_util.Partial(_learned_variance_model, params)
+        return denoising_loss(
+            model_fn, schedule, x0, jax.random.key(2), t=t, noise=noise, vlb_weight=vlb_weight
+        )
+
+    value, aux = loss(params, 1e-3)
+    model_fn = jax.tree_util.Partial(_learned_variance_model, params)
+    nats = vlb_terms(model_fn, schedule, x0, t, noise, prediction_type="eps",
+                     variance="learned_range")  # fmt: skip
+    bits = nats / (x0[0].size * np.log(2.0))
+    np.testing.assert_allclose(aux["vlb"], bits, rtol=1e-5)
+    np.testing.assert_allclose(aux["loss"], aux["mse"] + 1e-3 * NUM_TIMESTEPS * bits, rtol=1e-5)
+    np.testing.assert_allclose(value, np.mean(aux["loss"]), rtol=1e-6)
+    hybrid = jax.grad(lambda p: loss(p, 1e-3)[0])(params)
+    simple_a = jax.grad(
+        lambda a: jnp.mean(jnp.mean((a * _x_t(schedule, x0, t, noise) - noise) ** 2, (1, 2, 3)))
+    )(params["a"])
+    np.testing.assert_allclose(hybrid["a"], simple_a, rtol=1e-5)
+    assert abs(float(hybrid["b"])) > 0
+
+
+def test_hybrid_loss_refuses_a_continuous_process_and_a_missing_variance():
+    from diffjax.processes import get_process
+
+    x0 = jnp.zeros((2, 4, 4, 3))
+    model_fn = jax.tree_util.Partial(_learned_variance_model, {"a": 1.0, "b": 0.0})
+    with pytest.raises(ValueError, match="vlb_weight=0.001 .* continuous"):
+        denoising_loss(
+            model_fn, get_process("rectified_flow"), x0, jax.random.key(0), vlb_weight=1e-3
+        )
+    schedule = schedules.get_schedule("linear", NUM_TIMESTEPS)
+    with pytest.raises(ValueError, match=r"returned shape \(2, 4, 4, 6\).* vlb_weight > 0"):
+        denoising_loss(model_fn, schedule, x0, jax.random.key(0))
+    with pytest.raises(ValueError, match=r"learned-variance model_fn .* \(2, 4, 4, 6\)"):
+        denoising_loss(lambda x, t: x, schedule, x0, jax.random.key(0), vlb_weight=1e-3)

@@ -784,3 +784,35 @@ def test_continuous_num_steps_and_an_exhausted_ode_solve_are_named():
     with pytest.raises(OdeSolveError, match=r"used all max_steps=3 steps before"):
         dj.sample("ode", lambda x, t: 3 * jnp.sin(50 * x), schedule, jax.random.key(0), (2, 4),
                   prediction_type="eps", max_steps=3)  # fmt: skip
+
+
+@pytest.mark.parametrize("num_steps", [5, 50])
+def test_ddpm_with_a_learned_variance_samples_gaussian_data_at_any_step_count(num_steps):
+    """Improved DDPM's learned range (eq. 15) with the exact values of Gaussian data: the
+    reverse kernel of Gaussian data is Gaussian, so the chain with its true mean and variance
+    samples each marginal exactly, at 5 steps as at 50; the fixed variances, from the same
+    network's eps, do not."""
+    schedule = SCHEDULES["linear"]
+    timesteps = samplers.spaced_timesteps(T, num_steps, "linspace")
+    model_fn = oracle.learned_variance_model_fn(GAUSS, schedule, timesteps)
+    target = oracle.effective_stds(GAUSS, schedule)[0]
+    shape, key = (4000, DIM), jax.random.key(3)
+    learned = samplers.sample(
+        "ddpm", model_fn, schedule, key, shape, prediction_type="eps",
+        variance="learned_range", num_steps=num_steps,
+    )  # fmt: skip
+    assert oracle.gaussian_moment_chi2(learned, GAUSS.means[0], target) < chi2_limit(2 * DIM)
+    fixed = samplers.sample(
+        "ddpm", dj.models.prediction_channels(model_fn), schedule, key, shape,
+        prediction_type="eps", variance="small", num_steps=num_steps,
+    )  # fmt: skip
+    assert oracle.gaussian_moment_chi2(fixed, GAUSS.means[0], target) > 10 * chi2_limit(2 * DIM)
+
+
+def test_ddpm_learned_range_refuses_a_model_without_variance_values():
+    model_fn = oracle.exact_model_fn(GAUSS, SCHEDULES["linear"], "eps")
+    with pytest.raises(ValueError, match=r"learned-variance model_fn .* \(2, 64\)"):
+        samplers.sample(
+            "ddpm", model_fn, SCHEDULES["linear"], jax.random.key(0), (2, DIM),
+            prediction_type="eps", variance="learned_range", num_steps=3,
+        )  # fmt: skip

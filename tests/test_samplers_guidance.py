@@ -379,3 +379,24 @@ def test_ddpm_rejects_an_unknown_guidance_form():
     with pytest.raises(ValueError, match="guidance_form must be one of"):
         dj.ddpm_sample(jnp.zeros_like, SCHEDULE, jax.random.key(0), (2, 2),
                        prediction_type="eps", guidance_form="both")  # fmt: skip
+
+
+def test_guidance_of_a_learned_variance_guides_the_prediction_channels_only():
+    """u + w (c - u) on the first C channels, the conditional variance values on the rest, from
+    one batched call (DiT's sampling, without its guidance of 3 of 4 channels)."""
+    calls = []
+
+    def conditional(x_t, t, labels):
+        calls.append(x_t.shape)
+        shift = labels.astype(x_t.dtype)[:, None, None, None]
+        return jnp.concatenate([x_t + shift, 2.0 * x_t - shift], axis=-1)
+
+    x_t = jax.random.normal(jax.random.key(0), (2, 4, 4, 3))
+    labels = jnp.array([1, 2])
+    guided = dj.classifier_free_guidance(
+        conditional, labels, 3.0, num_classes=5, learned_variance=True
+    )(x_t, jnp.array([10, 20]))
+    shift = labels.astype(jnp.float32)[:, None, None, None]
+    np.testing.assert_allclose(guided[..., :3], x_t + 5.0 + 3.0 * (shift - 5.0), rtol=1e-6)
+    np.testing.assert_allclose(guided[..., 3:], 2.0 * x_t - shift, rtol=1e-6)
+    assert calls == [(4, 4, 4, 3)]

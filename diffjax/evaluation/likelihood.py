@@ -51,7 +51,7 @@ def bits_per_dim_job(
     from diffjax.data.pipeline import dataset_from_config
     from diffjax.errors import ConfigError
     from diffjax.likelihood import bits_per_dim, ode_likelihood
-    from diffjax.models.conditioning import make_model_fn
+    from diffjax.models.conditioning import learned_variance, make_model_fn, prediction_channels
     from diffjax.samplers import sample_keys
     from diffjax.training.frozen import run_network_params
 
@@ -71,6 +71,8 @@ def bits_per_dim_job(
     params = run_network_params(run, run.state.ema_params if settings.ema else run.state.params)
     prediction_type = values["diffusion"]["prediction_type"]
 
+    learned = learned_variance(model)
+
     @jax.jit
     def batch_bpd(params, images, cond, keys):
         model_fn = make_model_fn(model, params, cond)
@@ -78,10 +80,11 @@ def bits_per_dim_job(
             bound = bits_per_dim(
                 model_fn, process, images, keys[0], prediction_type=prediction_type,
                 num_timesteps=settings.bpd_timesteps,
+                variance="learned_range" if learned else "small",
             )  # fmt: skip
             return bound.bpd, jnp.zeros((), jnp.int32)
         result = ode_likelihood(
-            model_fn, process, images, keys, prediction_type=prediction_type, dequantize=True,
+            prediction_channels(model_fn) if learned else model_fn, process, images, keys, prediction_type=prediction_type, dequantize=True,
             divergence=settings.bpd_divergence, autodiff=settings.bpd_autodiff,
             rtol=settings.bpd_rtol, atol=settings.bpd_rtol,
         )  # fmt: skip

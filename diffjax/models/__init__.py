@@ -18,8 +18,10 @@ from diffjax.models.conditioning import (
     ModuleApply,
     cond_keys,
     drop_cond,
+    learned_variance,
     make_model_fn,
     null_cond,
+    prediction_channels,
     select_cond,
 )
 from diffjax.models.controlnet import (
@@ -106,9 +108,11 @@ __all__ = [
     "from_pretrained",
     "from_single_file",
     "group_norm",
+    "learned_variance",
     "make_model_fn",
     "model_entry",
     "null_cond",
+    "prediction_channels",
     "register_model",
     "save_pretrained",
     "select_cond",

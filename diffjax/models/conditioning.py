@@ -27,6 +27,12 @@ A registered network (:mod:`diffjax.models.registry`) is a Flax Linen module cal
 * ``null_cond(cond) -> cond``: the null condition of each key, of the same structure and
   shapes (for classifier-free guidance and condition dropout).
 
+A network may also declare ``learned_variance = True``: it returns ``[B, ..., 2 C]``, its
+prediction and then Improved DDPM's variance values (DiT's ``learn_sigma``).
+Classifier-free guidance then guides the prediction's channels only, DDPM samples with
+``variance='learned_range'`` and :func:`prediction_channels` gives every other sampler the
+prediction alone.
+
 :func:`make_model_fn` turns such a module and its parameters into the plain
 ``model_fn(x_t, t)`` that every loss and sampler takes.
 """
@@ -39,6 +45,8 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
+from diffjax.diffusion import split_learned_variance
+from diffjax.samplers.common import as_model_pytree
 from diffjax.samplers.guidance import checked_guidance_scale, classifier_free_guidance
 
 __all__ = [
@@ -48,8 +56,10 @@ __all__ = [
     "cond_keys",
     "data_cond_keys",
     "drop_cond",
+    "learned_variance",
     "make_model_fn",
     "null_cond",
+    "prediction_channels",
     "select_cond",
 ]
 
@@ -164,6 +174,28 @@ class ModuleApply:
         return self(params, cond, rng, x_in, t_in)
 
 
+def learned_variance(module: Any) -> bool:
+    """Whether a network returns a learned variance beside its prediction (module docstring)."""
+    return bool(getattr(module, "learned_variance", False))
+
+
+def _prediction_half(model_fn: Any, x_in: jnp.ndarray, t_in: jnp.ndarray) -> jnp.ndarray:
+    output = model_fn(x_in, t_in)
+    return split_learned_variance(output, x_in.shape)[0]
+
+
+def prediction_channels(model_fn: Any) -> jax.tree_util.Partial:
+    """A learned-variance ``model_fn`` (``[B, ..., C] -> [B, ..., 2 C]``) as the plain
+    ``model_fn(x_t, t) -> prediction [B, ..., C]`` every sampler and loss takes: its first C
+    channels (:func:`diffjax.diffusion.split_learned_variance`).
+
+    Example:
+      >>> model_fn = make_model_fn(dit, params, {"label": labels}, guidance_scale=4.0)
+      >>> images = dj.sample("ddim", prediction_channels(model_fn), schedule, key, shape)
+    """
+    return jax.tree_util.Partial(_prediction_half, as_model_pytree(model_fn))
+
+
 def _check_guidance(module: Any, guidance_scale: Any) -> Any:
     scale = checked_guidance_scale(guidance_scale)
     if (isinstance(scale, jax.core.Tracer) or scale != 1.0) and not cond_keys(module):
@@ -190,7 +222,8 @@ def make_model_fn(
     traced, so a sampler compiled for it is reused when they change. With
     ``guidance_scale != 1`` it is wrapped in classifier-free guidance on the whole ``cond``
     pytree (:func:`diffjax.classifier_free_guidance`: one batched call on ``[x; x]`` with
-    ``[cond; null]``).
+    ``[cond; null]``), of the prediction's channels only for a network with a
+    :func:`learned_variance`.
 
     Args:
       module: a registered network, called as ``module(x, t, cond, train=...)``.
@@ -204,7 +237,8 @@ def make_model_fn(
       null: the null condition for guidance; default the module's :func:`null_cond`.
 
     Returns:
-      ``model_fn(x_in [B, ...], t_in [B]) -> prediction [B, ...]``.
+      ``model_fn(x_in [B, ...], t_in [B]) -> prediction [B, ...]`` (``[B, ..., 2 C]`` for a
+      learned-variance network: :func:`prediction_channels` drops the variance).
 
     Raises:
       ValueError / TypeError: a missing cond key or guidance without conditioning; raised
@@ -221,4 +255,6 @@ def make_model_fn(
         return jax.tree_util.Partial(apply, params, cond, rng)
     null = null_cond(module, cond) if null is None else select_cond(module, null)
     conditional = jax.tree_util.Partial(apply.with_cond, params, rng)
-    return classifier_free_guidance(conditional, cond, scale, null_cond=null)
+    return classifier_free_guidance(
+        conditional, cond, scale, null_cond=null, learned_variance=learned_variance(module)
+    )

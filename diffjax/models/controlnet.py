@@ -345,6 +345,11 @@ class ControlledModel(nn.Module):
         """The base's keys, then ``'control'``."""
         return self.controlnet.cond_keys
 
+    @property
+    def learned_variance(self) -> bool:
+        """The base's (its output is the controlled model's)."""
+        return bool(getattr(self.base, "learned_variance", False))
+
     def null_cond(self, cond: Mapping[str, Any]) -> dict[str, jnp.ndarray]:
         """The base's null condition and an all-zero control image."""
         return self.controlnet.null_cond(cond)

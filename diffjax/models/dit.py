@@ -76,16 +76,19 @@ def sincos_positions(
 
 class _TimestepEmbedder(nn.Module):
     """``linear_2(silu(linear_1(sinusoid(t))))``: diffusers' ``TimestepEmbedding`` of the
-    256-wide cosine-first sinusoid with DiT's frequency shift of 1."""
+    256-wide cosine-first sinusoid, frequencies ``10000^(-k / (128 - freq_shift))``."""
 
     features: int
+    freq_shift: float
     dtype: Dtype
     param_dtype: Dtype
 
     @nn.compact
     def __call__(self, t: jnp.ndarray) -> jnp.ndarray:
         common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        emb = sinusoidal_embedding(t, _TIME_FEATURES, flip_sin_to_cos=True, freq_shift=1.0)
+        emb = sinusoidal_embedding(
+            t, _TIME_FEATURES, flip_sin_to_cos=True, freq_shift=self.freq_shift
+        )
         emb = nn.silu(nn.Dense(self.features, name="linear_1", **common)(emb))
         return nn.Dense(self.features, name="linear_2", **common)(emb)
 
@@ -240,12 +243,18 @@ class DiT(nn.Module):
       mlp_ratio: the MLP's hidden width over D.
       num_classes: enables class conditioning on ``cond['label']`` (``num_classes + 1``
         embedding rows; ``num_classes`` is the null label); None: unconditional.
-      out_channels: output channels; None: the input's (``2 C`` for the published models'
-        learned variance).
+      out_channels: output channels; None: the input's (``2 C`` with ``learn_sigma``).
+      learn_sigma: also output Improved DDPM's variance values (the published models): the
+        output is ``[B, H, W, 2 C]``, the prediction then the values
+        (:attr:`learned_variance`; sampled by DDPM's ``variance='learned_range'``, trained
+        with the hybrid loss's ``vlb_weight``). Needs ``out_channels=None``.
       sample_size: the image side the position embeddings are scaled to (the training
         resolution; other sizes keep the same position range); None: the input's.
       mlp_norm_epsilon: the MLP's LayerNorm epsilon (original DiT: 1e-6; diffusers' configs
         carry 1e-5).
+      time_freq_shift: the timestep sinusoid's frequencies are ``10000^(-k / (128 - shift))``:
+        1 is diffusers' ``DiTTransformer2DModel``, 0 facebookresearch's original DiT (its
+        published checkpoints, :func:`~diffjax.models.dit_weights.dit_from_checkpoint`).
       dtype, param_dtype: compute and parameter dtypes (attention logits and LayerNorm
         statistics stay float32; the output is float32).
       remat: recompute each block's activations in the backward pass.
@@ -262,8 +271,10 @@ class DiT(nn.Module):
     mlp_ratio: float = 4.0
     num_classes: int | None = 1000
     out_channels: int | None = None
+    learn_sigma: bool = False
     sample_size: int | None = None
     mlp_norm_epsilon: float = 1e-6
+    time_freq_shift: float = 1.0
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     remat: bool = False
@@ -283,6 +294,17 @@ class DiT(nn.Module):
             )
         if self.num_classes is not None and self.num_classes < 1:
             raise ValueError(f"num_classes must be None or >= 1, got {self.num_classes}.")
+        if self.learn_sigma and self.out_channels is not None:
+            raise ValueError(
+                f"learn_sigma=True outputs 2 C channels (prediction and variance values); "
+                f"out_channels must be None, got {self.out_channels}."
+            )
+
+    @property
+    def learned_variance(self) -> bool:
+        """Whether the output carries variance values beside the prediction (``learn_sigma``;
+        :mod:`diffjax.models.conditioning`)."""
+        return self.learn_sigma
 
     @property
     def cond_keys(self) -> tuple[str, ...]:
@@ -334,7 +356,9 @@ class DiT(nn.Module):
         base = None if self.sample_size is None else self.sample_size // p
         positions = sincos_positions(self.hidden_size, height // p, width // p, base)
         h = h + positions.astype(h.dtype)
-        c = _TimestepEmbedder(self.hidden_size, name="timestep_embedder", **common)(t)
+        c = _TimestepEmbedder(
+            self.hidden_size, self.time_freq_shift, name="timestep_embedder", **common
+        )(t)
         if labels is not None:
             c = c + _ClassEmbedder(
                 self.num_classes + 1, self.hidden_size, name="class_embedder", **common
@@ -399,7 +423,9 @@ class DiT(nn.Module):
             2, axis=-1,
         )  # fmt: skip
         h = nn.LayerNorm(epsilon=1e-6, use_bias=False, use_scale=False, **common)(h)
-        out_channels = channels if self.out_channels is None else self.out_channels
+        out_channels = self.out_channels
+        if out_channels is None:
+            out_channels = 2 * channels if self.learn_sigma else channels
         h = nn.Dense(p * p * out_channels, kernel_init=nn.initializers.zeros, name="proj_out_2",
                      **common)(h * (1 + scale) + shift)  # fmt: skip
         grid_h, grid_w = height // p, width // p

@@ -10,7 +10,7 @@ first that differs otherwise), and :func:`~diffjax.models.save_pretrained` write
 facebookresearch's own checkpoints (``DiT-XL-2-256x256.pt``, ``DiT-XL-2-512x512.pt``: the EMA
 model's plain state dict, saved by ``torch.save``) load through :func:`dit_from_checkpoint`,
 which reads them with the restricted reader
-(:func:`~diffjax.models.pretrained.load_state_dict`, tensors only), renames them by the inverse
+(:func:`~diffjax.weights.state_dict.load_state_dict`, tensors only), renames them by the inverse
 of diffusers' ``scripts/convert_dit_to_diffusers.py`` (:func:`facebookresearch_key_table`):
 
 ==================================  ===========================================================
@@ -46,10 +46,11 @@ it was not trained with.
 The timestep sinusoid: facebookresearch embeds ``t`` as ``[cos(t w_k), sin(t w_k)]`` with
 ``w_k = 10000^(-k / 128)``; diffusers' ``DiTTransformer2DModel``, and diffjax's DiT after it,
 use ``w_k = 10000^(-k / 127)`` (``Timesteps(256, flip_sin_to_cos=True,
-downscale_freq_shift=1)``), and diffusers' conversion keeps the weights unchanged. So a loaded
-checkpoint computes what diffusers computes from the same weights, not exactly
-facebookresearch's network (on the test fixture's random weights the outputs differ by up to
-1.9 at ``t = 999`` and 7e-3 at ``t = 3``; tests/fixtures/dit_checkpoint keeps both).
+downscale_freq_shift=1)``), and diffusers' conversion keeps the weights unchanged, so diffusers'
+converted DiT is not exactly the original network (on the test fixture's random weights the
+outputs differ by up to 1.9 at ``t = 999`` and 7e-3 at ``t = 3``; tests/fixtures/dit_checkpoint
+keeps both). diffjax's DiT has the shift as ``time_freq_shift``: a diffusers folder loads with
+1, a facebookresearch checkpoint with 0, and each computes its own reference's outputs.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ from diffjax.models.diffusers_weights import key_table
 from diffjax.models.dit import DIT_PRESETS, DiT, sincos_positions
 from diffjax.weights.files import verify_checksum
 from diffjax.weights.key_tables import KeyRule, StateDictMismatchError, apply_key_table
+from diffjax.weights.state_dict import load_state_dict
 
 __all__ = [
     "add_embedder_copies",
@@ -117,13 +119,17 @@ def dit_from_diffusers_config(config: Mapping[str, Any], **overrides: Any) -> Di
             )
     heads = int(config.get("num_attention_heads", 16))
     in_channels = int(config.get("in_channels", 4))
+    out_channels = int(config.get("out_channels") or in_channels)
+    # diffusers' rule (its DiT pipeline): twice the input's channels is a learned variance.
+    learn_sigma = out_channels == 2 * in_channels
     arguments = dict(
         patch_size=int(config.get("patch_size", 2)),
         hidden_size=heads * int(config.get("attention_head_dim", 72)),
         depth=int(config.get("num_layers", 28)),
         num_heads=heads,
         num_classes=int(config.get("num_embeds_ada_norm", 1000)),
-        out_channels=int(config.get("out_channels") or in_channels),
+        out_channels=None if learn_sigma or out_channels == in_channels else out_channels,
+        learn_sigma=learn_sigma,
         sample_size=int(config.get("sample_size", 32)),
         mlp_norm_epsilon=float(config.get("norm_eps", 1e-5)),
     )
@@ -136,12 +142,19 @@ def diffusers_config_of_dit(module: DiT, in_channels: int) -> dict[str, Any]:
     :func:`dit_from_diffusers_config`)."""
     if module.num_classes is None:
         raise ValueError("diffusers' DiTTransformer2DModel is always class-conditional.")
+    if module.time_freq_shift != 1.0:
+        raise ValueError(
+            f"diffusers' DiTTransformer2DModel embeds timesteps with a frequency shift of 1; "
+            f"this DiT has time_freq_shift={module.time_freq_shift} (facebookresearch's "
+            f"original: 0), which its config cannot express."
+        )
+    out_channels = module.out_channels or in_channels * (2 if module.learn_sigma else 1)
     return dict(
         _class_name="DiTTransformer2DModel",
         num_attention_heads=module.num_heads,
         attention_head_dim=module.hidden_size // module.num_heads,
         in_channels=in_channels,
-        out_channels=module.out_channels or in_channels,
+        out_channels=out_channels,
         num_layers=module.depth,
         sample_size=module.sample_size,
         patch_size=module.patch_size,
@@ -380,7 +393,7 @@ def dit_from_state_dict(
     config = facebookresearch_dit_config(state, num_heads, source=source)
     check_positions(state[_POSITIONS], source=source)
     overrides = {} if dtype is None else dict(dtype=jnp.dtype(dtype), param_dtype=jnp.dtype(dtype))
-    module = dit_from_diffusers_config(config, **overrides)
+    module = dit_from_diffusers_config(config, time_freq_shift=0.0, **overrides)
     variables = apply_key_table(
         state,
         facebookresearch_key_table(module, config["in_channels"]),
@@ -421,7 +434,6 @@ def dit_from_checkpoint(
     Example:
       >>> dit, params = dj.models.dit_from_checkpoint("DiT-XL-2-256x256.pt")
     """
-    from diffjax.models.pretrained import load_state_dict  # pretrained imports this module
 
     path = os.fspath(path)
     if sha256 is not None:

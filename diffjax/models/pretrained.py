@@ -45,7 +45,7 @@ import diffjax.models.mmdit_weights as mmdit_weights
 import diffjax.models.unet_weights as unet_weights
 from diffjax.weights.files import verify_checksum
 from diffjax.weights.key_tables import KeyRule, apply_key_table, conv_kernel, linear_kernel
-from diffjax.weights.torch_checkpoint import UnsupportedCheckpointError, load_torch_checkpoint
+from diffjax.weights.state_dict import load_state_dict
 
 __all__ = [
     "ARCHITECTURES",
@@ -224,34 +224,6 @@ def _weights_files(folder: str, variant: str | None) -> list[str]:
         f"{[f'{n}{suffix}.safetensors' for n in _SAFETENSORS_NAMES]}, a sharded "
         f"*.safetensors.index.json or {list(_PICKLE_NAMES)}."
     )
-
-
-def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Reads one weights file as ``{name: array}``: ``.safetensors`` through the safetensors
-    package's NumPy reader, anything else through diffjax's restricted ``torch.save`` reader
-    (which refuses any pickled global but tensors, naming it).
-
-    A single-file checkpoint that wraps its state dict (``{'state_dict': {...}, ...}``, the
-    original SD ``.ckpt`` files) is unwrapped.
-    """
-    path = os.fspath(path)
-    if path.endswith(".safetensors"):
-        from safetensors import safe_open
-
-        # One tensor at a time out of the mapped file: the peak is one copy of the weights.
-        with safe_open(path, framework="numpy") as file:
-            return {key: file.get_tensor(key) for key in file.keys()}
-    checkpoint = load_torch_checkpoint(path)
-    if isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict):
-        checkpoint = checkpoint["state_dict"]
-    if not isinstance(checkpoint, dict) or not all(
-        isinstance(key, str) and isinstance(value, np.ndarray) for key, value in checkpoint.items()
-    ):
-        raise UnsupportedCheckpointError(
-            f"{path} holds no state dict (a mapping of names to tensors, possibly under "
-            f"'state_dict')."
-        )
-    return checkpoint
 
 
 def params_from_state_dict(

@@ -231,11 +231,16 @@ def _dit_defaults() -> dict[str, Any]:
         depth=12,
         num_heads=6,
         mlp_ratio=4.0,
-        # None: the input's channels (2 C: a learned variance, as the published models).
+        # None: the input's channels.
         out_channels=config_dict.placeholder(int),
+        # Also output Improved DDPM's variance values (2 C channels, as the published models):
+        # trained with config.diffusion.vlb_weight > 0, sampled by DDPM's 'learned_range'.
+        learn_sigma=False,
         # The training image side the position embeddings are scaled to; None: the input's.
         sample_size=config_dict.placeholder(int),
         mlp_norm_epsilon=1e-6,
+        # The timestep sinusoid's frequency shift: 1 diffusers' DiT, 0 the original's.
+        time_freq_shift=1.0,
         remat=False,
         # One nn.scan over the blocks (parameters stacked on a depth axis): compile time flat
         # in depth.
@@ -252,8 +257,10 @@ def _build_dit(config: Mapping[str, Any]) -> DiT:
         mlp_ratio=config["mlp_ratio"],
         num_classes=config["num_classes"],
         out_channels=config["out_channels"],
+        learn_sigma=config["learn_sigma"],
         sample_size=config["sample_size"],
         mlp_norm_epsilon=config["mlp_norm_epsilon"],
+        time_freq_shift=config["time_freq_shift"],
         remat=config["remat"],
         scan_blocks=config["scan_blocks"],
         dtype=DTYPES[config["dtype"]],
@@ -368,7 +375,8 @@ _UNET_STATE_KEYS = (
 )  # fmt: skip
 
 _DIT_STATE_KEYS = (
-    "patch_size", "hidden_size", "depth", "num_heads", "mlp_ratio", "out_channels", "scan_blocks",
+    "patch_size", "hidden_size", "depth", "num_heads", "mlp_ratio", "out_channels", "learn_sigma",
+    "time_freq_shift", "scan_blocks",
 )  # fmt: skip
 
 MODELS: dict[str, ModelEntry] = {

@@ -25,6 +25,7 @@ import numpy as np
 from jax.typing import DTypeLike
 
 from diffjax import predictions
+from diffjax.diffusion import split_learned_variance
 from diffjax.processes import Marginal, check_process
 
 __all__ = [
@@ -263,6 +264,7 @@ def denoise(
     *,
     time: jnp.ndarray | None = None,
     guide: Callable | None = None,
+    learned_variance: bool = False,
 ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
     """One model call at a grid point: ``(prediction, x0, eps)``, each ``[B, ...]``.
 
@@ -271,6 +273,10 @@ def denoise(
     ``guide`` may change (:mod:`diffjax.samplers.guidance`); with ``clip_x0`` the x0-prediction
     is then clipped to [-1, 1] and eps re-derived from it, so the step stays on the line
     through x. ``prediction`` is the network's raw output, before the guide and the clip.
+
+    A ``learned_variance`` network returns ``[B, ..., 2 C]``, the prediction and then its
+    variance values (:func:`diffjax.diffusion.split_learned_variance`): x0 and eps (and so the
+    guide) come from the first half only; ``prediction`` is the whole output.
 
     Args:
       model: ``model(x_in [B, ...], t_in [B]) -> prediction``.
@@ -283,6 +289,7 @@ def denoise(
       guide: ``guide(x_t, t, alpha, sigma, x0_hat, eps_hat) -> (x0_hat, eps_hat)``, or None;
         one that :func:`takes_denoiser` also gets ``denoiser=``, x -> (x0_hat, eps_hat) of the
         network at this point, to differentiate through.
+      learned_variance: the network also returns variance values (above).
 
     Raises:
       ValueError: the model returned another shape (raised while tracing).
@@ -291,19 +298,24 @@ def denoise(
     t_batch = jnp.full((x.shape[0],), model_time, dtype=jnp.asarray(model_time).dtype)
 
     def network(x: jnp.ndarray) -> jnp.ndarray:
-        prediction = model(x if scale is None else x * scale, t_batch)
-        if getattr(prediction, "shape", None) != x.shape:
+        output = model(x if scale is None else x * scale, t_batch)
+        if learned_variance:
+            split_learned_variance(output, x.shape)
+        elif getattr(output, "shape", None) != x.shape:
             raise ValueError(
-                f"model_fn returned shape {getattr(prediction, 'shape', type(prediction))}; "
+                f"model_fn returned shape {getattr(output, 'shape', type(output))}; "
                 f"expected the shape of x_t, {x.shape}."
             )
-        return prediction.astype(x.dtype)
+        return output.astype(x.dtype)
+
+    def mean_part(output: jnp.ndarray) -> jnp.ndarray:
+        return split_learned_variance(output, x.shape)[0] if learned_variance else output
 
     def denoiser(x: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
-        return predictions.to_x0_eps(prediction_type, network(x), x, m)
+        return predictions.to_x0_eps(prediction_type, mean_part(network(x)), x, m)
 
     prediction = network(x)
-    x0, eps = predictions.to_x0_eps(prediction_type, prediction, x, m)
+    x0, eps = predictions.to_x0_eps(prediction_type, mean_part(prediction), x, m)
     if guide is not None:
         if time is None:
             raise ValueError("denoise with a guide needs the point's process time.")

@@ -24,7 +24,7 @@ import numpy as np
 from jax.typing import DTypeLike
 
 from diffjax import predictions
-from diffjax.diffusion import VARIANCE_TYPES
+from diffjax.diffusion import VARIANCE_TYPES, learned_range_log_variance, split_learned_variance
 from diffjax.processes import check_process, is_discrete
 from diffjax.samplers.common import denoise
 from diffjax.samplers.grids import Grid, check_defined_start
@@ -68,34 +68,51 @@ def respace_schedule(schedule: DiffusionSchedule, timesteps: np.ndarray) -> Diff
     return make_schedule(_respaced_betas(schedule, timesteps))
 
 
+def _step_variance(coefficients, prediction, x, learned_variance):
+    """The step's variance: the chain's fixed one, or Improved DDPM's learned interpolation
+    between log beta~ and log beta of the chain, from the output's variance values."""
+    if not learned_variance:
+        return coefficients["variance"]
+    _, values = split_learned_variance(prediction, x.shape)
+    return jnp.exp(
+        learned_range_log_variance(values, coefficients["min_log"], coefficients["max_log"])
+    )
+
+
 def _mean_guided_step(model, step, x, settings):
     """guided-diffusion's ``condition_mean``: the posterior mean of the unguided x0_hat, shifted
     by the variance times the guide's score change, -(eps_guided - eps_hat) / sigma."""
     point = step.current
     m = point.marginal
+    learned_variance = settings.static["learned_variance"]
     prediction, _, guided_eps = denoise(
         model.model, settings.prediction_type, m, point.model_time, x, False, time=point.time,
-        guide=model.guide,
+        guide=model.guide, learned_variance=learned_variance,
     )  # fmt: skip
-    x0, eps = predictions.to_x0_eps(settings.prediction_type, prediction, x, m)
+    mean_prediction = (
+        split_learned_variance(prediction, x.shape)[0] if learned_variance else prediction
+    )
+    x0, eps = predictions.to_x0_eps(settings.prediction_type, mean_prediction, x, m)
     if settings.clip_x0:
         x0 = jnp.clip(x0, -1.0, 1.0)
     coefficients = step.coefficients
+    variance = _step_variance(coefficients, prediction, x, learned_variance)
     score_change = (eps - guided_eps) / m.sigma
     mean = coefficients["coef_x0"] * x0 + coefficients["coef_x"] * x
-    return mean + coefficients["variance"] * score_change, x0
+    return mean + variance * score_change, x0, variance
 
 
 def _ddpm_body(model, process, x, carry, step, noise_key, settings, options):
     coefficients = step.coefficients
     if settings.static["guidance_form"] == "mean" and model.guide is not None:
-        mean, x0 = _mean_guided_step(model, step, x, settings)
+        mean, x0, variance = _mean_guided_step(model, step, x, settings)
     else:
-        _, x0, _ = settings.denoise(model, step.current, x)
+        prediction, x0, _ = settings.denoise(model, step.current, x)
         mean = coefficients["coef_x0"] * x0 + coefficients["coef_x"] * x
+        variance = _step_variance(coefficients, prediction, x, settings.static["learned_variance"])
     noise = settings.noise(noise_key, step)
     # Algorithm 2, line 4: z = 0 at the last step.
-    noise_scale = jnp.where(step.next.marginal.sigma > 0, jnp.sqrt(coefficients["variance"]), 0.0)
+    noise_scale = jnp.where(step.next.marginal.sigma > 0, jnp.sqrt(variance), 0.0)
     return mean + noise_scale * noise, carry, x0
 
 
@@ -133,7 +150,7 @@ def ddpm_plan(
         constants = schedule_constants(_respaced_betas(process, timesteps))
         chain = {name: np.float64(np.float32(value)) for name, value in constants.items()}
     chain_index = np.arange(num_steps - 1, -1, -1)
-    if variance == "small":
+    if variance != "large":
         variances = chain["posterior_variance"]
     elif num_steps == 1:
         variances = chain["betas"]
@@ -161,10 +178,16 @@ def ddpm_plan(
             coef_x0=chain["posterior_mean_coef1"][chain_index],
             coef_x=chain["posterior_mean_coef2"][chain_index],
             variance=variances[chain_index],
+            # Improved DDPM's bounds of the learned log-variance, of the chain's own betas.
+            min_log=chain["posterior_log_variance_clipped"][chain_index],
+            max_log=np.log(chain["betas"])[chain_index],
         ),
         prediction_type=prediction_type,
         variance_preserving=True,
-        static=(("guidance_form", guidance_form),),
+        static=(
+            ("guidance_form", guidance_form),
+            ("learned_variance", variance == "learned_range"),
+        ),
     )
 
 
@@ -197,7 +220,14 @@ def ddpm_sample(
         per-step noise.
       shape: ``(B, ...)`` of the samples.
       prediction_type: ``'eps' | 'x0' | 'v' | 'edm'``.
-      variance: ``'small'`` (posterior beta~_t) or ``'large'`` (beta_t): Ho et al. Sec. 3.2.
+      variance: ``'small'`` (posterior beta~_t) or ``'large'`` (beta_t): Ho et al. Sec. 3.2;
+        ``'learned_range'``: ``model_fn`` returns ``[B, ..., 2 C]``, the prediction and then
+        variance values v, and the step's variance is Improved DDPM's
+        exp(v' log beta_t + (1 - v') log beta~_t), v' = (v + 1) / 2, of the (respaced) chain
+        (Nichol & Dhariwal 2021, eq. 15; :func:`diffjax.diffusion.learned_range_log_variance`).
+        A guide changes the prediction's half only; classifier-free guidance of such a network
+        guides the prediction channels and keeps the conditional variance
+        (:func:`diffjax.models.make_model_fn`).
       clip_x0: clip the x0-prediction to [-1, 1] before forming the posterior mean.
       num_steps: None for all T steps, else a respaced chain of S <= T steps
         (:func:`respace_schedule`, needs a concrete schedule).

@@ -66,7 +66,7 @@ from diffjax.processes import (
     is_discrete,
     marginal,
 )
-from diffjax.samplers.common import as_model_pytree, takes_denoiser
+from diffjax.samplers.common import as_model_pytree, check_flag, takes_denoiser
 from diffjax.samplers.input_gradient import input_gradient
 
 __all__ = [
@@ -106,7 +106,9 @@ def _check_cond_batch(cond: Any, null: Any, batch: int) -> None:
             )
 
 
-def _guided_prediction(conditional_model, cond, null, guidance_scale, x_t, t):
+def _both_predictions(conditional_model, cond, null, x_t, t):
+    """The conditional and the unconditional prediction, from one batched call on
+    ``[x_t; x_t]`` with ``[cond; null]``."""
     batch = x_t.shape[0]
     _check_cond_batch(cond, null, batch)
 
@@ -117,9 +119,23 @@ def _guided_prediction(conditional_model, cond, null, guidance_scale, x_t, t):
     predictions = conditional_model(
         jnp.concatenate([x_t, x_t]), jnp.concatenate([t, t]), jax.tree.map(both, cond, null)
     )
-    conditional, unconditional = jnp.split(predictions, 2)
-    scale = guidance_scale.astype(predictions.dtype)
+    return jnp.split(predictions, 2)
+
+
+def _guided_prediction(conditional_model, cond, null, guidance_scale, x_t, t):
+    conditional, unconditional = _both_predictions(conditional_model, cond, null, x_t, t)
+    scale = guidance_scale.astype(conditional.dtype)
     return unconditional + scale * (conditional - unconditional)
+
+
+def _guided_prediction_learned_variance(conditional_model, cond, null, guidance_scale, x_t, t):
+    """Guidance of the prediction half of a learned-variance output ``[B, ..., 2 C]`` (its
+    first C channels); the variance half is the conditional prediction's."""
+    conditional, unconditional = _both_predictions(conditional_model, cond, null, x_t, t)
+    scale = guidance_scale.astype(conditional.dtype)
+    guided = unconditional + scale * (conditional - unconditional)
+    channels = x_t.shape[-1]
+    return jnp.concatenate([guided[..., :channels], conditional[..., channels:]], axis=-1)
 
 
 def _check_labels(labels: Any, num_classes: Any) -> jnp.ndarray:
@@ -169,6 +185,7 @@ def classifier_free_guidance(
     num_classes: int | None = None,
     *,
     null_cond: Any = None,
+    learned_variance: bool = False,
 ) -> jax.tree_util.Partial:
     """Turns a conditional model into a guided ``model_fn(x_t, t)`` (Ho & Salimans 2022, eq. 6).
 
@@ -182,6 +199,10 @@ def classifier_free_guidance(
         ``num_classes`` (a label of ``num_classes`` gives an unconditional sample in that row).
       null_cond: the null condition, of the structure of ``cond``; each leaf ``[B, ...]`` or
         ``[1, ...]`` (broadcast). Give it, or ``num_classes``.
+      learned_variance: the model returns ``[N, ..., 2 C]``, its prediction and then variance
+        values (Improved DDPM, DiT): only the prediction's C channels are guided, the variance
+        values are the conditional model's (as DiT's sampling does, without its guidance of 3
+        of the 4 eps channels).
 
     Returns:
       ``guided(x_t [B, ...], t [B]) -> prediction [B, ...]``, a
@@ -212,7 +233,9 @@ def classifier_free_guidance(
         )
     scale = jnp.asarray(checked_guidance_scale(guidance_scale), jnp.float32)
     return jax.tree_util.Partial(
-        _guided_prediction,
+        _guided_prediction_learned_variance
+        if check_flag(learned_variance, "learned_variance")
+        else _guided_prediction,
         model,
         jax.tree.map(jnp.asarray, cond),
         jax.tree.map(jnp.asarray, null_cond),

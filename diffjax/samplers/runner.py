@@ -111,6 +111,7 @@ class BodySettings(NamedTuple):
         return denoise(
             denoiser.model, self.prediction_type, point.marginal, point.model_time, x,
             self.clip_x0, time=point.time, guide=denoiser.guide,
+            learned_variance=self.static.get("learned_variance", False),
         )  # fmt: skip
 
     def noise(self, noise_key: jax.Array, step: Step) -> jnp.ndarray:

@@ -120,6 +120,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.diffusion.min_snr_gamma = 5.0
     # Per-channel offset noise scale (Guttenberg 2023); 0 disables it.
     config.diffusion.offset_noise = 0.0
+    # lambda of Improved DDPM's hybrid loss L_simple + lambda L_vlb for a network with a learned
+    # variance (DiT's learn_sigma; 0.001 in Nichol & Dhariwal 2021 and DiT); 0: L_simple.
+    config.diffusion.vlb_weight = 0.0
     # Training times of a continuous process: 'uniform' (on [1e-5, 1]), 'logit_normal' and
     # 'mode' (SD3), 'edm_lognormal' (EDM's noise levels), 'constant' (one-step distillation,
     # python -m diffjax.reflow --distill); a discrete schedule uses 'uniform'.

@@ -248,7 +248,7 @@ def _check_model(values: Mapping[str, Any]) -> None:
 
 
 def _check_diffusion(values: Mapping[str, Any]) -> Any:
-    from diffjax.losses import LOSS_WEIGHTINGS
+    from diffjax.losses import LOSS_WEIGHTINGS, check_vlb_weight
     from diffjax.predictions import PREDICTION_TYPES, check_prediction_supported
 
     _expect(values, "diffusion.num_timesteps", lambda v: v >= 2, "be >= 2")
@@ -256,7 +256,12 @@ def _check_diffusion(values: Mapping[str, Any]) -> Any:
     _check_choice(values, "diffusion.loss_weighting", LOSS_WEIGHTINGS)
     _expect(values, "diffusion.min_snr_gamma", lambda v: v > 0, "be > 0")
     _expect(values, "diffusion.offset_noise", lambda v: v >= 0, "be >= 0")
+    _expect(values, "diffusion.vlb_weight", lambda v: v >= 0, "be >= 0")
     process = build_process(values["diffusion"])
+    try:
+        check_vlb_weight(values["diffusion"]["vlb_weight"], process)
+    except ValueError as error:
+        raise ConfigError(f"config.diffusion.vlb_weight: {error}") from error
     try:
         check_prediction_supported(values["diffusion"]["prediction_type"], process)
     except ValueError as error:

@@ -23,6 +23,7 @@ from diffjax.weights.key_tables import (
     conv_kernel,
     linear_kernel,
 )
+from diffjax.weights.state_dict import load_state_dict
 from diffjax.weights.torch_checkpoint import (
     UnsupportedCheckpointError,
     load_torch_checkpoint,
@@ -42,6 +43,7 @@ __all__ = [
     "default_weights_dir",
     "host_reachable",
     "linear_kernel",
+    "load_state_dict",
     "load_torch_checkpoint",
     "read_torch_state_dict",
     "resolve_weights",

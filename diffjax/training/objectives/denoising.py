@@ -15,7 +15,13 @@ from diffjax.losses import (
     denoising_loss,
     get_time_sampler,
 )
-from diffjax.models.conditioning import drop_cond, make_model_fn, null_cond, select_cond
+from diffjax.models.conditioning import (
+    drop_cond,
+    learned_variance,
+    make_model_fn,
+    null_cond,
+    select_cond,
+)
 from diffjax.predictions import check_prediction_supported
 from diffjax.processes import check_process, is_discrete
 from diffjax.training.objectives.base import LossFn, Objective, ObjectiveContext, ObjectiveEntry
@@ -34,6 +40,7 @@ def make_denoising_loss(
     time_sampler: TimeSampler | None = None,
     cond_dropout: float = 0.0,
     codec: Any = None,
+    vlb_weight: float = 0.0,
 ) -> LossFn:
     """The denoising loss of :func:`diffjax.losses.denoising_loss` as a train-step ``loss_fn``.
 
@@ -55,6 +62,8 @@ def make_denoising_loss(
       time_sampler: training times for a continuous process (default uniform).
       cond_dropout: probability of training an example unconditionally.
       codec: the model space (:mod:`diffjax.codecs`; default pixel space).
+      vlb_weight: lambda of the hybrid loss for a network with a learned variance
+        (:func:`diffjax.losses.denoising_loss`); > 0 exactly when the network has one.
 
     Returns:
       ``loss_fn(params, frozen, batch, key, train) -> (loss, {'mse': ...})``. ``batch`` holds
@@ -81,6 +90,13 @@ def make_denoising_loss(
             f"cond_dropout={cond_dropout} drops the condition, but {type(module).__name__} reads "
             f"none (cond_keys=()); an unconditional network has nothing to drop."
         )
+    if learned_variance(module) != (vlb_weight > 0):
+        raise ValueError(
+            f"{type(module).__name__} {'has' if learned_variance(module) else 'has no'} learned "
+            f"variance but vlb_weight={vlb_weight}: a learned variance trains only through "
+            f"the hybrid loss's bound term (config.diffusion.vlb_weight > 0; Improved DDPM and "
+            f"DiT: 0.001), and the term needs one (config.model.learn_sigma)."
+        )
     codec = IdentityCodec() if codec is None else codec
 
     def loss_fn(params, frozen, batch, key, train):
@@ -105,7 +121,7 @@ def make_denoising_loss(
         loss, aux = denoising_loss(
             model_fn, process, x0, loss_key, prediction_type=prediction_type,
             weighting=weighting, min_snr_gamma=min_snr_gamma, offset_noise=offset_noise,
-            time_sampler=time_sampler, noise=batch.get("noise"),
+            time_sampler=time_sampler, noise=batch.get("noise"), vlb_weight=vlb_weight,
         )  # fmt: skip
         return loss, dict(mse=jnp.mean(aux["mse"]))
 
@@ -136,6 +152,7 @@ def _build_denoising(context: ObjectiveContext) -> Objective:
             time_sampler=time_sampler,
             cond_dropout=context.values["training"]["cond_dropout"],
             codec=context.codec,
+            vlb_weight=diffusion["vlb_weight"],
         )
     )
 
