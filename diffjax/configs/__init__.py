@@ -17,6 +17,7 @@ configs/fashion_mnist.py``), each of which imports its module from here.
 ``fashion_mnist_classifier``   a noisy classifier of the default recipe's process (guidance; CPU)
 ``fashion_mnist_lora``         a LoRA of the default run's frozen weights (CPU)
 ``fashion_mnist_controlnet``   a ControlNet of the default run on Sobel edge maps (CPU)
+``fashion_mnist_dit``          the default recipe with a pixel-space DiT at its training FLOPs
 ``circles``                    coloured circles, ControlNet's toy data, unconditional (CPU)
 ``circles_controlnet``         a ControlNet of the circles run on their outlines (CPU)
 ``cifar10``                    the DDPM paper's CIFAR-10 run (GPU/TPU)
@@ -46,7 +47,7 @@ __all__ = ["DISTILL_RECIPES", "RECIPES", "get_config"]
 RECIPES: tuple[str, ...] = (
     "base", "fashion_mnist", "fashion_mnist_ddpm", "fashion_mnist_edm", "fashion_mnist_modern",
     "fashion_mnist_autoencoder", "fashion_mnist_latent", "fashion_mnist_classifier",
-    "fashion_mnist_lora", "fashion_mnist_controlnet", "circles", "circles_controlnet",
+    "fashion_mnist_lora", "fashion_mnist_controlnet", "fashion_mnist_dit", "circles", "circles_controlnet",
     "cifar10_autoencoder", "cifar10_latent", "cifar10", "cifar10_cond", "test",
 )  # fmt: skip
 DISTILL_RECIPES: tuple[str, ...] = ("fashion_mnist_distill", "cifar10_distill")
