@@ -243,3 +243,64 @@ def test_rectified_flow_training_lowers_the_loss():
     # near 2 and the fixed batch (same t and noise every step) is fitted.
     assert 1.0 < losses[0] < 3.0 and losses[-1] < 0.9 * losses[0], losses
     assert np.abs(np.asarray(params["transformer_blocks_0"]["norm1"]["linear"]["kernel"])).max() > 0
+
+
+def _text_arrays(split: str, image_size: int) -> tuple[dict, None]:
+    """32 images whose brightness is the context's mean, with their text-like embeddings."""
+    rng = np.random.default_rng(0 if split == "train" else 1)
+    count = 32
+    context = rng.normal(size=(count, 3, 12)).astype(np.float32)
+    pooled = context.mean(axis=1)[:, :10]
+    images = np.tanh(context.mean(axis=(1, 2)))[:, None, None, None]
+    images = images + 0.1 * rng.normal(size=(count, image_size, image_size, 1))
+    return {
+        "image": images.astype(np.float32),
+        "cond": {"context": context, "pooled": pooled},
+    }, None
+
+
+def test_the_registered_mmdit_trains_and_samples_with_the_training_program(tmp_path):
+    """A rectified flow on a dataset of (image, context, pooled) through the program, sampled
+    with classifier-free guidance on both keys."""
+    from train_helpers import fast_compiles, make_test_config
+
+    from diffjax.data import pipeline
+    from diffjax.models import default_model_config
+    from diffjax.training import loop
+    from diffjax.training.run_sampling import sample_run
+    from diffjax.training.trained_run import load_trained_run
+
+    pipeline.register_dataset("mmdit_text_toy", _text_arrays)
+    config = make_test_config(None)
+    config.data.name, config.eval.split = "mmdit_text_toy", "test"
+    config.model = default_model_config("mmdit")
+    model = config.model
+    model.hidden_size, model.depth, model.num_heads = 16, 2, 2
+    model.joint_attention_dim, model.pooled_projection_dim = 12, 10
+    model.sample_size, model.pos_embed_max_size, model.qk_norm = 8, 4, "rms_norm"
+    config.diffusion.process, config.diffusion.prediction_type = "rectified_flow", "flow"
+    config.diffusion.time_sampler = "logit_normal"
+    config.sampling.sampler, config.training.cond_dropout = "flow_euler", 0.2
+    with fast_compiles():
+        state = loop.train_and_evaluate(config, str(tmp_path / "run"))
+        run = load_trained_run(str(tmp_path / "run"))
+        images = sample_run(run, 2, num_steps=3, guidance_scale=2.0)
+    assert isinstance(run.model, MMDiT) and run.model.cond_keys == ("context", "pooled")
+    assert images.shape == (2, 8, 8, 1) and np.all(np.isfinite(images))
+    # Zero-initialised output layer: training moved it.
+    assert np.abs(np.asarray(state.params["proj_out"]["kernel"])).max() > 0
+
+
+def test_the_registry_refuses_class_labels_and_too_large_images():
+    from diffjax.errors import ConfigError
+    from diffjax.models import build_model, default_model_config
+
+    config = default_model_config("mmdit")
+    config.num_classes = 10
+    with pytest.raises(ValueError, match="conditioned on text .* num_classes=10"):
+        build_model(config)
+    from diffjax.models.registry import model_entry
+
+    config.num_classes = None
+    with pytest.raises((ValueError, ConfigError), match="at most pos_embed_max_size"):
+        model_entry("mmdit").check_input_shape(build_model(config), (128, 128, 4))

@@ -35,6 +35,7 @@ from diffjax.models.controlnet import (
     controlnet_fields,
 )
 from diffjax.models.dit import DiT
+from diffjax.models.mmdit import MMDiT
 from diffjax.models.unet import (
     UNet,
     check_attn_resolutions,
@@ -276,6 +277,65 @@ def _check_dit_input(model: DiT, image_shape: tuple[int, ...]) -> None:
         )
 
 
+def _mmdit_defaults() -> dict[str, Any]:
+    # A DiT-S-sized MMDiT; SD3 medium is hidden_size=1536, depth=24, num_heads=24 (MMDiT's
+    # defaults; its published weights load with diffjax.models.from_pretrained).
+    return dict(
+        patch_size=2,
+        hidden_size=384,
+        depth=12,
+        num_heads=6,
+        # None: the input's channels.
+        out_channels=config_dict.placeholder(int),
+        # The widths of cond['context'] [B, L, D] and cond['pooled'] [B, P] (the text encoder's).
+        joint_attention_dim=768,
+        pooled_projection_dim=768,
+        # The training image side (positions span sample_size // patch_size patches as the
+        # unit range) and the position grid's side in patches, which must cover every input.
+        sample_size=32,
+        pos_embed_max_size=32,
+        # None or 'rms_norm' (SD3.5's per-head RMSNorm of queries and keys).
+        qk_norm=config_dict.placeholder(str),
+        # Blocks with SD3.5's second self-attention on the image tokens.
+        dual_attention_layers=(),
+        remat=False,
+    )
+
+
+def _build_mmdit(config: Mapping[str, Any]) -> MMDiT:
+    if config["num_classes"] is not None:
+        raise ValueError(
+            f"the MMDiT is conditioned on text (cond['context'], cond['pooled']), not on "
+            f"class labels; got num_classes={config['num_classes']}."
+        )
+    return MMDiT(
+        patch_size=config["patch_size"],
+        hidden_size=config["hidden_size"],
+        depth=config["depth"],
+        num_heads=config["num_heads"],
+        in_channels=None,
+        out_channels=config["out_channels"],
+        joint_attention_dim=config["joint_attention_dim"],
+        pooled_projection_dim=config["pooled_projection_dim"],
+        sample_size=config["sample_size"],
+        pos_embed_max_size=config["pos_embed_max_size"],
+        qk_norm=config["qk_norm"],
+        dual_attention_layers=tuple(config["dual_attention_layers"]),
+        remat=config["remat"],
+        dtype=DTYPES[config["dtype"]],
+        param_dtype=DTYPES[config["param_dtype"]],
+    )
+
+
+def _check_mmdit_input(model: MMDiT, image_shape: tuple[int, ...]) -> None:
+    p, size = model.patch_size, model.pos_embed_max_size
+    if len(image_shape) not in (2, 3) or any(s % p or s // p > size for s in image_shape[:2]):
+        raise ValueError(
+            f"the MMDiT takes images (H, W, C) with H and W multiples of patch_size={p} and at "
+            f"most pos_embed_max_size * patch_size = {size * p}, got {image_shape}."
+        )
+
+
 def _classifier_defaults() -> dict[str, Any]:
     # config.model.num_classes is the number of classes the classifier predicts (required).
     return dict(
@@ -374,6 +434,11 @@ _UNET_STATE_KEYS = (
     "flip_sin_to_cos", "freq_shift", "downsample_padding",
 )  # fmt: skip
 
+_MMDIT_STATE_KEYS = (
+    "patch_size", "hidden_size", "depth", "num_heads", "out_channels", "joint_attention_dim",
+    "pooled_projection_dim", "qk_norm", "dual_attention_layers",
+)  # fmt: skip
+
 _DIT_STATE_KEYS = (
     "patch_size", "hidden_size", "depth", "num_heads", "mlp_ratio", "out_channels", "learn_sigma",
     "time_freq_shift", "scan_blocks",
@@ -397,6 +462,12 @@ MODELS: dict[str, ModelEntry] = {
         build=_build_dit,
         check_input_shape=_check_dit_input,
         state_keys=_DIT_STATE_KEYS,
+    ),
+    "mmdit": ModelEntry(
+        defaults=_mmdit_defaults,
+        build=_build_mmdit,
+        check_input_shape=_check_mmdit_input,
+        state_keys=_MMDIT_STATE_KEYS,
     ),
     "dit_controlnet": ModelEntry(
         defaults=_dit_controlnet_defaults,
