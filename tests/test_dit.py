@@ -73,6 +73,19 @@ def test_save_pretrained_writes_diffusers_layout_back(tmp_path):
     assert from_pretrained(tmp_path)[0] == module
 
 
+def test_a_pixel_space_dit_with_a_learned_variance_round_trips_a_diffusers_folder(tmp_path):
+    model = DiT(patch_size=2, hidden_size=16, depth=1, num_heads=2, num_classes=3,
+                in_channels=3, learn_sigma=True, sample_size=8)  # fmt: skip
+    x, t, cond = jnp.zeros((1, 8, 8, 3)), jnp.zeros((1,)), {"label": jnp.zeros((1,), jnp.int32)}
+    params = model.init(jax.random.key(0), x, t, cond)["params"]
+    save_pretrained(model, params, tmp_path)
+    loaded, loaded_params = from_pretrained(tmp_path)
+    assert loaded == model
+    jax.tree.map(np.testing.assert_array_equal, loaded_params, params)
+    with pytest.raises(ValueError, match="C = in_channels=3"):
+        loaded.apply({"params": loaded_params}, jnp.zeros((1, 8, 8, 4)), t, cond)
+
+
 def test_embedder_copies_that_differ_are_refused(tmp_path):
     shutil.copy(os.path.join(FIXTURE, "config.json"), tmp_path)
     state = load_file(os.path.join(FIXTURE, WEIGHTS))

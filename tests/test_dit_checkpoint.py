@@ -73,8 +73,8 @@ def test_the_config_is_read_off_the_shapes(state):
     assert config == {key: published[key] for key in config}
     module, _ = dit_from_state_dict(state, num_heads=HEADS)
     assert module == DiT(
-        patch_size=2, hidden_size=16, depth=2, num_heads=2, num_classes=10, learn_sigma=True,
-        sample_size=8, mlp_norm_epsilon=1e-6, time_freq_shift=0.0,
+        patch_size=2, hidden_size=16, depth=2, num_heads=2, num_classes=10, in_channels=4,
+        learn_sigma=True, sample_size=8, mlp_norm_epsilon=1e-6, time_freq_shift=0.0,
     )  # fmt: skip
 
 
@@ -177,5 +177,5 @@ def test_the_key_table_names_the_published_dit_xl_2_keys():
     }
     config = facebookresearch_dit_config(_shapes_only(1152, depth=28))
     module = dit_from_diffusers_config(config)
-    assert module == DiT(sample_size=32, learn_sigma=True)  # DiT-XL/2 at 256x256
+    assert module == DiT(sample_size=32, in_channels=4, learn_sigma=True)  # DiT-XL/2 at 256x256
     assert {rule.torch_key for rule in facebookresearch_key_table(module)} == keys

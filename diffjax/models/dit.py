@@ -243,6 +243,8 @@ class DiT(nn.Module):
       mlp_ratio: the MLP's hidden width over D.
       num_classes: enables class conditioning on ``cond['label']`` (``num_classes + 1``
         embedding rows; ``num_classes`` is the null label); None: unconditional.
+      in_channels: the input's channels C, checked against ``x``; None: any (published
+        weights set it, so their key table has the input convolution's shape).
       out_channels: output channels; None: the input's (``2 C`` with ``learn_sigma``).
       learn_sigma: also output Improved DDPM's variance values (the published models): the
         output is ``[B, H, W, 2 C]``, the prediction then the values
@@ -270,6 +272,7 @@ class DiT(nn.Module):
     num_heads: int = 16
     mlp_ratio: float = 4.0
     num_classes: int | None = 1000
+    in_channels: int | None = None
     out_channels: int | None = None
     learn_sigma: bool = False
     sample_size: int | None = None
@@ -343,10 +346,14 @@ class DiT(nn.Module):
         Returns:
           ``(h, c)``: tokens ``[B, N, D]`` and the conditioning vector ``[B, D]``.
         """
-        if x.ndim != 4 or x.shape[1] % self.patch_size or x.shape[2] % self.patch_size:
+        if (
+            x.ndim != 4 or x.shape[1] % self.patch_size or x.shape[2] % self.patch_size
+            or x.shape[-1] != (self.in_channels or x.shape[-1])
+        ):  # fmt: skip
             raise ValueError(
                 f"x must be [B, H, W, C] with H and W multiples of patch_size="
-                f"{self.patch_size}, got shape {x.shape}."
+                f"{self.patch_size} and C = in_channels={self.in_channels} when set, got shape "
+                f"{x.shape}."
             )
         batch, height, width, _ = x.shape
         p, common = self.patch_size, dict(dtype=self.dtype, param_dtype=self.param_dtype)

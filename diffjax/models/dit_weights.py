@@ -128,6 +128,7 @@ def dit_from_diffusers_config(config: Mapping[str, Any], **overrides: Any) -> Di
         depth=int(config.get("num_layers", 28)),
         num_heads=heads,
         num_classes=int(config.get("num_embeds_ada_norm", 1000)),
+        in_channels=in_channels,
         out_channels=None if learn_sigma or out_channels == in_channels else out_channels,
         learn_sigma=learn_sigma,
         sample_size=int(config.get("sample_size", 32)),
@@ -169,7 +170,7 @@ def dit_key_table(module: DiT, params: Any | None = None) -> list[KeyRule]:
     block 0's copy."""
     if params is None:
         side = module.patch_size * 2
-        x = jnp.zeros((1, side, side, 4), jnp.float32)
+        x = jnp.zeros((1, side, side, module.in_channels or 4), jnp.float32)
         cond = {} if module.num_classes is None else {"label": jnp.zeros((1,), jnp.int32)}
         params = jax.eval_shape(lambda: module.init(jax.random.key(0), x, 0, cond)["params"])
     rules = []
