@@ -72,8 +72,8 @@ def test_save_pretrained_writes_diffusers_layout_back(tmp_path):
     module, params = from_pretrained(FIXTURE)
     save_pretrained(module, params, tmp_path)
     original, written = load_file(os.path.join(FIXTURE, WEIGHTS)), load_file(tmp_path / WEIGHTS)
-    # The position buffer is recomputed from the config on both sides (mmdit_weights).
-    assert sorted(written) == sorted(key for key in original if key != POSITION_BUFFER)
+    # Every tensor, the position buffer (computed from the config) included, as diffusers wrote.
+    assert sorted(written) == sorted(original)
     for key, value in written.items():
         np.testing.assert_array_equal(value, original[key])
     with open(os.path.join(FIXTURE, "config.json")) as file:

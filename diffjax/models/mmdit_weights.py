@@ -6,8 +6,8 @@ for the embedders' ``linear_1`` / ``linear_2``, which diffusers spells with an u
 file's ``pos_embed.pos_embed`` is a buffer, the fixed sin-cos table that diffusers' constructor
 computes from the config (:data:`POSITION_BUFFER`): diffjax computes the same table
 (:func:`~diffjax.models.mmdit.sd3_positions`), so loading skips it and
-:func:`~diffjax.models.save_pretrained` does not write it (diffusers recomputes it, logging that
-it was "newly initialized").
+:func:`~diffjax.models.save_pretrained` writes that table (:func:`add_position_buffer`), as
+diffusers' own files hold it.
 """
 
 from __future__ import annotations
@@ -16,13 +16,15 @@ from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from diffjax.models.diffusers_weights import key_table
-from diffjax.models.mmdit import QK_NORMS, MMDiT
+from diffjax.models.mmdit import QK_NORMS, MMDiT, sd3_positions
 from diffjax.weights.key_tables import KeyRule
 
 __all__ = [
     "POSITION_BUFFER",
+    "add_position_buffer",
     "diffusers_config_of_mmdit",
     "mmdit_from_diffusers_config",
     "mmdit_key_table",
@@ -134,3 +136,11 @@ def mmdit_key_table(module: MMDiT, params: Any | None = None) -> list[KeyRule]:
                 rule = rule._replace(torch_key=rule.torch_key.replace(indexed, name))
         rules.append(rule)
     return rules
+
+
+def add_position_buffer(state: Mapping[str, np.ndarray], module: MMDiT) -> dict[str, np.ndarray]:
+    """``state`` with diffusers' position table buffer ``[1, pos_embed_max_size^2, D]``
+    (:data:`POSITION_BUFFER`), computed from the module's configuration."""
+    size = module.pos_embed_max_size
+    table = sd3_positions(module.hidden_size, size, module.sample_size // module.patch_size)
+    return {**state, POSITION_BUFFER: np.asarray(table, np.float32)[None]}

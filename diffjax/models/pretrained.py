@@ -67,7 +67,7 @@ def _same(state: dict[str, np.ndarray], rules: list[KeyRule]) -> dict[str, np.nd
     return state
 
 
-def _same_out(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _same_out(state: dict[str, np.ndarray], module: nn.Module) -> dict[str, np.ndarray]:
     return state
 
 
@@ -82,7 +82,8 @@ class Architecture(NamedTuple):
       weights_name: the weights file ``save_pretrained`` writes.
       read_state: adapts a published state dict before the key table applies (older names,
         fused projections); ``(state, rules) -> state``.
-      write_state: its inverse for ``save_pretrained``.
+      write_state: its inverse for ``save_pretrained``, ``(state, module) -> state`` (the
+        module for buffers computed from its configuration).
       ignored: tensors a published file may carry that are not parameters (buffers).
     """
 
@@ -91,7 +92,7 @@ class Architecture(NamedTuple):
     key_table: Callable[[nn.Module, Any], list[KeyRule]]
     weights_name: str = "diffusion_pytorch_model.safetensors"
     read_state: Callable[[dict, list], dict] = _same
-    write_state: Callable[[dict], dict] = _same_out
+    write_state: Callable[[dict, nn.Module], dict] = _same_out
     ignored: Callable[[str], bool] = lambda key: False
 
 
@@ -110,7 +111,7 @@ _UNET = Architecture(
     config_of=_unet_config_of,
     key_table=unet_weights.unet_key_table,
     read_state=_read_unet_state,
-    write_state=unet_weights.split_attention_projections,
+    write_state=lambda state, module: unet_weights.split_attention_projections(state),
 )
 
 
@@ -140,14 +141,14 @@ ARCHITECTURES: dict[str, Architecture] = {
         ),
         key_table=dit_weights.dit_key_table,
         read_state=lambda state, rules: dit_weights.drop_embedder_copies(state),
-        write_state=dit_weights.add_embedder_copies,
+        write_state=lambda state, module: dit_weights.add_embedder_copies(state),
     ),
     "ControlNetModel": Architecture(
         build=controlnet_weights.controlnet_from_diffusers_config,
         config_of=_controlnet_config_of,
         key_table=controlnet_weights.controlnet_key_table,
         read_state=controlnet_weights.read_controlnet_state,
-        write_state=unet_weights.split_attention_projections,
+        write_state=lambda state, module: unet_weights.split_attention_projections(state),
     ),
     "SD3Transformer2DModel": Architecture(
         build=mmdit_weights.mmdit_from_diffusers_config,
@@ -155,6 +156,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             module, int(params["pos_embed"]["proj"]["kernel"].shape[2])
         ),
         key_table=mmdit_weights.mmdit_key_table,
+        write_state=mmdit_weights.add_position_buffer,
         ignored=lambda key: key == mmdit_weights.POSITION_BUFFER,
     ),
     "CLIPTextModel": Architecture(
@@ -314,7 +316,7 @@ def state_dict_from_params(
         state[rule.torch_key] = np.ascontiguousarray(
             _TO_TORCH.get(rule.transform, np.asarray)(value)
         )
-    return architecture.write_state(state)
+    return architecture.write_state(state, module)
 
 
 def save_pretrained(
