@@ -179,3 +179,12 @@ def test_the_key_table_names_the_published_dit_xl_2_keys():
     module = dit_from_diffusers_config(config)
     assert module == DiT(sample_size=32, in_channels=4, learn_sigma=True)  # DiT-XL/2 at 256x256
     assert {rule.torch_key for rule in facebookresearch_key_table(module)} == keys
+
+
+def test_from_pretrained_reads_the_checkpoint_file(expected):
+    module, params = from_pretrained(CHECKPOINT)
+    direct_module, direct_params = dit_from_checkpoint(CHECKPOINT)
+    assert module == direct_module
+    jax.tree.map(np.testing.assert_array_equal, params, direct_params)
+    with pytest.raises(ValueError, match="variant='fp16' picks a weights file"):
+        from_pretrained(CHECKPOINT, variant="fp16")

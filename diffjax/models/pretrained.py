@@ -256,7 +256,9 @@ def from_pretrained(
 
     Args:
       path: a component folder (``.../unet``, ``.../vae``, ``.../text_encoder``, or a model
-        repository such as ``google/ddpm-cifar10-32`` downloaded by the user).
+        repository such as ``google/ddpm-cifar10-32`` downloaded by the user), or one of
+        facebookresearch's DiT checkpoints (``DiT-XL-2-256x256.pt``:
+        :func:`~diffjax.models.dit_weights.dit_from_checkpoint`, its head count by its width).
       dtype: the module's compute and parameter dtype (``'bfloat16'``, ``jnp.float16``; default
         float32); the parameters are cast to it.
       variant: a weights variant (``'fp16'`` reads ``diffusion_pytorch_model.fp16.
@@ -278,6 +280,13 @@ def from_pretrained(
       >>> unet, params = dj.models.from_pretrained("stable-diffusion-v1-5/unet")
     """
     folder = os.fspath(path)
+    if os.path.isfile(folder) and folder.endswith(".pt"):
+        if variant is not None:
+            raise ValueError(
+                f"variant={variant!r} picks a weights file in a diffusers folder; {folder} is "
+                f"one checkpoint file."
+            )
+        return dit_weights.dit_from_checkpoint(folder, dtype=dtype, sha256=sha256)
     config = read_config(folder)
     _, architecture = architecture_of(config)
     overrides = {} if dtype is None else dict(dtype=jnp.dtype(dtype), param_dtype=jnp.dtype(dtype))
