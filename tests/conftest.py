@@ -11,11 +11,16 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import pathlib  # noqa: E402
+import socket  # noqa: E402
+
 import jax  # noqa: E402
 import pytest  # noqa: E402
+from notebook_support import DEBIAN_IDX_DIR, NUM_TEST_IMAGES, NUM_TRAIN_IMAGES, write_idx  # noqa: E402
 from train_helpers import fast_compiles  # noqa: E402
 
 from diffjax.cli import enable_fast_cpu_convolutions  # noqa: E402
+from diffjax.data.datasets.fashion_mnist import IDX_FILES, read_idx  # noqa: E402
 
 enable_fast_cpu_convolutions()
 
@@ -40,3 +45,40 @@ def unoptimized_module():
     """:func:`unoptimized` for a whole module (``pytestmark = usefixtures(...)``)."""
     with fast_compiles():
         yield
+
+
+@pytest.fixture(scope="module")
+def fashion_mnist_slice(tmp_path_factory) -> pathlib.Path:
+    """The first images of each split, so preparing takes a fraction of a second, not 10 s."""
+    if not all((DEBIAN_IDX_DIR / name).is_file() for name in IDX_FILES.values()):
+        pytest.skip(f"needs {DEBIAN_IDX_DIR}: apt-get install dataset-fashion-mnist")
+    idx_dir = tmp_path_factory.mktemp("fashion_mnist_idx")
+    sizes = {"train": NUM_TRAIN_IMAGES, "test": NUM_TEST_IMAGES}
+    for role, name in IDX_FILES.items():
+        split = role.split("_")[0]
+        write_idx(idx_dir / name, read_idx(DEBIAN_IDX_DIR / name)[: sizes[split]])
+    return idx_dir
+
+
+@pytest.fixture
+def notebook_env(tmp_path, monkeypatch, fashion_mnist_slice):
+    """Small setting, offline data, a temporary cwd, a non-interactive plot backend, no network."""
+    monkeypatch.setenv("DIFFJAX_NOTEBOOK_SMALL", "1")
+    monkeypatch.setenv("DIFFJAX_FASHION_MNIST_DIR", str(fashion_mnist_slice))
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.chdir(tmp_path)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"the notebook tried to open a network connection: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    yield tmp_path
+    import matplotlib.pyplot as plt
+
+    plt.close("all")

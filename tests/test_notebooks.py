@@ -14,111 +14,34 @@ into a temporary TFDS data directory, and every socket connection fails the test
 
 from __future__ import annotations
 
-import ast
 import json
 import pathlib
-import socket
-import struct
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from notebook_support import (
+    COLAB_DIR,
+    DEBIAN_IDX_DIR,
+    INTERNAL_MODULES,
+    NOTEBOOKS,
+    PIP_INSTALL,
+    REPO_ROOT,
+    REPO_URL_FIELD,
+    code_cells,
+    imported_modules,
+    run_notebook,
+)
 
 from diffjax import metrics
 from diffjax.data.datasets.fashion_mnist import IDX_FILES, read_idx
 from diffjax.images import make_grid
 from diffjax.training.metrics_writer import read_metrics
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-COLAB_DIR = REPO_ROOT / "colab"
-DEBIAN_IDX_DIR = pathlib.Path("/usr/share/datasets/fashion-mnist")
-NUM_TRAIN_IMAGES, NUM_TEST_IMAGES = 512, 128
-# Each notebook in colab/ and the test below that runs it.
+# The run tests here; each other notebook's is in a tests/test_notebook_<stem>.py of its own.
 RUN_TESTED = ("diffjax_quickstart.ipynb", "custom_model.ipynb")
-NOTEBOOKS = sorted(COLAB_DIR.glob("*.ipynb"))
-# What the public API (diffjax, diffjax.models, diffjax.metrics, ...) wraps: not for notebooks.
-INTERNAL_MODULES = ("diffjax.training", "diffjax.cli", "diffjax.images")
-# The Colab form field of the install cell, and how it runs pip.
-REPO_URL_FIELD = 'DIFFJAX_REPO_URL = ""  #@param {type:"string"}'
-PIP_INSTALL = [sys.executable, "-m", "pip", "install", "-q"]
-
-
-def code_cells(path: pathlib.Path) -> list[str]:
-    """The source of each code cell, without its shell (``!``) and magic (``%``) lines."""
-    notebook = json.loads(path.read_text(encoding="utf-8"))
-    cells = []
-    for cell in notebook["cells"]:
-        if cell["cell_type"] != "code":
-            continue
-        lines = "".join(cell["source"]).splitlines()
-        cells.append("\n".join(line for line in lines if not line.lstrip().startswith(("!", "%"))))
-    return cells
-
-
-def imported_modules(source: str) -> set[str]:
-    """The modules the import statements of ``source`` name (``from a import b``: a and a.b)."""
-    modules = set()
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Import):
-            modules.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.level == 0:
-            modules.add(node.module)
-            modules.update(f"{node.module}.{alias.name}" for alias in node.names)
-    return modules
-
-
-def _write_idx(path: pathlib.Path, array: np.ndarray) -> None:
-    """Writes an uncompressed uint8 IDX file (the reader recognises gzip by content)."""
-    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    path.write_bytes(header + np.ascontiguousarray(array, np.uint8).tobytes())
-
-
-@pytest.fixture(scope="module")
-def fashion_mnist_slice(tmp_path_factory) -> pathlib.Path:
-    """The first images of each split, so preparing takes a fraction of a second, not 10 s."""
-    if not all((DEBIAN_IDX_DIR / name).is_file() for name in IDX_FILES.values()):
-        pytest.skip(f"needs {DEBIAN_IDX_DIR}: apt-get install dataset-fashion-mnist")
-    idx_dir = tmp_path_factory.mktemp("fashion_mnist_idx")
-    sizes = {"train": NUM_TRAIN_IMAGES, "test": NUM_TEST_IMAGES}
-    for role, name in IDX_FILES.items():
-        split = role.split("_")[0]
-        _write_idx(idx_dir / name, read_idx(DEBIAN_IDX_DIR / name)[: sizes[split]])
-    return idx_dir
-
-
-@pytest.fixture
-def notebook_env(tmp_path, monkeypatch, fashion_mnist_slice):
-    """Small setting, offline data, a temporary cwd, a non-interactive plot backend, no network."""
-    monkeypatch.setenv("DIFFJAX_NOTEBOOK_SMALL", "1")
-    monkeypatch.setenv("DIFFJAX_FASHION_MNIST_DIR", str(fashion_mnist_slice))
-    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
-    monkeypatch.setenv("MPLBACKEND", "Agg")
-    monkeypatch.chdir(tmp_path)
-
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"the notebook tried to open a network connection: {args}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    yield tmp_path
-    import matplotlib.pyplot as plt
-
-    plt.close("all")
-
-
-def run_notebook(path: pathlib.Path, after_cell=None) -> dict:
-    """Executes the code cells in order in one namespace; ``after_cell(index, namespace)``."""
-    namespace: dict = {"__name__": "__main__"}
-    for index, source in enumerate(code_cells(path)):
-        exec(compile(source, f"{path.name}, code cell {index}", "exec"), namespace)
-        if after_cell is not None:
-            after_cell(index, namespace)
-    return namespace
+TESTS_DIR = pathlib.Path(__file__).parent
 
 
 def test_code_cells_drop_only_shell_and_magic_lines(tmp_path):
@@ -142,7 +65,9 @@ def test_imported_modules_names_modules_and_from_imports():
 
 
 def test_every_notebook_has_a_run_test():
-    assert sorted(path.name for path in COLAB_DIR.glob("*.ipynb")) == sorted(RUN_TESTED)
+    others = {path.stem[len("test_notebook_") :] for path in TESTS_DIR.glob("test_notebook_*.py")}
+    untested = [path.name for path in NOTEBOOKS if path.name not in RUN_TESTED]
+    assert sorted(path.stem for path in map(pathlib.Path, untested)) == sorted(others)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
