@@ -61,7 +61,8 @@ def gaussian_kl(mean: jnp.ndarray, logvar: jnp.ndarray) -> jnp.ndarray:
     App. B).
 
     Args:
-      mean, logvar: ``[B, ...]``.
+      mean: ``[B, ...]``.
+      logvar: ``[B, ...]``.
 
     Returns:
       ``[B]`` float32.

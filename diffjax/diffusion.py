@@ -246,9 +246,10 @@ def predict_x0_and_eps(
     Args:
       prediction: model output ``[B, ...]``: an eps-, x0-, v- or 'edm' prediction.
       x_t: the noisy input ``[B, ...]``.
-      alpha, sigma: the marginal's coefficients at t (alpha^2 + sigma^2 = 1), broadcastable
+      alpha: the marginal's data coefficient at t (alpha^2 + sigma^2 = 1), broadcastable
         to ``x_t`` (:func:`alpha_sigma`). For other processes, or for 'flow', use
         :func:`diffjax.predictions.to_x0_eps` with :func:`diffjax.processes.marginal`.
+      sigma: the marginal's noise coefficient at t, like ``alpha``.
       prediction_type: ``'eps' | 'x0' | 'v' | 'edm'``.
 
     Returns:
@@ -264,8 +265,10 @@ def prediction_target(
     eps, x0, v = alpha eps - sigma x0, or EDM's F (see :mod:`diffjax.predictions`).
 
     Args:
-      x0, eps: ``[B, ...]``.
-      alpha, sigma: broadcastable coefficients at t.
+      x0: ``[B, ...]``.
+      eps: ``[B, ...]``.
+      alpha: the data coefficient at t, broadcastable.
+      sigma: the noise coefficient at t, broadcastable.
       prediction_type: ``'eps' | 'x0' | 'v' | 'edm'``.
 
     Returns:

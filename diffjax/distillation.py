@@ -249,7 +249,8 @@ def progressive_distillation_loss(
     error (eq. 9).
 
     Args:
-      student_fn, teacher_fn: ``model_fn(x_in [B, ...], t_in [B]) -> prediction``.
+      student_fn: ``model_fn(x_in [B, ...], t_in [B]) -> prediction``.
+      teacher_fn: ``model_fn(x_in [B, ...], t_in [B]) -> prediction``.
       process: a concrete schedule or continuous process (the teacher's).
       x0: data ``[B, ...]`` float.
       key: split into the step key and the noise key.

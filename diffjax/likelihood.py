@@ -121,7 +121,8 @@ def discretized_gaussian_log_likelihood(
 
     Args:
       x: data on the 8-bit grid of [-1, 1] (k / 127.5 - 1, k in 0..255).
-      mean, log_scale: the decoder's mean and log standard deviation, broadcastable to ``x``.
+      mean: the decoder's mean, broadcastable to ``x``.
+      log_scale: the decoder's log standard deviation, broadcastable to ``x``.
     """
     centred = x - mean
     inverse_scale = jnp.exp(-log_scale)
@@ -469,7 +470,11 @@ def ode_likelihood(
         products, for a network with a ``custom_vjp``); see the module docstring.
       dequantize: uniform dequantization and the 8-bit offset (True: x must lie on the 8-bit
         grid, checked when x is concrete), or continuous data (False).
-      solver, rtol, atol, num_steps, max_steps: as :func:`~diffjax.samplers.ode_sample`.
+      solver: as :func:`~diffjax.samplers.ode_sample`.
+      rtol: as :func:`~diffjax.samplers.ode_sample`.
+      atol: as :func:`~diffjax.samplers.ode_sample`.
+      num_steps: as :func:`~diffjax.samplers.ode_sample`.
+      max_steps: as :func:`~diffjax.samplers.ode_sample`.
       t_min: the solve's first time (default 1e-5; 1 / T for a schedule).
       t_max: its last time (default 1; (T - 1) / T at zero terminal SNR).
 

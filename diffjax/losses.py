@@ -206,7 +206,8 @@ def edm_lognormal_times(process: Any, p_mean: float = -1.2, p_std: float = 1.2) 
 
     Args:
       process: a continuous process.
-      p_mean, p_std: EDM's P_mean and P_std.
+      p_mean: EDM's P_mean (the mean of ln sigma).
+      p_std: EDM's P_std (the standard deviation of ln sigma).
     """
     if is_discrete(process):
         raise ValueError(

@@ -131,7 +131,8 @@ def target(prediction_type: str, x0: jnp.ndarray, eps: jnp.ndarray, m: Marginal)
 
     Args:
       prediction_type: one of :data:`PREDICTION_TYPES`.
-      x0, eps: ``[B, ...]``.
+      x0: ``[B, ...]``.
+      eps: ``[B, ...]``.
       m: the marginal, broadcastable to ``x0``.
 
     Returns:

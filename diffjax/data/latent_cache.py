@@ -157,7 +157,8 @@ def latent_cache_dataset(
       info: the description of the images it encodes (their shape and conditioning).
       batch_size: examples per batch on this host.
       seed: the order's seed.
-      process_index, process_count: the host layout.
+      process_index: the host layout.
+      process_count: the host layout.
     """
     cache_dir = os.path.abspath(os.fspath(cache_dir))
     arrays, _ = load_latent_cache(cache_dir)

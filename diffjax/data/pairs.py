@@ -145,7 +145,8 @@ def pair_dataset(
       pairs_dir: a complete pair folder.
       batch_size: b, pairs per batch on this host (the global batch is b * process count).
       seed: the order's seed.
-      process_index, process_count: the host layout (default JAX's).
+      process_index: the host layout (default JAX's).
+      process_count: the host layout (default JAX's).
 
     Returns:
       A :class:`~diffjax.data.pipeline.Dataset` (name ``'reflow_pairs'``) of batches

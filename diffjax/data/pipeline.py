@@ -715,8 +715,15 @@ def array_dataset(
       arrays: ``{name: [N, ...]}`` (nested dicts allowed), every leaf with N rows.
       info: the description (``num_examples`` = N).
       pipeline: what identifies the data in a saved iterator state (e.g. the folder).
-      batch_size, seed, shuffle, num_epochs, drop_remainder, process_index, process_count,
-        num_threads, prefetch_batches: as for :func:`create_dataset`.
+      batch_size: as for :func:`create_dataset`.
+      seed: as for :func:`create_dataset`.
+      shuffle: as for :func:`create_dataset`.
+      num_epochs: as for :func:`create_dataset`.
+      drop_remainder: as for :func:`create_dataset`.
+      process_index: as for :func:`create_dataset`.
+      process_count: as for :func:`create_dataset`.
+      num_threads: as for :func:`create_dataset`.
+      prefetch_batches: as for :func:`create_dataset`.
 
     Returns:
       A :class:`Dataset` of batches ``{name: [b, ...]}``.

@@ -356,7 +356,8 @@ def evaluate_samples(
         'inception' for a reference that records none (pytorch-fid, clean-fid).
       metrics: a subset of ``('fd', 'kid', 'pr', 'is')``.
       batch_size: images per batch.
-      weights_path, download: the Inception weights, as in :func:`evaluate_run`.
+      weights_path: the Inception weights, as in :func:`evaluate_run`.
+      download: whether the Inception weights may be downloaded, as in :func:`evaluate_run`.
       mesh: the devices.
 
     Returns:

@@ -100,7 +100,8 @@ def edge_f1(predicted: jnp.ndarray, target: jnp.ndarray, tolerance: int = 1) -> 
     empty maps).
 
     Args:
-      predicted, target: ``[B, H, W, C]`` in {0, 1}.
+      predicted: ``[B, H, W, C]`` in {0, 1}.
+      target: ``[B, H, W, C]`` in {0, 1}.
       tolerance: in pixels.
 
     Returns:
@@ -122,7 +123,8 @@ def outline_iou(predicted: jnp.ndarray, target: jnp.ndarray, tolerance: int = 1)
     """Intersection over union of two outlines thickened by ``tolerance`` pixels, per image.
 
     Args:
-      predicted, target: ``[B, H, W, C]`` in {0, 1}.
+      predicted: ``[B, H, W, C]`` in {0, 1}.
+      target: ``[B, H, W, C]`` in {0, 1}.
       tolerance: in pixels (each map is max-pooled over a ``2 tolerance + 1`` square).
 
     Returns:

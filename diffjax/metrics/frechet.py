@@ -150,7 +150,8 @@ def frechet_distance(first: FeatureStatistics, second: FeatureStatistics) -> flo
     """d^2 = ||mu_1 - mu_2||^2 + tr(S_1 + S_2 - 2 (S_1 S_2)^{1/2})  (Heusel et al. 2017, eq. 6).
 
     Args:
-      first, second: Gaussian fits of two feature sets of the same dimension D.
+      first: the Gaussian fit of one feature set, of dimension D.
+      second: the Gaussian fit of the other, of the same dimension D.
 
     Returns:
       The squared Fréchet distance, a float >= 0 up to rounding.

@@ -30,7 +30,8 @@ def ssim(x: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:
     """Structural similarity per image (Wang et al. 2004) through ``dm_pix.ssim``.
 
     Args:
-      x, y: float ``[B, H, W, C]`` in [-1, 1]; H and W at least 11 (the window size).
+      x: float ``[B, H, W, C]`` in [-1, 1]; H and W at least 11 (the window size).
+      y: float ``[B, H, W, C]`` in [-1, 1]; H and W at least 11 (the window size).
 
     Returns:
       float32 ``[B]``, 1 for identical images.
@@ -48,7 +49,8 @@ def psnr(x: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:
     ``dm_pix.psnr``.
 
     Args:
-      x, y: float ``[B, H, W, C]`` in [-1, 1].
+      x: float ``[B, H, W, C]`` in [-1, 1].
+      y: float ``[B, H, W, C]`` in [-1, 1].
 
     Returns:
       float32 ``[B]`` (infinite for identical images).

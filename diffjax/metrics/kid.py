@@ -28,7 +28,8 @@ def polynomial_mmd2(x: Any, y: Any) -> float:
     """The unbiased MMD^2 of eq. 4 with the cubic kernel, for two equal-size sets.
 
     Args:
-      x, y: float ``[m, D]`` features, m >= 2.
+      x: float ``[m, D]`` features, m >= 2.
+      y: float ``[m, D]`` features, m >= 2.
 
     Returns:
       MMD^2_u (may be slightly negative).
@@ -56,7 +57,8 @@ def kernel_inception_distance(
     generator seeded by ``seed`` (so the value is reproducible).
 
     Args:
-      features_1, features_2: float ``[N_1, D]`` and ``[N_2, D]``, each N >= ``subset_size``.
+      features_1: float ``[N_1, D]``, N_1 >= ``subset_size``.
+      features_2: float ``[N_2, D]``, N_2 >= ``subset_size``.
       num_subsets: number of subsets (100 in the paper's code and torch-fidelity).
       subset_size: rows per subset (1000 there).
       seed: seed of the subset draws.

@@ -64,8 +64,10 @@ class CLIPTokenizer:
       vocab: ``{token: id}`` (``vocab.json``): the 256 byte symbols, their ``</w>`` forms, one
         token per merge, ``<|startoftext|>``, ``<|endoftext|>``.
       merges: the ranked merges (``merges.txt``), e.g. ``[('t', 'h'), ('th', 'e</w>')]``.
-      bos_token, eos_token, unk_token, pad_token: the special tokens, strings or
-        ``tokenizers.AddedToken`` (SD 1 pads with ``<|endoftext|>``, SD 2 with ``!``).
+      bos_token: a special token, a string or a ``tokenizers.AddedToken``.
+      eos_token: like ``bos_token``.
+      unk_token: like ``bos_token``.
+      pad_token: like ``bos_token`` (SD 1 pads with ``<|endoftext|>``, SD 2 with ``!``).
       model_max_length: the default ``max_length`` (77: CLIP's context).
 
     Attributes:

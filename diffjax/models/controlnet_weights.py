@@ -188,7 +188,8 @@ def controlnet_key_table(
       params: its parameters or their shapes; None traces ``module.init`` (no allocation) on
         latents ``[1, s, s, in_channels]`` and a control image ``[1, s, s,
         conditioning_channels]``, which needs attention by level (``attn_levels``) or none.
-      in_channels, conditioning_channels: the input channel counts of a traced table.
+      in_channels: the input channel count of a traced table.
+      conditioning_channels: the conditioning channel count of a traced table.
 
     Raises:
       ValueError: parameters diffusers has no counterpart of (class or guidance embeddings).

@@ -271,10 +271,11 @@ def from_pretrained(
       devices with ``jax.device_put``).
 
     Raises:
-      FileNotFoundError: no config or weights; ValueError: a class or config option diffjax
-      does not express; StateDictMismatchError: tensors that do not fit the config;
-      WeightsChecksumError: a checksum mismatch; UnsupportedCheckpointError: a pickle
-      holding anything but tensors.
+      FileNotFoundError: no config or weights.
+      ValueError: a class or config option diffjax does not express.
+      StateDictMismatchError: tensors that do not fit the config.
+      WeightsChecksumError: a checksum mismatch.
+      UnsupportedCheckpointError: a pickle holding anything but tensors.
 
     Example:
       >>> unet, params = dj.models.from_pretrained("stable-diffusion-v1-5/unet")

@@ -315,8 +315,8 @@ def from_single_file(
       ``(module, params)`` as :func:`~diffjax.models.from_pretrained` returns them.
 
     Raises:
-      ValueError: an unknown component, or a file without it; StateDictMismatchError: tensors
-      that do not fit the config.
+      ValueError: an unknown component, or a file without it.
+      StateDictMismatchError: tensors that do not fit the config.
 
     Example:
       >>> unet, params = dj.models.from_single_file("v1-5-pruned-emaonly.safetensors", "unet")

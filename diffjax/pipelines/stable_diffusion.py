@@ -212,9 +212,10 @@ def text_to_image(
       sampler: a diffjax sampler name; default the one the scheduler config maps to.
       sampler_options: more options for it (``eta``, ``spacing``, ...), over the config's.
       seed: the seed of the initial latents (jax.random; not the same draws as torch's).
-      height, width: image size; multiples of the autoencoder factor times the UNet's
+      height: image height; multiples of the autoencoder factor times the UNet's
         downsampling (8 x 8 = 64 for SD); default the UNet's ``sample_size`` times the factor
         (512 for SD 1.5, 768 for SD 2.1).
+      width: image width, like ``height``.
       latents: optional initial latents ``[B, H/8, W/8, C]`` (instead of ``seed``).
 
     Returns:

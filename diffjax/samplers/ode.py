@@ -323,7 +323,8 @@ def ode_sample(
       key: PRNG key (or ``[B]`` per-sample keys) of x_T.
       shape: ``(B, ...)`` of the samples.
       solver: ``'tsit5' | 'dopri5' | 'dopri8' | 'bosh3' | 'heun'`` (diffrax's solvers).
-      rtol, atol: the controller's tolerances (score_sde samples at 1e-5).
+      rtol: the controller's tolerances (score_sde samples at 1e-5).
+      atol: the controller's tolerances (score_sde samples at 1e-5).
       num_steps: sets the first step, (t_max - t_min) / num_steps; the solver adapts it.
       max_steps: the most steps the solve may take (diffrax raises past it).
       t_max: the start time (default 1; (T - 1) / T for a zero-terminal-SNR schedule).

@@ -205,8 +205,9 @@ def solver_timesteps(
       sqrt_one_minus_alphas_cumprod: float64 ``[T]``, sigma_t.
       num_steps: S.
       spacing: one of :data:`SOLVER_SPACINGS`.
-      min_log_snr, start_at_t_max: see :func:`log_snr_timesteps` (ignored by the t-based
+      min_log_snr: see :func:`log_snr_timesteps` (ignored by the t-based
         spacings).
+      start_at_t_max: like ``min_log_snr``.
 
     Returns:
       int32 ``[S]``, strictly descending.

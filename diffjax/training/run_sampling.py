@@ -72,7 +72,9 @@ def run_sampler(
     Args:
       run: from :func:`~diffjax.training.trained_run.load_trained_run`.
       batch_size: samples per compiled call.
-      sampler, num_steps, options: see :func:`~diffjax.training.programs.sampling_settings`.
+      sampler: see :func:`~diffjax.training.programs.sampling_settings`.
+      num_steps: see :func:`~diffjax.training.programs.sampling_settings`.
+      options: see :func:`~diffjax.training.programs.sampling_settings`.
       guidance_scale: classifier-free guidance weight; None: the config's.
       ema: the EMA weights (else the raw ones).
       seed: the samples' seed; None: ``config.sampling.seed`` (the training grids' seed).

@@ -155,7 +155,9 @@ def make_optimizer(
       decay: the shape of that decay, ``'cosine'`` or ``'linear'``.
       grad_clip_norm: clip the global gradient norm to this value; ``None`` disables clipping.
       weight_decay: decoupled weight decay, >= 0.
-      b1, b2, eps: Adam's moment decays and denominator epsilon.
+      b1: Adam's first-moment decay.
+      b2: Adam's second-moment decay.
+      eps: Adam's denominator epsilon.
 
     Returns:
       An ``optax.GradientTransformation``.
