@@ -289,9 +289,9 @@ BAD_CONFIGS = {
         r"config.model.param_dtype='float16' needs loss scaling",
     ),
     "unknown model": (
-        lambda: broken(**{"model.name": "mmdit"}),
+        lambda: broken(**{"model.name": "sdxl_unet"}),
         ConfigError,
-        r"config.model.name: Unknown model 'mmdit'; expected one of \('unet',",
+        r"config.model.name: Unknown model 'sdxl_unet'; expected one of \('unet',",
     ),
     "unknown nan policy": (
         lambda: broken(**{"training.nan_policy": "ignore"}),

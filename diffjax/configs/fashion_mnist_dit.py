@@ -10,6 +10,10 @@ steps x 0.358 / 0.488 = 733 steps of the same batch of 64, so the FD-FMNIST logg
 compares the two backbones at equal compute (benchmarks/RESULTS.md, "DiT against the UNet").
 Adam at 5e-4 (a transformer takes a smaller step than the UNet's 1e-3) with the same warm-up
 and EMA.
+
+Measured: FD-FMNIST 147.6 at step 733, against the UNet's 34.5 at the same FLOPs (the samples
+show the 4 x 4 patches). At this scale the UNet's convolutional prior wins; the recipe is the
+comparison, not a recommendation. About 15 minutes of training on a quiet 2-core CPU.
 """
 
 from diffjax.configs import fashion_mnist
@@ -27,5 +31,6 @@ def get_config():
     config.optim.learning_rate = 5e-4
     config.training.num_steps = 733
     config.eval.fd_every_steps = 733
-    config.eval.quoted_fd = {}
+    # Logged by this recipe as shipped (benchmarks/RESULTS.md, "DiT against the UNet").
+    config.eval.quoted_fd = {"digest": "c9a53a86b417", "733": 147.6}
     return config
