@@ -24,6 +24,9 @@ OUTSIDE_PAGES = (
     "benchmarks/RESULTS.md",
     "colab/diffjax_quickstart.ipynb",
     "colab/custom_model.ipynb",
+    "colab/flows_and_few_step.ipynb",
+    "colab/latent_and_control.ipynb",
+    "colab/multi_device_training.ipynb",
 )
 """Repository files outside docs/ that the site shows, at the same path (nav names them)."""
 
