@@ -434,6 +434,8 @@ _UNET_ADDED_KEYS = dict(
     remat_attention=False, remat_policy="nothing_saveable",
 )  # fmt: skip
 """UNet keys added after 0.1.0, with the defaults that leave an older UNet as it was."""
+_DIT_ADDED_KEYS = dict(learn_sigma=False, time_freq_shift=1.0)
+"""DiT keys added after the DiT, with the defaults that leave an older DiT as it was."""
 
 
 def upgrade_config(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -447,8 +449,9 @@ def upgrade_config(values: Mapping[str, Any]) -> dict[str, Any]:
     ``guidance_embedding`` before progressive distillation, cross-attention keys before
     latent diffusion nor the published UNets' conventions before the Stable Diffusion ports,
     and an objective's section gains the keys its objective added since (their defaults);
-    ``training.latent_cache`` is new too. The defaults filled in here are what those versions
-    did. Current configs pass unchanged.
+    ``training.latent_cache`` is new too, as are ``diffusion.vlb_weight`` (the hybrid loss) and
+    the DiT's ``learn_sigma`` and ``time_freq_shift``. The defaults filled in here are what
+    those versions did. Current configs pass unchanged.
     """
     values = config_to_dict(values)
     values.setdefault("imports", ())
@@ -459,6 +462,8 @@ def upgrade_config(values: Mapping[str, Any]) -> dict[str, Any]:
     )
     if isinstance(values.get("eval"), dict):
         values["eval"].setdefault("quoted_fd", {})
+    if isinstance(values.get("diffusion"), dict):
+        values["diffusion"].setdefault("vlb_weight", 0.0)
     training = values.get("training")
     if isinstance(training, dict):
         training.setdefault("init_from", "")
@@ -473,6 +478,9 @@ def upgrade_config(values: Mapping[str, Any]) -> dict[str, Any]:
     model = values.get("model")
     if isinstance(model, dict) and model.get("name") == "unet":
         for key, default in _UNET_ADDED_KEYS.items():
+            model.setdefault(key, default)
+    if isinstance(model, dict) and model.get("name") in ("dit", "dit_controlnet"):
+        for key, default in _DIT_ADDED_KEYS.items():
             model.setdefault(key, default)
     if not isinstance(values.get("model"), dict) or "name" in values["model"]:
         return values
