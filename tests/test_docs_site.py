@@ -34,8 +34,9 @@ def test_the_site_has_its_pages(site: pathlib.Path):
     assert 'id="diffjax.losses.denoising_loss"' in losses
     results = (site / "benchmarks/RESULTS/index.html").read_text(encoding="utf-8")
     assert "../../fashion_mnist_fd_vs_steps.png" in results  # its link into docs/, rewritten
-    for notebook in ("diffjax_quickstart", "custom_model"):
-        assert "jp-Notebook" in (site / f"colab/{notebook}/index.html").read_text(encoding="utf-8")
+    for notebook in pathlib.Path(__file__).parents[1].glob("colab/*.ipynb"):
+        page = (site / f"notebooks/{notebook.stem}/index.html").read_text(encoding="utf-8")
+        assert "jp-Notebook" in page and "data:image/png" in page, notebook.name
 
 
 def test_the_reference_documents_every_top_level_name(site: pathlib.Path):

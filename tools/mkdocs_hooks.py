@@ -1,8 +1,7 @@
 """mkdocs hooks: pages that live outside docs/ join the site at their repository paths.
 
-``benchmarks/RESULTS.md`` and the notebooks in ``colab/`` stay where they are (GitHub shows
-them there, and the tests run them there); this hook adds them to the site as
-``benchmarks/RESULTS.md`` and ``colab/<name>.ipynb``. A page's relative links are written for
+``benchmarks/RESULTS.md`` stays where it is (GitHub shows it there); this hook adds it to the
+site as ``benchmarks/RESULTS.md``. A page's relative links are written for
 GitHub, that is relative to the page's place in the repository (``docs/training.md`` links
 ``../benchmarks/RESULTS.md``); before rendering, each link that leaves docs/ is rewritten to the
 same file's place in the site. A link to a repository file the site does not hold is left as
@@ -20,14 +19,7 @@ from mkdocs.structure.pages import Page
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
-OUTSIDE_PAGES = (
-    "benchmarks/RESULTS.md",
-    "colab/diffjax_quickstart.ipynb",
-    "colab/custom_model.ipynb",
-    "colab/flows_and_few_step.ipynb",
-    "colab/latent_and_control.ipynb",
-    "colab/multi_device_training.ipynb",
-)
+OUTSIDE_PAGES = ("benchmarks/RESULTS.md",)
 """Repository files outside docs/ that the site shows, at the same path (nav names them)."""
 
 _LINK = re.compile(r"(\]\(|<img src=\")([^)\"#\s:]+)")

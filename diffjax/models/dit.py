@@ -57,7 +57,8 @@ def sincos_positions(
 
     Args:
       dim: the embedding width, a multiple of 4.
-      grid_height, grid_width: the patch grid.
+      grid_height: the patch grid's rows.
+      grid_width: the patch grid's columns.
       base_size: the training grid's side (default: the grid's own).
     """
     if dim % 4:
