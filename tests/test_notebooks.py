@@ -213,13 +213,13 @@ def check_quickstart_math(ns: dict) -> None:
 
     # Every registered sampler, 10 steps, on the 2-D mixture with its exact denoiser.
     samples, paths, runs = ns["mixture_samples"], ns["mixture_paths"], ns["mixture_runs"]
-    # diffjax's own samplers; another test in this process may have registered its own.
-    builtin = [
-        name
-        for name in dj.samplers.SAMPLER_NAMES
-        if dj.samplers.SAMPLERS[name].sample.__module__.startswith("diffjax.")
-    ]
-    assert list(samples) == builtin
+    # diffjax's own samplers, as a fresh interpreter has them (tests in this process register
+    # their own, which the notebook lists as not shown).
+    fresh = subprocess.run(
+        [sys.executable, "-c", "import diffjax; print(*diffjax.samplers.SAMPLER_NAMES)"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert list(samples) == fresh.stdout.split()
     num_points, num_modes = ns["MIXTURE_POINTS"], ns["MIXTURE_MODES"]
     modes = np.asarray(ns["MODES"])
     spacing = np.linalg.norm(modes[0] - modes[1])  # 0.765 between neighbouring modes
