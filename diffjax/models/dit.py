@@ -75,23 +75,19 @@ def sincos_positions(
     return np.concatenate([one_axis(column_grid), one_axis(row_grid)], axis=1).astype(np.float32)
 
 
-class _TimestepEmbedder(nn.Module):
-    """``linear_2(silu(linear_1(sinusoid(t))))``: diffusers' ``TimestepEmbedding`` of the
-    256-wide cosine-first sinusoid, frequencies ``10000^(-k / (128 - freq_shift))``."""
+class _Mlp(nn.Module):
+    """``linear_2(silu(linear_1(x)))``: diffusers' ``TimestepEmbedding`` and SD3's
+    ``PixArtAlphaTextProjection`` (``act_fn='silu'``)."""
 
     features: int
-    freq_shift: float
     dtype: Dtype
     param_dtype: Dtype
 
     @nn.compact
-    def __call__(self, t: jnp.ndarray) -> jnp.ndarray:
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        emb = sinusoidal_embedding(
-            t, _TIME_FEATURES, flip_sin_to_cos=True, freq_shift=self.freq_shift
-        )
-        emb = nn.silu(nn.Dense(self.features, name="linear_1", **common)(emb))
-        return nn.Dense(self.features, name="linear_2", **common)(emb)
+        h = nn.silu(nn.Dense(self.features, name="linear_1", **common)(x))
+        return nn.Dense(self.features, name="linear_2", **common)(h)
 
 
 class _Linear(nn.Module):
@@ -364,9 +360,12 @@ class DiT(nn.Module):
         base = None if self.sample_size is None else self.sample_size // p
         positions = sincos_positions(self.hidden_size, height // p, width // p, base)
         h = h + positions.astype(h.dtype)
-        c = _TimestepEmbedder(
-            self.hidden_size, self.time_freq_shift, name="timestep_embedder", **common
-        )(t)
+        # diffusers' TimestepEmbedding of the 256-wide cosine-first sinusoid, frequencies
+        # 10000^(-k / (128 - time_freq_shift)).
+        sinusoid = sinusoidal_embedding(
+            t, _TIME_FEATURES, flip_sin_to_cos=True, freq_shift=self.time_freq_shift
+        )
+        c = _Mlp(self.hidden_size, name="timestep_embedder", **common)(sinusoid)
         if labels is not None:
             c = c + _ClassEmbedder(
                 self.num_classes + 1, self.hidden_size, name="class_embedder", **common

@@ -49,7 +49,7 @@ import numpy as np
 from flax.typing import Dtype
 
 from diffjax.models.attention import dot_product_attention
-from diffjax.models.dit import _FeedForward, _Linear, _PatchEmbed
+from diffjax.models.dit import _FeedForward, _Linear, _Mlp, _PatchEmbed
 from diffjax.models.layers import sinusoidal_embedding
 
 __all__ = ["MMDiT", "QK_NORMS", "sd3_positions"]
@@ -87,21 +87,6 @@ def sd3_positions(dim: int, max_size: int, base_size: int) -> np.ndarray:
         return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
 
     return np.concatenate([one_axis(column_grid), one_axis(row_grid)], axis=1).astype(np.float32)
-
-
-class _Mlp(nn.Module):
-    """``linear_2(silu(linear_1(x)))``: diffusers' ``TimestepEmbedding`` and SD3's
-    ``PixArtAlphaTextProjection`` (``act_fn='silu'``)."""
-
-    features: int
-    dtype: Dtype
-    param_dtype: Dtype
-
-    @nn.compact
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        h = nn.silu(nn.Dense(self.features, name="linear_1", **common)(x))
-        return nn.Dense(self.features, name="linear_2", **common)(h)
 
 
 class _TimeTextEmbedding(nn.Module):
