@@ -82,7 +82,8 @@ def reconstruction_loss(
     images: jnp.ndarray, reconstructions: jnp.ndarray, kind: str
 ) -> jnp.ndarray:
     """Per-example reconstruction error summed over pixels: ``sum |x - x_hat|`` (``'l1'``) or
-    ``sum (x - x_hat)^2`` (``'l2'``); ``[B, ...] -> [B]``.
+    ``sum (x - x_hat)^2`` (``'l2'``); ``[B, ...] -> [B]``. The L_rec term of VQGAN's loss
+    (Esser et al. 2021, eq. 4) as LDM's autoencoders use it (Rombach et al. 2022, App. G).
 
     Raises:
       ValueError: an unknown ``kind``.
@@ -104,8 +105,8 @@ def hinge_discriminator_loss(logits_real: jnp.ndarray, logits_fake: jnp.ndarray)
 
 
 def generator_loss(logits_fake: jnp.ndarray) -> jnp.ndarray:
-    """The autoencoder's adversarial loss ``-mean D(x_hat)`` (the hinge GAN's generator term);
-    a scalar."""
+    """The autoencoder's adversarial loss ``-mean D(x_hat)`` (the hinge GAN's generator term,
+    Lim & Ye 2017, arXiv:1705.02894; taming's ``g_loss``); a scalar."""
     return -jnp.mean(logits_fake.astype(jnp.float32))
 
 
@@ -136,7 +137,8 @@ def adaptive_weight(
 
 
 def quantize(encodings: jnp.ndarray, codebook: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """The nearest codebook entry of every encoding (squared Euclidean distance).
+    """The nearest codebook entry of every encoding (squared Euclidean distance): VQ-VAE's
+    z_q(x) = e_k, k = argmin_j ||z_e(x) - e_j|| (van den Oord et al. 2017, Sec. 3.1, eq. 2).
 
     Args:
       encodings: ``[..., D]``.
@@ -182,7 +184,8 @@ def codebook_perplexity(
 
 
 class CodebookStatistics(NamedTuple):
-    """The exponential moving averages of an EMA codebook.
+    """The exponential moving averages of an EMA codebook (van den Oord et al. 2017, App. A.1,
+    eqs. 6 and 7).
 
     Attributes:
       counts: ``N_k``, ``[K]``: the (decayed) number of encodings assigned to entry k.

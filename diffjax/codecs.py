@@ -47,7 +47,8 @@ __all__ = [
 
 
 class Codec(Protocol):
-    """What a codec provides (see the module docstring)."""
+    """What a codec provides (see the module docstring): latent diffusion's z = E(x) and
+    x~ = D(z) (Rombach et al. 2022, Sec. 3.1), with a scale and shift on z."""
 
     name: str
     clip: bool

@@ -57,7 +57,10 @@ network's interpolation between their logs (``'learned_range'``,
 
 class PosteriorMeanVariance(NamedTuple):
     """Mean ``[B, ...]``, variance and log-variance (``[B, 1, ...]``, broadcastable) of a Gaussian,
-    plus the x0 estimate it was built from (``[B, ...]``; equal to x0 for the true posterior)."""
+    plus the x0 estimate it was built from (``[B, ...]``; equal to x0 for the true posterior).
+
+    The posterior q(x_{t-1} | x_t, x_0) = N(mu~_t, beta~_t I) (Ho et al. 2020, eqs. 6-7) or the
+    reverse step built from it (:func:`p_mean_variance`)."""
 
     mean: jnp.ndarray
     variance: jnp.ndarray
@@ -96,7 +99,7 @@ def split_learned_variance(
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
     """Splits a learned-variance network's output ``[B, ..., 2 C]`` into its prediction and its
     variance values, each ``[B, ..., C]`` (the first and second halves of the channel axis, as
-    Improved DDPM and DiT lay them out).
+    Improved DDPM, Nichol & Dhariwal 2021, Sec. 3.1, and DiT lay them out).
 
     Args:
       model_output: ``[B, ..., 2 C]``.
@@ -165,7 +168,8 @@ def q_sample(process: Any, x0: jnp.ndarray, t, noise: jnp.ndarray) -> jnp.ndarra
 def q_mean_variance(
     schedule: DiffusionSchedule, x0: jnp.ndarray, t
 ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
-    """Mean, variance and log-variance of q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I).
+    """Mean, variance and log-variance of q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I)
+    (Ho et al. 2020, eq. 4).
 
     Args:
       schedule: the discrete schedule.
@@ -219,7 +223,7 @@ def x0_from_eps(x_t: jnp.ndarray, eps: jnp.ndarray, alpha, sigma) -> jnp.ndarray
 
 
 def eps_from_x0(x_t: jnp.ndarray, x0: jnp.ndarray, alpha, sigma) -> jnp.ndarray:
-    """eps = (x_t - alpha_t x_0) / sigma_t (inverse of eq. 4)."""
+    """eps = (x_t - alpha_t x_0) / sigma_t (the inverse of Ho et al. 2020, eq. 4)."""
     return (x_t - alpha * x0) / sigma
 
 
@@ -243,6 +247,10 @@ def predict_x0_and_eps(
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
     """Converts a model output into the pair (x0, eps), for a variance-preserving process.
 
+    x0 = (x_t - sigma eps) / alpha for eps (Ho et al. 2020, eq. 15), x0 = alpha x_t - sigma v
+    for v (Salimans & Ho 2022, Sec. 4), and EDM's D = c_skip x + c_out F for 'edm' (Karras et
+    al. 2022, eq. 7); see :func:`diffjax.predictions.to_x0_eps`.
+
     Args:
       prediction: model output ``[B, ...]``: an eps-, x0-, v- or 'edm' prediction.
       x_t: the noisy input ``[B, ...]``.
@@ -262,7 +270,8 @@ def prediction_target(
     x0: jnp.ndarray, eps: jnp.ndarray, alpha, sigma, prediction_type: str
 ) -> jnp.ndarray:
     """The regression target of ``prediction_type`` for a variance-preserving process:
-    eps, x0, v = alpha eps - sigma x0, or EDM's F (see :mod:`diffjax.predictions`).
+    eps (Ho et al. 2020, eq. 14), x0, v = alpha eps - sigma x0 (Salimans & Ho 2022, Sec. 4), or
+    EDM's effective target of F (Karras et al. 2022, eq. 8; see :mod:`diffjax.predictions`).
 
     Args:
       x0: ``[B, ...]``.

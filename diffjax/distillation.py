@@ -66,7 +66,8 @@ def student_grid_times(process: Any, num_steps: int) -> np.ndarray:
     """The N times a student of ``num_steps`` steps is trained and sampled at, in visiting
     order: the 'trailing' timesteps of a schedule (int32 ``[N]``), or 1 - k / N of a continuous
     process (float64 ``[N]``). DDIM samples on exactly these (``spacing='trailing'`` for a
-    schedule, its default uniform grid otherwise)."""
+    schedule, its default uniform grid otherwise): the student's grid of Salimans & Ho 2022,
+    Algorithm 2, with Lin et al. 2024's 'trailing' spacing (Sec. 3.3)."""
     if is_discrete(process):
         return spaced_timesteps(process.num_timesteps, num_steps, "trailing")
     return uniform_times(num_steps)
@@ -75,7 +76,8 @@ def student_grid_times(process: Any, num_steps: int) -> np.ndarray:
 def distillation_grid(process: Any, num_student_steps: int) -> Grid:
     """The teacher's 2N-point DDIM grid of a student of N steps, in visiting order plus the
     data point (:class:`~diffjax.samplers.grids.Grid`, 2N + 1 entries): entry 2k is the
-    student's point k, entry 2k + 1 the midpoint its step skips.
+    student's point k, entry 2k + 1 the midpoint its step skips (the teacher's two DDIM steps
+    t -> t' -> t'' of Salimans & Ho 2022, Algorithm 2).
 
     Args:
       process: a concrete schedule or continuous process.

@@ -75,6 +75,8 @@ def make_generator(
 ) -> Generator:
     """``generate(params, keys, cond)`` for a trained network (see the module docstring).
 
+    Sampling with classifier-free guidance (Ho & Salimans 2022, eq. 6) when ``guidance_scale``
+    is not 1, then the latent decode x~ = D(z) (Rombach et al. 2022, Sec. 3.1) of the codec.
     Each call is one sampler run (one jitted ``lax.scan``, or one ``diffeqsolve``) over
     ``num_samples`` samples, then the codec's decode; the params, cond, keys and start noise are
     traced, so new ones reuse the compiled sampler. With a ``mesh`` whose device count divides

@@ -122,7 +122,8 @@ def init_lora(
     key: jax.Array, params: Any, rank: int, *, targets: str = "attention", dtype: Any = None
 ) -> Lora:
     """A new LoRA of rank ``rank`` for the kernels ``targets`` selects: ``up`` zero, ``down``
-    uniform in +-1 / sqrt(fan_in) (PEFT's ``lora_A``), so merging it changes nothing.
+    uniform in +-1 / sqrt(fan_in) (PEFT's ``lora_A``), so merging it changes nothing (B = 0 at
+    the start: Hu et al. 2021, Sec. 4.1).
 
     Args:
       key: PRNG key.
@@ -200,7 +201,8 @@ def _add(params: Any, lora: Mapping[str, Any], scale: Any) -> Any:
 
 def merge(params: Any, lora: Mapping[str, Any], scale: float) -> Any:
     """The adapted parameters W + scale * down @ up for every kernel of ``lora`` (the others
-    unchanged); ``scale`` is :func:`lora_scale` (alpha / r), 0 gives the base back.
+    unchanged); ``scale`` is :func:`lora_scale` (alpha / r), 0 gives the base back. This is
+    W_0 + Delta W = W_0 + B A (Hu et al. 2021, eq. 3) scaled by alpha / r (Sec. 4.1).
 
     Args:
       params: the base parameters (a nested dict).
@@ -215,5 +217,5 @@ def merge(params: Any, lora: Mapping[str, Any], scale: float) -> Any:
 
 def unmerge(params: Any, lora: Mapping[str, Any], scale: float) -> Any:
     """The inverse of :func:`merge`: W - scale * down @ up (the base again, to float32
-    rounding)."""
+    rounding; Hu et al. 2021, eq. 3, subtracted)."""
     return _add(params, lora, -scale)

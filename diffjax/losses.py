@@ -251,8 +251,10 @@ TIME_SAMPLERS: dict[str, Callable[..., TimeSampler]] = {
 def get_time_sampler(name: str, process: Any, **options: Any) -> TimeSampler | None:
     """The training-time sampler called ``name`` for ``process``, options checked by name.
 
-    For a discrete schedule only 'uniform' exists (t ~ U{0, ..., T-1}) and None is returned,
-    which :func:`denoising_loss` takes as that default.
+    The samplers of the module docstring: uniform, SD3's logit-normal and mode densities (Esser
+    et al. 2024, eqs. 19-20), EDM's log-normal noise level (Karras et al. 2022, Sec. 5) and a
+    constant time. For a discrete schedule only 'uniform' exists (t ~ U{0, ..., T-1}, Ho et al.
+    2020, Algorithm 1) and None is returned, which :func:`denoising_loss` takes as that default.
 
     Args:
       name: one of :data:`TIME_SAMPLERS`.
@@ -372,6 +374,10 @@ def loss_weight(
     prediction_type: str, weighting: str, m: Marginal, min_snr_gamma: float = 5.0
 ) -> jnp.ndarray:
     """The weight on the target-space squared error of one example (see the module docstring).
+
+    The x0-space weights of the module table: Min-SNR (Hang et al. 2023, eq. 6), EDM's
+    lambda(sigma) (Karras et al. 2022, eq. 8 and Table 1), SD3's w_t^RF (Esser et al. 2024,
+    Sec. 3.1) and truncated SNR (Salimans & Ho 2022, eq. 9).
 
     eps/x0/v with 'uniform' or 'min_snr' on a variance-preserving process use
     :func:`snr_loss_weight` (with its exact limits at SNR = 0 and infinity); every other

@@ -13,7 +13,7 @@ type        (a, b)                                 reference
 ``x0``      (1, 0)
 ``v``       (-sigma, alpha)                        Salimans & Ho 2022, Sec. 4 (any alpha, sigma)
 ``flow``    (d alpha / dt, d sigma / dt)           the velocity dx_t / dt; eps - x_0 for
-                                                   rectified flow (Lipman et al. 2022, eq. 9)
+                                                   rectified flow (Liu et al. 2022, eq. 1)
 ``edm``     (sigma / (s_d D), -alpha s_d / D),     EDM's preconditioned F (Karras et al. 2022,
             D = sqrt(sigma^2 + alpha^2 s_d^2)      eq. 7 and Table 1), s_d = sigma_data = 0.5
 ==========  =====================================  ==========================================
@@ -88,7 +88,8 @@ def _edm_norm(m: Marginal) -> jnp.ndarray:
 
 
 def coefficients(prediction_type: str, m: Marginal) -> tuple[Any, Any]:
-    """(a, b) with prediction = a x_0 + b eps (see the module table).
+    """(a, b) with prediction = a x_0 + b eps (see the module table: Ho et al. 2020, eq. 11;
+    Salimans & Ho 2022, Sec. 4; Karras et al. 2022, eq. 7 and Table 1).
 
     Args:
       prediction_type: one of :data:`PREDICTION_TYPES`.
@@ -127,7 +128,8 @@ def determinant(prediction_type: str, m: Marginal) -> Any:
 
 
 def target(prediction_type: str, x0: jnp.ndarray, eps: jnp.ndarray, m: Marginal) -> jnp.ndarray:
-    """The regression target a x_0 + b eps of ``prediction_type``.
+    """The regression target a x_0 + b eps of ``prediction_type``: eps (Ho et al. 2020,
+    eq. 14), v (Salimans & Ho 2022, Sec. 4), EDM's effective target (Karras et al. 2022, eq. 8).
 
     Args:
       prediction_type: one of :data:`PREDICTION_TYPES`.
@@ -154,6 +156,10 @@ def to_x0_eps(
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
     """Inverts a prediction into the pair (x_0, eps) it implies at ``x_t``.
 
+    x_0 = (x_t - sigma eps) / alpha for eps (Ho et al. 2020, eq. 15), EDM's
+    D = c_skip x + c_out F for 'edm' (Karras et al. 2022, eq. 7), and the 2x2 inversion of the
+    module docstring for every type.
+
     Args:
       prediction_type: one of :data:`PREDICTION_TYPES`.
       prediction: the network output ``[B, ...]``.
@@ -178,7 +184,9 @@ def to_x0_eps(
 def convert_prediction(
     prediction: jnp.ndarray, x_t: jnp.ndarray, m: Marginal, from_type: str, to_type: str
 ) -> jnp.ndarray:
-    """Re-expresses a prediction of one type as another at the same (x_t, t)."""
+    """Re-expresses a prediction of one type as another at the same (x_t, t): all are affine in
+    (x_0, eps), the parameterisations of Salimans & Ho 2022, Sec. 4 (:func:`to_x0_eps`, then
+    :func:`target`)."""
     if from_type == to_type:
         check_prediction_type(from_type)
         return prediction
@@ -188,7 +196,8 @@ def convert_prediction(
 
 def input_scale(prediction_type: str, m: Marginal) -> jnp.ndarray | None:
     """What multiplies x_t before the network sees it: 1 / sqrt(sigma^2 + alpha^2 s_d^2) for
-    'edm' (c_in of x_t / alpha), None (no scaling) for every other type."""
+    'edm' (c_in of x_t / alpha; Karras et al. 2022, eq. 7 and Table 1), None (no scaling) for
+    every other type."""
     if prediction_type != "edm":
         return None
     return 1.0 / _edm_norm(m)
@@ -200,7 +209,8 @@ def network_inputs(
     """What a ``model_fn`` is called with at (x_t, t).
 
     The network sees x_t scaled by :func:`input_scale` ('edm' only) and the process's model
-    time (the int index for a schedule; 1000 t or EDM's c_noise for a continuous process).
+    time (the int index for a schedule; 1000 t or EDM's c_noise for a continuous process): EDM's
+    F(c_in x; c_noise) (Karras et al. 2022, eq. 7 and Table 1).
 
     Args:
       prediction_type: what the network predicts.

@@ -78,7 +78,11 @@ __all__ = [
 
 
 class ContinuousProcess(Protocol):
-    """What a continuous-time process provides (t is float in [0, 1], t = 0 data, 1 noise)."""
+    """What a continuous-time process provides (t is float in [0, 1], t = 0 data, 1 noise).
+
+    The marginal q(x_t | x_0) = N(alpha(t) x_0, sigma(t)^2 I) (Kingma et al. 2021, VDM, eq. 1),
+    its time derivatives, the inverse of its log-SNR and the network's time input.
+    """
 
     name: str
     variance_preserving: bool
@@ -284,15 +288,16 @@ class RectifiedFlow:
 @dataclasses.dataclass(frozen=True)
 class ScheduleTime:
     """A discrete schedule seen in continuous time, for the ODE and SDE samplers and the ODE
-    likelihood of a model trained on a :class:`~diffjax.schedules.DiffusionSchedule`.
+    likelihood of a model trained on a :class:`~diffjax.schedules.DiffusionSchedule` (DDPM's
+    chain as a discretised VP SDE: Song et al. 2021, score_sde, Sec. 3.4).
 
     Index i of a schedule of T steps sits at t_i = (i + 1) / T; between the points the log-SNR
     is interpolated linearly in t (and extrapolated linearly below t_0 = 1 / T), and alpha^2 =
-    sigmoid(lambda), sigma^2 = sigmoid(-lambda), so the marginals at the grid points are the
-    schedule's own. The network is called with the fractional index T t - 1, the input scale
-    its integer timesteps had. For the linear and cosine schedules this is, up to O(1 / T),
-    VPLinear(T beta_1, T beta_T) and VPCosine(s) (score_sde evaluates DDPM checkpoints the
-    same way). Build it with :func:`schedule_time`.
+    sigmoid(lambda), sigma^2 = sigmoid(-lambda) (Kingma et al. 2021, VDM, eq. 4 with gamma =
+    -lambda), so the marginals at the grid points are the schedule's own. The network is called
+    with the fractional index T t - 1, the input scale its integer timesteps had. For the linear
+    and cosine schedules this is, up to O(1 / T), VPLinear(T beta_1, T beta_T) and VPCosine(s)
+    (score_sde evaluates DDPM checkpoints the same way). Build it with :func:`schedule_time`.
 
     Attributes:
       log_snr_table: the schedule's log-SNR at indices 0..T-1 (a tuple, so the process is a
@@ -355,7 +360,8 @@ class ScheduleTime:
 
 
 def schedule_time(schedule: DiffusionSchedule) -> ScheduleTime:
-    """The continuous-time view :class:`ScheduleTime` of a concrete schedule.
+    """The continuous-time view :class:`ScheduleTime` of a concrete schedule (its log-SNR
+    interpolated in t; Kingma et al. 2021, VDM, eq. 4; Song et al. 2021, score_sde, Sec. 3.4).
 
     Raises:
       TypeError: ``schedule`` is not a DiffusionSchedule, or is traced (it must be concrete,
@@ -376,7 +382,8 @@ def schedule_time(schedule: DiffusionSchedule) -> ScheduleTime:
 
 
 def as_continuous(process: Any) -> Any:
-    """``process`` itself if continuous, its :func:`schedule_time` view if a schedule."""
+    """``process`` itself if continuous, its :func:`schedule_time` view if a schedule (DDPM's
+    chain as a discretised VP SDE, Song et al. 2021, score_sde, Sec. 3.4)."""
     return schedule_time(process) if is_discrete(process) else process
 
 
@@ -565,7 +572,8 @@ def alpha_sigma(
     """The marginal's scales alpha(t), sigma(t), shaped to multiply a rank-``ndim`` array.
 
     For a discrete schedule these are ``sqrt_alphas_cumprod[t]`` and
-    ``sqrt_one_minus_alphas_cumprod[t]``; for a continuous process its closed form in float32.
+    ``sqrt_one_minus_alphas_cumprod[t]`` (Ho et al. 2020, eq. 4); for a continuous process its
+    closed form in float32 (q(x_t | x_0) = N(alpha x_0, sigma^2 I), Kingma et al. 2021, eq. 1).
 
     Args:
       process: a schedule or continuous process.
@@ -591,7 +599,8 @@ def alpha_sigma(
 )
 @dataclasses.dataclass(frozen=True)
 class Marginal:
-    """The marginal's coefficients at some times, as the prediction conversions need them.
+    """The marginal's coefficients at some times, as the prediction conversions need them:
+    q(x_t | x_0) = N(alpha x_0, sigma^2 I) (Kingma et al. 2021, VDM, eq. 1) and its derivatives.
 
     A pytree whose leaves are the four arrays (so it passes through ``jit`` and ``lax.scan``);
     ``variance_preserving`` is static.
@@ -611,6 +620,9 @@ class Marginal:
 
 def marginal(process: Any, t: Any, ndim: int, dtype: Any = jnp.float32) -> Marginal:
     """The :class:`Marginal` of ``process`` at ``t``, each coefficient ``[B, 1, ..., 1]``.
+
+    alpha and sigma of q(x_t | x_0) = N(alpha x_0, sigma^2 I) (Kingma et al. 2021, VDM, eq. 1;
+    Ho et al. 2020, eq. 4 for a schedule), with d alpha / dt and d sigma / dt.
 
     Args:
       process: a schedule or continuous process.

@@ -43,6 +43,8 @@ __all__ = [
 class DiffusionSchedule(NamedTuple):
     """Per-timestep constants of a discrete diffusion process, each a float32 array ``[T]``.
 
+    The chain q(x_t | x_{t-1}) = N(sqrt(1 - beta_t) x_{t-1}, beta_t I) (Ho et al. 2020, eq. 2)
+    with its marginal (eq. 4) and posterior (eqs. 6-7) constants (:func:`schedule_constants`).
     Built by :func:`make_schedule` or :func:`get_schedule`; do not construct by hand.
     """
 
@@ -254,7 +256,7 @@ def schedule_constants(betas) -> dict[str, np.ndarray]:
 
 def make_schedule(betas) -> DiffusionSchedule:
     """Derives every constant of the discrete process from a beta array
-    (:func:`schedule_constants`) and stores it as float32.
+    (:func:`schedule_constants`: Ho et al. 2020, eqs. 4 and 6-7) and stores it as float32.
 
     Args:
       betas: array-like ``[T]``, each in (0, 1); only the last may equal 1 (zero terminal SNR).

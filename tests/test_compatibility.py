@@ -28,9 +28,18 @@ OVERRIDES = {
 
 @pytest.fixture
 def old_workdir(tmp_path):
+    """A copy of the fixture whose data folder (``/tmp/oldfix/data`` when it was made) is a
+    freshly generated one, as when a user moves their data: the record is otherwise untouched."""
     workdir = str(tmp_path / "run")
     shutil.copytree(FIXTURE, workdir)
-    return workdir, make_image_folder(tmp_path / "data")
+    data_dir = make_image_folder(tmp_path / "data")
+    record_path = os.path.join(workdir, "config.json")
+    with open(record_path) as f:
+        record = json.load(f)
+    record["config"]["data"]["data_dir"] = data_dir
+    with open(record_path, "w") as f:
+        json.dump(record, f, indent=2)
+    return workdir, data_dir
 
 
 def test_the_fixture_is_a_0_2_0_run_record():

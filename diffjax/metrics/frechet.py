@@ -65,7 +65,8 @@ class FeatureMoments(NamedTuple):
 
 class FeatureStatistics(NamedTuple):
     """A Gaussian fit of features: ``mu`` float64 ``[D]``, ``sigma`` float64 ``[D, D]``, and the
-    number of feature vectors it was fitted to (0 when unknown, e.g. published statistics)."""
+    number of feature vectors it was fitted to (0 when unknown, e.g. published statistics): the
+    (m, C) of FID (Heusel et al. 2017, eq. 6)."""
 
     mu: np.ndarray
     sigma: np.ndarray
@@ -110,7 +111,8 @@ def accumulate_moments(moments: FeatureMoments, features: Any) -> FeatureMoments
 
 
 def statistics_from_moments(moments: FeatureMoments) -> FeatureStatistics:
-    """mu = shift + total / N and the unbiased covariance (outer - N m m^T) / (N - 1).
+    """mu = shift + total / N and the unbiased covariance (outer - N m m^T) / (N - 1): FID's
+    Gaussian fit of the features (Heusel et al. 2017, eq. 6's (m, C)).
 
     Raises:
       ValueError: fewer than 2 feature vectors.
@@ -124,7 +126,8 @@ def statistics_from_moments(moments: FeatureMoments) -> FeatureStatistics:
 
 
 def statistics_from_features(features: Any) -> FeatureStatistics:
-    """The Gaussian fit of a ``[N, D]`` feature array (one batch of :func:`accumulate_moments`)."""
+    """The Gaussian fit of a ``[N, D]`` feature array (one batch of :func:`accumulate_moments`),
+    the (m, C) of Heusel et al. 2017, eq. 6."""
     features = np.asarray(features)
     if features.ndim != 2:
         raise ValueError(f"features must have shape [N, D], got {features.shape}.")

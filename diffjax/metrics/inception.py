@@ -293,7 +293,8 @@ class FIDLogits(nn.Module):
 
 
 class FIDInceptionV3(nn.Module):
-    """The FID Inception-v3 (TF ``inception-2015-12-05``), inference only, NHWC.
+    """The FID Inception-v3 (TF ``inception-2015-12-05``), inference only, NHWC: Szegedy et al.
+    2016's architecture, the feature network of FID (Heusel et al. 2017).
 
     Submodules are named as pytorch-fid / torch-fidelity name them (``Conv2d_1a_3x3``,
     ``Mixed_5b/branch1x1/conv``, ..., ``fc``), so each variable has one PyTorch counterpart
@@ -456,7 +457,9 @@ def _network(variables: Any, x: jax.Array) -> dict[str, jax.Array]:
 
 
 def inception_features(variables: Any, images: jax.Array) -> dict[str, jax.Array]:
-    """FID Inception-v3 features of uint8 images, following the TF protocol.
+    """FID Inception-v3 features of uint8 images, following the TF protocol: the pool3
+    features of FID (Heusel et al. 2017) and KID, the logits of the Inception Score (Salimans
+    et al. 2016, Sec. 4).
 
     The input is checked before anything is traced. The resize and the network are compiled
     separately, so images of every size share one compiled network per batch size; the

@@ -23,7 +23,8 @@ __all__ = ["inception_score"]
 def inception_score(
     logits: Any, *, num_splits: int = 10, shuffle_seed: int | None = 2020
 ) -> tuple[float, float]:
-    """Mean and standard deviation of exp(E KL(p(y|x) || p(y))) over ``num_splits`` splits.
+    """Mean and standard deviation of exp(E KL(p(y|x) || p(y))) over ``num_splits`` splits
+    (the Inception Score, Salimans et al. 2016, Sec. 4).
 
     Args:
       logits: float ``[N, C]`` classifier logits, N >= ``num_splits``.

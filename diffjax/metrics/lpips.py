@@ -169,7 +169,8 @@ def _feature_stack(x: jax.Array, stages: tuple[_Stage, ...]) -> tuple[jax.Array,
 
 
 class AlexNetFeatures(nn.Module):
-    """torchvision's AlexNet ``features`` up to relu5, returning the five LPIPS taps.
+    """torchvision's AlexNet ``features`` up to relu5, returning the five LPIPS taps (the
+    single-tower AlexNet of Krizhevsky 2014, arXiv:1404.5997; Krizhevsky et al. 2012).
 
     Inference only. Parameters ``conv1`` ... ``conv5`` (``kernel`` [k, k, in, out], ``bias``).
     """
@@ -188,7 +189,8 @@ class AlexNetFeatures(nn.Module):
 
 
 class VGG16Features(nn.Module):
-    """torchvision's VGG16 ``features`` up to relu5_3, returning the five LPIPS taps.
+    """torchvision's VGG16 ``features`` up to relu5_3, returning the five LPIPS taps (VGG's
+    configuration D, Simonyan & Zisserman 2015, arXiv:1409.1556, Table 1).
 
     Inference only. Parameters ``conv1_1`` ... ``conv5_3`` (``kernel`` [3, 3, in, out], ``bias``).
     """
@@ -283,7 +285,8 @@ def _unit_normalise(z: jax.Array) -> jax.Array:
 
 
 class LPIPS(nn.Module):
-    """The LPIPS v0.1 distance (module docstring), parameters ``features`` and ``lin0..lin4``.
+    """The LPIPS v0.1 distance (module docstring; Zhang et al. 2018, eq. 1), parameters
+    ``features`` and ``lin0..lin4``.
 
     Attributes:
       net: ``'alex'`` or ``'vgg'``.
@@ -567,7 +570,8 @@ def _distance(variables: Any, x: jax.Array, y: jax.Array, net: str) -> jax.Array
 
 
 def lpips_distance(variables: Any, x: Any, y: Any, *, net: str = "alex") -> jax.Array:
-    """LPIPS v0.1 distances between two batches of images (module docstring).
+    """LPIPS v0.1 distances between two batches of images (module docstring; Zhang et al.
+    2018, eq. 1).
 
     Matches ``lpips.LPIPS(net=net)(x, y, normalize=False)`` in PyTorch, with images NHWC
     instead of NCHW. Computed in float32. Can be called inside ``jax.jit`` (``net`` static) and

@@ -46,7 +46,8 @@ def _coverage(
 def precision_recall(
     real: Any, generated: Any, *, k: int = 3, block_size: int = 1024
 ) -> tuple[float, float]:
-    """Improved precision and recall of ``generated`` against ``real`` features.
+    """Improved precision and recall of ``generated`` against ``real`` features, each set's
+    manifold the union of its k-NN balls (Kynkäänniemi et al. 2019, eqs. 1-3).
 
     Args:
       real: float ``[N, D]`` features of real data.

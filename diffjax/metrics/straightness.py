@@ -18,7 +18,7 @@ __all__ = ["straightness"]
 
 
 def straightness(path: jnp.ndarray, times: jnp.ndarray) -> jnp.ndarray:
-    """Per-dimension straightness of paths, float32 scalar (eq. 9 above).
+    """Per-dimension straightness of paths, float32 scalar (Liu et al. 2022, eq. 9; see above).
 
     Args:
       path: ``[N + 1, B, ...]`` states along each path, from the first time to the last.

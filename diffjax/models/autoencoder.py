@@ -84,7 +84,8 @@ AUTOENCODER_PRESETS: dict[str, dict[str, object]] = {
 
 
 def downsampling_factor(channel_mults: Sequence[int]) -> int:
-    """``f = 2 ** (len(channel_mults) - 1)``: image side over latent side (for even sides)."""
+    """``f = 2 ** (len(channel_mults) - 1)``: image side over latent side (for even sides), LDM's
+    downsampling factor f = H / h = 2^m (Rombach et al. 2022, Sec. 3.1)."""
     return 2 ** (len(channel_mults) - 1)
 
 
@@ -241,7 +242,8 @@ class _Decoder(nn.Module):
 
 
 class AutoencoderKL(nn.Module):
-    """The KL-regularised autoencoder of latent diffusion (see the module docstring).
+    """The KL-regularised autoencoder of latent diffusion (see the module docstring; Rombach et
+    al. 2022, Sec. 3.1 and App. G).
 
     Attributes:
       base_channels: channels of the first level (SD: 128).

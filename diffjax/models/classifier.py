@@ -35,7 +35,8 @@ Dtype = Any
 
 
 class NoisyClassifier(nn.Module):
-    """Class logits of a noisy image: ``module(x_t, t) -> [B, num_classes]``.
+    """Class logits of a noisy image: ``module(x_t, t) -> [B, num_classes]``, the classifier
+    p_phi(y | x_t, t) of classifier guidance (Dhariwal & Nichol 2021, Sec. 4).
 
     Attributes:
       num_classes: K, the classes it predicts (>= 2).

@@ -180,7 +180,8 @@ class _TextTransformer(nn.Module):
 
 
 class CLIPTextModel(nn.Module):
-    """CLIP's text encoder (module docstring), as transformers' ``CLIPTextModel``.
+    """CLIP's text encoder (module docstring; Radford et al. 2021, Sec. 2.4), as transformers'
+    ``CLIPTextModel``.
 
     ``model.apply({'params': params}, input_ids, skip_layers=0)`` with ``input_ids [B, L]``
     integers, ``L <= max_positions``, returns ``(hidden [B, L, D], pooled [B, D])``, float32:

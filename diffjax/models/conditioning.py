@@ -175,7 +175,8 @@ class ModuleApply:
 
 
 def learned_variance(module: Any) -> bool:
-    """Whether a network returns a learned variance beside its prediction (module docstring)."""
+    """Whether a network returns a learned variance beside its prediction (module docstring;
+    Improved DDPM's Sigma_theta, Nichol & Dhariwal 2021, Sec. 3.1)."""
     return bool(getattr(module, "learned_variance", False))
 
 
@@ -187,7 +188,8 @@ def _prediction_half(model_fn: Any, x_in: jnp.ndarray, t_in: jnp.ndarray) -> jnp
 def prediction_channels(model_fn: Any) -> jax.tree_util.Partial:
     """A learned-variance ``model_fn`` (``[B, ..., C] -> [B, ..., 2 C]``) as the plain
     ``model_fn(x_t, t) -> prediction [B, ..., C]`` every sampler and loss takes: its first C
-    channels (:func:`diffjax.diffusion.split_learned_variance`).
+    channels (:func:`diffjax.diffusion.split_learned_variance`; the prediction half of Improved
+    DDPM's output, Nichol & Dhariwal 2021, Sec. 3.1).
 
     Example:
       >>> model_fn = make_model_fn(dit, params, {"label": labels}, guidance_scale=4.0)
@@ -216,7 +218,8 @@ def make_model_fn(
     guidance_scale: float = 1.0,
     null: Cond | None = None,
 ) -> jax.tree_util.Partial:
-    """A network and its parameters as the ``model_fn(x_t, t)`` of the losses and samplers.
+    """A network and its parameters as the ``model_fn(x_t, t)`` of the losses and samplers,
+    with classifier-free guidance (Ho & Salimans 2022, eq. 6) when ``guidance_scale != 1``.
 
     The result is a :class:`jax.tree_util.Partial` whose bound arrays (params, cond, rng) are
     traced, so a sampler compiled for it is reused when they change. With

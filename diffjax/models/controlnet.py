@@ -14,9 +14,9 @@ parameter names (so :func:`controlnet_from_base` copies them from a trained UNet
   the middle block (``controlnet_mid``).
 
 It returns the residuals ``(skips, middle)`` that :class:`ControlledModel` adds, times
-``conditioning_scale``, to its frozen base UNet's skips and middle output (Eq. 4 of the
-paper: y_c = F(x; Θ) + Z(F(x + Z(c; Θ_z1); Θ_c); Θ_z2)). With the zero convolutions a new
-ControlNet's residuals are exactly zero, so training starts at the base model.
+``conditioning_scale``, to its frozen base UNet's skips and middle output (Zhang et al. 2023,
+arXiv:2302.05543, eq. 2: y_c = F(x; Θ) + Z(F(x + Z(c; Θ_z1); Θ_c); Θ_z2)). With the zero
+convolutions a new ControlNet's residuals are exactly zero, so training starts at the base model.
 
 The control image is ``cond['control']``, float ``[B, H_c, W_c, C_c]`` in [0, 1] (diffusers'
 convention), with ``H_c = 2**k H`` for ``k`` up to ``len(conditioning_embedding_channels) -
@@ -71,7 +71,8 @@ def controlnet_fields(base: UNet | DiT) -> dict[str, Any]:
 
 
 class ControlNet(UNet):
-    """A UNet's encoder and middle block reading ``cond['control']``; returns residuals.
+    """A UNet's encoder and middle block reading ``cond['control']``; returns residuals: the
+    trainable copy with zero convolutions of Zhang et al. 2023, Secs. 3.1-3.2.
 
     Attributes (besides :class:`~diffjax.models.unet.UNet`'s, whose decoder fields are
     unused):
@@ -174,7 +175,7 @@ class ControlNet(UNet):
 
 class ConditionEmbedding(nn.Module):
     """ControlNet's condition encoder: ``[B, H_c, W_c, C_c] -> [B, H_c / 2**strides, W_c /
-    2**strides, out_channels]``.
+    2**strides, out_channels]`` (the tiny network c_f = E(c_i) of Zhang et al. 2023, Sec. 3.2).
 
     A 3x3 convolution to ``channels[0]``; per further width a 3x3 convolution keeping the
     width and a 3x3 one to the next width (stride 2 in the last ``strides`` of them); SiLU
@@ -305,6 +306,10 @@ _CONTROLNET_OF = ((UNet, ControlNet), (DiT, DiTControlNet))
 class ControlledModel(nn.Module):
     """A frozen base network with a ControlNet's residuals added: a registered network.
 
+    ControlNet's y_c = F(x; Theta) + Z(F(x + Z(c; Theta_z1); Theta_c); Theta_z2) (Zhang et al.
+    2023, Sec. 3.1): the frozen base's skips and middle output plus the ControlNet's
+    zero-convolution residuals, times ``conditioning_scale``.
+
     The base is a :class:`~diffjax.models.unet.UNet` with a :class:`ControlNet`
     (``'controlnet'`` in the model registry) or a :class:`~diffjax.models.dit.DiT` with a
     :class:`DiTControlNet` (``'dit_controlnet'``). Called as every network is,
@@ -362,7 +367,7 @@ class ControlledModel(nn.Module):
         cond: Mapping[str, Any] | None = None,
         train: bool = False,
     ) -> jnp.ndarray:
-        """The base's prediction with the ControlNet's residuals (Eq. 4 of the paper).
+        """The base's prediction with the ControlNet's residuals (Zhang et al. 2023, eq. 2).
 
         Args:
           x: noisy inputs ``[B, H, W, C]``.
@@ -381,7 +386,8 @@ class ControlledModel(nn.Module):
 
 
 def controlnet_from_base(controlnet_params: Any, base_params: Mapping[str, Any]) -> Any:
-    """A ControlNet's parameters with the layers it shares with its base copied from it.
+    """A ControlNet's parameters with the layers it shares with its base copied from it: the
+    trainable copy starts as the locked model's weights (Zhang et al. 2023, Sec. 3.1).
 
     Args:
       controlnet_params: a (fresh) ControlNet's or DiTControlNet's parameters.

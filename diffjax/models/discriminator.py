@@ -35,7 +35,8 @@ class _BatchNorm(nn.Module):
 
 
 class PatchDiscriminator(nn.Module):
-    """Logits ``[B, h, w, 1]`` of overlapping patches of images ``[B, H, W, C]`` being real.
+    """Logits ``[B, h, w, 1]`` of overlapping patches of images ``[B, H, W, C]`` being real
+    (pix2pix's PatchGAN, Isola et al. 2017, Sec. 3.2.2).
 
     Attributes:
       base_channels: channels of the first convolution (pix2pix, LDM: 64).

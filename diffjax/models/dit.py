@@ -54,6 +54,8 @@ def sincos_positions(
     DiT): half the channels encode the column, half the row, each as ``[sin(p w_k), cos(p
     w_k)]`` with ``w_k = 10000^(-k / (dim / 4))``; positions are scaled by ``base_size /
     grid`` (diffusers' convention, so a grid other than the training one keeps the same range).
+    Per axis this is the sinusoid of Vaswani et al. 2017, Sec. 3.5; DiT adds it to the patch
+    tokens (Peebles & Xie 2023, Sec. 3.2).
 
     Args:
       dim: the embedding width, a multiple of 4.
@@ -230,7 +232,7 @@ def unstack_blocks(params: Mapping[str, Any]) -> dict[str, Any]:
 
 class DiT(nn.Module):
     """The diffusion transformer (module docstring), predicting an image-shaped output from
-    ``(x_t, t, cond)``.
+    ``(x_t, t, cond)``: patchify and adaLN-Zero blocks (Peebles & Xie 2023, Sec. 3.2).
 
     Attributes:
       patch_size: p; image sides must be multiples of it (DiT: 2, 4 or 8).

@@ -158,7 +158,8 @@ def _group_norm_jvp(num_groups, epsilon, primals, tangents):
 
 
 class GroupNorm(nn.Module):
-    """Flax wrapper of :func:`group_norm` with ``flax.linen.GroupNorm``'s parameters.
+    """Flax wrapper of :func:`group_norm` with ``flax.linen.GroupNorm``'s parameters (Wu & He
+    2018, Eq. 1-3 with GN's group sets).
 
     Attributes:
       num_groups: number of groups; must divide the channel count.

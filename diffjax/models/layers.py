@@ -81,7 +81,8 @@ def sinusoidal_embedding(
 
 
 class TimeEmbedding(nn.Module):
-    """Sinusoidal embedding of ``t`` followed by DDPM's 2-layer MLP (Dense, SiLU, Dense).
+    """Sinusoidal embedding of ``t`` followed by DDPM's 2-layer MLP (Dense, SiLU, Dense): the
+    Transformer position embedding (Vaswani et al. 2017, Sec. 3.5) of Ho et al. 2020, App. B.
 
     Attributes:
       features: MLP width (DDPM: 4 x base channels).
@@ -241,7 +242,8 @@ class _QKVProjection(nn.Module):
 
 
 class AttentionBlock(nn.Module):
-    """Residual self-attention over all spatial positions (DDPM ``attn_block``).
+    """Residual self-attention over all spatial positions (DDPM ``attn_block``; Ho et al.
+    2020, App. B, with the attention of Vaswani et al. 2017, eq. 1).
 
     ``x + proj(softmax(q k^T / sqrt(d)) v)`` with ``q, k, v`` 1x1 projections of ``GN(x)``;
     the output projection is zero-initialised. DDPM uses a single head.
@@ -299,7 +301,8 @@ class AttentionBlock(nn.Module):
 
 
 class Downsample(nn.Module):
-    """Halves the spatial size with a stride-2 3x3 convolution (DDPM ``downsample``).
+    """Halves the spatial size with a stride-2 3x3 convolution (DDPM ``downsample``; the UNet
+    of Ho et al. 2020, App. B).
 
     ``padding=0`` pads (0, 1) on even sizes, exactly as TensorFlow's ``"SAME"`` did in DDPM;
     ``padding=1`` pads (1, 1), as Stable Diffusion does (diffusers' ``downsample_padding``).
@@ -337,7 +340,8 @@ class Downsample(nn.Module):
 
 
 class Upsample(nn.Module):
-    """Doubles the spatial size: nearest-neighbour repeat, then a 3x3 convolution.
+    """Doubles the spatial size: nearest-neighbour repeat, then a 3x3 convolution (DDPM
+    ``upsample``; the UNet of Ho et al. 2020, App. B).
 
     Attributes:
       dtype: compute dtype.

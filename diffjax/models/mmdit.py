@@ -67,7 +67,8 @@ def sd3_positions(dim: int, max_size: int, base_size: int) -> np.ndarray:
 
     Half the channels encode the column, half the row, each as ``[sin(p w_k), cos(p w_k)]``
     with ``w_k = 10000^(-k / (dim / 4))`` and ``p = i / (max_size / base_size)`` (MAE's
-    embedding as :func:`~diffjax.models.dit.sincos_positions`). Unlike that function the
+    embedding as :func:`~diffjax.models.dit.sincos_positions`: per axis the sinusoid of Vaswani
+    et al. 2017, Sec. 3.5, as in DiT, Peebles & Xie 2023, Sec. 3.2). Unlike that function the
     positions are rounded to float32 before the float64 angles, as diffusers computes them, so
     the table equals diffusers' bit for bit.
 
@@ -214,7 +215,8 @@ class _JointBlock(nn.Module):
 
 class MMDiT(nn.Module):
     """SD3's multimodal diffusion transformer (module docstring), predicting an image-shaped
-    output from ``(x_t, t, cond)``.
+    output from ``(x_t, t, cond)``: two token streams with joint attention (Esser et al. 2024,
+    Sec. 4 and Fig. 2).
 
     The defaults are SD3 medium's (``stabilityai/stable-diffusion-3-medium-diffusers``'
     ``transformer/config.json``).

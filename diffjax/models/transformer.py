@@ -31,7 +31,8 @@ __all__ = ["Attention", "SpatialTransformer", "TransformerBlock"]
 class Attention(nn.Module):
     """Multi-head attention of ``x`` over ``context [B, L, D]`` (``x`` itself when None), as
     diffusers' ``Attention`` with its options: ``x`` is ``[B, N, C]``, or ``[B, H, W, C]``
-    (attended over its H*W positions); returns ``x``'s shape.
+    (attended over its H*W positions); returns ``x``'s shape. Scaled dot-product attention
+    (Vaswani et al. 2017, eq. 1) with multiple heads (Sec. 3.2.2).
 
     Attributes:
       num_heads: heads; ``C`` is split into ``num_heads`` heads of ``C // num_heads``.
@@ -107,7 +108,8 @@ class _FeedForward(nn.Module):
 
 class TransformerBlock(nn.Module):
     """Self-attention, cross-attention on ``context`` (self-attention again without one) and a
-    GEGLU feed-forward, each pre-LayerNorm and residual, on ``x [B, N, C]``.
+    GEGLU feed-forward, each pre-LayerNorm and residual, on ``x [B, N, C]``: LDM's
+    cross-attention conditioning (Rombach et al. 2022, Sec. 3.3) with GEGLU (Shazeer 2020).
 
     Attributes:
       num_heads: attention heads.
@@ -132,7 +134,7 @@ class TransformerBlock(nn.Module):
 
 class SpatialTransformer(nn.Module):
     """LDM's spatial transformer on feature maps ``x [B, H, W, C]`` with a context ``[B, L, D]``
-    (module docstring); returns ``[B, H, W, C]``.
+    (module docstring; Rombach et al. 2022, Sec. 3.3); returns ``[B, H, W, C]``.
 
     Attributes:
       num_heads: attention heads (SD 1: 8).

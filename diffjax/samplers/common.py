@@ -266,7 +266,9 @@ def denoise(
     guide: Callable | None = None,
     learned_variance: bool = False,
 ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
-    """One model call at a grid point: ``(prediction, x0, eps)``, each ``[B, ...]``.
+    """One model call at a grid point: ``(prediction, x0, eps)``, each ``[B, ...]``: x0 is the
+    denoiser D(x; sigma) of Karras et al. 2022, eq. 7, and x = alpha x0 + sigma eps (Ho et al.
+    2020, eq. 15 for an eps-model).
 
     The network sees ``x`` scaled as :func:`diffjax.predictions.input_scale` says and the
     point's model time broadcast to ``[B]``. Its prediction becomes (x0_hat, eps_hat), which

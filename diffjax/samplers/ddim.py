@@ -118,7 +118,8 @@ def ddim_plan(
     set_alpha_to_one: bool = True,
     prediction_type: str,
 ) -> Plan:
-    """Checks DDIM's options and builds its grid (see :func:`ddim_sample`)."""
+    """Checks DDIM's options and builds its grid (see :func:`ddim_sample`): the steps of
+    Song et al. 2021, DDIM eqs. 12 and 16, on a sub-sequence of the timesteps (Sec. 4.2)."""
     check_process(process)
     predictions.check_prediction_supported(prediction_type, process)
     eta = check_real(eta, "eta", 0.0, 1.0, " (0: deterministic DDIM, 1: DDPM-like)")

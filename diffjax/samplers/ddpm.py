@@ -125,7 +125,8 @@ def ddpm_plan(
     spacing: str = "linspace",
     guidance_form: str = "score",
 ) -> Plan:
-    """Checks DDPM's options and builds its chain (see :func:`ddpm_sample`)."""
+    """Checks DDPM's options and builds its chain (see :func:`ddpm_sample`): Ho et al. 2020,
+    Algorithm 2, over all T steps or a respaced subset (Nichol & Dhariwal 2021, eq. 19)."""
     check_process(process)
     if not is_discrete(process):
         raise ValueError(

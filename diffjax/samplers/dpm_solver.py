@@ -49,7 +49,8 @@ def dpm_solver_coefficients(
     timesteps: np.ndarray,
     order: int = 2,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-step coefficients of DPM-Solver++(2M) on a grid, in float64.
+    """Per-step coefficients of DPM-Solver++(2M) on a grid, in float64 (Lu et al. 2022,
+    "DPM-Solver++", arXiv:2211.01095, Algorithm 2; order 1 is DDIM, Song et al. 2021, eq. 12).
 
     Step k goes from grid point k to grid point k + 1 (or to sigma = 0 after the last one):
     x_{k+1} = state_scale[k] x_k
@@ -99,7 +100,8 @@ def dpm_solver_plan(
     min_log_snr: float = -6.0,
     prediction_type: str,
 ) -> Plan:
-    """Checks DPM-Solver++'s options and builds its grid (see :func:`dpm_solver_sample`)."""
+    """Checks DPM-Solver++'s options and builds its grid (see :func:`dpm_solver_sample`):
+    DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", arXiv:2211.01095, Algorithm 2)."""
     check_process(process)
     predictions.check_prediction_supported(prediction_type, process)
     if order not in SOLVER_ORDERS or isinstance(order, bool):

@@ -142,7 +142,8 @@ def euler_plan(
     s_tmin: float = 0.0, s_tmax: float = math.inf, s_noise: float = 1.0,
     prediction_type: str,
 ) -> Plan:  # fmt: skip
-    """Checks the EDM Euler sampler's options and builds its grid (see :func:`euler_sample`)."""
+    """Checks the EDM Euler sampler's options and builds its grid (see :func:`euler_sample`):
+    Karras et al. 2022, Algorithm 2 without its Heun correction, on the grid of eq. 5."""
     return _edm_plan(
         process, False, num_steps, sigma_min, sigma_max, rho, s_churn, s_tmin, s_tmax, s_noise,
         prediction_type,
@@ -155,7 +156,8 @@ def heun_plan(
     s_tmin: float = 0.0, s_tmax: float = math.inf, s_noise: float = 1.0,
     prediction_type: str,
 ) -> Plan:  # fmt: skip
-    """Checks the EDM Heun sampler's options and builds its grid (see :func:`heun_sample`)."""
+    """Checks the EDM Heun sampler's options and builds its grid (see :func:`heun_sample`):
+    Karras et al. 2022, Algorithms 1-2, on the grid of eq. 5."""
     return _edm_plan(
         process, True, num_steps, sigma_min, sigma_max, rho, s_churn, s_tmin, s_tmax, s_noise,
         prediction_type,

@@ -90,7 +90,9 @@ def flow_plan(
     t_min: float | None = None,
     prediction_type: str,
 ) -> Plan:
-    """Checks a flow sampler's options and builds its grid (see :func:`flow_euler_sample`)."""
+    """Checks a flow sampler's options and builds its grid (see :func:`flow_euler_sample`): a
+    grid uniform in t, optionally through SD3's shift (Esser et al. 2024, Sec. 5.3.2), for the
+    velocity field of rectified flow (Liu et al. 2022, arXiv:2209.03003)."""
     check_process(process)
     if is_discrete(process):
         raise ValueError(
@@ -148,6 +150,10 @@ def _sampler(method: str, default_steps: int) -> Callable:
     calls = {"euler": "N", "midpoint": "2N", "heun": "2N - 1"}[method]
     sample.__doc__ = f"""The {method} sampler of the velocity field (:mod:`diffjax.samplers.flow`).
 
+    It integrates dx/dt = v from t = 1 to 0 as rectified flow samples (Liu et al. 2022,
+    arXiv:2209.03003), on a uniform grid optionally shifted as SD3's (Esser et al. 2024,
+    Sec. 5.3.2).
+
     Args:
       model_fn: ``model_fn(x_in [B, ...], t_in [B]) -> prediction [B, ...]``.
       process: a continuous process (concrete: the grid is built in NumPy).
@@ -174,5 +180,11 @@ def _sampler(method: str, default_steps: int) -> Callable:
 
 
 flow_euler_sample = _sampler("euler", 50)
+"""Euler's method on dx/dt = v from t = 1 to 0, rectified flow's sampler (Liu et al. 2022,
+arXiv:2209.03003); N model calls. Its arguments are listed by ``help(flow_euler_sample)``."""
 flow_midpoint_sample = _sampler("midpoint", 25)
+"""The explicit midpoint method on dx/dt = v (rectified flow's velocity, Liu et al. 2022,
+arXiv:2209.03003); 2N model calls. Arguments as :func:`flow_euler_sample`."""
 flow_heun_sample = _sampler("heun", 25)
+"""Heun's method on dx/dt = v (as EDM's, Karras et al. 2022, Algorithm 1, in the process's time;
+the last step Euler); 2N - 1 model calls. Arguments as :func:`flow_euler_sample`."""

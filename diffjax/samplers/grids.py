@@ -15,7 +15,7 @@ for continuous processes this module provides
 
 * :func:`karras_sigmas` (Karras et al. 2022, eq. 5): sigma_i = (s_max^(1/rho) + i / (N - 1)
   (s_min^(1/rho) - s_max^(1/rho)))^rho in s = sigma / alpha, mapped to t through log-SNR;
-* :func:`log_snr_times`: uniform in lambda = log(alpha / sigma) (Lu et al. 2022, Sec. 3.4);
+* :func:`log_snr_times`: uniform in lambda = log(alpha / sigma) (Lu et al. 2022, Sec. 3.3);
 * :func:`uniform_times`: uniform in t, optionally through SD3's :func:`~diffjax.losses.time_shift`.
 """
 
@@ -156,7 +156,8 @@ def _sigma_ratio(process: Any, t: float) -> float:
 
 def data_end_time(process: Any, sigma_min: float = DEFAULT_SIGMA_MIN) -> float:
     """The time where sigma / alpha = ``sigma_min`` (clipped to [0, 1]): the last model call of
-    a continuous grid, after which a sampler steps to the data."""
+    a continuous grid, after which a sampler steps to the data (EDM's sigma_min, the end of the
+    grid of Karras et al. 2022, eq. 5)."""
     with np.errstate(divide="ignore"):
         t = process.t_from_log_snr(np.float64(-2.0 * math.log(sigma_min)), np)
     return float(np.clip(t, 0.0, 1.0))
@@ -193,7 +194,8 @@ def karras_times(
     sigma_max: float = DEFAULT_SIGMA_MAX, rho: float = 7.0,
 ) -> np.ndarray:  # fmt: skip
     """The Karras grid of a continuous process, as times: ``sigma_max`` and ``sigma_min`` are
-    clipped to the process's range of sigma / alpha, then mapped to t through log-SNR."""
+    clipped to the process's range of sigma / alpha, then mapped to t through log-SNR
+    (:func:`karras_sigmas`, Karras et al. 2022, eq. 5)."""
     _check_range(sigma_min, sigma_max, rho)
     top = min(sigma_max, _sigma_ratio(process, 1.0))
     bottom = max(sigma_min, _sigma_ratio(process, 0.0))
@@ -211,7 +213,8 @@ def log_snr_times(
     process: Any, num_steps: int, *, min_log_snr: float = -6.0, start_at_t_max: bool = True,
     sigma_min: float = DEFAULT_SIGMA_MIN,
 ) -> np.ndarray:  # fmt: skip
-    """Times uniform in lambda = log(alpha / sigma) for a continuous process, descending.
+    """Times uniform in lambda = log(alpha / sigma) for a continuous process, descending: the
+    step-size schedule of DPM-Solver (Lu et al. 2022, arXiv:2206.00927).
 
     The grid runs from t = 1 (with ``start_at_t_max``; else from the time of log-SNR
     ``min_log_snr``) down to :func:`data_end_time`; between the first two points it is uniform

@@ -413,7 +413,8 @@ def classifier_log_prob(
     *,
     prediction_type: str = "eps",
 ) -> jax.tree_util.Partial:
-    """log p(y | x_t) of a noise-conditional classifier, as :func:`gradient_guidance` reads it.
+    """log p(y | x_t) of a noise-conditional classifier, as :func:`gradient_guidance` reads it
+    (the classifier p_phi(y | x_t, t) trained on noisy images of Dhariwal & Nichol 2021, Sec. 4).
 
     The classifier sees what a denoiser of ``prediction_type`` trained on ``process`` sees
     (:func:`diffjax.predictions.network_inputs`: x_t, scaled for 'edm', and the network time),

@@ -98,7 +98,8 @@ def ode_velocity(
     model: Callable, prediction_type: str, process: Any, t: jnp.ndarray, x: jnp.ndarray,
     clip_x0: bool = False, guide: Callable | None = None,
 ) -> tuple[jnp.ndarray, jnp.ndarray]:  # fmt: skip
-    """The probability-flow velocity alpha' x0_hat + sigma' eps_hat at a scalar time t.
+    """The probability-flow velocity alpha' x0_hat + sigma' eps_hat at a scalar time t: the
+    ODE of Song et al. 2021, score_sde, eq. 13, with score = -eps_hat / sigma.
 
     Args:
       model: ``model(x_in [B, ...], t_in [B]) -> prediction``.
@@ -315,7 +316,8 @@ def ode_sample(
     out_sharding: jax.sharding.Sharding | None = None,
     guide: Callable | None = None,
 ):
-    """Samples by solving the probability-flow ODE adaptively (see the module docstring).
+    """Samples by solving the probability-flow ODE adaptively (see the module docstring): Song
+    et al. 2021, score_sde, eq. 13, with an embedded Runge-Kutta pair (diffrax).
 
     Args:
       model_fn: ``model_fn(x_in [B, ...], t_in [B]) -> prediction [B, ...]``.

@@ -173,7 +173,8 @@ def euler_maruyama_plan(
     process: Any, *, num_steps: int = 1000, t_max: float = 1.0, t_min: float = DEFAULT_T_MIN,
     prediction_type: str,
 ) -> Plan:  # fmt: skip
-    """Checks Euler-Maruyama's options and builds its grid (see :func:`euler_maruyama_sample`)."""
+    """Checks Euler-Maruyama's options and builds its grid (see :func:`euler_maruyama_sample`):
+    the reverse SDE of Song et al. 2021, score_sde, eq. 6, on a uniform grid in t."""
     return _sde_plan(
         process, predictor="euler_maruyama", corrector="none", corrector_steps=0, snr=0.0,
         num_steps=num_steps, t_max=t_max, t_min=t_min, prediction_type=prediction_type,
@@ -185,7 +186,8 @@ def pc_plan(
     corrector: str = "langevin", corrector_steps: int = 1, snr: float = 0.16,
     t_max: float = 1.0, t_min: float = DEFAULT_T_MIN, prediction_type: str,
 ) -> Plan:  # fmt: skip
-    """Checks the predictor-corrector's options and builds its grid (see :func:`pc_sample`)."""
+    """Checks the predictor-corrector's options and builds its grid (see :func:`pc_sample`):
+    Song et al. 2021, score_sde, Sec. 4.2 and Algorithms 2-3."""
     return _sde_plan(
         process, predictor=predictor, corrector=corrector, corrector_steps=corrector_steps,
         snr=snr, num_steps=num_steps, t_max=t_max, t_min=t_min, prediction_type=prediction_type,
@@ -230,6 +232,8 @@ def euler_maruyama_sample(
     return_trajectory: bool = False, dtype: DTypeLike = jnp.float32,
     out_sharding: jax.sharding.Sharding | None = None, guide: Callable | None = None,
 ):  # fmt: skip
+    """Euler-Maruyama on the reverse SDE (Song et al. 2021, score_sde, eq. 6); N model calls
+    (the arguments are those of :func:`pc_sample` less its predictor and corrector options)."""
     plan = euler_maruyama_plan(
         process, num_steps=num_steps, t_max=t_max, t_min=t_min, prediction_type=prediction_type
     )
@@ -238,7 +242,8 @@ def euler_maruyama_sample(
 
 
 euler_maruyama_sample.__doc__ = (
-    """Euler-Maruyama on the reverse SDE (:mod:`diffjax.samplers.sde`); N model calls.
+    """Euler-Maruyama on the reverse SDE (Song et al. 2021, score_sde, eq. 6;
+    :mod:`diffjax.samplers.sde`); N model calls.
 
     Args:"""
     + _COMMON_DOC
@@ -254,6 +259,8 @@ def pc_sample(
     dtype: DTypeLike = jnp.float32, out_sharding: jax.sharding.Sharding | None = None,
     guide: Callable | None = None,
 ):  # fmt: skip
+    """score_sde's predictor-corrector sampler (Song et al. 2021, score_sde, Sec. 4.2 and
+    Algorithms 2-3); N (1 + corrector_steps) model calls (:mod:`diffjax.samplers.sde`)."""
     plan = pc_plan(
         process, num_steps=num_steps, predictor=predictor, corrector=corrector,
         corrector_steps=corrector_steps, snr=snr, t_max=t_max, t_min=t_min,
@@ -264,8 +271,8 @@ def pc_sample(
 
 
 pc_sample.__doc__ = (
-    """score_sde's predictor-corrector sampler (:mod:`diffjax.samplers.sde`);
-    N (1 + corrector_steps) model calls.
+    """score_sde's predictor-corrector sampler (Song et al. 2021, score_sde, Sec. 4.2 and
+    Algorithms 2-3; :mod:`diffjax.samplers.sde`); N (1 + corrector_steps) model calls.
 
     Args:
       predictor: ``'reverse_diffusion' | 'ancestral' | 'euler_maruyama' | 'none'``.

@@ -75,9 +75,9 @@ def ddim_step(
 def euler_step(
     x: jnp.ndarray, x0_hat: jnp.ndarray, alpha: Any, sigma: Any, alpha_next: Any, sigma_next: Any
 ) -> jnp.ndarray:
-    """The Euler step of dy/ds = eps_hat (EDM Algorithm 1, lines 4-5, for any process):
-    x_next = alpha_next x0_hat + sigma_next eps_hat with eps_hat = (x - alpha x0_hat) / sigma,
-    i.e. :func:`ddim_step` with eta = 0."""
+    """The Euler step of dy/ds = eps_hat (Karras et al. 2022, Algorithm 1, lines 4-5, for any
+    process): x_next = alpha_next x0_hat + sigma_next eps_hat with eps_hat = (x - alpha x0_hat)
+    / sigma, i.e. :func:`ddim_step` with eta = 0."""
     return ddim_step(x0_hat, (x - alpha * x0_hat) / sigma, alpha_next, sigma_next)
 
 
@@ -132,7 +132,8 @@ def flow_heun_step(
     x: jnp.ndarray, velocity: jnp.ndarray, velocity_next: jnp.ndarray, t: Any, t_next: Any
 ) -> jnp.ndarray:
     """Heun's step of dx/dt = v: x_next = x + (t_next - t) (v + v_next) / 2, with v_next the
-    velocity at the Euler prediction (:func:`flow_euler_step`) at t_next."""
+    velocity at the Euler prediction (:func:`flow_euler_step`) at t_next (EDM's second-order
+    correction, Karras et al. 2022, Algorithm 1, lines 6-8, in the process's time)."""
     return x + jnp.asarray(t_next - t, x.dtype) * 0.5 * (velocity + velocity_next)
 
 
@@ -140,7 +141,8 @@ def reverse_sde_step(
     x: jnp.ndarray, eps_hat: jnp.ndarray, sigma: Any, drift: Any, diffusion_sq: Any, dt: Any,
     noise: jnp.ndarray,
 ) -> jnp.ndarray:  # fmt: skip
-    """One Euler-Maruyama step of the reverse SDE (score_sde, eq. 6), dt = t_next - t < 0:
+    """One Euler-Maruyama step of the reverse SDE (Song et al. 2021, score_sde, eq. 6),
+    dt = t_next - t < 0:
 
     x_next = x + (f x + g^2 eps_hat / sigma) dt + g sqrt(-dt) z.
     """
@@ -172,7 +174,8 @@ def langevin_step(
     x: jnp.ndarray, eps_hat: jnp.ndarray, sigma: Any, snr: Any, alpha_ratio_sq: Any,
     noise: jnp.ndarray,
 ) -> jnp.ndarray:  # fmt: skip
-    """One Langevin corrector step (score_sde, Algorithms 4 and 5) with score -eps_hat / sigma:
+    """One Langevin corrector step (Song et al. 2021, score_sde, Algorithms 4 and 5) with
+    score -eps_hat / sigma:
 
         step = 2 a (r sigma)^2,   x <- x + step score + sqrt(2 step) z,
 

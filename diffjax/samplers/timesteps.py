@@ -13,7 +13,7 @@ Spacings
 ``'trailing'``  ``t = round(T - k T / S) - 1`` for k = 0 .. S-1: starts at T-1, ends at T/S - 1
                 (needed for zero terminal SNR; Lin et al. 2024, Sec. 3.3).
 ``'linspace'``  ``round(linspace(T-1, 0, S))``: both ends (Nichol & Dhariwal 2021's respacing).
-``'logsnr'``    uniform in lambda = log(alpha / sigma) = log_snr / 2 (Lu et al. 2022, Sec. 3.4).
+``'logsnr'``    uniform in lambda = log(alpha / sigma) = log_snr / 2 (Lu et al. 2022, Sec. 3.3).
 ``'karras'``    uniform in sigma^(1/rho) with sigma = exp(-lambda) and rho = 7 (Karras et al.
                 2022, eq. 5).
 
@@ -88,6 +88,10 @@ def _check_spacing(spacing: str, allowed: tuple[str, ...]) -> None:
 def spaced_timesteps(num_timesteps: int, num_steps: int, spacing: str = "leading") -> np.ndarray:
     """S distinct timesteps out of T, descending, by a fixed rule in t (see the module docstring).
 
+    'leading' is DDIM's linear sub-sequence (Song et al. 2021, DDIM, App. D.2), 'trailing' that
+    of Lin et al. 2024, Sec. 3.3, and 'linspace' Improved DDPM's respacing (Nichol & Dhariwal
+    2021, Sec. 4).
+
     Args:
       num_timesteps: T of the schedule.
       num_steps: S, 1 <= S <= T.
@@ -149,6 +153,9 @@ def log_snr_timesteps(
 ) -> np.ndarray:
     """A grid uniform in lambda (or Karras-style in sigma = exp(-lambda)) rounded to distinct t.
 
+    Uniform in lambda is DPM-Solver's step-size schedule (Lu et al. 2022, arXiv:2206.00927);
+    'karras' is the grid of Karras et al. 2022, eq. 5.
+
     Targets lie between lambda_lo = max(lambda_{T-1}, min_log_snr / 2) and lambda_hi = lambda_0;
     each goes to the timestep with the nearest lambda. With ``start_at_t_max`` the first grid
     point is then moved to T-1, so the chain starts where x_T ~ N(0, I) is exact (see the module
@@ -198,7 +205,9 @@ def solver_timesteps(
     min_log_snr: float = -6.0,
     start_at_t_max: bool = True,
 ) -> np.ndarray:
-    """The grid of a fast ODE solver: :func:`log_snr_timesteps` or :func:`spaced_timesteps`.
+    """The grid of a fast ODE solver: :func:`log_snr_timesteps` or :func:`spaced_timesteps`
+    (uniform in lambda as DPM-Solver's, Lu et al. 2022, arXiv:2206.00927; Karras et al. 2022,
+    eq. 5; or a fixed rule in t).
 
     Args:
       sqrt_alphas_cumprod: float64 ``[T]``, alpha_t.
