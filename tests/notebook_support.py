@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import ast
 import json
-import os
 import pathlib
 import struct
 import sys
 
 import numpy as np
-import pytest
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 COLAB_DIR = REPO_ROOT / "colab"
@@ -66,15 +64,3 @@ def run_notebook(path: pathlib.Path, after_cell=None) -> dict:
         if after_cell is not None:
             after_cell(index, namespace)
     return namespace
-
-
-LONG_NOTEBOOK = pytest.mark.skipif(
-    not os.environ.get("DIFFJAX_TEST_ALL_NOTEBOOKS"),
-    reason=(
-        "a long notebook (minutes of compiling on a cold cache, past CI's budget): "
-        "DIFFJAX_TEST_ALL_NOTEBOOKS=1 runs it; every run checks that its rendered copy in "
-        "docs/notebooks/ holds its current code, executed without an error"
-    ),
-)
-"""Marks the run test of a notebook too long for every CI run (tests/test_notebooks.py checks
-its rendered copy instead, which tools/render_notebooks.py made by running it)."""

@@ -145,16 +145,16 @@ def test_a_trained_controlnet_uses_its_control(tmp_path):
     below the loss with another image's outline and below the base model's, by more than
     three standard errors of the paired differences."""
     base_dir, workdir = str(tmp_path / "base"), str(tmp_path / "cn")
+    # One checkpoint per run: configs/test.py's checkpoint every 2 steps would be 100 saves
+    # (about 1 s each here), most of the test's time.
+    long_run = {"training.num_steps": 200, "training.checkpoint_every_steps": 200,
+                "training.log_every_steps": 50, "optim.learning_rate": 2e-3}  # fmt: skip
     config = base_config()
-    config.training.num_steps = 200
-    config.optim.learning_rate = 2e-3
+    config.update_from_flattened_dict(long_run)
     with fast_compiles():
         loop.train_and_evaluate(config, base_dir)
         config = controlnet_config(base_dir)
-        config.update_from_flattened_dict(
-            {"training.num_steps": 200, "training.checkpoint_every_steps": 200,
-             "optim.learning_rate": 2e-3}
-        )  # fmt: skip
+        config.update_from_flattened_dict(long_run)
         loop.train_and_evaluate(config, workdir)
     run, base_run = dj.load_trained_run(workdir), dj.load_trained_run(base_dir)
     frozen = {"base": base_run.state.ema_params}  # the frozen source: the base's EMA weights

@@ -8,13 +8,12 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from notebook_support import COLAB_DIR, LONG_NOTEBOOK, NUM_TEST_IMAGES, run_notebook
+from notebook_support import COLAB_DIR, NUM_TEST_IMAGES, run_notebook
 
 from diffjax import metrics
 from diffjax.training.metrics_writer import read_metrics
 
 
-@LONG_NOTEBOOK
 def test_flows_and_few_step_runs_small(notebook_env, unoptimized):
     ns = run_notebook(COLAB_DIR / "flows_and_few_step.ipynb")
     train_steps, reflow_settings = ns["TRAIN_STEPS"], ns["REFLOW"]

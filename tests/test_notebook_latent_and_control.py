@@ -13,7 +13,7 @@ import time
 
 import jax
 import numpy as np
-from notebook_support import COLAB_DIR, LONG_NOTEBOOK, REPO_ROOT, run_notebook
+from notebook_support import COLAB_DIR, REPO_ROOT, run_notebook
 
 NOTEBOOK = COLAB_DIR / "latent_and_control.ipynb"
 TINY_SD = REPO_ROOT / "tests" / "fixtures" / "tiny_sd"
@@ -29,7 +29,6 @@ def _finite_images(images, shape, clipped=True):
         assert np.all(np.abs(images) <= 1.0 + 1e-6)
 
 
-@LONG_NOTEBOOK
 def test_latent_and_control_runs_small(notebook_env, unoptimized, monkeypatch):
     monkeypatch.setenv("DIFFJAX_SD_DIR", str(TINY_SD))
     seconds, last = [], [time.perf_counter()]

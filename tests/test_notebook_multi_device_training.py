@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import jax
 import numpy as np
-from notebook_support import COLAB_DIR, LONG_NOTEBOOK, NUM_TEST_IMAGES, run_notebook
+from notebook_support import COLAB_DIR, NUM_TEST_IMAGES, run_notebook
 
 from diffjax import metrics
 from diffjax.training.metrics_writer import read_metrics
@@ -18,7 +18,6 @@ from diffjax.training.metrics_writer import read_metrics
 NOTEBOOK = COLAB_DIR / "multi_device_training.ipynb"
 
 
-@LONG_NOTEBOOK
 def test_multi_device_training_runs_small(notebook_env, unoptimized, capsys):
     steps_seen = {"unet_state": [], "dit_state": []}
 
