@@ -49,6 +49,7 @@ def _same(a, b) -> bool:
     return jax.tree.all(jax.tree.map(lambda x, y: bool(np.array_equal(x, y)), a, b))
 
 
+@pytest.mark.slow
 def test_the_discriminator_waits_for_disc_start_then_alternates(data_dir, tmp_path):
     gan = dict(disc_weight=0.5, disc_start=2, disc_base_channels=8, disc_layers=1)
     config = autoencoder_config(data_dir, **gan)

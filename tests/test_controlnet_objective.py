@@ -140,6 +140,7 @@ def _per_example_losses(run, params, images, controls, key):
     return np.asarray(jax.jit(jax.vmap(loss))(images, keys, controls))
 
 
+@pytest.mark.slow
 def test_a_trained_controlnet_uses_its_control(tmp_path):
     """After 200 steps on the circles, the held-out loss with each image's own outline is
     below the loss with another image's outline and below the base model's, by more than

@@ -76,6 +76,7 @@ def distilled(teacher, tmp_path_factory):
     return workdir, report
 
 
+@pytest.mark.slow
 def test_rounds_halve_the_steps_and_chain_their_teachers(teacher, distilled):
     workdir, report = distilled
     assert [entry["steps"] for entry in report["rounds"]] == [4, 2, 1]
@@ -100,6 +101,7 @@ def test_rounds_halve_the_steps_and_chain_their_teachers(teacher, distilled):
         expected_teacher = folder
 
 
+@pytest.mark.slow
 def test_the_workdir_samples_as_its_last_student_and_cannot_be_trained_in(distilled):
     workdir, report = distilled
     run = dj.load_trained_run(workdir)
@@ -113,6 +115,7 @@ def test_the_workdir_samples_as_its_last_student_and_cannot_be_trained_in(distil
         train_and_evaluate(run.config, workdir)
 
 
+@pytest.mark.slow
 def test_a_rerun_resumes_from_the_records_and_refuses_other_settings(teacher, distilled):
     workdir, report = distilled
     again = distillation.distill(_distill_config(), teacher, workdir)
@@ -203,6 +206,7 @@ def _checkpoints(folder):
     return sorted(int(n) for n in os.listdir(path) if n.isdigit()) if os.path.isdir(path) else []
 
 
+@pytest.mark.slow
 def test_sigkill_mid_round_and_at_a_round_boundary_resumes_bit_identically(
     teacher, distilled, tmp_path
 ):
@@ -282,6 +286,7 @@ def test_a_guidance_embedding_starts_as_the_network_without_it():
         embedded.apply({"params": grown}, x, t, {"label": labels})
 
 
+@pytest.mark.slow
 def test_guidance_distillation_gives_a_one_call_student_of_the_guided_teacher(tmp_path):
     data_dir = make_image_folder(tmp_path / "images", num_per_class=8)
     config = make_test_config(

@@ -194,6 +194,7 @@ def test_sigkill_at_any_moment_loses_nothing(reference, data_dir, tmp_path):
 SIGNAL_RUN = {**RUN, "training.checkpoint_every_steps": 1000, "sampling.every_steps": 0}
 
 
+@pytest.mark.slow
 def test_sigterm_and_ctrl_c_save_the_current_step_and_the_rerun_loses_nothing(
     reference, data_dir, tmp_path
 ):
@@ -233,6 +234,7 @@ BFLOAT16_RUN = {
 }
 
 
+@pytest.mark.slow
 def test_bfloat16_params_train_and_resume_after_a_kill(data_dir, tmp_path):
     """bfloat16 parameters with a float32 EMA and optimizer state: the run trains (no NaN at
     step 2, no recompile at step 2), and killed then rerun it ends bit-identical to an

@@ -112,6 +112,7 @@ def test_bad_latent_runs_are_one_line_errors(data_dir, autoencoder_run, tmp_path
         validate_config(latent_config(data_dir, unfinished))
 
 
+@pytest.mark.slow
 def test_a_denoiser_trains_and_samples_in_an_autoencoder_runs_latent_space_cached_or_not(
     data_dir, autoencoder_run, tmp_path, monkeypatch
 ):

@@ -302,6 +302,7 @@ def test_a_schedule_is_integrated_in_its_continuous_view():
     assert abs(error.mean()) < BPD_TOLERANCE
 
 
+@pytest.mark.slow
 def test_forward_and_reverse_mode_agree_through_the_unet():
     # The UNet's group norm has a hand-written JVP; reverse mode transposes it. With the same
     # probes both modes compute the same divergence: at a fixed state to float32 rounding (a

@@ -132,6 +132,7 @@ def test_resume_on_one_device_and_back_on_eight(reference, data_dir, tmp_path):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_fsdp_run_resumes_on_other_layouts(reference, data_dir, tmp_path):
     """Saved split over a 4 x 2 mesh, resumed replicated on one device, then on a 2 x 4 mesh:
     the checkpoints are restored onto each layout, EMA and optimizer state included."""

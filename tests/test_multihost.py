@@ -96,6 +96,7 @@ def reference(data_dir, tmp_path_factory):
     return workdir
 
 
+@pytest.mark.slow
 def test_two_hosts_train_resume_on_one_host_and_evaluate_like_one_host(
     reference, data_dir, tmp_path
 ):
@@ -143,6 +144,7 @@ def test_two_hosts_train_resume_on_one_host_and_evaluate_like_one_host(
     np.testing.assert_allclose(fd[0], fd[1], rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_fsdp_on_two_hosts_killed_and_resumed_on_another_layout(reference, data_dir, tmp_path):
     """The state split over an 'fsdp' axis that spans both processes (mesh 1 x 8), killed after
     the step-4 checkpoint, resumed on one process of 8 devices split 4 x 2: the checkpoint is

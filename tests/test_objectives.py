@@ -69,6 +69,7 @@ def test_an_objective_with_two_groups_trains_one_and_leaves_the_frozen_one_bit_i
     assert sizes["time_embedding"] > 0
 
 
+@pytest.mark.slow
 def test_a_frozen_teacher_from_a_workdir_is_loaded_recorded_and_passed_to_the_step(
     data_dir, tmp_path
 ):
@@ -136,6 +137,7 @@ def test_a_network_reading_a_context_and_a_control_image_trains_and_samples_with
         assert not np.allclose(make_model_fn(run.model, params, changed)(x, t), conditional)
 
 
+@pytest.mark.slow
 def test_the_unets_cross_attention_trains_on_a_context_and_samples_with_guidance(tmp_path):
     config = _toy_config(None)
     config.model = make_test_config("").model
@@ -162,6 +164,7 @@ def test_the_unets_cross_attention_trains_on_a_context_and_samples_with_guidance
     assert not np.allclose(conditional, unconditional)
 
 
+@pytest.mark.slow
 def test_a_latent_codec_trains_in_its_space_and_decodes_the_samples(data_dir, tmp_path):
     config = _config(data_dir)
     config.codec.name = "space_to_depth"

@@ -133,6 +133,7 @@ def test_reflow_of_an_exact_two_mode_flow_straightens_it(two_rectified):
     assert _one_step_error(student, noise) < _one_step_error(teacher, noise) / 4
 
 
+@pytest.mark.slow
 def test_distilling_the_two_rectified_flow_makes_its_one_step_its_ode(two_rectified):
     # k-RF + distillation (Liu et al. 2022, Sec. 2.3): pairs of the 2-RF's own 16-step ODE, and
     # training at t = 1 only, where the one Euler step starts. The one step must then reproduce
@@ -270,6 +271,7 @@ def flow_teacher(tmp_path_factory):
     return workdir, data_dir
 
 
+@pytest.mark.slow
 def test_the_reflow_program_runs_end_to_end_and_resumes(flow_teacher, tmp_path):
     teacher, _ = flow_teacher
     kwargs = dict(
