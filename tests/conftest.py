@@ -52,7 +52,8 @@ LONGEST_MODULES = (
 
 
 def pytest_collection_modifyitems(items):
-    """Runs :data:`LONGEST_MODULES` first, in that order; the others keep their order."""
+    """Runs :data:`LONGEST_MODULES` first, in that order; the others keep their order. CI passes
+    --no-loadscope-reorder: otherwise xdist sorts the modules by their number of tests."""
     rank = {name: position for position, name in enumerate(LONGEST_MODULES)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
