@@ -45,9 +45,7 @@ LONGEST_MODULES = (
     "test_golden.py",
     "test_objectives.py",
     "test_loop.py",
-    "test_distillation_program.py",
     "test_reflow.py",
-    "test_multihost.py",
 )
 
 
